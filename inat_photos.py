@@ -1,0 +1,1781 @@
+#!/usr/bin/env python3
+"""inat_photos: find which local photos were uploaded to iNaturalist and tag them.
+
+The script reads a photo archive, fetches the user's iNaturalist observations for
+the same days, pairs local photos with iNaturalist photos by time and structural
+similarity, and writes the iNaturalist ids and the current identification into
+each matched photo's XMP metadata. Only metadata ever changes; pixels never do.
+
+Sections, in the order data flows:
+  1. Settings and constants
+  2. Small utilities (parsing, formatting, geometry, files)
+  3. iNaturalist access (API client, observation store, photo cache)
+  4. Local photos (finding files, reading metadata, decoding)
+  5. Matching (similarity score, clusters, assignment)
+  6. Writing metadata
+  7. HTML log
+  8. Command line
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import dataclasses
+import datetime as dt
+import html
+import io
+import json
+import math
+import os
+import re
+import sqlite3
+import stat
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+__version__ = "1.0.0"
+
+# ---------------------------------------------------------------------------
+# 1. Settings and constants
+#    The defaults users may edit, and the fixed names of the metadata we write.
+# ---------------------------------------------------------------------------
+
+USE_GPU = False  # change to True if you have a GPU (same as --gpu)
+
+CLUSTER_THRESHOLD = 180  # seconds; default of --cluster_threshold
+SSIM_THRESHOLD = 0.95  # 95 %; default of --ssim_threshold
+SSIM_INATSIZE = "large"  # iNaturalist photo size compared; default of --inat_size
+
+INAT_API_URL = os.environ.get("INAT_API_URL", "https://api.inaturalist.org/v1").rstrip("/")
+INAT_WEB_URL = "https://www.inaturalist.org"
+USER_AGENT = f"inat_photos/{__version__}"
+
+INAT_NAMESPACE = "https://inaturalist.org/ns/1.0/"
+INAT_PREFIX = "iNaturalist"
+TAG_OBSERVATION = "Xmp.iNaturalist.observation"
+TAG_OBSERVATION_PHOTO = "Xmp.iNaturalist.observationPhoto"
+TAG_PHOTO = "Xmp.iNaturalist.photo"
+TAG_SUBJECT = "Xmp.dc.subject"
+
+INAT_SIZES = ("small", "medium", "large", "original")
+PICTURE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".png", ".tif", ".tiff"}
+PER_PAGE = 200  # the API's maximum page size
+DOWNLOAD_WORKERS = 4  # parallel photo downloads; iNaturalist's media host allows a few
+HTML_THUMBNAIL = 240  # longest side of thumbnails embedded in the HTML log, pixels
+
+# Pillow refuses pictures above this many pixels (a decompression-bomb guard); 200 MP
+# covers every camera sold today.
+Image.MAX_IMAGE_PIXELS = 200_000_000
+
+EXIT_OK = 0
+EXIT_FILE_ERRORS = 1  # some files could not be read or written; each was reported
+EXIT_USAGE = 2  # bad command line, unknown user, or iNaturalist unreachable
+EXIT_LOCKED = 3  # another run holds the lock on the cache directory
+
+
+def cache_directory() -> Path:
+    """Where the observation store, downloaded photos and the run lock live."""
+    override = os.environ.get("INAT_PHOTOS_CACHE")
+    if override:
+        return Path(override)
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("inat_photos", appauthor=False))
+
+
+# ---------------------------------------------------------------------------
+# 2. Small utilities
+#    Pure helpers: option parsing, names, ordinals, distances, EXIF values, and
+#    the one function that replaces a file atomically.
+# ---------------------------------------------------------------------------
+
+
+class UserError(Exception):
+    """A problem the user can fix; its text is printed as one line."""
+
+
+def parse_ssim_threshold(text: str) -> float:
+    """Parse '0.95' or '95%' into a fraction 0 <= x < 1."""
+    raw = text.strip()
+    try:
+        value = float(raw[:-1]) / 100 if raw.endswith("%") else float(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number or percentage: {text!r}") from None
+    if not 0.0 <= value < 1.0 or math.isnan(value):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is outside 0 <= threshold < 1 (or 0% <= threshold < 100%)"
+        )
+    return value
+
+
+def parse_cluster_threshold(text: str) -> int:
+    """Parse a whole number of seconds, at least 60."""
+    try:
+        value = int(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number of seconds: {text!r}") from None
+    if value < 60:
+        raise argparse.ArgumentTypeError(f"{value} s is below the minimum of 60 s")
+    return value
+
+
+def ordinal(n: int) -> str:
+    """1 -> '1st', 2 -> '2nd', 11 -> '11th', 23 -> '23rd'."""
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+@dataclass(frozen=True)
+class TaxonName:
+    """An identification as people read it: common name and scientific name."""
+
+    scientific: str
+    common: str | None = None
+
+    @property
+    def caption(self) -> str:
+        """'Coyote (Canis latrans)', or the scientific name alone."""
+        return f"{self.common} ({self.scientific})" if self.common else self.scientific
+
+
+_RANK_MARKERS = {"subspecies": "ssp.", "variety": "var.", "form": "f."}
+
+
+def taxon_name(taxon: dict[str, Any] | None) -> TaxonName | None:
+    """Format an API taxon: 'ssp.'/'var.' inside infraspecific names, 'sp.' after genera."""
+    if not isinstance(taxon, dict) or not isinstance(taxon.get("name"), str):
+        return None
+    name = " ".join(taxon["name"].split())
+    if not name:
+        return None
+    rank = str(taxon.get("rank") or "").lower()
+    words = name.split(" ")
+    if rank in _RANK_MARKERS and len(words) == 3:
+        name = f"{words[0]} {words[1]} {_RANK_MARKERS[rank]} {words[2]}"
+    elif rank == "genus" and len(words) == 1:
+        name = f"{name} sp."
+    common = taxon.get("preferred_common_name")
+    common = " ".join(common.split()) if isinstance(common, str) and common.strip() else None
+    return TaxonName(scientific=name, common=common)
+
+
+# A caption this tool writes for a genus or below: 'Common (Genus species)', 'Genus sp.'.
+# Higher ranks ('Fagaceae') are left out on purpose: too many place names look like them.
+_SCIENTIFIC = r"[A-Z][a-z]+(?: (?:[a-z][a-z-]+|ssp\.|var\.|f\.|sp\.|×))+"
+_CAPTION_SHAPE = re.compile(rf"^(?:.+ \({_SCIENTIFIC}\)|{_SCIENTIFIC})$")
+
+
+def looks_like_caption(keyword: str) -> bool:
+    """True for keywords shaped like the identification captions this tool writes."""
+    return bool(_CAPTION_SHAPE.match(keyword))
+
+
+def distance_m(a: tuple[float, float], b: tuple[float, float]) -> float:
+    """Great-circle distance in metres between two (lat, lng) points."""
+    lat1, lng1, lat2, lng2 = map(math.radians, (*a, *b))
+    h = (
+        math.sin((lat2 - lat1) / 2) ** 2
+        + math.cos(lat1) * math.cos(lat2) * math.sin((lng2 - lng1) / 2) ** 2
+    )
+    return 2 * 6_371_008.8 * math.asin(min(1.0, math.sqrt(h)))
+
+
+EARLIEST_PHOTO = dt.datetime(1826, 1, 1)  # the first photograph; anything older is a bad clock
+
+
+def parse_exif_datetime(text: str | None) -> dt.datetime | None:
+    """EXIF 'YYYY:MM:DD HH:MM:SS' as a naive local time, or None when absent or absurd."""
+    if not text:
+        return None
+    match = re.match(r"^\s*(\d{4})[:-](\d{2})[:-](\d{2})[ T](\d{2}):(\d{2}):(\d{2})", text)
+    if not match:
+        return None
+    try:
+        when = dt.datetime(*map(int, match.groups()))
+    except ValueError:
+        return None
+    if not EARLIEST_PHOTO <= when <= dt.datetime.now() + dt.timedelta(days=366):
+        return None
+    return when
+
+
+def _rational(text: str) -> float:
+    numerator, _, denominator = text.partition("/")
+    return float(numerator) / float(denominator or 1)
+
+
+def parse_gps(exif: dict[str, str]) -> tuple[float, float] | None:
+    """(lat, lng) in degrees from EXIF GPS tags, or None when absent or invalid."""
+    try:
+        coordinates = []
+        for axis, negative in (("Latitude", "S"), ("Longitude", "W")):
+            parts = exif[f"Exif.GPSInfo.GPS{axis}"].split()
+            degrees = sum(_rational(p) / 60**i for i, p in enumerate(parts[:3]))
+            if exif.get(f"Exif.GPSInfo.GPS{axis}Ref", "").strip().upper().startswith(negative):
+                degrees = -degrees
+            coordinates.append(degrees)
+    except (KeyError, ValueError, ZeroDivisionError, IndexError):
+        return None
+    lat, lng = coordinates
+    if not (-90 <= lat <= 90 and -180 <= lng <= 180) or (lat, lng) == (0.0, 0.0):
+        return None
+    return lat, lng
+
+
+def parse_location(text: Any) -> tuple[float, float] | None:
+    """The API's 'lat,lng' string as a tuple, or None."""
+    if not isinstance(text, str):
+        return None
+    try:
+        lat, lng = (float(part) for part in text.split(","))
+    except ValueError:
+        return None
+    return (lat, lng) if -90 <= lat <= 90 and -180 <= lng <= 180 else None
+
+
+def show_path(path: Path) -> str:
+    """A path as printed in messages: non-printable bytes and newlines made visible."""
+    text = str(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return text.replace("\n", "\\n").replace("\r", "\\r")
+
+
+def replace_file_atomically(path: Path, data: bytes) -> None:
+    """Write data beside path, flush it to disk, keep path's permissions, then rename over it."""
+    directory = path.parent
+    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".inat-tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        original = path.stat()
+        os.chmod(temporary, stat.S_IMODE(original.st_mode))
+        with contextlib.suppress(OSError):  # only root may give a file away
+            os.chown(temporary, original.st_uid, original.st_gid)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+    with contextlib.suppress(OSError):  # directories cannot be fsynced everywhere
+        dir_fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+class Console:
+    """Prints messages and keeps count of the problems reported."""
+
+    def __init__(self, stream: Any = None) -> None:
+        self.stream = stream or sys.stdout
+        self.file_errors = 0
+
+    def say(self, message: str) -> None:
+        print(message, file=self.stream, flush=True)
+
+    def warn(self, message: str) -> None:
+        print(f"Warning: {message}", file=sys.stderr, flush=True)
+
+    def file_error(self, path: Path, reason: str) -> None:
+        """Report a file that could not be read or written; the run goes on."""
+        self.file_errors += 1
+        print(f"Error: {show_path(path)}: {reason}", file=sys.stderr, flush=True)
+
+
+def progress(iterable: Iterable[Any], description: str, total: int | None = None) -> Iterable[Any]:
+    """A tqdm progress bar on a terminal, the plain iterable otherwise (cron mail stays clean)."""
+    if not sys.stderr.isatty():
+        return iterable
+    from tqdm import tqdm
+
+    return tqdm(iterable, desc=description, total=total, leave=False, unit="photo")
+
+
+# ---------------------------------------------------------------------------
+# 3. iNaturalist access
+#    Observations as the tool sees them, the pyinaturalist session that fetches
+#    them, the SQLite store that keeps them between runs, and the photo cache.
+# ---------------------------------------------------------------------------
+
+
+class InatUnreachable(Exception):
+    """iNaturalist could not be asked, or answered something unusable."""
+
+
+@dataclass(frozen=True)
+class InatPhoto:
+    """One photo of an observation."""
+
+    id: int
+    observation_photo_id: int | None
+    observation_id: int
+    position: int  # 1 for the observation's first photo
+    url: str  # as the API gives it, usually ending in /square.jpg
+
+    def url_for_size(self, size: str) -> str:
+        return re.sub(r"/square(\.[A-Za-z]+)(\?.*)?$", rf"/{size}\1\2", self.url)
+
+    @property
+    def page_url(self) -> str:
+        return f"{INAT_WEB_URL}/photos/{self.id}"
+
+
+@dataclass(frozen=True)
+class Observation:
+    """An iNaturalist observation reduced to what matching and captions need."""
+
+    id: int
+    url: str
+    name: TaxonName | None
+    observed_at: dt.datetime | None  # wall-clock time where it was observed, naive
+    minute_precision: bool  # the time has no seconds, as most iNaturalist times
+    observed_on: dt.date | None
+    location: tuple[float, float] | None
+    obscured: bool
+    photos: tuple[InatPhoto, ...]
+
+    @property
+    def caption(self) -> str | None:
+        return self.name.caption if self.name else None
+
+    @property
+    def day(self) -> dt.date | None:
+        return self.observed_at.date() if self.observed_at else self.observed_on
+
+
+def _parse_iso_time(text: Any) -> dt.datetime | None:
+    if not isinstance(text, str) or not text:
+        return None
+    try:
+        return dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def _int_or_none(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def parse_observation(record: dict[str, Any]) -> Observation | None:
+    """Turn one API observation into an Observation; None when it has no usable id."""
+    obs_id = _int_or_none(record.get("id")) if isinstance(record, dict) else None
+    if obs_id is None:
+        return None
+    observed_at = _parse_iso_time(record.get("time_observed_at"))
+    observed_on = None
+    with contextlib.suppress(TypeError, ValueError):
+        observed_on = dt.date.fromisoformat(str(record.get("observed_on"))[:10])
+    photos = []
+    entries = record.get("observation_photos") or []
+    if not entries:  # older answers list photos without observation_photos
+        entries = [{"photo": p} for p in record.get("photos") or []]
+    for index, entry in enumerate(entries if isinstance(entries, list) else []):
+        photo = entry.get("photo") if isinstance(entry, dict) else None
+        photo_id = _int_or_none(photo.get("id")) if isinstance(photo, dict) else None
+        if photo_id is None or not isinstance(photo.get("url"), str):
+            continue
+        position = _int_or_none(entry.get("position"))
+        photos.append(
+            InatPhoto(
+                id=photo_id,
+                observation_photo_id=_int_or_none(entry.get("id")),
+                observation_id=obs_id,
+                position=(position if position is not None else index) + 1,
+                url=photo["url"],
+            )
+        )
+    photos.sort(key=lambda p: (p.position, p.id))
+    # Positions may be missing or repeated; number photos as iNaturalist shows them.
+    photos = [dataclasses.replace(p, position=i + 1) for i, p in enumerate(photos)]
+    uri = record.get("uri")
+    return Observation(
+        id=obs_id,
+        url=uri
+        if isinstance(uri, str) and uri.startswith("http")
+        else (f"{INAT_WEB_URL}/observations/{obs_id}"),
+        name=taxon_name(record.get("taxon")),
+        observed_at=observed_at.replace(tzinfo=None) if observed_at else None,
+        minute_precision=bool(observed_at and observed_at.second == 0),
+        observed_on=observed_on,
+        location=parse_location(record.get("location")),
+        obscured=bool(record.get("obscured")) or record.get("geoprivacy") == "obscured",
+        photos=tuple(photos),
+    )
+
+
+class InatClient:
+    """Every conversation with iNaturalist: pyinaturalist for the API, a pool for photos."""
+
+    def __init__(self, api_url: str, cache: Path) -> None:
+        from pyinaturalist import ClientSession
+        from requests.adapters import HTTPAdapter
+        from urllib3.util import Retry
+
+        self.api_url = api_url
+        cache.mkdir(parents=True, exist_ok=True)
+        self.session = ClientSession(
+            cache_file=str(cache / "api_requests.sqlite"),
+            ratelimit_path=str(cache / "api_ratelimit.sqlite"),
+            lock_path=str(cache / "api_ratelimit.lock"),
+            expire_after=0,  # our own store keeps observations; never serve a stale answer
+            user_agent=USER_AGENT,
+            timeout=30,
+        )
+        # pyinaturalist retries 5xx on https only; we add 429 (honouring Retry-After) and
+        # plain http, so a local stand-in server gets the same treatment as the real one.
+        retries = Retry(
+            total=5,
+            backoff_factor=1.0,
+            status_forcelist=(429, 500, 502, 503, 504),
+            respect_retry_after_header=True,
+            allowed_methods=("GET",),
+        )
+        for scheme in ("http://", "https://"):
+            self.session.mount(scheme, HTTPAdapter(max_retries=retries))
+        self.photo_retries = retries
+        self.requests_made = 0
+
+    def _get_json(self, path: str, **params: Any) -> dict[str, Any]:
+        """GET an API path through pyinaturalist and return its JSON object."""
+        from pyinaturalist.session import get
+
+        self.requests_made += 1
+        try:
+            response = get(f"{self.api_url}/{path}", session=self.session, **params)
+            answer = response.json()
+        except Exception as error:  # requests, urllib3 and json errors all mean the same here
+            raise InatUnreachable(_describe_http_error(error)) from None
+        if not isinstance(answer, dict):
+            raise InatUnreachable(f"unexpected answer from {path}")
+        return answer
+
+    def _paginate(self, path: str, **params: Any) -> list[dict[str, Any]]:
+        """All results of a listing, paged by id_above as iNaturalist asks for big sets."""
+        from pyinaturalist.paginator import paginate_all
+
+        def request(url: str, **kwargs: Any) -> dict[str, Any]:
+            return self._get_json(url, **kwargs)
+
+        answer = paginate_all(request, path, method="id", per_page=PER_PAGE, **params)
+        results = answer.get("results")
+        if not isinstance(results, list):
+            raise InatUnreachable(f"unexpected answer from {path}")
+        return [r for r in results if isinstance(r, dict)]
+
+    def user(self, login: str) -> dict[str, Any]:
+        """The user's record; UserError when the login is unknown."""
+        from pyinaturalist.session import get
+
+        self.requests_made += 1
+        try:
+            response = get(
+                f"{self.api_url}/users/{login}", session=self.session, raise_for_status=False
+            )
+            if response.status_code in (404, 422):
+                raise UserError(f"unknown iNaturalist user {login!r}")
+            response.raise_for_status()
+            results = response.json().get("results") or []
+        except (UserError, InatUnreachable):
+            raise
+        except Exception as error:  # network, HTTP and JSON failures alike
+            raise InatUnreachable(_describe_http_error(error)) from None
+        for record in results:
+            if isinstance(record, dict) and str(record.get("login", "")).lower() == login.lower():
+                return record
+        raise UserError(f"unknown iNaturalist user {login!r}")
+
+    def observations(self, login: str, **filters: Any) -> list[dict[str, Any]]:
+        """The user's observations with photos matching the filters (d1, d2, updated_since)."""
+        return self._paginate("observations", user_id=login, photos="true", **filters)
+
+    def observations_by_id(self, ids: Sequence[int]) -> list[dict[str, Any]]:
+        """Observations by id, PER_PAGE a request; deleted ones are simply absent."""
+        found: list[dict[str, Any]] = []
+        for start in range(0, len(ids), PER_PAGE):
+            batch = ids[start : start + PER_PAGE]
+            answer = self._get_json("observations", id=",".join(map(str, batch)), per_page=PER_PAGE)
+            found.extend(r for r in answer.get("results") or [] if isinstance(r, dict))
+        return found
+
+
+def _describe_http_error(error: BaseException) -> str:
+    """One line for any network or decoding failure."""
+    response = getattr(error, "response", None)
+    if response is not None and getattr(response, "status_code", None):
+        return f"HTTP {response.status_code} from {response.url}"
+    text = str(error).splitlines()[0] if str(error) else type(error).__name__
+    return text[:200]
+
+
+class ObservationStore:
+    """The user's observations kept in SQLite between runs, refreshed with updated_since."""
+
+    def __init__(self, path: Path, fresh: bool = False) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(path)
+        if fresh:
+            self.db.executescript("DROP TABLE IF EXISTS observations; DROP TABLE IF EXISTS synced;")
+        self.db.executescript(
+            """
+            CREATE TABLE IF NOT EXISTS observations (
+                id INTEGER PRIMARY KEY, user TEXT NOT NULL, record TEXT NOT NULL);
+            CREATE TABLE IF NOT EXISTS synced (
+                user TEXT PRIMARY KEY, first_day TEXT, last_day TEXT, synced_at TEXT);
+            """
+        )
+
+    def close(self) -> None:
+        self.db.close()
+
+    def _put(self, user: str, records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Store records; return the stored versions they replaced (for caption history)."""
+        replaced = []
+        for record in records:
+            if _int_or_none(record.get("id")) is None:
+                continue
+            row = self.db.execute(
+                "SELECT record FROM observations WHERE id = ?", (record["id"],)
+            ).fetchone()
+            if row:
+                replaced.append(json.loads(row[0]))
+            self.db.execute(
+                "INSERT OR REPLACE INTO observations (id, user, record) VALUES (?, ?, ?)",
+                (record["id"], user, json.dumps(record)),
+            )
+        return replaced
+
+    def sync(
+        self, client: InatClient, user: str, first_day: dt.date, last_day: dt.date
+    ) -> dict[int, Observation]:
+        """Bring the days first_day..last_day up to date; return observations replaced."""
+        user = user.lower()
+        started = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=5)
+        row = self.db.execute(
+            "SELECT first_day, last_day, synced_at FROM synced WHERE user = ?", (user,)
+        ).fetchone()
+        replaced: list[dict[str, Any]] = []
+        if row:
+            covered_first, covered_last = map(dt.date.fromisoformat, row[:2])
+            changed = client.observations(user, updated_since=row[2])
+            replaced = self._put(user, changed)
+            gaps = []
+            if first_day < covered_first:
+                gaps.append((first_day, covered_first - dt.timedelta(days=1)))
+            if last_day > covered_last:
+                gaps.append((covered_last + dt.timedelta(days=1), last_day))
+            first_day, last_day = min(first_day, covered_first), max(last_day, covered_last)
+        else:
+            gaps = [(first_day, last_day)]
+        for gap_first, gap_last in gaps:
+            self._put(
+                user,
+                client.observations(user, d1=gap_first.isoformat(), d2=gap_last.isoformat()),
+            )
+        self.db.execute(
+            "INSERT OR REPLACE INTO synced VALUES (?, ?, ?, ?)",
+            (user, first_day.isoformat(), last_day.isoformat(), started.isoformat()),
+        )
+        self.db.commit()
+        previous = (parse_observation(r) for r in replaced)
+        return {o.id: o for o in previous if o}
+
+    def fetch_missing(self, client: InatClient, user: str, ids: Iterable[int]) -> None:
+        """Fetch observations we were asked about but do not hold (e.g. other days)."""
+        wanted = sorted(set(ids) - set(self.observations_by_id(ids)))
+        if wanted:
+            self._put(user.lower(), client.observations_by_id(wanted))
+            self.db.commit()
+
+    def observations_by_id(self, ids: Iterable[int]) -> dict[int, Observation]:
+        found = {}
+        for obs_id in set(ids):
+            row = self.db.execute(
+                "SELECT record FROM observations WHERE id = ?", (obs_id,)
+            ).fetchone()
+            observation = parse_observation(json.loads(row[0])) if row else None
+            if observation:
+                found[obs_id] = observation
+        return found
+
+    def observations_between(
+        self, user: str, first_day: dt.date, last_day: dt.date
+    ) -> list[Observation]:
+        rows = self.db.execute(
+            "SELECT record FROM observations WHERE user = ? ORDER BY id", (user.lower(),)
+        )
+        parsed = (parse_observation(json.loads(r[0])) for r in rows)
+        return [o for o in parsed if o and o.day and first_day <= o.day <= last_day]
+
+
+class PhotoCache:
+    """iNaturalist photos on disk, keyed by photo id and size; never a partial file."""
+
+    def __init__(self, cache: Path, client: InatClient, refresh: bool = False) -> None:
+        import requests
+        from requests.adapters import HTTPAdapter
+
+        self.folder = cache / "photos"
+        self.refresh = refresh
+        self.refreshed: set[Path] = set()
+        self.downloads = 0
+        self.http = requests.Session()
+        self.http.headers["User-Agent"] = USER_AGENT
+        adapter = HTTPAdapter(max_retries=client.photo_retries, pool_maxsize=DOWNLOAD_WORKERS)
+        self.http.mount("http://", adapter)
+        self.http.mount("https://", adapter)
+        self.lock = threading.Lock()
+
+    def path(self, photo: InatPhoto, size: str) -> Path:
+        return self.folder / size / f"{photo.id}.jpg"
+
+    def fetch(self, photo: InatPhoto, size: str) -> Path | None:
+        """The cached file, downloading it first if needed; None when it cannot be had."""
+        target = self.path(photo, size)
+        if target.exists() and (not self.refresh or target in self.refreshed):
+            return target
+        try:
+            response = self.http.get(photo.url_for_size(size), timeout=60)
+            response.raise_for_status()
+            data = response.content
+            expected = response.headers.get("Content-Length")
+            if expected is not None and int(expected) != len(data):
+                raise OSError(f"cut off after {len(data)} of {expected} bytes")
+            with Image.open(io.BytesIO(data)) as check:
+                check.load()  # a truncated JPEG fails here, before anything is cached
+        except Exception as error:
+            print(
+                f"Warning: could not download photo {photo.id}: {_describe_http_error(error)}",
+                file=sys.stderr,
+            )
+            return None
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, temporary = tempfile.mkstemp(dir=target.parent, suffix=".part")
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(temporary, target)
+        with self.lock:
+            self.downloads += 1
+            self.refreshed.add(target)
+        return target
+
+    def fetch_all(self, photos: Sequence[InatPhoto], size: str) -> dict[int, Path]:
+        """Download several photos in parallel; returns those that could be had."""
+        with ThreadPoolExecutor(max_workers=DOWNLOAD_WORKERS) as pool:
+            paths = list(pool.map(lambda p: self.fetch(p, size), photos))
+        return {p.id: path for p, path in zip(photos, paths, strict=True) if path is not None}
+
+
+# ---------------------------------------------------------------------------
+# 4. Local photos
+#    Finding picture files, reading the metadata we need from each, and decoding
+#    pixels upright at the size a comparison needs.
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class InatTags:
+    """The iNaturalist ids stored in a photo's XMP."""
+
+    observation: int
+    observation_photo: int | None
+    photo: int | None
+
+
+@dataclass
+class LocalPhoto:
+    """A picture file in the archive and the metadata this tool uses."""
+
+    path: Path
+    taken_at: dt.datetime
+    taken_at_from_exif: bool
+    location: tuple[float, float] | None
+    orientation: int
+    keywords: list[str]  # XMP dc:subject, in order
+    tags: InatTags | None
+
+    @property
+    def caption(self) -> str | None:
+        """The keywords as shown in messages; None when there are none."""
+        return ", ".join(self.keywords) if self.keywords else None
+
+
+def _read_metadata(path: Path) -> tuple[dict[str, str], dict[str, Any]]:
+    """EXIF and XMP of a picture file, via exiv2."""
+    import pyexiv2
+
+    try:
+        os.fsencode(path).decode("utf-8")
+        image = pyexiv2.Image(str(path))
+    except UnicodeDecodeError:  # exiv2 wants UTF-8 names; read odd names through memory
+        image = pyexiv2.ImageData(path.read_bytes())
+    try:
+        return image.read_exif(), image.read_xmp()
+    finally:
+        image.close()
+
+
+def _keywords(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value] if value.strip() else []
+    if isinstance(value, list):
+        return [str(v) for v in value if str(v).strip()]
+    return []
+
+
+def _tag_id(value: Any) -> int | None:
+    text = str(value).strip() if value is not None else ""
+    return int(text) if text.isdigit() else None
+
+
+def read_local_photo(path: Path, console: Console) -> LocalPhoto | None:
+    """Read one picture's metadata; report the file and return None when it cannot be read."""
+    try:
+        exif, xmp = _read_metadata(path)
+        mtime = path.stat().st_mtime
+    except (OSError, RuntimeError, ValueError) as error:
+        console.file_error(path, f"cannot read metadata ({str(error).strip() or 'unreadable'})")
+        return None
+    taken_at = parse_exif_datetime(
+        exif.get("Exif.Photo.DateTimeOriginal") or exif.get("Exif.Image.DateTimeOriginal")
+    )
+    if taken_at is None:
+        console.warn(f"{show_path(path)}: no usable EXIF date; using the file's modification time")
+    orientation = _tag_id(exif.get("Exif.Image.Orientation"))
+    observation = _tag_id(xmp.get(TAG_OBSERVATION))
+    return LocalPhoto(
+        path=path,
+        taken_at=taken_at or dt.datetime.fromtimestamp(mtime).replace(microsecond=0),
+        taken_at_from_exif=taken_at is not None,
+        location=parse_gps(exif),
+        orientation=orientation if orientation in range(1, 9) else 1,
+        keywords=_keywords(xmp.get(TAG_SUBJECT)),
+        tags=InatTags(
+            observation=observation,
+            observation_photo=_tag_id(xmp.get(TAG_OBSERVATION_PHOTO)),
+            photo=_tag_id(xmp.get(TAG_PHOTO)),
+        )
+        if observation is not None
+        else None,
+    )
+
+
+def find_picture_files(arguments: Sequence[str], console: Console) -> list[Path]:
+    """Picture files named or found below the arguments: hidden entries skipped, each once."""
+    found: list[Path] = []
+    seen: set[tuple[int, int]] = set()
+    skipped: list[Path] = []
+
+    def add(path: Path, named: bool) -> None:
+        try:
+            info = path.stat()
+        except OSError as error:
+            console.file_error(path, f"cannot read ({error.strerror or error})")
+            return
+        if path.suffix.lower() not in PICTURE_SUFFIXES:
+            if named:
+                console.warn(f"{show_path(path)}: not a JPEG, PNG or TIFF picture; skipped")
+            else:
+                skipped.append(path)
+            return
+        if (info.st_dev, info.st_ino) not in seen:  # hard links and repeated arguments
+            seen.add((info.st_dev, info.st_ino))
+            found.append(path)
+
+    def walk(folder: Path) -> None:
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as error:
+            console.file_error(folder, f"cannot list folder ({error.strerror or error})")
+            return
+        for entry in entries:
+            path = Path(entry.path)
+            if entry.name.startswith("."):
+                continue
+            if entry.is_symlink():
+                console.say(f"Not following symbolic link {show_path(path)}.")
+            elif entry.is_dir(follow_symlinks=False):
+                walk(path)
+            elif entry.is_file(follow_symlinks=False):
+                add(path, named=False)
+
+    for argument in arguments:
+        path = Path(argument)
+        if path.is_dir():
+            walk(path)
+        elif path.exists():
+            add(path, named=True)
+        else:
+            console.file_error(path, "no such file or folder")
+    if skipped:
+        examples = ", ".join(repr(show_path(p)) for p in skipped[:3])
+        console.say(
+            f"Skipped {len(skipped)} file(s) that are not JPEG, PNG or TIFF pictures"
+            f" (e.g. {examples})."
+        )
+    return found
+
+
+_ORIENTATION_FIX = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def decode_upright(path: Path, orientation: int, at_least: tuple[int, int]) -> Image.Image:
+    """Decode a picture upright and in RGB, at a reduced size no smaller than at_least."""
+    with Image.open(path) as image:
+        width, height = at_least
+        if orientation in (5, 6, 7, 8):  # stored sideways: the stored size is transposed
+            width, height = height, width
+        if image.format == "JPEG":
+            image.draft("RGB", (width, height))  # JPEG decodes at 1/2, 1/4, 1/8 cheaply
+        picture = image.convert("RGB")
+    if orientation in _ORIENTATION_FIX:
+        picture = picture.transpose(_ORIENTATION_FIX[orientation])
+    return picture
+
+
+def thumbnail_data_url(picture: Image.Image) -> str:
+    """A small JPEG of picture as a data: URL, so the HTML log is one self-contained file."""
+    small = picture.copy()
+    small.thumbnail((HTML_THUMBNAIL, HTML_THUMBNAIL))
+    buffer = io.BytesIO()
+    small.convert("RGB").save(buffer, "JPEG", quality=80)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+# ---------------------------------------------------------------------------
+# 5. Matching
+#    The similarity score (numpy, or OpenCL with --gpu), clusters of photos taken
+#    close in time, and the one-to-one assignment inside each cluster.
+# ---------------------------------------------------------------------------
+
+SSIM_TILE = 7
+_TILE_PIXELS = SSIM_TILE * SSIM_TILE
+# SSIM-PIL's c1 and c2 for 8-bit data, pre-multiplied by n^2 to match the scaled moments below.
+_C1_N2 = (0.01 * 255) ** 2 * _TILE_PIXELS**2
+_C2_N2 = (0.03 * 255) ** 2 * _TILE_PIXELS**2
+
+
+def _tile_grid(first: np.ndarray, second: np.ndarray) -> tuple[int, int]:
+    """Check two HxWx3 pictures match and return the number of whole tiles (rows, cols)."""
+    if first.shape != second.shape or first.ndim != 3 or first.shape[2] != 3:
+        raise ValueError(f"need equal-size HxWx3 pictures, got {first.shape} and {second.shape}")
+    rows, cols = first.shape[0] // SSIM_TILE, first.shape[1] // SSIM_TILE
+    if rows == 0 or cols == 0:
+        raise ValueError(f"pictures of {first.shape[1]}x{first.shape[0]} are smaller than a tile")
+    return rows, cols
+
+
+def ssim_score(first: np.ndarray, second: np.ndarray) -> float:
+    """SSIM-PIL's compare_ssim value for two equal-size HxWx3 uint8 arrays, vectorised."""
+    rows, cols = _tile_grid(first, second)
+    height, width = rows * SSIM_TILE, cols * SSIM_TILE
+    a = first[:height, :width].astype(np.int32)
+    b = second[:height, :width].astype(np.int32)
+
+    def tile_sums(pixels: np.ndarray) -> np.ndarray:
+        # Summing tile rows first keeps each reduction over contiguous memory.
+        rows_summed = pixels.reshape(rows, SSIM_TILE, width, 3).sum(axis=1)
+        return rows_summed.reshape(rows, cols, SSIM_TILE, 3).sum(axis=2).astype(np.float64)
+
+    squares = a * a
+    squares += b * b
+    # Integer moments are exact, so only the final ratios round (SSIM-PIL differs by ~1e-15).
+    s0, s1, sq, s01 = tile_sums(a), tile_sums(b), tile_sums(squares), tile_sums(a * b)
+    n = _TILE_PIXELS
+    luminance = (2 * s0 * s1 + _C1_N2) / (s0 * s0 + s1 * s1 + _C1_N2)
+    structure = (2 * (n * s01 - s0 * s1) + _C2_N2) / (n * sq - s0 * s0 - s1 * s1 + _C2_N2)
+    return float(np.mean(luminance * structure))
+
+
+# One work-item per (tile, channel); REAL is double when the device has cl_khr_fp64.
+SSIM_KERNEL = """
+#ifdef USE_FP64
+#pragma OPENCL EXTENSION cl_khr_fp64 : enable
+typedef double REAL;
+#else
+typedef float REAL;
+#endif
+
+__kernel void ssim_tiles(__global const uchar *first, __global const uchar *second,
+                         const int row_pitch, const REAL c1_n2, const REAL c2_n2,
+                         __global REAL *out)
+{
+    const int column = get_global_id(0);  /* tile column * 3 + channel */
+    const int tile_row = get_global_id(1);
+    const int n = TILE * TILE;
+    int s0 = 0, s1 = 0, sq = 0, s01 = 0;
+    for (int y = 0; y < TILE; y++) {
+        const int start = (tile_row * TILE + y) * row_pitch + (column / 3) * TILE * 3 + column % 3;
+        for (int x = 0; x < TILE; x++) {
+            const int a = first[start + 3 * x], b = second[start + 3 * x];
+            s0 += a; s1 += b; sq += a * a + b * b; s01 += a * b;
+        }
+    }
+    /* The scaled integer moments stay below 2^31, so only the casts and divisions round. */
+    const REAL luminance = ((REAL)(2 * s0 * s1) + c1_n2) / ((REAL)(s0 * s0 + s1 * s1) + c1_n2);
+    const REAL structure = ((REAL)(2 * (n * s01 - s0 * s1)) + c2_n2)
+                           / ((REAL)(n * sq - s0 * s0 - s1 * s1) + c2_n2);
+    out[tile_row * get_global_size(0) + column] = luminance * structure;
+}
+"""
+
+
+class OpenCLUnavailable(RuntimeError):
+    """No usable OpenCL: pyopencl missing, no platform or device, or the kernel did not build."""
+
+
+class OpenCLSimilarity:
+    """The same score on an OpenCL device (pyopencl); built once, reused for many pairs."""
+
+    def __init__(self, use_fp64: bool = True) -> None:
+        """Pick a GPU if there is one, else any device; use_fp64=False forces single precision."""
+        try:
+            import pyopencl as cl
+        except ImportError as error:
+            raise OpenCLUnavailable(f"pyopencl is not installed ({error})") from error
+        try:
+            devices = [device for found in cl.get_platforms() for device in found.get_devices()]
+            if not devices:
+                raise OpenCLUnavailable("no OpenCL device found")
+            # The first GPU, else the first device; pocl reports its CPU as type ALL | CPU.
+            device = min(devices, key=lambda d: not d.type & cl.device_type.GPU)
+            self.fp64 = use_fp64 and "cl_khr_fp64" in device.extensions
+            self.device_name = device.name.strip()
+            self._cl = cl
+            self._context = cl.Context([device])
+            self._queue = cl.CommandQueue(self._context)
+        except cl.Error as error:
+            raise OpenCLUnavailable(f"no usable OpenCL device: {error}".splitlines()[0]) from error
+        options = [f"-DTILE={SSIM_TILE}"] + (["-DUSE_FP64"] if self.fp64 else [])
+        try:
+            self._kernel = cl.Program(self._context, SSIM_KERNEL).build(options=options).ssim_tiles
+        except cl.Error as error:
+            reason = f"SSIM kernel did not build on {self.device_name}: {error}".splitlines()[0]
+            raise OpenCLUnavailable(reason) from error
+        self._real = np.float64 if self.fp64 else np.float32
+        self._kernel.set_scalar_arg_dtypes([None, None, np.int32, self._real, self._real, None])
+
+    def score(self, first: np.ndarray, second: np.ndarray) -> float:
+        """SSIM-PIL's compare_ssim value for two equal-size HxWx3 uint8 arrays."""
+        rows, cols = _tile_grid(first, second)
+        cl, flags = self._cl, self._cl.mem_flags.READ_ONLY | self._cl.mem_flags.COPY_HOST_PTR
+        inputs = [
+            cl.Buffer(self._context, flags, hostbuf=np.ascontiguousarray(image, dtype=np.uint8))
+            for image in (first, second)
+        ]
+        tiles = np.empty((rows, cols * 3), dtype=self._real)
+        out = cl.Buffer(self._context, cl.mem_flags.WRITE_ONLY, tiles.nbytes)
+        # Pixels past the last whole tile are never read, which matches SSIM-PIL's cropping.
+        self._kernel(
+            self._queue, tiles.shape[::-1], None, *inputs, first.shape[1] * 3, _C1_N2, _C2_N2, out
+        )
+        cl.enqueue_copy(self._queue, tiles, out)
+        return float(tiles.sum(dtype=np.float64) / tiles.size)
+
+
+@dataclass
+class Candidate:
+    """An iNaturalist photo that may be the upload of a local photo."""
+
+    photo: InatPhoto
+    observation: Observation
+
+
+@dataclass
+class Cluster:
+    """Local photos and iNaturalist photos taken close together in time."""
+
+    locals: list[LocalPhoto] = field(default_factory=list)
+    candidates: list[Candidate] = field(default_factory=list)
+
+
+def cluster_by_time(
+    local_photos: Sequence[LocalPhoto], candidates: Sequence[Candidate], threshold: int
+) -> list[Cluster]:
+    """Single-linkage clusters: an item joins if it lies within threshold s of a member.
+
+    iNaturalist times without seconds stand for the whole minute, so they span 59 s.
+    Candidates without a time are left out; the caller compares them with the whole day.
+    """
+    items: list[tuple[dt.datetime, dt.datetime, LocalPhoto | Candidate]] = []
+    for photo in local_photos:
+        items.append((photo.taken_at, photo.taken_at, photo))
+    for candidate in candidates:
+        start = candidate.observation.observed_at
+        if start is None:
+            continue
+        end = start + dt.timedelta(seconds=59 if candidate.observation.minute_precision else 0)
+        items.append((start, end, candidate))
+    items.sort(key=lambda item: (item[0], item[1]))
+    clusters: list[Cluster] = []
+    reach: dt.datetime | None = None
+    for start, end, item in items:
+        if reach is None or (start - reach).total_seconds() > threshold:
+            clusters.append(Cluster())
+            reach = end
+        reach = max(reach, end)
+        if isinstance(item, LocalPhoto):
+            clusters[-1].locals.append(item)
+        else:
+            clusters[-1].candidates.append(item)
+    return clusters
+
+
+def seconds_apart(photo: LocalPhoto, observation: Observation) -> int | None:
+    """Whole seconds between the photo and the observation's recorded time."""
+    if observation.observed_at is None:
+        return None
+    return round(abs((photo.taken_at - observation.observed_at).total_seconds()))
+
+
+def assign_one_to_one(
+    scores: dict[tuple[int, int], float], threshold: float
+) -> list[tuple[int, int, float]]:
+    """Pair (local, candidate) indices best-first; each side used once, score >= threshold."""
+    pairs = []
+    used_local: set[int] = set()
+    used_candidate: set[int] = set()
+    for (local, candidate), score in sorted(scores.items(), key=lambda kv: -kv[1]):
+        if score < threshold or local in used_local or candidate in used_candidate:
+            continue
+        pairs.append((local, candidate, score))
+        used_local.add(local)
+        used_candidate.add(candidate)
+    return pairs
+
+
+class Similarity:
+    """Scores local photos against candidates, decoding each picture once per cluster."""
+
+    def __init__(self, photos: PhotoCache, size: str, use_gpu: bool, console: Console) -> None:
+        self.photos = photos
+        self.size = size
+        self.console = console
+        self.score_pair: Callable[[np.ndarray, np.ndarray], float] = ssim_score
+        self.device = "CPU (numpy)"
+        if use_gpu:
+            try:
+                engine = OpenCLSimilarity()
+                self.score_pair = engine.score
+                self.device = f"OpenCL: {engine.device_name}"  # type: ignore[attr-defined]
+            except OpenCLUnavailable as reason:
+                console.warn(f"no OpenCL device ({reason}); computing similarity on the CPU")
+        self.inat_pictures: dict[int, Image.Image] = {}
+        self.local_pictures: dict[tuple[Path, tuple[int, int]], Image.Image] = {}
+        self.unreadable: set[Path] = set()
+
+    def inat_picture(self, photo: InatPhoto) -> Image.Image | None:
+        if photo.id not in self.inat_pictures:
+            path = self.photos.fetch(photo, self.size)
+            if path is None:
+                return None
+            try:
+                with Image.open(path) as image:
+                    self.inat_pictures[photo.id] = image.convert("RGB")
+            except (OSError, ValueError):
+                return None
+        return self.inat_pictures[photo.id]
+
+    def local_picture(self, photo: LocalPhoto, size: tuple[int, int]) -> Image.Image | None:
+        """The local picture upright at exactly size; None (reported once) if undecodable."""
+        if photo.path in self.unreadable:
+            return None
+        key = (photo.path, size)
+        if key not in self.local_pictures:
+            try:
+                upright = decode_upright(photo.path, photo.orientation, size)
+            except (OSError, ValueError, Image.DecompressionBombError) as error:
+                self.unreadable.add(photo.path)
+                self.console.file_error(photo.path, f"cannot decode picture ({error})")
+                return None
+            self.local_pictures[key] = upright.resize(size, Image.Resampling.BILINEAR)
+        return self.local_pictures[key]
+
+    def score(self, photo: LocalPhoto, candidate: Candidate) -> float | None:
+        inat = self.inat_picture(candidate.photo)
+        if inat is None:
+            return None
+        local = self.local_picture(photo, inat.size)
+        if local is None:
+            return None
+        return self.score_pair(np.asarray(local), np.asarray(inat))
+
+    def forget_locals(self) -> None:
+        """Drop decoded local pictures once their cluster is done (memory stays flat)."""
+        self.local_pictures.clear()
+
+
+# ---------------------------------------------------------------------------
+# 6. Writing metadata
+#    The one place that changes a photo: iNaturalist ids and the caption keyword,
+#    written through exiv2 into a copy that then replaces the original.
+# ---------------------------------------------------------------------------
+
+
+def register_namespace() -> None:
+    import pyexiv2
+
+    pyexiv2.set_log_level(4)  # exiv2's own warnings are noise; we report failures ourselves
+    with contextlib.suppress(Exception):  # already registered in this process
+        pyexiv2.registerNs(INAT_NAMESPACE, INAT_PREFIX)
+
+
+def updated_keywords(keywords: Sequence[str], old: str | None, new: str) -> list[str]:
+    """Replace the tool's previous caption with new; every other keyword stays in place."""
+    result = list(keywords)
+    if old is not None and old in result:
+        result[result.index(old)] = new
+    elif new not in result:
+        result.append(new)
+    seen: set[str] = set()
+    return [k for k in result if not (k in seen or seen.add(k))]  # type: ignore[func-returns-value]
+
+
+def write_photo_metadata(path: Path, tags: InatTags | None, keywords: list[str] | None) -> None:
+    """Write iNaturalist ids and/or dc:subject into path atomically; raises OSError on failure."""
+    import pyexiv2
+
+    changes: dict[str, Any] = {}
+    if tags is not None:
+        changes[TAG_OBSERVATION] = str(tags.observation)
+        changes[TAG_OBSERVATION_PHOTO] = (
+            str(tags.observation_photo) if tags.observation_photo else None
+        )
+        changes[TAG_PHOTO] = str(tags.photo) if tags.photo else None
+    if keywords is not None:
+        changes[TAG_SUBJECT] = keywords
+    original = path.read_bytes()
+    try:
+        image = pyexiv2.ImageData(original)
+        try:
+            image.modify_xmp(changes)
+            updated = image.get_bytes()
+        finally:
+            image.close()
+        check = pyexiv2.ImageData(updated)  # never replace a photo with something unreadable
+        try:
+            written = check.read_xmp()
+        finally:
+            check.close()
+    except RuntimeError as error:
+        raise OSError(f"exiv2 could not update the metadata ({error})") from None
+    if tags is not None and _tag_id(written.get(TAG_OBSERVATION)) != tags.observation:
+        raise OSError("the metadata did not read back as written")
+    replace_file_atomically(path, updated)
+
+
+# ---------------------------------------------------------------------------
+# 7. HTML log
+#    One self-contained page: a row per association or refusal, thumbnails
+#    embedded, every piece of text escaped, the summary at the end.
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class LogRow:
+    """One line of the HTML log."""
+
+    local: LocalPhoto | None
+    local_thumbnail: str | None
+    candidate: Candidate | None
+    inat_thumbnail: str | None
+    seconds: int | None
+    distance: str
+    score: float | None
+    note: str = ""
+
+
+def describe_distance(photo: LocalPhoto, observation: Observation) -> str:
+    """'72.38 meters'-style distance text: a number, 'obscured' or 'n/a'."""
+    if observation.obscured:
+        return "obscured"
+    if photo.location is None or observation.location is None:
+        return "n/a"
+    return f"{distance_m(photo.location, observation.location):.2f}"
+
+
+_HTML_STYLE = """
+body { font-family: serif; margin: 1em; }
+table { border-collapse: collapse; }
+th { padding: 0 0.4em; }
+td { text-align: center; padding: 3px; vertical-align: middle; }
+td.name { max-width: 18em; }
+img { max-width: 240px; max-height: 240px; display: block; margin: auto; }
+.low { color: red; }
+.note { color: #555; font-size: smaller; }
+"""
+
+
+def _file_url(path: Path) -> str:
+    with contextlib.suppress(ValueError):
+        return path.resolve().as_uri()
+    return ""
+
+
+def _taxon_html(name: TaxonName | None) -> str:
+    if name is None:
+        return "<i>no identification</i>"
+    scientific = f"<i>{html.escape(name.scientific)}</i>"
+    return f"{html.escape(name.common)} ({scientific})" if name.common else scientific
+
+
+def render_log(rows: Sequence[LogRow], summary: str, threshold: float) -> str:
+    """The HTML page for rows and the summary line."""
+    out = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>inat_photos {html.escape(__version__)} log</title>",
+        f"<style>{_HTML_STYLE}</style></head><body>",
+        "<table><tr><th>Local File</th><th>iNaturalist Photo</th><th>Observation</th>"
+        "<th>Time from<br>Observation<br>[seconds]</th>"
+        "<th>Distance to<br>Observation<br>[meters]</th>"
+        "<th>Structural<br>Similarity<br>Score</th></tr>",
+    ]
+    for row in rows:
+        cells = []
+        if row.local is not None:
+            link = html.escape(_file_url(row.local.path), quote=True)
+            image = (
+                f'<a href="{link}"><img src="{row.local_thumbnail}" alt=""></a>'
+                if row.local_thumbnail
+                else f'<a href="{link}">{html.escape(show_path(row.local.path))}</a>'
+            )
+            caption = html.escape(row.local.caption) if row.local.caption else "<i>no caption</i>"
+            cells.append(f"{image}{caption}")
+        else:
+            cells.append("<i>no local picture</i>")
+        if row.candidate is not None:
+            photo, observation = row.candidate.photo, row.candidate.observation
+            page = html.escape(photo.page_url, quote=True)
+            obs_url = html.escape(observation.url, quote=True)
+            image = (
+                f'<a href="{page}"><img src="{row.inat_thumbnail}" alt=""></a>'
+                if row.inat_thumbnail
+                else f'<a href="{page}">photo {photo.id}</a>'
+            )
+            cells.append(
+                f'{image}{ordinal(photo.position)} photo of <a href="{obs_url}">observation</a>'
+            )
+            cells.append(f'<a href="{obs_url}">{_taxon_html(observation.name)}</a>')
+        else:
+            cells += ["", ""]
+        cells.append("n/a" if row.seconds is None else str(row.seconds))
+        cells.append(html.escape(row.distance))
+        if row.score is None:
+            cells.append("")
+        else:
+            low = ' class="low"' if row.score < threshold else ""
+            cells.append(f"<span{low}>{row.score * 100:.1f}%</span>")
+        note = f'<br><span class="note">{html.escape(row.note)}</span>' if row.note else ""
+        cells[-1] += note
+        classes = ["", "", ' class="name"', "", "", ""]
+        out.append(
+            "<tr>"
+            + "".join(f"<td{c}>{cell}</td>" for c, cell in zip(classes, cells, strict=True))
+            + "</tr>"
+        )
+    out.append(f"</table><p>{html.escape(summary)}</p></body></html>")
+    return "\n".join(out) + "\n"
+
+
+# ---------------------------------------------------------------------------
+# 8. Command line
+#    Options, the run from start to summary, and main(argv) -> int.
+# ---------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="inat_photos.py",
+        description="Find local photos that were uploaded to iNaturalist and write the "
+        "iNaturalist ids and the current identification into their XMP metadata.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--user", "-u", required=True, help="iNaturalist user login")
+    parser.add_argument("--logfile", metavar="LOGFILE", help="write an HTML log to LOGFILE")
+    parser.add_argument(
+        "--cluster_threshold",
+        type=parse_cluster_threshold,
+        default=CLUSTER_THRESHOLD,
+        metavar="SECONDS",
+        help=f"photos within this many seconds of each other are compared (default "
+        f"{CLUSTER_THRESHOLD}, at least 60)",
+    )
+    parser.add_argument(
+        "--ssim_threshold",
+        type=parse_ssim_threshold,
+        default=SSIM_THRESHOLD,
+        metavar="THRESHOLD",
+        help=f"similarity needed to associate, 0..1 or a percentage (default {SSIM_THRESHOLD})",
+    )
+    parser.add_argument(
+        "--recompute", "-r", action="store_true", help="recompute already known associations"
+    )
+    parser.add_argument(
+        "--bypass_cache",
+        action="store_true",
+        help="use no cached observations or photos; fetch afresh and refresh the cache",
+    )
+    parser.add_argument(
+        "--inat_size",
+        choices=INAT_SIZES,
+        default=SSIM_INATSIZE,
+        help=f"iNaturalist photo size to compare (default {SSIM_INATSIZE})",
+    )
+    parser.add_argument(
+        "--gpu",
+        action="store_true",
+        default=USE_GPU,
+        help="compute similarity on an OpenCL device (falls back to the CPU)",
+    )
+    parser.add_argument(
+        "--dry-run",
+        "--dry_run",
+        dest="dry_run",
+        action="store_true",
+        help="do everything but change no file; print what would change",
+    )
+    parser.add_argument("paths", nargs="+", metavar="file/directory", help="pictures or folders")
+    return parser
+
+
+@dataclass
+class Tally:
+    """What the run changed, for the summary line."""
+
+    annotations_added: int = 0
+    annotations_modified: int = 0
+    identifications_added: int = 0
+    identifications_modified: int = 0
+
+
+@contextlib.contextmanager
+def run_lock(cache: Path) -> Iterator[bool]:
+    """Hold an exclusive lock on the cache directory; yields False if another run has it."""
+    cache.mkdir(parents=True, exist_ok=True)
+    handle = open(cache / "run.lock", "a+")  # noqa: SIM115 - held for the whole run
+    try:
+        try:
+            if os.name == "nt":
+                import msvcrt
+
+                msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
+            else:
+                import fcntl
+
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            yield False
+            return
+        yield True
+    finally:
+        handle.close()
+
+
+class Run:
+    """One run of the tool over a set of local photos."""
+
+    def __init__(self, args: argparse.Namespace, console: Console, cache: Path) -> None:
+        self.args = args
+        self.console = console
+        self.cache = cache
+        self.tally = Tally()
+        self.log_rows: list[LogRow] = []
+        self.associated_locals: set[Path] = set()
+        self.associated_photos: set[int] = set()
+        self.inat_photo_count = 0
+
+    # -- writing -----------------------------------------------------------------
+
+    def apply(
+        self,
+        photo: LocalPhoto,
+        tags: InatTags | None,
+        previous_caption: str | None,
+        caption: str | None,
+    ) -> bool:
+        """Write new tags and/or caption to photo, print what changed; False if it failed."""
+        keywords = None
+        old_entry = None
+        if caption is not None:
+            old_entry = _previous_entry(photo, previous_caption)
+            if old_entry != caption:
+                keywords = updated_keywords(photo.keywords, old_entry, caption)
+        tags_change = tags is not None and tags != photo.tags
+        if not tags_change and keywords is None:
+            return True
+        if keywords is not None:
+            prefix = "(dry run) " if self.args.dry_run else ""
+            self.console.say(
+                f"{prefix}{show_path(photo.path)}: Updating subject from '{old_entry}' to"
+                f" '{caption}'."
+            )
+        if not self.args.dry_run:
+            try:
+                write_photo_metadata(photo.path, tags if tags_change else None, keywords)
+            except OSError as error:
+                self.console.file_error(photo.path, f"cannot write metadata ({error})")
+                return False
+        if tags_change:
+            if photo.tags is None:
+                self.tally.annotations_added += 1
+            else:
+                self.tally.annotations_modified += 1
+            photo.tags = tags
+        if keywords is not None:
+            if old_entry is None:
+                self.tally.identifications_added += 1
+            else:
+                self.tally.identifications_modified += 1
+            photo.keywords = keywords
+        return True
+
+    # -- known associations ------------------------------------------------------
+
+    def refresh_known(
+        self, photo: LocalPhoto, observation: Observation | None, previous: Observation | None
+    ) -> None:
+        """A photo already tagged: refresh its caption if the identification changed."""
+        assert photo.tags is not None
+        if observation is None:
+            self.console.say(
+                f"{show_path(photo.path)}: observation {photo.tags.observation} is no longer"
+                " on iNaturalist; its tags are left as they are."
+            )
+            return
+        self.associated_locals.add(photo.path)
+        if photo.tags.photo is not None:
+            self.associated_photos.add(photo.tags.photo)
+        before = photo.caption
+        self.apply(photo, None, previous.caption if previous else None, observation.caption)
+        if photo.caption != before:
+            self.log_rows.append(
+                LogRow(
+                    photo,
+                    self._local_thumbnail(photo),
+                    _candidate_for(photo, observation),
+                    None,
+                    seconds_apart(photo, observation),
+                    describe_distance(photo, observation),
+                    None,
+                    note="identification changed on iNaturalist",
+                )
+            )
+
+    # -- matching ----------------------------------------------------------------
+
+    def match_cluster(self, cluster: Cluster, similarity: Similarity) -> None:
+        """Score every pair in the cluster, associate the best ones, log the refusals."""
+        if not cluster.locals or not cluster.candidates:
+            return
+        scores: dict[tuple[int, int], float] = {}
+        pairs = [(i, j) for i in range(len(cluster.locals)) for j in range(len(cluster.candidates))]
+        for i, j in progress(pairs, "Comparing", total=len(pairs)):
+            score = similarity.score(cluster.locals[i], cluster.candidates[j])
+            if score is not None:
+                scores[(i, j)] = score
+        accepted = assign_one_to_one(scores, self.args.ssim_threshold)
+        matched = {i for i, _, _ in accepted}
+        for i, j, score in accepted:
+            self.associate(cluster.locals[i], cluster.candidates[j], score, similarity)
+        for i, photo in enumerate(cluster.locals):
+            if i in matched:
+                continue
+            tried = [(s, j) for (li, j), s in scores.items() if li == i]
+            if not tried:
+                continue
+            best_score, j = max(tried)
+            candidate = cluster.candidates[j]
+            taken = candidate.photo.id in self.associated_photos
+            self.log_rows.append(
+                self._row(
+                    photo,
+                    candidate,
+                    best_score,
+                    similarity,
+                    note="best candidate, associated with another photo"
+                    if taken
+                    else "below the similarity threshold",
+                )
+            )
+        similarity.forget_locals()
+
+    def associate(
+        self, photo: LocalPhoto, candidate: Candidate, score: float, similarity: Similarity
+    ) -> None:
+        observation = candidate.observation
+        seconds = seconds_apart(photo, observation)
+        described = (
+            "without caption" if photo.caption is None else f"with caption '{photo.caption}'"
+        )
+        self.console.say(
+            f"'{show_path(photo.path)}' {described} found for photo id {candidate.photo.id};"
+            f" '{observation.caption}', time from observation "
+            f"{'n/a' if seconds is None else seconds} secs, distance from observation "
+            f"{_distance_words(describe_distance(photo, observation))}, similarity"
+            f" {score * 100:.1f}%."
+        )
+        self.log_rows.append(self._row(photo, candidate, score, similarity))
+        tags = InatTags(observation.id, candidate.photo.observation_photo_id, candidate.photo.id)
+        # A photo retagged to another observation may still carry the old caption.
+        if self.apply(photo, tags, None, observation.caption):
+            self.associated_locals.add(photo.path)
+            self.associated_photos.add(candidate.photo.id)
+
+    def _row(
+        self,
+        photo: LocalPhoto,
+        candidate: Candidate,
+        score: float,
+        similarity: Similarity,
+        note: str = "",
+    ) -> LogRow:
+        inat = similarity.inat_picture(candidate.photo)
+        local = similarity.local_picture(photo, inat.size) if inat else None
+        observation = candidate.observation
+        return LogRow(
+            photo,
+            thumbnail_data_url(local) if local else None,
+            candidate,
+            thumbnail_data_url(inat) if inat else None,
+            seconds_apart(photo, observation),
+            describe_distance(photo, observation),
+            score,
+            note,
+        )
+
+    def _local_thumbnail(self, photo: LocalPhoto) -> str | None:
+        if not self.args.logfile:
+            return None
+        try:
+            picture = decode_upright(photo.path, photo.orientation, (HTML_THUMBNAIL,) * 2)
+        except (OSError, ValueError, Image.DecompressionBombError):
+            return None
+        return thumbnail_data_url(picture)
+
+    # -- the whole run -----------------------------------------------------------
+
+    def execute(self) -> int:
+        args, console = self.args, self.console
+        started = time.monotonic()
+        console.say("Loading photos ")
+        files = find_picture_files(args.paths, console)
+        local_photos = [
+            p for p in (read_local_photo(f, console) for f in progress(files, "Loading")) if p
+        ]
+        console.say(
+            f"Loaded {len(local_photos)} local photos in {time.monotonic() - started:.1f} secs."
+        )
+        if not local_photos:
+            return EXIT_FILE_ERRORS if console.file_errors else EXIT_OK
+        client = InatClient(INAT_API_URL, self.cache)
+        try:
+            user = client.user(args.user)
+            if not user.get("observations_count"):
+                raise UserError(f"iNaturalist user {args.user!r} has no observations")
+            store = ObservationStore(self.cache / "observations.sqlite", fresh=args.bypass_cache)
+            days = sorted({p.taken_at.date() for p in local_photos})
+            previous = store.sync(client, args.user, days[0], days[-1])
+            known_ids = [p.tags.observation for p in local_photos if p.tags]
+            store.fetch_missing(client, args.user, known_ids)
+        except InatUnreachable as error:
+            console.say(f"Error: iNaturalist is unreachable at {client.api_url}: {error}")
+            return EXIT_USAGE
+        known = store.observations_by_id(known_ids)
+        observations = store.observations_between(args.user, days[0], days[-1])
+        store.close()
+        photos = PhotoCache(self.cache, client, refresh=args.bypass_cache)
+        similarity = Similarity(photos, args.inat_size, args.gpu, console)
+        self.match_days(local_photos, observations, known, previous, similarity)
+        return self.finish(local_photos, started)
+
+    def match_days(
+        self,
+        local_photos: list[LocalPhoto],
+        observations: list[Observation],
+        known: dict[int, Observation],
+        previous: dict[int, Observation],
+        similarity: Similarity,
+    ) -> None:
+        locals_by_day: dict[dt.date, list[LocalPhoto]] = defaultdict(list)
+        for photo in sorted(local_photos, key=lambda p: (p.taken_at, str(p.path))):
+            locals_by_day[photo.taken_at.date()].append(photo)
+        candidates_by_day: dict[dt.date, list[Candidate]] = defaultdict(list)
+        for observation in observations:
+            for photo in observation.photos:
+                candidates_by_day[observation.day].append(Candidate(photo, observation))  # type: ignore[index]
+        tagged_photo_ids = {
+            p.tags.photo for p in local_photos if p.tags and not self.args.recompute
+        }
+        for day in sorted(locals_by_day):
+            day_locals, day_candidates = locals_by_day[day], candidates_by_day.get(day, [])
+            self.inat_photo_count += len(day_candidates)
+            if day_candidates:
+                self.console.say(
+                    f"{day}: {len(day_candidates)} iNat pictures and {len(day_locals)} local"
+                    " pictures."
+                )
+            if not self.args.recompute:
+                for photo in day_locals:
+                    if photo.tags:
+                        self.refresh_known(
+                            photo,
+                            known.get(photo.tags.observation),
+                            previous.get(photo.tags.observation),
+                        )
+            open_locals = [p for p in day_locals if self.args.recompute or not p.tags]
+            open_candidates = [c for c in day_candidates if c.photo.id not in tagged_photo_ids]
+            if len(open_locals) < len(day_locals) and day_candidates:
+                self.console.say(
+                    f"{day}: {len(open_candidates)} iNat pictures and {len(open_locals)} local"
+                    " pictures left after excluding known associations."
+                )
+            if not day_candidates:
+                continue
+            if open_locals and open_candidates:
+                similarity.photos.fetch_all([c.photo for c in open_candidates], self.args.inat_size)
+            clusters = cluster_by_time(open_locals, open_candidates, self.args.cluster_threshold)
+            for cluster in clusters:
+                self.match_cluster(cluster, similarity)
+            untimed = [c for c in open_candidates if c.observation.observed_at is None]
+            if untimed:  # an observation without a time may belong to any photo of its day
+                leftover = [p for p in open_locals if p.path not in self.associated_locals]
+                self.match_cluster(Cluster(leftover, untimed), similarity)
+            for candidate in open_candidates:
+                if candidate.photo.id not in self.associated_photos:
+                    self.report_unassociated(candidate, similarity)
+
+    def report_unassociated(self, candidate: Candidate, similarity: Similarity) -> None:
+        photo, observation = candidate.photo, candidate.observation
+        self.console.say(
+            f"Not associated with a local picture: photo id {photo.id},"
+            f" {ordinal(photo.position)} photo of observation {observation.url},"
+            f" '{observation.caption}'."
+        )
+        thumbnail = None
+        if self.args.logfile and photo.id in similarity.inat_pictures:
+            thumbnail = thumbnail_data_url(similarity.inat_pictures[photo.id])
+        self.log_rows.append(
+            LogRow(
+                None,
+                None,
+                candidate,
+                thumbnail,
+                None,
+                "n/a",
+                None,
+                note="not associated with a local picture",
+            )
+        )
+
+    def finish(self, local_photos: list[LocalPhoto], started: float) -> int:
+        tally = self.tally
+        identifications = ""
+        if tally.identifications_added or tally.identifications_modified:
+            identifications = (
+                f"; {tally.identifications_added} identifications added,"
+                f" {tally.identifications_modified} modified"
+            )
+        unassociated_locals = sum(1 for p in local_photos if p.path not in self.associated_locals)
+        unassociated_photos = self.inat_photo_count - len(self.associated_photos)
+        summary = (
+            f"Summary: {tally.annotations_added} iNaturalist annotations added,"
+            f" {tally.annotations_modified} modified{identifications} in"
+            f" {round(time.monotonic() - started)} seconds. {unassociated_locals} local photos"
+            f" and {max(0, unassociated_photos)} iNaturalist photos without known association."
+        )
+        if self.args.dry_run:
+            summary += " Dry run: no file was changed."
+        self.console.say("")
+        self.console.say(summary)
+        if self.args.logfile:
+            try:
+                replace_or_create(
+                    Path(self.args.logfile),
+                    render_log(self.log_rows, summary, self.args.ssim_threshold).encode("utf-8"),
+                )
+            except OSError as error:
+                self.console.file_error(Path(self.args.logfile), f"cannot write log ({error})")
+        return EXIT_FILE_ERRORS if self.console.file_errors else EXIT_OK
+
+
+def replace_or_create(path: Path, data: bytes) -> None:
+    """Write a file we own (the log) atomically whether or not it exists yet."""
+    if not path.exists():
+        path.write_bytes(b"")
+    replace_file_atomically(path, data)
+
+
+def _previous_entry(photo: LocalPhoto, previous_caption: str | None) -> str | None:
+    """The keyword this tool wrote before: the last known caption, else a caption-shaped one."""
+    if previous_caption is not None and previous_caption in photo.keywords:
+        return previous_caption
+    if photo.tags is None:
+        return None
+    shaped = [k for k in photo.keywords if looks_like_caption(k)]
+    return shaped[0] if shaped else None
+
+
+def _candidate_for(photo: LocalPhoto, observation: Observation) -> Candidate | None:
+    for inat_photo in observation.photos:
+        if photo.tags and inat_photo.id == photo.tags.photo:
+            return Candidate(inat_photo, observation)
+    return None
+
+
+def _distance_words(distance: str) -> str:
+    return distance if distance in ("obscured", "n/a") else f"{distance} meters"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the tool; returns the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_request:  # argparse has printed its message
+        return EXIT_USAGE if exit_request.code else EXIT_OK
+    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+    register_namespace()
+    console = Console()
+    cache = cache_directory()
+    try:
+        with run_lock(cache) as acquired:
+            if not acquired:
+                console.say(
+                    f"Error: another inat_photos run is using {show_path(cache)}; try again later."
+                )
+                return EXIT_LOCKED
+            return Run(args, console, cache).execute()
+    except UserError as error:
+        console.say(f"Error: {error}")
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        console.say("Interrupted; files already written are complete, the rest untouched.")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,331 @@
+"""End to end: the CLI as a subprocess, against the fake iNaturalist, on copies of example_pictures.
+
+Expectations are derived from example_pictures/scenario.json: every iNaturalist photo whose
+source is a file in example_pictures is that file's twin; nothing else may be associated.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import socket
+from pathlib import Path
+
+import numpy as np
+import pyexiv2
+import pytest
+from conftest import EXAMPLES, run_cli
+from PIL import Image
+
+import inat_photos as ip
+
+USER = "demo_naturalist"
+
+
+def expected_caption(taxon: dict | None) -> str | None:
+    """The caption the README promises, computed independently of the tool."""
+    if not taxon:
+        return None
+    words = taxon["name"].split()
+    marker = {"subspecies": "ssp.", "variety": "var."}.get(taxon.get("rank", ""))
+    if marker and len(words) == 3:
+        words.insert(2, marker)
+    if taxon.get("rank") == "genus":
+        words.append("sp.")
+    scientific = " ".join(words)
+    common = taxon.get("preferred_common_name")
+    return f"{common} ({scientific})" if common else scientific
+
+
+def twins(scenario: dict) -> dict[str, dict]:
+    """Local file name -> what should be written to it."""
+    result = {}
+    for obs in scenario["observations"]:
+        for photo in obs.get("photos", []):
+            if (EXAMPLES / photo["source"]).is_file() and "/" not in photo["source"]:
+                result[photo["source"]] = {
+                    "observation": obs["id"],
+                    "observation_photo": photo.get("observation_photo_id"),
+                    "photo": photo["id"],
+                    "caption": expected_caption(obs.get("taxon")),
+                }
+    return result
+
+
+def local_pictures(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in ip.PICTURE_SUFFIXES)
+
+
+def read_xmp(path: Path) -> dict:
+    ip.register_namespace()
+    with pyexiv2.Image(str(path)) as image:
+        return image.read_xmp()
+
+
+def read_exif(path: Path) -> dict:
+    with pyexiv2.Image(str(path)) as image:
+        return image.read_exif()
+
+
+def pixels(path: Path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def summary_numbers(stdout: str) -> dict[str, int]:
+    line = next(line for line in stdout.splitlines() if line.startswith("Summary:"))
+    match = re.match(
+        r"Summary: (\d+) iNaturalist annotations added, (\d+) modified"
+        r"(?:; (\d+) identifications added, (\d+) modified)? in \d+ seconds\. "
+        r"(\d+) local photos and (\d+) iNaturalist photos without known association\.",
+        line,
+    )
+    assert match, line
+    keys = ("added", "modified", "ids_added", "ids_modified", "locals_left", "inat_left")
+    return {k: int(v) if v is not None else 0 for k, v in zip(keys, match.groups(), strict=True)}
+
+
+def inat_photos_on_local_days(scenario: dict, folder: Path) -> int:
+    days = set()
+    for path in local_pictures(folder):
+        taken = read_exif(path).get("Exif.Photo.DateTimeOriginal")
+        days.add(taken[:10].replace(":", "-"))
+    count = 0
+    for obs in scenario["observations"]:
+        day = (obs.get("time_observed_at") or obs.get("observed_on") or "")[:10]
+        if day in days:
+            count += len(obs.get("photos", []))
+    return count
+
+
+def test_first_run_associates_every_twin_and_nothing_else(
+    fake_inat, pictures: Path, cache: Path, scenario: dict, tmp_path: Path
+) -> None:
+    expected = twins(scenario)
+    assert expected, "the scenario must have local twins"
+    before = {p.name: (pixels(p), read_exif(p), digest(p)) for p in local_pictures(pictures)}
+    log = tmp_path / "log.html"
+
+    result = run_cli(["--user", USER, "--logfile", str(log), str(pictures)], fake_inat.api_url, cache)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.lines[0].strip() == "Loading photos"
+    assert re.match(rf"Loaded {len(before)} local photos in \d+\.\d secs\.", result.lines[1])
+    for path in local_pictures(pictures):
+        xmp = read_xmp(path)
+        old_pixels, old_exif, old_digest = before[path.name]
+        assert np.array_equal(pixels(path), old_pixels), f"pixels changed in {path.name}"
+        assert read_exif(path) == old_exif, f"EXIF changed in {path.name}"
+        if path.name in expected:
+            want = expected[path.name]
+            assert xmp[ip.TAG_OBSERVATION] == str(want["observation"])
+            assert xmp[ip.TAG_OBSERVATION_PHOTO] == str(want["observation_photo"])
+            assert xmp[ip.TAG_PHOTO] == str(want["photo"])
+            if want["caption"]:
+                assert xmp[ip.TAG_SUBJECT] == [want["caption"]]
+                assert (
+                    f"{path}: Updating subject from 'None' to '{want['caption']}'." in result.lines
+                )
+            found = [ln for ln in result.lines if ln.startswith(f"'{path}' ")]
+            assert len(found) == 1 and f"found for photo id {want['photo']};" in found[0]
+            assert re.search(r"similarity \d+\.\d%\.$", found[0])
+        else:
+            assert ip.TAG_OBSERVATION not in xmp, f"{path.name} must not be associated"
+            assert digest(path) == old_digest
+
+    numbers = summary_numbers(result.stdout)
+    inat_total = inat_photos_on_local_days(scenario, pictures)
+    assert numbers["added"] == len(expected) and numbers["modified"] == 0
+    assert numbers["ids_added"] == sum(1 for w in expected.values() if w["caption"])
+    assert numbers["locals_left"] == len(before) - len(expected)
+    assert numbers["inat_left"] == inat_total - len(expected)
+    not_associated = [ln for ln in result.lines if ln.startswith("Not associated")]
+    assert len(not_associated) == inat_total - len(expected)
+    for line in not_associated:
+        assert re.match(
+            r"Not associated with a local picture: photo id \d+, \d+(st|nd|rd|th) photo of "
+            r"observation https://www\.inaturalist\.org/observations/\d+, '.+'\.$",
+            line,
+        ), line
+    day_lines = [ln for ln in result.lines if re.match(r"\d{4}-\d\d-\d\d: ", ln)]
+    assert day_lines and all(
+        re.match(r"\d{4}-\d\d-\d\d: \d+ iNat pictures and \d+ local pictures\.$", ln)
+        for ln in day_lines
+    )
+
+    page = log.read_text()
+    assert page.count("data:image/jpeg;base64,") >= 2 * len(expected)
+    for want in expected.values():
+        assert f"https://www.inaturalist.org/photos/{want['photo']}" in page
+        assert f"observations/{want['observation']}" in page
+    assert "<i>" in page and "Summary:" in page
+
+
+def test_second_run_skips_known_and_refreshes_changed_identification(
+    fake_inat, pictures: Path, cache: Path, scenario: dict
+) -> None:
+    expected = twins(scenario)
+    first = run_cli(["-u", USER, str(pictures)], fake_inat.api_url, cache)
+    assert first.returncode == 0, first.stderr
+
+    changed_name, changed = next(
+        (name, want) for name, want in sorted(expected.items()) if want["caption"]
+    )
+    new_taxon = {"id": 9999, "name": "Urocyon cinereoargenteus", "rank": "species",
+                 "preferred_common_name": "Gray Fox"}
+    fake_inat.set_taxon(changed["observation"], new_taxon)
+    affected = {n for n, w in expected.items() if w["observation"] == changed["observation"]}
+    digests = {p.name: digest(p) for p in local_pictures(pictures)}
+
+    second = run_cli(["-u", USER, str(pictures)], fake_inat.api_url, cache)
+
+    assert second.returncode == 0, second.stderr
+    assert not [ln for ln in second.lines if "found for photo id" in ln]
+    assert any("left after excluding known associations." in ln for ln in second.lines)
+    for path in local_pictures(pictures):
+        if path.name in affected:
+            assert read_xmp(path)[ip.TAG_SUBJECT] == ["Gray Fox (Urocyon cinereoargenteus)"]
+            assert (
+                f"{path}: Updating subject from '{changed['caption']}' to "
+                "'Gray Fox (Urocyon cinereoargenteus)'." in second.lines
+            )
+        else:
+            assert digest(path) == digests[path.name], f"{path.name} was rewritten"
+    numbers = summary_numbers(second.stdout)
+    assert (numbers["added"], numbers["modified"]) == (0, 0)
+    assert (numbers["ids_added"], numbers["ids_modified"]) == (0, len(affected))
+
+    third = run_cli(["-u", USER, str(pictures)], fake_inat.api_url, cache)
+    assert "identifications" not in next(ln for ln in third.lines if ln.startswith("Summary:"))
+    assert [p for p in local_pictures(pictures) if digest(p) != digests[p.name]] == sorted(
+        pictures / n for n in affected
+    )
+
+
+def test_user_keywords_are_kept_and_written_as_a_bag(
+    fake_inat, pictures: Path, cache: Path, scenario: dict
+) -> None:
+    name, want = next((n, w) for n, w in sorted(twins(scenario).items()) if w["caption"])
+    path = pictures / name
+    with pyexiv2.Image(str(path)) as image:
+        image.modify_xmp({ip.TAG_SUBJECT: ["holiday", "Point Reyes (California)"]})
+
+    result = run_cli(["-u", USER, str(pictures)], fake_inat.api_url, cache)
+
+    assert result.returncode == 0, result.stderr
+    assert read_xmp(path)[ip.TAG_SUBJECT] == ["holiday", "Point Reyes (California)", want["caption"]]
+    with pyexiv2.Image(str(path)) as image:
+        raw = image.read_raw_xmp()
+    assert re.search(r"<dc:subject>\s*<rdf:Bag>", raw)
+    assert f"'{path}' with caption 'holiday, Point Reyes (California)' found" in result.stdout
+
+
+def test_tags_from_another_program_count_as_known(
+    fake_inat, pictures: Path, cache: Path, scenario: dict
+) -> None:
+    """digiKam's exporter writes the same namespace, possibly under another prefix."""
+    name, want = sorted(twins(scenario).items())[0]
+    path = pictures / name
+    packet = (
+        '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF '
+        'xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+        '<rdf:Description rdf:about="" xmlns:inat="https://inaturalist.org/ns/1.0/" '
+        f'inat:observation="{want["observation"]}" inat:photo="{want["photo"]}"/>'
+        "</rdf:RDF></x:xmpmeta>"
+    )
+    with pyexiv2.Image(str(path)) as image:
+        image.modify_raw_xmp(packet)
+
+    result = run_cli(["-u", USER, str(pictures)], fake_inat.api_url, cache)
+
+    assert result.returncode == 0, result.stderr
+    assert not [ln for ln in result.lines if ln.startswith(f"'{path}' ")]  # not compared again
+    assert summary_numbers(result.stdout)["added"] == len(twins(scenario)) - 1
+
+
+def test_dry_run_changes_nothing(fake_inat, pictures: Path, cache: Path) -> None:
+    digests = {p: digest(p) for p in local_pictures(pictures)}
+    result = run_cli(["-u", USER, "--dry-run", str(pictures)], fake_inat.api_url, cache)
+    assert result.returncode == 0, result.stderr
+    assert {p: digest(p) for p in local_pictures(pictures)} == digests
+    assert "(dry run)" in result.stdout and "Dry run: no file was changed." in result.stdout
+
+
+def test_unknown_user_is_a_usage_error(fake_inat, pictures: Path, cache: Path) -> None:
+    digests = {p: digest(p) for p in local_pictures(pictures)}
+    result = run_cli(["-u", "nobody_here", str(pictures)], fake_inat.api_url, cache)
+    assert result.returncode == 2
+    assert "unknown iNaturalist user 'nobody_here'" in result.stdout
+    assert "Traceback" not in result.stdout + result.stderr
+    assert {p: digest(p) for p in local_pictures(pictures)} == digests
+
+
+def test_unreachable_api_exits_2_before_touching_anything(pictures: Path, cache: Path) -> None:
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    digests = {p: digest(p) for p in local_pictures(pictures)}
+    result = run_cli(["-u", USER, str(pictures)], f"http://127.0.0.1:{port}/v1", cache)
+    assert result.returncode == 2
+    assert "iNaturalist is unreachable" in result.stdout
+    assert "Traceback" not in result.stdout + result.stderr
+    assert {p: digest(p) for p in local_pictures(pictures)} == digests
+
+
+def test_bad_files_are_reported_and_the_run_goes_on(
+    fake_inat, pictures: Path, cache: Path, scenario: dict
+) -> None:
+    (pictures / "notes.txt").write_text("not a picture")
+    (pictures / "broken.jpg").write_text("this is text, not a JPEG")
+    (pictures / "empty.jpg").write_bytes(b"")
+    hidden = pictures / ".hidden"
+    hidden.mkdir()
+    (hidden / "secret.jpg").write_text("never read")
+    (pictures / "link.jpg").symlink_to(local_pictures(pictures)[0])
+    first = local_pictures(pictures)[0]
+
+    result = run_cli(["-u", USER, str(pictures), str(first)], fake_inat.api_url, cache)
+
+    assert result.returncode == 1
+    assert "Traceback" not in result.stdout + result.stderr
+    assert f"{pictures / 'broken.jpg'}: cannot read metadata" in result.stderr
+    assert f"{pictures / 'empty.jpg'}: cannot read metadata" in result.stderr
+    assert "secret.jpg" not in result.stdout + result.stderr
+    assert f"Not following symbolic link {pictures / 'link.jpg'}." in result.stdout
+    assert "notes.txt" in result.stdout
+    # The good pictures were still processed, each once although one was named twice.
+    assert summary_numbers(result.stdout)["added"] == len(twins(scenario))
+    assert re.search(r"Loaded (\d+) local photos", result.stdout).group(1) == str(
+        len(local_pictures(pictures)) - 3  # broken, empty, link
+    )
+
+
+def test_gpu_option_gives_the_same_associations(fake_inat, pictures: Path, cache: Path) -> None:
+    result = run_cli(["-u", USER, "--gpu", "--dry-run", str(pictures)], fake_inat.api_url, cache)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("no OpenCL device") <= 1
+    found = sorted(ln.split(";")[0] for ln in result.lines if "found for photo id" in ln)
+    cpu = run_cli(["-u", USER, "--dry-run", str(pictures)], fake_inat.api_url, cache)
+    assert found == sorted(ln.split(";")[0] for ln in cpu.lines if "found for photo id" in ln)
+
+
+def test_help_and_version() -> None:
+    result = run_cli(["--help"], "http://127.0.0.1:9/v1", Path("/nonexistent"))
+    assert result.returncode == 0
+    for option in ("--user", "--logfile", "--cluster_threshold", "--ssim_threshold",
+                   "--recompute", "--bypass_cache", "--inat_size", "--gpu", "--dry-run"):
+        assert option in result.stdout
+    version = run_cli(["--version"], "http://127.0.0.1:9/v1", Path("/nonexistent"))
+    assert version.returncode == 0 and ip.__version__ in version.stdout
+
+
+@pytest.mark.parametrize("bad", [["--ssim_threshold", "1.5"], ["--cluster_threshold", "10"], []])
+def test_bad_options_exit_2(bad: list[str], tmp_path: Path) -> None:
+    args = ["-u", USER, *bad] + ([str(tmp_path)] if bad else [])
+    result = run_cli(args, "http://127.0.0.1:9/v1", tmp_path / "cache")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,286 @@
+"""Unit tests of the pure core: parsing, names, clustering, assignment, keywords."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+
+import pytest
+
+import inat_photos as ip
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("0.95", 0.95),
+        ("95%", 0.95),
+        (" 80 % ".replace(" %", "%"), 0.80),
+        ("0", 0.0),
+        ("99.5%", 0.995),
+    ],
+)
+def test_ssim_threshold_accepts_fractions_and_percentages(text: str, expected: float) -> None:
+    assert ip.parse_ssim_threshold(text) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("text", ["1", "1.0", "100%", "-0.1", "abc", "95%%", "nan", ""])
+def test_ssim_threshold_rejects_out_of_range(text: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError):
+        ip.parse_ssim_threshold(text)
+
+
+def test_cluster_threshold_minimum() -> None:
+    assert ip.parse_cluster_threshold("60") == 60
+    assert ip.parse_cluster_threshold("180") == 180
+    for bad in ("59", "3.5", "x", "-100"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            ip.parse_cluster_threshold(bad)
+
+
+@pytest.mark.parametrize(
+    ("n", "text"),
+    [
+        (1, "1st"),
+        (2, "2nd"),
+        (3, "3rd"),
+        (4, "4th"),
+        (11, "11th"),
+        (12, "12th"),
+        (13, "13th"),
+        (21, "21st"),
+        (22, "22nd"),
+        (101, "101st"),
+        (111, "111th"),
+    ],
+)
+def test_ordinal(n: int, text: str) -> None:
+    assert ip.ordinal(n) == text
+
+
+@pytest.mark.parametrize(
+    ("taxon", "caption"),
+    [
+        (
+            {"name": "Canis latrans", "rank": "species", "preferred_common_name": "Coyote"},
+            "Coyote (Canis latrans)",
+        ),
+        ({"name": "Cardamine californica", "rank": "species"}, "Cardamine californica"),
+        (
+            {"name": "Quercus", "rank": "genus", "preferred_common_name": "Oaks"},
+            "Oaks (Quercus sp.)",
+        ),
+        (
+            {
+                "name": "Canis lupus familiaris",
+                "rank": "subspecies",
+                "preferred_common_name": "Dog",
+            },
+            "Dog (Canis lupus ssp. familiaris)",
+        ),
+        (
+            {"name": "Arctostaphylos glauca puberula", "rank": "variety"},
+            "Arctostaphylos glauca var. puberula",
+        ),
+        (
+            {"name": "Fagaceae", "rank": "family", "preferred_common_name": "Beech Family"},
+            "Beech Family (Fagaceae)",
+        ),
+        (
+            {"name": "  Canis   latrans ", "rank": "species", "preferred_common_name": " "},
+            "Canis latrans",
+        ),
+    ],
+)
+def test_taxon_captions(taxon: dict, caption: str) -> None:
+    name = ip.taxon_name(taxon)
+    assert name is not None and name.caption == caption
+
+
+@pytest.mark.parametrize("taxon", [None, {}, {"name": None}, {"name": ""}, "Canis", 5])
+def test_missing_taxon_gives_no_name(taxon: object) -> None:
+    assert ip.taxon_name(taxon) is None  # type: ignore[arg-type]
+
+
+def test_caption_shape_recognises_our_captions_only() -> None:
+    ours = [
+        "Coyote (Canis latrans)",
+        "Canis latrans",
+        "Oaks (Quercus sp.)",
+        "Quercus sp.",
+        "Dog (Canis lupus ssp. familiaris)",
+    ]
+    theirs = [
+        "holiday 2021",
+        "Yosemite",
+        "trip (2021)",
+        "Point Reyes (California)",
+        "cat",
+        "Fagaceae",
+        "Family (Fagaceae)",
+        "coyote (canis latrans)",
+    ]
+    assert [k for k in ours + theirs if ip.looks_like_caption(k)] == ours
+
+
+def test_distance_known_points() -> None:
+    # One degree of latitude is about 111.2 km; a point to itself is 0.
+    assert ip.distance_m((37.0, -122.0), (38.0, -122.0)) == pytest.approx(111_195, rel=1e-3)
+    assert ip.distance_m((37.4, -122.1), (37.4, -122.1)) == 0.0
+    # San Francisco to Los Angeles is about 559 km.
+    assert ip.distance_m((37.7749, -122.4194), (34.0522, -118.2437)) == pytest.approx(
+        559_000, rel=0.01
+    )
+
+
+def test_exif_datetime_parsing() -> None:
+    assert ip.parse_exif_datetime("2021:02:01 10:15:58") == dt.datetime(2021, 2, 1, 10, 15, 58)
+    assert ip.parse_exif_datetime("2021-02-01T10:15:58") == dt.datetime(2021, 2, 1, 10, 15, 58)
+    for absurd in (
+        "0000:00:00 00:00:00",
+        "1700:01:01 00:00:00",
+        "9999:12:31 23:59:59",
+        "2021:02:30 10:00:00",
+        "garbage",
+        "",
+        None,
+        "    :  :     :  :  ",
+    ):
+        assert ip.parse_exif_datetime(absurd) is None, absurd
+
+
+def test_gps_parsing() -> None:
+    exif = {
+        "Exif.GPSInfo.GPSLatitude": "37/1 25/1 1234/100",
+        "Exif.GPSInfo.GPSLatitudeRef": "N",
+        "Exif.GPSInfo.GPSLongitude": "122/1 10/1 0/1",
+        "Exif.GPSInfo.GPSLongitudeRef": "W",
+    }
+    lat, lng = ip.parse_gps(exif)  # type: ignore[misc]
+    assert lat == pytest.approx(37 + 25 / 60 + 12.34 / 3600)
+    assert lng == pytest.approx(-(122 + 10 / 60))
+    assert ip.parse_gps({}) is None
+    assert ip.parse_gps({**exif, "Exif.GPSInfo.GPSLatitude": "1/0 0/0 0/0"}) is None
+    assert ip.parse_gps({**exif, "Exif.GPSInfo.GPSLatitude": "91/1 0/1 0/1"}) is None
+
+
+def _local(name: str, when: dt.datetime) -> ip.LocalPhoto:
+    return ip.LocalPhoto(ip.Path(name), when, True, None, 1, [], None)
+
+
+def _candidate(photo_id: int, when: dt.datetime | None, minute: bool = True) -> ip.Candidate:
+    photo = ip.InatPhoto(photo_id, photo_id + 1, photo_id * 10, 1, "http://x/photos/1/square.jpg")
+    observation = ip.Observation(
+        photo_id * 10, "u", None, when, minute, when.date() if when else None, None, False, (photo,)
+    )
+    return ip.Candidate(photo, observation)
+
+
+def test_cluster_by_time_single_linkage() -> None:
+    t0 = dt.datetime(2021, 2, 1, 10, 0, 0)
+    locals_ = [
+        _local(f"{i}.jpg", t0 + dt.timedelta(seconds=s)) for i, s in enumerate([0, 150, 290, 700])
+    ]
+    candidates = [
+        _candidate(1, t0 + dt.timedelta(seconds=60)),
+        _candidate(2, t0 + dt.timedelta(seconds=900)),
+    ]
+    clusters = ip.cluster_by_time(locals_, candidates, 180)
+    # 0, 60(+59), 150, 290 chain together; 700 and 900 are more than 180 s from anything earlier.
+    assert [[p.path.name for p in c.locals] for c in clusters] == [
+        ["0.jpg", "1.jpg", "2.jpg"],
+        ["3.jpg"],
+        [],
+    ]
+    assert [[c.photo.id for c in cl.candidates] for cl in clusters] == [[1], [], [2]]
+
+
+def test_cluster_minute_precision_spans_the_minute() -> None:
+    t0 = dt.datetime(2021, 2, 1, 10, 0, 0)
+    # The observation says 10:00 (no seconds); the photo at 10:03:50 is 230 s later but only
+    # 171 s after the end of that minute, so it belongs with it at a 180 s threshold.
+    clusters = ip.cluster_by_time(
+        [_local("a.jpg", t0 + dt.timedelta(seconds=230))], [_candidate(1, t0, minute=True)], 180
+    )
+    assert len(clusters) == 1
+    clusters = ip.cluster_by_time(
+        [_local("a.jpg", t0 + dt.timedelta(seconds=230))], [_candidate(1, t0, minute=False)], 180
+    )
+    assert len(clusters) == 2
+
+
+def test_cluster_leaves_out_untimed_candidates() -> None:
+    clusters = ip.cluster_by_time(
+        [_local("a.jpg", dt.datetime(2021, 1, 1, 9))], [_candidate(1, None)], 180
+    )
+    assert sum(len(c.candidates) for c in clusters) == 0
+
+
+def test_assign_one_to_one_best_first() -> None:
+    scores = {(0, 0): 0.97, (0, 1): 0.99, (1, 1): 0.98, (1, 0): 0.96, (2, 0): 0.50}
+    assert ip.assign_one_to_one(scores, 0.95) == [(0, 1, 0.99), (1, 0, 0.96)]
+    assert ip.assign_one_to_one(scores, 0.995) == []
+
+
+def test_updated_keywords_keep_other_keywords() -> None:
+    keywords = ["holiday", "Coyote (Canis latrans)", "Yosemite"]
+    assert ip.updated_keywords(
+        keywords, "Coyote (Canis latrans)", "Gray Fox (Urocyon cinereoargenteus)"
+    ) == ["holiday", "Gray Fox (Urocyon cinereoargenteus)", "Yosemite"]
+    assert ip.updated_keywords(["holiday"], None, "Coyote (Canis latrans)") == [
+        "holiday",
+        "Coyote (Canis latrans)",
+    ]
+    assert ip.updated_keywords(["Coyote (Canis latrans)"], None, "Coyote (Canis latrans)") == [
+        "Coyote (Canis latrans)"
+    ]
+
+
+def test_parse_observation_real_shape() -> None:
+    record = {
+        "id": 68980359,
+        "uri": "https://www.inaturalist.org/observations/68980359",
+        "time_observed_at": "2021-02-01T10:15:00-08:00",
+        "observed_on": "2021-02-01",
+        "location": "37.42,-122.17",
+        "obscured": False,
+        "taxon": {"name": "Canis latrans", "rank": "species", "preferred_common_name": "Coyote"},
+        "observation_photos": [
+            {"id": 2, "position": 1, "photo": {"id": 22, "url": "https://h/photos/22/square.jpg"}},
+            {
+                "id": 1,
+                "position": 0,
+                "photo": {"id": 11, "url": "https://h/photos/11/square.jpg?1"},
+            },
+        ],
+    }
+    obs = ip.parse_observation(record)
+    assert obs is not None
+    assert obs.observed_at == dt.datetime(2021, 2, 1, 10, 15)  # wall-clock time kept
+    assert obs.minute_precision
+    assert obs.location == (37.42, -122.17)
+    assert [(p.id, p.position, p.observation_photo_id) for p in obs.photos] == [
+        (11, 1, 1),
+        (22, 2, 2),
+    ]
+    assert obs.photos[0].url_for_size("large") == "https://h/photos/11/large.jpg?1"
+    assert obs.caption == "Coyote (Canis latrans)"
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        {"id": 5},
+        {"id": 5, "taxon": None, "time_observed_at": None, "observation_photos": None},
+        {"id": 5, "observed_on": "not a date", "location": "nowhere", "observation_photos": [{}]},
+        {"id": 5, "observation_photos": [{"photo": {"id": "x", "url": 3}}], "obscured": "yes"},
+    ],
+)
+def test_parse_observation_odd_fields(record: dict) -> None:
+    obs = ip.parse_observation(record)
+    assert obs is not None and obs.id == 5 and obs.photos == () and obs.caption is None
+
+
+def test_parse_observation_without_id() -> None:
+    assert ip.parse_observation({"taxon": {}}) is None
+    assert ip.parse_observation({"id": True}) is None
