@@ -72,6 +72,7 @@ TAG_PHOTO = "Xmp.iNaturalist.photo"
 TAG_SUBJECT = "Xmp.dc.subject"
 
 INAT_SIZES = ("small", "medium", "large", "original")
+INAT_PIXELS = {"small": 240, "medium": 500, "large": 1024, "original": 2048}  # longest side
 PICTURE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".png", ".tif", ".tiff"}
 PER_PAGE = 200  # the API's maximum page size
 DOWNLOAD_WORKERS = 4  # parallel photo downloads; iNaturalist's media host allows a few
@@ -856,12 +857,20 @@ def decode_upright(path: Path, orientation: int, at_least: tuple[int, int]) -> I
     return picture
 
 
-def thumbnail_data_url(picture: Image.Image) -> str:
-    """A small JPEG of picture as a data: URL, so the HTML log is one self-contained file."""
-    small = picture.copy()
+def thumbnail_data_url(
+    picture: Image.Image, outline: tuple[float, float, float, float] | None = None
+) -> str:
+    """A small JPEG of picture (with a box outlined) as a data: URL, for the HTML log."""
+    from PIL import ImageDraw
+
+    small = picture.convert("RGB")  # always a copy, so drawing leaves picture alone
     small.thumbnail((HTML_THUMBNAIL, HTML_THUMBNAIL))
+    if outline is not None:
+        left, top, right, bottom = outline
+        box = (left * small.width, top * small.height, right * small.width, bottom * small.height)
+        ImageDraw.Draw(small).rectangle(box, outline=(255, 40, 40), width=2)
     buffer = io.BytesIO()
-    small.convert("RGB").save(buffer, "JPEG", quality=80)
+    small.save(buffer, "JPEG", quality=80)
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
@@ -1051,28 +1060,216 @@ def seconds_apart(photo: LocalPhoto, observation: Observation) -> int | None:
     return round(abs((photo.taken_at - observation.observed_at).total_seconds()))
 
 
+TIE_MARGIN = 0.005  # two local photos this close for one upload: too close to choose
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The outcome for one candidate upload: a local photo chosen, or a tie refused."""
+
+    candidate: int
+    local: int
+    score: float
+    rivals: tuple[int, ...] = ()  # other local photos within TIE_MARGIN: nothing is chosen
+
+
 def assign_one_to_one(
-    scores: dict[tuple[int, int], float], threshold: float
-) -> list[tuple[int, int, float]]:
-    """Pair (local, candidate) indices best-first; each side used once, score >= threshold."""
-    pairs = []
+    scores: dict[tuple[int, int], float], threshold: float, upload_order: Sequence[Any] = ()
+) -> list[Decision]:
+    """Pair (local, candidate) indices best-first, each side once, score >= threshold.
+
+    Where two local photos score within TIE_MARGIN for one upload (a burst), neither is
+    chosen. Where one local photo fits two uploads equally (uploaded twice), the first in
+    upload_order wins.
+    """
+    decisions: list[Decision] = []
     used_local: set[int] = set()
     used_candidate: set[int] = set()
-    for (local, candidate), score in sorted(scores.items(), key=lambda kv: -kv[1]):
-        if score < threshold or local in used_local or candidate in used_candidate:
+
+    def order(candidate: int) -> Any:
+        return upload_order[candidate] if candidate < len(upload_order) else candidate
+
+    ranked = sorted(scores.items(), key=lambda kv: (-kv[1], order(kv[0][1])))
+    for (local, candidate), score in ranked:
+        if score < threshold:
+            break
+        if local in used_local or candidate in used_candidate:
             continue
-        pairs.append((local, candidate, score))
-        used_local.add(local)
+        twins = [
+            c
+            for (i, c), s in scores.items()
+            if i == local and c not in used_candidate and s >= max(threshold, score - TIE_MARGIN)
+        ]
+        candidate = min(twins, key=order)
+        score = scores[(local, candidate)]
+        rivals = tuple(
+            i
+            for (i, c), s in scores.items()
+            if c == candidate
+            and i != local
+            and i not in used_local
+            and s >= threshold
+            and score - s <= TIE_MARGIN
+        )
         used_candidate.add(candidate)
-    return pairs
+        if not rivals:
+            used_local.add(local)
+        decisions.append(Decision(candidate, local, score, rivals))
+    return decisions
+
+
+# -- Finding an upload inside a local photo: crops and quarter turns ---------------------
+
+ALIGN_SIDE = 160  # longest side of the coarse crop search, pixels
+SMALLEST_CROP = 0.6  # crops down to 60 % of the width (36 % of the area) are searched
+ALIGN_GATE = 0.6  # coarse correlation below this means "not the same picture", skip refining
+_TURN = {1: Image.Transpose.ROTATE_90, 2: Image.Transpose.ROTATE_180, 3: Image.Transpose.ROTATE_270}
+
+
+@dataclass(frozen=True)
+class Alignment:
+    """Where an iNaturalist photo sits in the upright local picture."""
+
+    box: tuple[float, float, float, float]  # left, top, right, bottom as fractions of the picture
+    turns: int = 0  # quarter turns counter-clockwise that bring the iNaturalist photo upright
+
+    @property
+    def area(self) -> float:
+        left, top, right, bottom = self.box
+        return (right - left) * (bottom - top)
+
+    def describe(self) -> str:
+        """'cropped to 64% of the area, rotated 90°' or '' when neither."""
+        parts = []
+        if self.area < 0.97:
+            parts.append(f"cropped to {self.area * 100:.0f}% of the area")
+        if self.turns:
+            parts.append(f"rotated {self.turns * 90}°")
+        return ", ".join(parts)
+
+
+def _grayscale(picture: Image.Image, size: tuple[int, int]) -> np.ndarray:
+    return np.asarray(picture.convert("L").resize(size, Image.Resampling.BILINEAR), np.float64)
+
+
+def ncc_map(image: np.ndarray, template: np.ndarray) -> np.ndarray:
+    """Normalised cross-correlation of template at every position fully inside image."""
+    th, tw = template.shape
+    height, width = image.shape
+    centred = template - template.mean()
+    norm = math.sqrt(float((centred * centred).sum()))
+    out_shape = (height - th + 1, width - tw + 1)
+    if norm == 0 or min(out_shape) < 1:
+        return np.full((max(out_shape[0], 1), max(out_shape[1], 1)), -1.0)
+    # Circular FFT correlation is exact for the valid positions: they never wrap.
+    spectrum = np.fft.rfft2(image) * np.conj(np.fft.rfft2(centred, s=image.shape))
+    correlation = np.fft.irfft2(spectrum, s=image.shape)[: out_shape[0], : out_shape[1]]
+    sums = []
+    for values in (image, image * image):
+        integral = np.pad(values.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+        sums.append(
+            integral[th:, tw:] - integral[:-th, tw:] - integral[th:, :-tw] + integral[:-th, :-tw]
+        )
+    variance = np.maximum(sums[1] - sums[0] ** 2 / (th * tw), 1e-9)
+    return correlation / (np.sqrt(variance) * norm)
+
+
+def _subpixel_peak(surface: np.ndarray) -> tuple[float, float, float]:
+    """(y, x, value) of the maximum, refined by a parabola through its neighbours."""
+    y, x = np.unravel_index(int(np.argmax(surface)), surface.shape)
+    value = float(surface[y, x])
+
+    def offset(minus: float, plus: float) -> float:
+        curvature = minus - 2 * value + plus
+        return 0.0 if curvature >= 0 else max(-0.5, min(0.5, 0.5 * (minus - plus) / curvature))
+
+    dy = offset(surface[y - 1, x], surface[y + 1, x]) if 0 < y < surface.shape[0] - 1 else 0.0
+    dx = offset(surface[y, x - 1], surface[y, x + 1]) if 0 < x < surface.shape[1] - 1 else 0.0
+    return y + dy, x + dx, value
+
+
+def _search_box(
+    local: Image.Image,
+    upload: Image.Image,
+    side: int,
+    widths: Iterable[float],
+    near: tuple[float, float, float, float] | None,
+) -> tuple[tuple[float, float, float, float], float]:
+    """Best box (fractions) for upload in local at working size side, among box widths."""
+    scale = side / max(local.size)
+    work_w, work_h = max(1, round(local.width * scale)), max(1, round(local.height * scale))
+    picture = _grayscale(local, (work_w, work_h))
+    aspect = upload.height / upload.width
+    best: tuple[tuple[float, float, float, float], float] = ((0.0, 0.0, 1.0, 1.0), -2.0)
+    for width_fraction in widths:
+        box_w = width_fraction * work_w
+        box_h = box_w * aspect
+        size = (round(box_w), round(box_h))
+        if min(size) < 8 or size[0] > work_w or size[1] > work_h:
+            continue
+        template = _grayscale(upload, size)
+        origin = (0, 0)
+        region = picture
+        if near is not None:  # refine: look only a few pixels around the previous estimate
+            margin = 4 + abs(size[0] - (near[2] - near[0]) * work_w)
+            left = max(0, int(near[0] * work_w - margin))
+            top = max(0, int(near[1] * work_h - margin))
+            right = min(work_w, math.ceil(near[0] * work_w + size[0] + margin) + 1)
+            bottom = min(work_h, math.ceil(near[1] * work_h + size[1] + margin) + 1)
+            region, origin = picture[top:bottom, left:right], (left, top)
+        y, x, value = _subpixel_peak(ncc_map(region, template))
+        if value > best[1]:
+            x0, y0 = (x + origin[0]) / work_w, (y + origin[1]) / work_h
+            best = (
+                (float(x0), float(y0), float(x0 + box_w / work_w), float(y0 + box_h / work_h)),
+                value,
+            )
+    return best
+
+
+def find_alignment(local: Image.Image, upload: Image.Image) -> tuple[Alignment, float] | None:
+    """Where upload (maybe cropped, maybe turned) lies in local; None if nowhere plausible."""
+    best: tuple[Alignment, float] | None = None
+    for turns in range(4):
+        turned = upload.transpose(_TURN[turns]) if turns else upload
+        fit = min(1.0, (local.height / local.width) / (turned.height / turned.width))
+        widths = [fit * f for f in np.linspace(1.0, SMALLEST_CROP, 9)]
+        box, value = _search_box(local, turned, ALIGN_SIDE, widths, None)
+        if best is None or value > best[1]:
+            best = (Alignment(box, turns), value)
+    if best is None or best[1] < ALIGN_GATE:
+        return None
+    alignment = best[0]
+    turned = upload.transpose(_TURN[alignment.turns]) if alignment.turns else upload
+    box = alignment.box
+    # Refine twice: in scale steps of ~1 % at a medium size, then ~0.25 % at full size.
+    for side, step in ((480, 0.01), (max(upload.size) / (box[2] - box[0]), 0.0025)):
+        width = box[2] - box[0]
+        widths = [width * (1 + step * k) for k in range(-3, 4)]
+        box, value = _search_box(local, turned, round(side), widths, box)
+    return Alignment(box, alignment.turns), value
+
+
+# -- Scoring pairs -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """The similarity of a local photo and a candidate, and how the two were lined up."""
+
+    score: float
+    alignment: Alignment | None = None  # None: whole pictures compared as they are
 
 
 class Similarity:
     """Scores local photos against candidates, decoding each picture once per cluster."""
 
-    def __init__(self, photos: PhotoCache, size: str, use_gpu: bool, console: Console) -> None:
+    def __init__(
+        self, photos: PhotoCache, size: str, threshold: float, use_gpu: bool, console: Console
+    ) -> None:
         self.photos = photos
         self.size = size
+        self.threshold = threshold
         self.console = console
         self.score_pair: Callable[[np.ndarray, np.ndarray], float] = ssim_score
         self.device = "CPU (numpy)"
@@ -1080,11 +1277,11 @@ class Similarity:
             try:
                 engine = OpenCLSimilarity()
                 self.score_pair = engine.score
-                self.device = f"OpenCL: {engine.device_name}"  # type: ignore[attr-defined]
+                self.device = f"OpenCL: {engine.device_name}"
             except OpenCLUnavailable as reason:
                 console.warn(f"no OpenCL device ({reason}); computing similarity on the CPU")
         self.inat_pictures: dict[int, Image.Image] = {}
-        self.local_pictures: dict[tuple[Path, tuple[int, int]], Image.Image] = {}
+        self.local_pictures: dict[Path, Image.Image] = {}
         self.unreadable: set[Path] = set()
 
     def inat_picture(self, photo: InatPhoto) -> Image.Image | None:
@@ -1099,29 +1296,49 @@ class Similarity:
                 return None
         return self.inat_pictures[photo.id]
 
-    def local_picture(self, photo: LocalPhoto, size: tuple[int, int]) -> Image.Image | None:
-        """The local picture upright at exactly size; None (reported once) if undecodable."""
+    def local_picture(self, photo: LocalPhoto) -> Image.Image | None:
+        """The local picture upright, big enough to cut the smallest searched crop from it."""
         if photo.path in self.unreadable:
             return None
-        key = (photo.path, size)
-        if key not in self.local_pictures:
+        if photo.path not in self.local_pictures:
+            side = round(max(INAT_PIXELS[self.size], HTML_THUMBNAIL) / SMALLEST_CROP)
             try:
-                upright = decode_upright(photo.path, photo.orientation, size)
+                upright = decode_upright(photo.path, photo.orientation, (side, side))
             except (OSError, ValueError, Image.DecompressionBombError) as error:
                 self.unreadable.add(photo.path)
                 self.console.file_error(photo.path, f"cannot decode picture ({error})")
                 return None
-            self.local_pictures[key] = upright.resize(size, Image.Resampling.BILINEAR)
-        return self.local_pictures[key]
+            self.local_pictures[photo.path] = upright
+        return self.local_pictures[photo.path]
 
-    def score(self, photo: LocalPhoto, candidate: Candidate) -> float | None:
+    def compare(self, photo: LocalPhoto, candidate: Candidate) -> Comparison | None:
+        """Whole pictures first; if they differ, look for a crop or a turn of the upload."""
         inat = self.inat_picture(candidate.photo)
-        if inat is None:
+        local = self.local_picture(photo) if inat is not None else None
+        if inat is None or local is None:
             return None
-        local = self.local_picture(photo, inat.size)
-        if local is None:
-            return None
-        return self.score_pair(np.asarray(local), np.asarray(inat))
+        whole = local.resize(inat.size, Image.Resampling.BILINEAR)
+        plain = Comparison(self.score_pair(np.asarray(whole), np.asarray(inat)))
+        if plain.score >= self.threshold:
+            return plain
+        found = find_alignment(local, inat)
+        if found is None or not found[0].describe():
+            return plain
+        alignment = found[0]
+        turned = inat.transpose(_TURN[alignment.turns]) if alignment.turns else inat
+        left, top, right, bottom = alignment.box
+        region = local.resize(
+            turned.size,
+            Image.Resampling.BILINEAR,
+            box=(
+                left * local.width,
+                top * local.height,
+                right * local.width,
+                bottom * local.height,
+            ),
+        )
+        aligned = Comparison(self.score_pair(np.asarray(region), np.asarray(turned)), alignment)
+        return aligned if aligned.score > plain.score else plain
 
     def forget_locals(self) -> None:
         """Drop decoded local pictures once their cluster is done (memory stays flat)."""
@@ -1491,56 +1708,76 @@ class Run:
         """Score every pair in the cluster, associate the best ones, log the refusals."""
         if not cluster.locals or not cluster.candidates:
             return
-        scores: dict[tuple[int, int], float] = {}
+        comparisons: dict[tuple[int, int], Comparison] = {}
         pairs = [(i, j) for i in range(len(cluster.locals)) for j in range(len(cluster.candidates))]
         for i, j in progress(pairs, "Comparing", total=len(pairs)):
-            score = similarity.score(cluster.locals[i], cluster.candidates[j])
-            if score is not None:
-                scores[(i, j)] = score
-        accepted = assign_one_to_one(scores, self.args.ssim_threshold)
-        matched = {i for i, _, _ in accepted}
-        for i, j, score in accepted:
-            self.associate(cluster.locals[i], cluster.candidates[j], score, similarity)
+            comparison = similarity.compare(cluster.locals[i], cluster.candidates[j])
+            if comparison is not None:
+                comparisons[(i, j)] = comparison
+        scores = {pair: c.score for pair, c in comparisons.items()}
+        order = [c.photo.id for c in cluster.candidates]
+        decided: set[int] = set()
+        for decision in assign_one_to_one(scores, self.args.ssim_threshold, order):
+            candidate = cluster.candidates[decision.candidate]
+            locals_ = [decision.local, *decision.rivals]
+            if decision.rivals:
+                names = " and ".join(f"'{show_path(cluster.locals[i].path)}'" for i in locals_)
+                self.console.say(
+                    f"Not associated: photo id {candidate.photo.id} fits {names} almost equally"
+                    f" well (similarity {decision.score * 100:.1f}%); too close to choose."
+                )
+                for i in locals_:
+                    self.log_rows.append(
+                        self._row(
+                            cluster.locals[i],
+                            candidate,
+                            comparisons[(i, decision.candidate)],
+                            similarity,
+                            note="tie: another local photo fits as well",
+                        )
+                    )
+                decided.update(locals_)
+                continue
+            comparison = comparisons[(decision.local, decision.candidate)]
+            self.associate(cluster.locals[decision.local], candidate, comparison, similarity)
+            decided.add(decision.local)
         for i, photo in enumerate(cluster.locals):
-            if i in matched:
+            tried = [(c.score, j) for (li, j), c in comparisons.items() if li == i]
+            if i in decided or not tried:
                 continue
-            tried = [(s, j) for (li, j), s in scores.items() if li == i]
-            if not tried:
-                continue
-            best_score, j = max(tried)
+            _, j = max(tried)
             candidate = cluster.candidates[j]
             taken = candidate.photo.id in self.associated_photos
-            self.log_rows.append(
-                self._row(
-                    photo,
-                    candidate,
-                    best_score,
-                    similarity,
-                    note="best candidate, associated with another photo"
-                    if taken
-                    else "below the similarity threshold",
-                )
+            note = (
+                "best candidate, associated with another photo"
+                if taken
+                else ("below the similarity threshold")
             )
+            self.log_rows.append(self._row(photo, candidate, comparisons[(i, j)], similarity, note))
         similarity.forget_locals()
 
     def associate(
-        self, photo: LocalPhoto, candidate: Candidate, score: float, similarity: Similarity
+        self,
+        photo: LocalPhoto,
+        candidate: Candidate,
+        comparison: Comparison,
+        similarity: Similarity,
     ) -> None:
         observation = candidate.observation
         seconds = seconds_apart(photo, observation)
         described = (
             "without caption" if photo.caption is None else f"with caption '{photo.caption}'"
         )
+        how = comparison.alignment.describe() if comparison.alignment else ""
         self.console.say(
             f"'{show_path(photo.path)}' {described} found for photo id {candidate.photo.id};"
             f" '{observation.caption}', time from observation "
             f"{'n/a' if seconds is None else seconds} secs, distance from observation "
             f"{_distance_words(describe_distance(photo, observation))}, similarity"
-            f" {score * 100:.1f}%."
+            f" {comparison.score * 100:.1f}%{f' ({how})' if how else ''}."
         )
-        self.log_rows.append(self._row(photo, candidate, score, similarity))
+        self.log_rows.append(self._row(photo, candidate, comparison, similarity))
         tags = InatTags(observation.id, candidate.photo.observation_photo_id, candidate.photo.id)
-        # A photo retagged to another observation may still carry the old caption.
         if self.apply(photo, tags, None, observation.caption):
             self.associated_locals.add(photo.path)
             self.associated_photos.add(candidate.photo.id)
@@ -1549,21 +1786,24 @@ class Run:
         self,
         photo: LocalPhoto,
         candidate: Candidate,
-        score: float,
+        comparison: Comparison,
         similarity: Similarity,
         note: str = "",
     ) -> LogRow:
         inat = similarity.inat_picture(candidate.photo)
-        local = similarity.local_picture(photo, inat.size) if inat else None
+        local = similarity.local_picture(photo)
         observation = candidate.observation
+        alignment = comparison.alignment
+        if alignment is not None and alignment.describe():
+            note = "; ".join(filter(None, [alignment.describe(), note]))
         return LogRow(
             photo,
-            thumbnail_data_url(local) if local else None,
+            thumbnail_data_url(local, alignment.box if alignment else None) if local else None,
             candidate,
             thumbnail_data_url(inat) if inat else None,
             seconds_apart(photo, observation),
             describe_distance(photo, observation),
-            score,
+            comparison.score,
             note,
         )
 
@@ -1608,7 +1848,7 @@ class Run:
         observations = store.observations_between(args.user, days[0], days[-1])
         store.close()
         photos = PhotoCache(self.cache, client, refresh=args.bypass_cache)
-        similarity = Similarity(photos, args.inat_size, args.gpu, console)
+        similarity = Similarity(photos, args.inat_size, args.ssim_threshold, args.gpu, console)
         self.match_days(local_photos, observations, known, previous, similarity)
         return self.finish(local_photos, started)
 

@@ -110,7 +110,9 @@ def test_first_run_associates_every_twin_and_nothing_else(
     before = {p.name: (pixels(p), read_exif(p), digest(p)) for p in local_pictures(pictures)}
     log = tmp_path / "log.html"
 
-    result = run_cli(["--user", USER, "--logfile", str(log), str(pictures)], fake_inat.api_url, cache)
+    result = run_cli(
+        ["--user", USER, "--logfile", str(log), str(pictures)], fake_inat.api_url, cache
+    )
 
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.lines[0].strip() == "Loading photos"
@@ -132,7 +134,7 @@ def test_first_run_associates_every_twin_and_nothing_else(
                 )
             found = [ln for ln in result.lines if ln.startswith(f"'{path}' ")]
             assert len(found) == 1 and f"found for photo id {want['photo']};" in found[0]
-            assert re.search(r"similarity \d+\.\d%\.$", found[0])
+            assert re.search(r"similarity \d+\.\d%( \((cropped|rotated) [^)]*\))?\.$", found[0])
         else:
             assert ip.TAG_OBSERVATION not in xmp, f"{path.name} must not be associated"
             assert digest(path) == old_digest
@@ -172,11 +174,15 @@ def test_second_run_skips_known_and_refreshes_changed_identification(
     first = run_cli(["-u", USER, str(pictures)], fake_inat.api_url, cache)
     assert first.returncode == 0, first.stderr
 
-    changed_name, changed = next(
+    _, changed = next(
         (name, want) for name, want in sorted(expected.items()) if want["caption"]
     )
-    new_taxon = {"id": 9999, "name": "Urocyon cinereoargenteus", "rank": "species",
-                 "preferred_common_name": "Gray Fox"}
+    new_taxon = {
+        "id": 9999,
+        "name": "Urocyon cinereoargenteus",
+        "rank": "species",
+        "preferred_common_name": "Gray Fox",
+    }
     fake_inat.set_taxon(changed["observation"], new_taxon)
     affected = {n for n, w in expected.items() if w["observation"] == changed["observation"]}
     digests = {p.name: digest(p) for p in local_pictures(pictures)}
@@ -217,7 +223,11 @@ def test_user_keywords_are_kept_and_written_as_a_bag(
     result = run_cli(["-u", USER, str(pictures)], fake_inat.api_url, cache)
 
     assert result.returncode == 0, result.stderr
-    assert read_xmp(path)[ip.TAG_SUBJECT] == ["holiday", "Point Reyes (California)", want["caption"]]
+    assert read_xmp(path)[ip.TAG_SUBJECT] == [
+        "holiday",
+        "Point Reyes (California)",
+        want["caption"],
+    ]
     with pyexiv2.Image(str(path)) as image:
         raw = image.read_raw_xmp()
     assert re.search(r"<dc:subject>\s*<rdf:Bag>", raw)
@@ -316,8 +326,17 @@ def test_gpu_option_gives_the_same_associations(fake_inat, pictures: Path, cache
 def test_help_and_version() -> None:
     result = run_cli(["--help"], "http://127.0.0.1:9/v1", Path("/nonexistent"))
     assert result.returncode == 0
-    for option in ("--user", "--logfile", "--cluster_threshold", "--ssim_threshold",
-                   "--recompute", "--bypass_cache", "--inat_size", "--gpu", "--dry-run"):
+    for option in (
+        "--user",
+        "--logfile",
+        "--cluster_threshold",
+        "--ssim_threshold",
+        "--recompute",
+        "--bypass_cache",
+        "--inat_size",
+        "--gpu",
+        "--dry-run",
+    ):
         assert option in result.stdout
     version = run_cli(["--version"], "http://127.0.0.1:9/v1", Path("/nonexistent"))
     assert version.returncode == 0 and ip.__version__ in version.stdout

@@ -216,10 +216,31 @@ def test_cluster_leaves_out_untimed_candidates() -> None:
     assert sum(len(c.candidates) for c in clusters) == 0
 
 
+def _pairs(decisions: list) -> list[tuple]:
+    return [(d.local, d.candidate, d.score, d.rivals) for d in decisions]
+
+
 def test_assign_one_to_one_best_first() -> None:
     scores = {(0, 0): 0.97, (0, 1): 0.99, (1, 1): 0.98, (1, 0): 0.96, (2, 0): 0.50}
-    assert ip.assign_one_to_one(scores, 0.95) == [(0, 1, 0.99), (1, 0, 0.96)]
+    assert _pairs(ip.assign_one_to_one(scores, 0.95)) == [(0, 1, 0.99, ()), (1, 0, 0.96, ())]
     assert ip.assign_one_to_one(scores, 0.995) == []
+
+
+def test_assign_refuses_a_burst_tie() -> None:
+    # Two local frames score within TIE_MARGIN for the same upload: neither is chosen.
+    scores = {(0, 0): 0.981, (1, 0): 0.979, (2, 0): 0.90}
+    (decision,) = ip.assign_one_to_one(scores, 0.95)
+    assert (decision.candidate, decision.local, decision.rivals) == (0, 0, (1,))
+    # A clear winner is still chosen.
+    scores = {(0, 0): 0.99, (1, 0): 0.96}
+    assert _pairs(ip.assign_one_to_one(scores, 0.95)) == [(0, 0, 0.99, ())]
+
+
+def test_assign_prefers_the_first_upload_of_a_photo_uploaded_twice() -> None:
+    # Local photo 0 fits uploads 0 and 1 equally; upload 1 came first (lower id).
+    scores = {(0, 0): 0.990, (0, 1): 0.988}
+    (decision,) = ip.assign_one_to_one(scores, 0.95, upload_order=[222, 111])
+    assert (decision.local, decision.candidate) == (0, 1)
 
 
 def test_updated_keywords_keep_other_keywords() -> None:
