@@ -174,9 +174,7 @@ def test_second_run_skips_known_and_refreshes_changed_identification(
     first = run_cli(["-u", USER, str(pictures)], fake_inat.api_url, cache)
     assert first.returncode == 0, first.stderr
 
-    _, changed = next(
-        (name, want) for name, want in sorted(expected.items()) if want["caption"]
-    )
+    _, changed = next((name, want) for name, want in sorted(expected.items()) if want["caption"])
     new_taxon = {
         "id": 9999,
         "name": "Urocyon cinereoargenteus",
