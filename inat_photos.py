@@ -76,6 +76,7 @@ INAT_PIXELS = {"small": 240, "medium": 500, "large": 1024, "original": 2048}  # 
 PICTURE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".png", ".tif", ".tiff"}
 PER_PAGE = 200  # the API's maximum page size
 DOWNLOAD_WORKERS = 4  # parallel photo downloads; iNaturalist's media host allows a few
+COMPARE_WORKERS = os.cpu_count() or 2  # decoding and scoring release the GIL: use every core
 HTML_THUMBNAIL = 240  # longest side of thumbnails embedded in the HTML log, pixels
 
 # Pillow refuses pictures above this many pixels (a decompression-bomb guard); 200 MP
@@ -709,6 +710,12 @@ class LocalPhoto:
     orientation: int
     keywords: list[str]  # XMP dc:subject, in order
     tags: InatTags | None
+    clock_error: dt.timedelta = dt.timedelta(0)  # how far the camera clock was ahead
+
+    @property
+    def corrected_time(self) -> dt.datetime:
+        """When the photo was really taken, as far as the tool knows."""
+        return self.taken_at - self.clock_error
 
     @property
     def caption(self) -> str | None:
@@ -774,6 +781,110 @@ def read_local_photo(path: Path, console: Console) -> LocalPhoto | None:
         if observation is not None
         else None,
     )
+
+
+def _photo_record(photo: LocalPhoto) -> str:
+    tags = dataclasses.asdict(photo.tags) if photo.tags else None
+    return json.dumps(
+        {
+            "taken_at": photo.taken_at.isoformat(),
+            "from_exif": photo.taken_at_from_exif,
+            "location": photo.location,
+            "orientation": photo.orientation,
+            "keywords": photo.keywords,
+            "tags": tags,
+        }
+    )
+
+
+def _photo_from_record(path: Path, record: str) -> LocalPhoto:
+    data = json.loads(record)
+    return LocalPhoto(
+        path=path,
+        taken_at=dt.datetime.fromisoformat(data["taken_at"]),
+        taken_at_from_exif=data["from_exif"],
+        location=tuple(data["location"]) if data["location"] else None,  # type: ignore[arg-type]
+        orientation=data["orientation"],
+        keywords=list(data["keywords"]),
+        tags=InatTags(**data["tags"]) if data["tags"] else None,
+    )
+
+
+class LocalIndex:
+    """What was read from each local file, keyed by path, size and modification time.
+
+    A rerun parses only new or changed files. It also remembers which uploads a photo was
+    already compared with in vain, so it is compared again only when new uploads appear.
+    """
+
+    def __init__(self, path: Path, settings: str) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(path, check_same_thread=False)
+        self.settings = settings  # comparisons made under other settings do not count
+        self.db.executescript(
+            """
+            CREATE TABLE IF NOT EXISTS photos (
+                path BLOB PRIMARY KEY, size INTEGER, mtime_ns INTEGER, record TEXT NOT NULL);
+            CREATE TABLE IF NOT EXISTS checked (
+                path BLOB PRIMARY KEY, size INTEGER, mtime_ns INTEGER, settings TEXT,
+                uploads TEXT NOT NULL);
+            """
+        )
+
+    @staticmethod
+    def _key(path: Path) -> tuple[bytes, int, int] | None:
+        try:
+            info = path.stat()
+        except OSError:
+            return None
+        return os.fsencode(path.absolute()), info.st_size, info.st_mtime_ns
+
+    def read(self, path: Path, console: Console) -> LocalPhoto | None:
+        """The photo's metadata from the index if the file is unchanged, else from the file."""
+        key = self._key(path)
+        if key is not None:
+            row = self.db.execute(
+                "SELECT record FROM photos WHERE path = ? AND size = ? AND mtime_ns = ?", key
+            ).fetchone()
+            if row:
+                with contextlib.suppress(ValueError, KeyError, TypeError):
+                    return _photo_from_record(path, row[0])
+        photo = read_local_photo(path, console)
+        if photo is not None:
+            self.remember(photo)
+        return photo
+
+    def remember(self, photo: LocalPhoto) -> None:
+        """Store what we know of photo under the file's current size and time."""
+        key = self._key(photo.path)
+        if key is not None:
+            self.db.execute(
+                "INSERT OR REPLACE INTO photos VALUES (?, ?, ?, ?)", (*key, _photo_record(photo))
+            )
+
+    def checked_before(self, photo: LocalPhoto, uploads: Iterable[int]) -> bool:
+        """True when photo was compared in vain with all of these uploads, unchanged since."""
+        key = self._key(photo.path)
+        if key is None:
+            return False
+        row = self.db.execute(
+            "SELECT uploads FROM checked WHERE path = ? AND size = ? AND mtime_ns = ?"
+            " AND settings = ?",
+            (*key, self.settings),
+        ).fetchone()
+        return bool(row) and set(uploads) <= set(json.loads(row[0]))
+
+    def record_checked(self, photo: LocalPhoto, uploads: Iterable[int]) -> None:
+        key = self._key(photo.path)
+        if key is not None:
+            self.db.execute(
+                "INSERT OR REPLACE INTO checked VALUES (?, ?, ?, ?, ?)",
+                (*key, self.settings, json.dumps(sorted(set(uploads)))),
+            )
+
+    def close(self) -> None:
+        self.db.commit()
+        self.db.close()
 
 
 def find_picture_files(arguments: Sequence[str], console: Console) -> list[Path]:
@@ -1031,7 +1142,7 @@ def cluster_by_time(
     """
     items: list[tuple[dt.datetime, dt.datetime, LocalPhoto | Candidate]] = []
     for photo in local_photos:
-        items.append((photo.taken_at, photo.taken_at, photo))
+        items.append((photo.corrected_time, photo.corrected_time, photo))
     for candidate in candidates:
         start = candidate.observation.observed_at
         if start is None:
@@ -1057,7 +1168,7 @@ def seconds_apart(photo: LocalPhoto, observation: Observation) -> int | None:
     """Whole seconds between the photo and the observation's recorded time."""
     if observation.observed_at is None:
         return None
-    return round(abs((photo.taken_at - observation.observed_at).total_seconds()))
+    return round(abs((photo.corrected_time - observation.observed_at).total_seconds()))
 
 
 TIE_MARGIN = 0.005  # two local photos this close for one upload: too close to choose
@@ -1118,25 +1229,114 @@ def assign_one_to_one(
     return decisions
 
 
+# -- Camera clocks that were off ------------------------------------------------------------
+
+OFFSET_STEP = dt.timedelta(minutes=15)  # clock errors come in hours, half and quarter hours
+MAX_OFFSET = dt.timedelta(hours=26)
+MIN_OFFSET_MATCHES = 2  # an offset that only one match supports is never applied
+
+
+def parse_time_offset(text: str) -> dt.timedelta:
+    """'+1h', '-30m', '45min', '-3:00', '+1:30', '90s': how far the camera clock was ahead."""
+    match = re.fullmatch(
+        r"\s*([+-]?)\s*(?:(\d{1,2}):(\d{2})|(\d+(?:\.\d+)?)\s*(h|m|min|s))\s*", text.lower()
+    )
+    if not match:
+        raise argparse.ArgumentTypeError(
+            f"not a time offset: {text!r} (examples: +1h, -30m, -3:00, 45min)"
+        )
+    sign, hours, minutes, amount, unit = match.groups()
+    if hours is not None:
+        offset = dt.timedelta(hours=int(hours), minutes=int(minutes))
+    else:
+        offset = dt.timedelta(seconds=float(amount) * {"h": 3600, "m": 60, "min": 60, "s": 1}[unit])
+    if offset > MAX_OFFSET:
+        raise argparse.ArgumentTypeError(f"time offset {text!r} is more than 26 hours")
+    return -offset if sign == "-" else offset
+
+
+def describe_offset(offset: dt.timedelta) -> str:
+    """'1 h 00 min ahead' for a camera clock ahead by offset, 'behind' when negative."""
+    minutes = round(abs(offset.total_seconds()) / 60)
+    direction = "ahead" if offset > dt.timedelta(0) else "behind"
+    return f"{minutes // 60} h {minutes % 60:02d} min {direction}"
+
+
+def find_clock_offset(
+    photos: Sequence[LocalPhoto],
+    candidates: Sequence[Candidate],
+    similarity: Similarity,
+    threshold: int,
+) -> dt.timedelta | None:
+    """A camera-clock error that lines up at least two strong matches on one day, or None.
+
+    Every photo is checked against every upload of the day with the cheap thumbnail test;
+    likely pairs vote for the offset (rounded to a quarter hour) their times imply. The
+    offset with the most votes must then be confirmed by full scores above the threshold.
+    """
+    timed = [c for c in candidates if c.observation.observed_at is not None]
+    pairs = [(p, c) for p in photos for c in timed]
+    if len(photos) < MIN_OFFSET_MATCHES or not pairs:
+        return None
+    with ThreadPoolExecutor(max_workers=COMPARE_WORKERS) as pool:
+        likely = list(pool.map(lambda pair: similarity.likely_same(*pair), pairs))
+    votes: dict[dt.timedelta, list[tuple[LocalPhoto, Candidate]]] = defaultdict(list)
+    for (photo, candidate), same in zip(pairs, likely, strict=True):
+        observed = candidate.observation.observed_at
+        if not same or observed is None:
+            continue
+        if candidate.observation.minute_precision:
+            observed += dt.timedelta(seconds=30)
+        ahead = photo.corrected_time - observed
+        offset = round(ahead / OFFSET_STEP) * OFFSET_STEP
+        if (
+            offset
+            and abs(offset) <= MAX_OFFSET
+            and abs(ahead - offset).total_seconds() <= threshold
+        ):
+            votes[offset].append((photo, candidate))
+    for offset, supporting in sorted(votes.items(), key=lambda kv: -len(kv[1])):
+        if len({p.path for p, _ in supporting}) < MIN_OFFSET_MATCHES:
+            break
+        confirmed = [
+            (p.path, c.photo.id)
+            for p, c in supporting
+            if (result := similarity.compare(p, c)) and result.score >= similarity.threshold
+        ]
+        if (
+            min(len({a for a, _ in confirmed}), len({b for _, b in confirmed}))
+            >= MIN_OFFSET_MATCHES
+        ):
+            return offset
+    return None
+
+
 # -- Finding an upload inside a local photo: crops and quarter turns ---------------------
 
-ALIGN_SIDE = 160  # longest side of the coarse crop search, pixels
+ALIGN_SIDE = 160  # longest side of the coarse search (the cheap pre-filter), pixels
 SMALLEST_CROP = 0.6  # crops down to 60 % of the width (36 % of the area) are searched
-ALIGN_GATE = 0.6  # coarse correlation below this means "not the same picture", skip refining
+ALIGN_GATE = 0.8  # coarse correlation below this: not the same picture, no full score
 _TURN = {1: Image.Transpose.ROTATE_90, 2: Image.Transpose.ROTATE_180, 3: Image.Transpose.ROTATE_270}
+
+Box = tuple[float, float, float, float]  # left, top, right, bottom as fractions of a picture
 
 
 @dataclass(frozen=True)
 class Alignment:
     """Where an iNaturalist photo sits in the upright local picture."""
 
-    box: tuple[float, float, float, float]  # left, top, right, bottom as fractions of the picture
+    box: Box
     turns: int = 0  # quarter turns counter-clockwise that bring the iNaturalist photo upright
 
     @property
     def area(self) -> float:
         left, top, right, bottom = self.box
         return (right - left) * (bottom - top)
+
+    @property
+    def whole(self) -> bool:
+        """True when the upload is the whole picture as it is (no crop, no turn)."""
+        return self.area >= 0.97 and self.turns == 0
 
     def describe(self) -> str:
         """'cropped to 64% of the area, rotated 90°' or '' when neither."""
@@ -1148,8 +1348,15 @@ class Alignment:
         return ", ".join(parts)
 
 
-def _grayscale(picture: Image.Image, size: tuple[int, int]) -> np.ndarray:
+def grayscale(picture: Image.Image, side: float) -> np.ndarray:
+    """picture in grayscale, scaled so that its longest side is about side pixels."""
+    scale = side / max(picture.size)
+    size = (max(1, round(picture.width * scale)), max(1, round(picture.height * scale)))
     return np.asarray(picture.convert("L").resize(size, Image.Resampling.BILINEAR), np.float64)
+
+
+def turned(picture: Image.Image, turns: int) -> Image.Image:
+    return picture.transpose(_TURN[turns]) if turns else picture
 
 
 def ncc_map(image: np.ndarray, template: np.ndarray) -> np.ndarray:
@@ -1188,66 +1395,62 @@ def _subpixel_peak(surface: np.ndarray) -> tuple[float, float, float]:
     return y + dy, x + dx, value
 
 
-def _search_box(
-    local: Image.Image,
-    upload: Image.Image,
-    side: int,
-    widths: Iterable[float],
-    near: tuple[float, float, float, float] | None,
-) -> tuple[tuple[float, float, float, float], float]:
-    """Best box (fractions) for upload in local at working size side, among box widths."""
-    scale = side / max(local.size)
-    work_w, work_h = max(1, round(local.width * scale)), max(1, round(local.height * scale))
-    picture = _grayscale(local, (work_w, work_h))
+def search_box(
+    picture: np.ndarray, upload: Image.Image, widths: Iterable[float], near: Box | None = None
+) -> tuple[Box, float]:
+    """Best box (fractions of picture) showing upload, among box widths (fractions).
+
+    picture is the local photo in grayscale at the working size; near limits the search
+    to a few pixels around an earlier estimate.
+    """
+    work_h, work_w = picture.shape
     aspect = upload.height / upload.width
-    best: tuple[tuple[float, float, float, float], float] = ((0.0, 0.0, 1.0, 1.0), -2.0)
+    small = upload.convert("L")
+    best: tuple[Box, float] = ((0.0, 0.0, 1.0, 1.0), -2.0)
     for width_fraction in widths:
         box_w = width_fraction * work_w
-        box_h = box_w * aspect
-        size = (round(box_w), round(box_h))
+        size = (round(box_w), round(box_w * aspect))
         if min(size) < 8 or size[0] > work_w or size[1] > work_h:
             continue
-        template = _grayscale(upload, size)
-        origin = (0, 0)
-        region = picture
-        if near is not None:  # refine: look only a few pixels around the previous estimate
-            margin = 4 + abs(size[0] - (near[2] - near[0]) * work_w)
+        template = np.asarray(small.resize(size, Image.Resampling.BILINEAR), np.float64)
+        left, top, region = 0, 0, picture
+        if near is not None:
+            margin = 3 + abs(size[0] - (near[2] - near[0]) * work_w)
             left = max(0, int(near[0] * work_w - margin))
             top = max(0, int(near[1] * work_h - margin))
             right = min(work_w, math.ceil(near[0] * work_w + size[0] + margin) + 1)
             bottom = min(work_h, math.ceil(near[1] * work_h + size[1] + margin) + 1)
-            region, origin = picture[top:bottom, left:right], (left, top)
+            region = picture[top:bottom, left:right]
         y, x, value = _subpixel_peak(ncc_map(region, template))
         if value > best[1]:
-            x0, y0 = (x + origin[0]) / work_w, (y + origin[1]) / work_h
-            best = (
-                (float(x0), float(y0), float(x0 + box_w / work_w), float(y0 + box_h / work_h)),
-                value,
-            )
+            x0, y0 = (x + left) / work_w, (y + top) / work_h
+            best = ((x0, y0, x0 + box_w / work_w, y0 + size[1] / work_h), value)
     return best
 
 
-def find_alignment(local: Image.Image, upload: Image.Image) -> tuple[Alignment, float] | None:
-    """Where upload (maybe cropped, maybe turned) lies in local; None if nowhere plausible."""
-    best: tuple[Alignment, float] | None = None
+def coarse_alignment(local_small: np.ndarray, upload_small: Image.Image) -> tuple[Alignment, float]:
+    """The best crop and quarter turn at thumbnail size, with its correlation (the pre-filter)."""
+    best: tuple[Alignment, float] = (Alignment((0.0, 0.0, 1.0, 1.0)), -2.0)
+    local_aspect = local_small.shape[0] / local_small.shape[1]
     for turns in range(4):
-        turned = upload.transpose(_TURN[turns]) if turns else upload
-        fit = min(1.0, (local.height / local.width) / (turned.height / turned.width))
+        candidate = turned(upload_small, turns)
+        fit = min(1.0, local_aspect / (candidate.height / candidate.width))
         widths = [fit * f for f in np.linspace(1.0, SMALLEST_CROP, 9)]
-        box, value = _search_box(local, turned, ALIGN_SIDE, widths, None)
-        if best is None or value > best[1]:
+        box, value = search_box(local_small, candidate, widths)
+        if value > best[1]:
             best = (Alignment(box, turns), value)
-    if best is None or best[1] < ALIGN_GATE:
-        return None
-    alignment = best[0]
-    turned = upload.transpose(_TURN[alignment.turns]) if alignment.turns else upload
-    box = alignment.box
-    # Refine twice: in scale steps of ~1 % at a medium size, then ~0.25 % at full size.
-    for side, step in ((480, 0.01), (max(upload.size) / (box[2] - box[0]), 0.0025)):
+    return best
+
+
+def refine_alignment(local: Image.Image, upload: Image.Image, rough: Alignment) -> Alignment:
+    """Sharpen a coarse alignment to a fraction of a pixel at the upload's own size."""
+    upright = turned(upload, rough.turns)
+    box = rough.box
+    for side, step in ((480, 0.01), (max(upright.size) / max(box[2] - box[0], 0.05), 0.0025)):
+        picture = grayscale(local, min(side, max(local.size)))
         width = box[2] - box[0]
-        widths = [width * (1 + step * k) for k in range(-3, 4)]
-        box, value = _search_box(local, turned, round(side), widths, box)
-    return Alignment(box, alignment.turns), value
+        box, _ = search_box(picture, upright, [width * (1 + step * k) for k in range(-4, 5)], box)
+    return Alignment(box, rough.turns)
 
 
 # -- Scoring pairs -------------------------------------------------------------------------
@@ -1259,10 +1462,11 @@ class Comparison:
 
     score: float
     alignment: Alignment | None = None  # None: whole pictures compared as they are
+    prefiltered: bool = False  # True: rejected by the thumbnail check, score is that check's
 
 
 class Similarity:
-    """Scores local photos against candidates, decoding each picture once per cluster."""
+    """Scores local photos against candidates; each picture is decoded once per cluster."""
 
     def __init__(
         self, photos: PhotoCache, size: str, threshold: float, use_gpu: bool, console: Console
@@ -1282,7 +1486,10 @@ class Similarity:
                 console.warn(f"no OpenCL device ({reason}); computing similarity on the CPU")
         self.inat_pictures: dict[int, Image.Image] = {}
         self.local_pictures: dict[Path, Image.Image] = {}
+        self.local_thumbnails: dict[Path, Image.Image] = {}
         self.unreadable: set[Path] = set()
+        self.lock = threading.Lock()
+        self.pairs_scored = 0
 
     def inat_picture(self, photo: InatPhoto) -> Image.Image | None:
         if photo.id not in self.inat_pictures:
@@ -1291,44 +1498,87 @@ class Similarity:
                 return None
             try:
                 with Image.open(path) as image:
-                    self.inat_pictures[photo.id] = image.convert("RGB")
+                    picture = image.convert("RGB")
             except (OSError, ValueError):
                 return None
+            with self.lock:
+                self.inat_pictures[photo.id] = picture
         return self.inat_pictures[photo.id]
+
+    def _decode(
+        self, photo: LocalPhoto, side: int, cache: dict[Path, Image.Image]
+    ) -> Image.Image | None:
+        if photo.path in self.unreadable:
+            return None
+        if photo.path not in cache:
+            try:
+                picture = decode_upright(photo.path, photo.orientation, (side, side))
+            except (OSError, ValueError, Image.DecompressionBombError) as error:
+                with self.lock:
+                    if photo.path not in self.unreadable:
+                        self.unreadable.add(photo.path)
+                        self.console.file_error(photo.path, f"cannot decode picture ({error})")
+                return None
+            with self.lock:
+                cache[photo.path] = picture
+        return cache[photo.path]
 
     def local_picture(self, photo: LocalPhoto) -> Image.Image | None:
         """The local picture upright, big enough to cut the smallest searched crop from it."""
-        if photo.path in self.unreadable:
+        side = round(max(INAT_PIXELS[self.size], HTML_THUMBNAIL) / SMALLEST_CROP)
+        return self._decode(photo, side, self.local_pictures)
+
+    def local_thumbnail(self, photo: LocalPhoto) -> Image.Image | None:
+        """The local picture upright at about thumbnail size (JPEGs decode at 1/8 cheaply)."""
+        return self._decode(photo, HTML_THUMBNAIL, self.local_thumbnails)
+
+    def _prefilter(
+        self, photo: LocalPhoto, candidate: Candidate
+    ) -> tuple[Image.Image, Image.Image, Image.Image, Alignment, float] | None:
+        """(upload, local thumbnail, small upload, rough alignment, its correlation)."""
+        inat = self.inat_picture(candidate.photo)
+        thumbnail = self.local_thumbnail(photo) if inat is not None else None
+        if inat is None or thumbnail is None:
             return None
-        if photo.path not in self.local_pictures:
-            side = round(max(INAT_PIXELS[self.size], HTML_THUMBNAIL) / SMALLEST_CROP)
-            try:
-                upright = decode_upright(photo.path, photo.orientation, (side, side))
-            except (OSError, ValueError, Image.DecompressionBombError) as error:
-                self.unreadable.add(photo.path)
-                self.console.file_error(photo.path, f"cannot decode picture ({error})")
-                return None
-            self.local_pictures[photo.path] = upright
-        return self.local_pictures[photo.path]
+        scale = ALIGN_SIDE / max(inat.size)
+        upload_small = inat.resize(
+            (max(1, round(inat.width * scale)), max(1, round(inat.height * scale))),
+            Image.Resampling.BILINEAR,
+        )
+        rough, correlation = coarse_alignment(grayscale(thumbnail, ALIGN_SIDE), upload_small)
+        return inat, thumbnail, upload_small, rough, correlation
+
+    def likely_same(self, photo: LocalPhoto, candidate: Candidate) -> bool:
+        """The cheap thumbnail test alone: could these be the same picture?"""
+        checked = self._prefilter(photo, candidate)
+        return checked is not None and checked[4] >= ALIGN_GATE
 
     def compare(self, photo: LocalPhoto, candidate: Candidate) -> Comparison | None:
-        """Whole pictures first; if they differ, look for a crop or a turn of the upload."""
-        inat = self.inat_picture(candidate.photo)
-        local = self.local_picture(photo) if inat is not None else None
-        if inat is None or local is None:
+        """Thumbnail pre-filter first; the full score only for pairs that pass it."""
+        checked = self._prefilter(photo, candidate)
+        if checked is None:
             return None
-        whole = local.resize(inat.size, Image.Resampling.BILINEAR)
-        plain = Comparison(self.score_pair(np.asarray(whole), np.asarray(inat)))
-        if plain.score >= self.threshold:
-            return plain
-        found = find_alignment(local, inat)
-        if found is None or not found[0].describe():
-            return plain
-        alignment = found[0]
-        turned = inat.transpose(_TURN[alignment.turns]) if alignment.turns else inat
+        inat, thumbnail, upload_small, rough, correlation = checked
+        if correlation < ALIGN_GATE:
+            quick = thumbnail.resize(upload_small.size, Image.Resampling.BILINEAR)
+            score = self.score_pair(np.asarray(quick), np.asarray(upload_small.convert("RGB")))
+            return Comparison(score, None, prefiltered=True)
+        local = self.local_picture(photo)
+        if local is None:
+            return None
+        with self.lock:
+            self.pairs_scored += 1
+        best = Comparison(-1.0)
+        if rough.whole:
+            whole = local.resize(inat.size, Image.Resampling.BILINEAR)
+            best = Comparison(self.score_pair(np.asarray(whole), np.asarray(inat)))
+            if best.score >= self.threshold:
+                return best
+        alignment = refine_alignment(local, inat, rough)
+        upright = turned(inat, alignment.turns)
         left, top, right, bottom = alignment.box
         region = local.resize(
-            turned.size,
+            upright.size,
             Image.Resampling.BILINEAR,
             box=(
                 left * local.width,
@@ -1337,12 +1587,17 @@ class Similarity:
                 bottom * local.height,
             ),
         )
-        aligned = Comparison(self.score_pair(np.asarray(region), np.asarray(turned)), alignment)
-        return aligned if aligned.score > plain.score else plain
+        aligned = Comparison(self.score_pair(np.asarray(region), np.asarray(upright)), alignment)
+        return aligned if aligned.score > best.score else best
 
     def forget_locals(self) -> None:
         """Drop decoded local pictures once their cluster is done (memory stays flat)."""
         self.local_pictures.clear()
+        self.local_thumbnails.clear()
+
+    def forget_uploads(self) -> None:
+        """Drop decoded iNaturalist pictures once their day is done."""
+        self.inat_pictures.clear()
 
 
 # ---------------------------------------------------------------------------
@@ -1569,6 +1824,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="compute similarity on an OpenCL device (falls back to the CPU)",
     )
     parser.add_argument(
+        "--time_offset",
+        type=parse_time_offset,
+        default=None,
+        metavar="OFFSET",
+        help="how far the camera clock was ahead (+1h, -30m, -3:00); by default the tool "
+        "detects whole-day offsets itself",
+    )
+    parser.add_argument(
         "--dry-run",
         "--dry_run",
         dest="dry_run",
@@ -1668,6 +1931,8 @@ class Run:
             else:
                 self.tally.identifications_modified += 1
             photo.keywords = keywords
+        if not self.args.dry_run:
+            self.index.remember(photo)
         return True
 
     # -- known associations ------------------------------------------------------
@@ -1704,16 +1969,49 @@ class Run:
 
     # -- matching ----------------------------------------------------------------
 
-    def match_cluster(self, cluster: Cluster, similarity: Similarity) -> None:
-        """Score every pair in the cluster, associate the best ones, log the refusals."""
-        if not cluster.locals or not cluster.candidates:
-            return
+    def match_cluster(self, cluster: Cluster, similarity: Similarity, again: bool = False) -> int:
+        """Score every pair in the cluster, associate the best ones, log the refusals.
+
+        Returns how many local photos were compared (photos compared in vain with the same
+        uploads on an earlier run are not compared again).
+        """
+        uploads = [c.photo.id for c in cluster.candidates]
+        if not cluster.locals or not uploads:
+            return 0
+        if not self.args.recompute and not again:
+            fresh = [p for p in cluster.locals if not self.index.checked_before(p, uploads)]
+            for photo in cluster.locals:
+                if photo not in fresh:
+                    self.log_rows.append(
+                        LogRow(
+                            photo,
+                            self._local_thumbnail(photo),
+                            None,
+                            None,
+                            None,
+                            "n/a",
+                            None,
+                            note="compared in vain with the same uploads before",
+                        )
+                    )
+            cluster = Cluster(fresh, cluster.candidates)
+            if not fresh:
+                return 0
+        similarity.photos.fetch_all([c.photo for c in cluster.candidates], self.args.inat_size)
         comparisons: dict[tuple[int, int], Comparison] = {}
         pairs = [(i, j) for i in range(len(cluster.locals)) for j in range(len(cluster.candidates))]
-        for i, j in progress(pairs, "Comparing", total=len(pairs)):
-            comparison = similarity.compare(cluster.locals[i], cluster.candidates[j])
-            if comparison is not None:
-                comparisons[(i, j)] = comparison
+        with ThreadPoolExecutor(max_workers=COMPARE_WORKERS) as pool:
+            results = pool.map(
+                lambda pair: similarity.compare(
+                    cluster.locals[pair[0]], cluster.candidates[pair[1]]
+                ),
+                pairs,
+            )
+            for pair, comparison in zip(
+                pairs, progress(results, "Comparing", len(pairs)), strict=True
+            ):
+                if comparison is not None:
+                    comparisons[pair] = comparison
         scores = {pair: c.score for pair, c in comparisons.items()}
         order = [c.photo.id for c in cluster.candidates]
         decided: set[int] = set()
@@ -1754,7 +2052,15 @@ class Run:
                 else ("below the similarity threshold")
             )
             self.log_rows.append(self._row(photo, candidate, comparisons[(i, j)], similarity, note))
+        if not self.args.dry_run:
+            for photo in cluster.locals:
+                if (
+                    photo.path not in self.associated_locals
+                    and photo.path not in similarity.unreadable
+                ):
+                    self.index.record_checked(photo, uploads)
         similarity.forget_locals()
+        return len(cluster.locals)
 
     def associate(
         self,
@@ -1791,11 +2097,13 @@ class Run:
         note: str = "",
     ) -> LogRow:
         inat = similarity.inat_picture(candidate.photo)
-        local = similarity.local_picture(photo)
+        local = similarity.local_thumbnail(photo)
         observation = candidate.observation
         alignment = comparison.alignment
         if alignment is not None and alignment.describe():
             note = "; ".join(filter(None, [alignment.describe(), note]))
+        if comparison.prefiltered:
+            note = "; ".join(filter(None, [note, "thumbnail check only"]))
         return LogRow(
             photo,
             thumbnail_data_url(local, alignment.box if alignment else None) if local else None,
@@ -1823,12 +2131,18 @@ class Run:
         started = time.monotonic()
         console.say("Loading photos ")
         files = find_picture_files(args.paths, console)
+        settings = f"{__version__} {args.ssim_threshold} {args.inat_size} {args.cluster_threshold}"
+        self.index = LocalIndex(self.cache / "local_index.sqlite", settings)
         local_photos = [
-            p for p in (read_local_photo(f, console) for f in progress(files, "Loading")) if p
+            p for p in (self.index.read(f, console) for f in progress(files, "Loading")) if p
         ]
+        self.index.db.commit()
         console.say(
             f"Loaded {len(local_photos)} local photos in {time.monotonic() - started:.1f} secs."
         )
+        if args.time_offset:
+            for photo in local_photos:
+                photo.clock_error = args.time_offset
         if not local_photos:
             return EXIT_FILE_ERRORS if console.file_errors else EXIT_OK
         client = InatClient(INAT_API_URL, self.cache)
@@ -1837,7 +2151,7 @@ class Run:
             if not user.get("observations_count"):
                 raise UserError(f"iNaturalist user {args.user!r} has no observations")
             store = ObservationStore(self.cache / "observations.sqlite", fresh=args.bypass_cache)
-            days = sorted({p.taken_at.date() for p in local_photos})
+            days = sorted({p.corrected_time.date() for p in local_photos})
             previous = store.sync(client, args.user, days[0], days[-1])
             known_ids = [p.tags.observation for p in local_photos if p.tags]
             store.fetch_missing(client, args.user, known_ids)
@@ -1849,7 +2163,10 @@ class Run:
         store.close()
         photos = PhotoCache(self.cache, client, refresh=args.bypass_cache)
         similarity = Similarity(photos, args.inat_size, args.ssim_threshold, args.gpu, console)
-        self.match_days(local_photos, observations, known, previous, similarity)
+        try:
+            self.match_days(local_photos, observations, known, previous, similarity)
+        finally:
+            self.index.close()
         return self.finish(local_photos, started)
 
     def match_days(
@@ -1861,8 +2178,8 @@ class Run:
         similarity: Similarity,
     ) -> None:
         locals_by_day: dict[dt.date, list[LocalPhoto]] = defaultdict(list)
-        for photo in sorted(local_photos, key=lambda p: (p.taken_at, str(p.path))):
-            locals_by_day[photo.taken_at.date()].append(photo)
+        for photo in sorted(local_photos, key=lambda p: (p.corrected_time, str(p.path))):
+            locals_by_day[photo.corrected_time.date()].append(photo)
         candidates_by_day: dict[dt.date, list[Candidate]] = defaultdict(list)
         for observation in observations:
             for photo in observation.photos:
@@ -1895,18 +2212,69 @@ class Run:
                 )
             if not day_candidates:
                 continue
-            if open_locals and open_candidates:
-                similarity.photos.fetch_all([c.photo for c in open_candidates], self.args.inat_size)
-            clusters = cluster_by_time(open_locals, open_candidates, self.args.cluster_threshold)
-            for cluster in clusters:
-                self.match_cluster(cluster, similarity)
-            untimed = [c for c in open_candidates if c.observation.observed_at is None]
-            if untimed:  # an observation without a time may belong to any photo of its day
-                leftover = [p for p in open_locals if p.path not in self.associated_locals]
-                self.match_cluster(Cluster(leftover, untimed), similarity)
+            self.match_day(day, open_locals, open_candidates, similarity)
             for candidate in open_candidates:
                 if candidate.photo.id not in self.associated_photos:
                     self.report_unassociated(candidate, similarity)
+            similarity.forget_uploads()
+
+    def match_day(
+        self,
+        day: dt.date,
+        open_locals: list[LocalPhoto],
+        open_candidates: list[Candidate],
+        similarity: Similarity,
+    ) -> None:
+        """Match one day's photos cluster by cluster; try a camera-clock offset if none match."""
+        associated_before = len(self.associated_locals)
+        clusters = cluster_by_time(open_locals, open_candidates, self.args.cluster_threshold)
+        for cluster in clusters:
+            self.match_cluster(cluster, similarity)
+        untimed = [c for c in open_candidates if c.observation.observed_at is None]
+        if untimed:  # an observation without a time may belong to any photo of its day
+            leftover = [p for p in open_locals if p.path not in self.associated_locals]
+            self.match_cluster(Cluster(leftover, untimed), similarity)
+        day_uploads = [c.photo.id for c in open_candidates]
+        unchecked = self.args.recompute or any(
+            not self.index.checked_before(p, day_uploads) for p in open_locals
+        )
+        nothing_found = len(self.associated_locals) == associated_before
+        if nothing_found and unchecked and self.args.time_offset is None:
+            offset = find_clock_offset(
+                open_locals, open_candidates, similarity, self.args.cluster_threshold
+            )
+            if offset is not None:
+                self.console.say(
+                    f"{day}: camera clock appears {describe_offset(offset)};"
+                    " matched with that offset"
+                )
+                for photo in open_locals:
+                    photo.clock_error = offset
+                # Refusals logged before the shift give way to the shifted comparisons.
+                self.log_rows = [r for r in self.log_rows if r.local not in open_locals]
+                for cluster in cluster_by_time(
+                    open_locals, open_candidates, self.args.cluster_threshold
+                ):
+                    self.match_cluster(cluster, similarity, again=True)
+            elif not self.args.dry_run:  # every upload of the day was tried: remember that
+                for photo in open_locals:
+                    if photo.path not in similarity.unreadable:
+                        self.index.record_checked(photo, day_uploads)
+        logged = {id(row.local) for row in self.log_rows}
+        for photo in open_locals:
+            if photo.path not in self.associated_locals and id(photo) not in logged:
+                self.log_rows.append(
+                    LogRow(
+                        photo,
+                        self._local_thumbnail(photo),
+                        None,
+                        None,
+                        None,
+                        "n/a",
+                        None,
+                        note="no iNaturalist photo within the cluster threshold",
+                    )
+                )
 
     def report_unassociated(self, candidate: Candidate, similarity: Similarity) -> None:
         photo, observation = candidate.photo, candidate.observation
