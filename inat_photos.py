@@ -77,6 +77,7 @@ PICTURE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".png", ".tif", ".tiff"}
 PER_PAGE = 200  # the API's maximum page size
 DOWNLOAD_WORKERS = 4  # parallel photo downloads; iNaturalist's media host allows a few
 COMPARE_WORKERS = os.cpu_count() or 2  # decoding and scoring release the GIL: use every core
+TEMPORARY_SUFFIX = ".inat-tmp"  # the copy being written beside a photo before it replaces it
 HTML_THUMBNAIL = 240  # longest side of thumbnails embedded in the HTML log, pixels
 
 # Pillow refuses pictures above this many pixels (a decompression-bomb guard); 200 MP
@@ -258,7 +259,9 @@ def show_path(path: Path) -> str:
 def replace_file_atomically(path: Path, data: bytes) -> None:
     """Write data beside path, flush it to disk, keep path's permissions, then rename over it."""
     directory = path.parent
-    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".inat-tmp", dir=directory)
+    fd, temporary = tempfile.mkstemp(
+        prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX, dir=directory
+    )
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -427,6 +430,7 @@ class InatClient:
     def __init__(self, api_url: str, cache: Path) -> None:
         from pyinaturalist import ClientSession
         from requests.adapters import HTTPAdapter
+        from requests_cache import DO_NOT_CACHE
         from urllib3.util import Retry
 
         self.api_url = api_url
@@ -435,15 +439,15 @@ class InatClient:
             cache_file=str(cache / "api_requests.sqlite"),
             ratelimit_path=str(cache / "api_ratelimit.sqlite"),
             lock_path=str(cache / "api_ratelimit.lock"),
-            expire_after=0,  # our own store keeps observations; never serve a stale answer
+            expire_after=DO_NOT_CACHE,  # our own store keeps observations; nothing stale
             user_agent=USER_AGENT,
             timeout=30,
         )
         # pyinaturalist retries 5xx on https only; we add 429 (honouring Retry-After) and
         # plain http, so a local stand-in server gets the same treatment as the real one.
         retries = Retry(
-            total=5,
-            backoff_factor=1.0,
+            total=4,
+            backoff_factor=0.5,
             status_forcelist=(429, 500, 502, 503, 504),
             respect_retry_after_header=True,
             allowed_methods=("GET",),
@@ -633,6 +637,9 @@ class PhotoCache:
         from requests.adapters import HTTPAdapter
 
         self.folder = cache / "photos"
+        for leftover in self.folder.glob("*/*.part"):  # downloads cut off by a killed run
+            with contextlib.suppress(OSError):
+                leftover.unlink()
         self.refresh = refresh
         self.refreshed: set[Path] = set()
         self.downloads = 0
@@ -918,6 +925,10 @@ def find_picture_files(arguments: Sequence[str], console: Console) -> list[Path]
         for entry in entries:
             path = Path(entry.path)
             if entry.name.startswith("."):
+                if entry.name.endswith(TEMPORARY_SUFFIX) and entry.is_file(follow_symlinks=False):
+                    # A copy left by a run that was killed mid-write; the original is intact.
+                    with contextlib.suppress(OSError):
+                        os.unlink(entry.path)
                 continue
             if entry.is_symlink():
                 console.say(f"Not following symbolic link {show_path(path)}.")
