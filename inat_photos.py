@@ -334,7 +334,10 @@ class InatPhoto:
     url: str  # as the API gives it, usually ending in /square.jpg
 
     def url_for_size(self, size: str) -> str:
-        return re.sub(r"/square(\.[A-Za-z]+)(\?.*)?$", rf"/{size}\1\2", self.url)
+        # Real URLs end in square.jpg, square.jpeg?123, square.JPG, and even square.?123
+        return re.sub(
+            r"/square(\.[A-Za-z]*)?(\?.*)?$", lambda m: f"/{size}{m[1] or ''}{m[2] or ''}", self.url
+        )
 
     @property
     def page_url(self) -> str:

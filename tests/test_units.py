@@ -285,6 +285,12 @@ def test_parse_observation_real_shape() -> None:
         (22, 2, 2),
     ]
     assert obs.photos[0].url_for_size("large") == "https://h/photos/11/large.jpg?1"
+    for url, large in [
+        ("https://s/photos/5/square.jpeg?1536150664", "https://s/photos/5/large.jpeg?1536150664"),
+        ("https://s/photos/5/square.JPG", "https://s/photos/5/large.JPG"),
+        ("https://s/photos/5/square.?1413275622", "https://s/photos/5/large.?1413275622"),
+    ]:
+        assert ip.InatPhoto(5, None, 1, 1, url).url_for_size("large") == large
     assert obs.caption == "Coyote (Canis latrans)"
 
 
