@@ -1900,7 +1900,7 @@ class Run:
         self.log_rows: list[LogRow] = []
         self.associated_locals: set[Path] = set()
         self.associated_photos: set[int] = set()
-        self.inat_photo_count = 0
+        self.uploads_seen: set[int] = set()  # iNaturalist photos on the days of local photos
 
     # -- writing -----------------------------------------------------------------
 
@@ -2203,7 +2203,7 @@ class Run:
         }
         for day in sorted(locals_by_day):
             day_locals, day_candidates = locals_by_day[day], candidates_by_day.get(day, [])
-            self.inat_photo_count += len(day_candidates)
+            self.uploads_seen.update(c.photo.id for c in day_candidates)
             if day_candidates:
                 self.console.say(
                     f"{day}: {len(day_candidates)} iNat pictures and {len(day_locals)} local"
@@ -2322,12 +2322,12 @@ class Run:
                 f" {tally.identifications_modified} modified"
             )
         unassociated_locals = sum(1 for p in local_photos if p.path not in self.associated_locals)
-        unassociated_photos = self.inat_photo_count - len(self.associated_photos)
+        unassociated_photos = len(self.uploads_seen - self.associated_photos)
         summary = (
             f"Summary: {tally.annotations_added} iNaturalist annotations added,"
             f" {tally.annotations_modified} modified{identifications} in"
             f" {round(time.monotonic() - started)} seconds. {unassociated_locals} local photos"
-            f" and {max(0, unassociated_photos)} iNaturalist photos without known association."
+            f" and {unassociated_photos} iNaturalist photos without known association."
         )
         if self.args.dry_run:
             summary += " Dry run: no file was changed."

@@ -311,3 +311,40 @@ def test_parse_observation_odd_fields(record: dict) -> None:
 def test_parse_observation_without_id() -> None:
     assert ip.parse_observation({"taxon": {}}) is None
     assert ip.parse_observation({"id": True}) is None
+
+
+@pytest.mark.parametrize(
+    ("text", "minutes"),
+    [
+        ("+1h", 60),
+        ("1h", 60),
+        ("-30m", -30),
+        ("45min", 45),
+        ("-3:00", -180),
+        ("+1:30", 90),
+        ("90s", 1.5),
+        (" -0.5h ", -30),
+    ],
+)
+def test_time_offset_parsing(text: str, minutes: float) -> None:
+    assert ip.parse_time_offset(text) == dt.timedelta(minutes=minutes)
+
+
+@pytest.mark.parametrize("text", ["", "1", "one hour", "+27h", "1:3", "h", "--1h"])
+def test_time_offset_rejects_nonsense(text: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError):
+        ip.parse_time_offset(text)
+
+
+def test_describe_offset() -> None:
+    assert ip.describe_offset(dt.timedelta(hours=1)) == "1 h 00 min ahead"
+    assert ip.describe_offset(dt.timedelta(hours=-3, minutes=-45)) == "3 h 45 min behind"
+    assert ip.describe_offset(dt.timedelta(minutes=30)) == "0 h 30 min ahead"
+
+
+def test_corrected_time_applies_the_clock_error() -> None:
+    photo = _local("a.jpg", dt.datetime(2023, 6, 14, 11, 30))
+    photo.clock_error = dt.timedelta(hours=1)
+    assert photo.corrected_time == dt.datetime(2023, 6, 14, 10, 30)
+    observation = _candidate(1, dt.datetime(2023, 6, 14, 10, 30, 20), minute=False).observation
+    assert ip.seconds_apart(photo, observation) == 20
