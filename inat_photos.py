@@ -392,7 +392,8 @@ def parse_observation(record: dict[str, Any]) -> Observation | None:
     photos = []
     entries = record.get("observation_photos") or []
     if not entries:  # older answers list photos without observation_photos
-        entries = [{"photo": p} for p in record.get("photos") or []]
+        legacy = record.get("photos")
+        entries = [{"photo": p} for p in legacy] if isinstance(legacy, list) else []
     for index, entry in enumerate(entries if isinstance(entries, list) else []):
         photo = entry.get("photo") if isinstance(entry, dict) else None
         photo_id = _int_or_none(photo.get("id")) if isinstance(photo, dict) else None
@@ -481,8 +482,11 @@ class InatClient:
         def request(url: str, **kwargs: Any) -> dict[str, Any]:
             return self._get_json(url, **kwargs)
 
-        answer = paginate_all(request, path, method="id", per_page=PER_PAGE, **params)
-        results = answer.get("results")
+        try:
+            answer = paginate_all(request, path, method="id", per_page=PER_PAGE, **params)
+        except (TypeError, ValueError, KeyError, AttributeError):  # an answer of the wrong shape
+            raise InatUnreachable(f"unexpected answer from {path}") from None
+        results = answer.get("results") if isinstance(answer, dict) else None
         if not isinstance(results, list):
             raise InatUnreachable(f"unexpected answer from {path}")
         return [r for r in results if isinstance(r, dict)]
@@ -500,6 +504,8 @@ class InatClient:
                 raise UserError(f"unknown iNaturalist user {login!r}")
             response.raise_for_status()
             results = response.json().get("results") or []
+            if not isinstance(results, list):
+                raise InatUnreachable(f"unexpected answer from users/{login}")
         except (UserError, InatUnreachable):
             raise
         except Exception as error:  # network, HTTP and JSON failures alike
@@ -524,12 +530,24 @@ class InatClient:
 
 
 def _describe_http_error(error: BaseException) -> str:
-    """One line for any network or decoding failure."""
+    """One plain line for any network or decoding failure."""
+    import requests
+
     response = getattr(error, "response", None)
     if response is not None and getattr(response, "status_code", None):
         return f"HTTP {response.status_code} from {response.url}"
-    text = str(error).splitlines()[0] if str(error) else type(error).__name__
-    return text[:200]
+    kinds: list[tuple[type[BaseException], str]] = [
+        (requests.exceptions.RetryError, "the server kept failing after several retries"),
+        (requests.exceptions.Timeout, "no answer in time"),
+        (requests.exceptions.ChunkedEncodingError, "the answer was cut off"),
+        (requests.exceptions.ConnectionError, "cannot connect"),
+        (ValueError, "the answer is not valid JSON"),
+    ]
+    for kind, text in kinds:
+        if isinstance(error, kind):
+            return text
+    detail = str(error).splitlines()[0] if str(error) else type(error).__name__
+    return detail[:200]
 
 
 class ObservationStore:
@@ -757,8 +775,11 @@ def _keywords(value: Any) -> list[str]:
 
 
 def _tag_id(value: Any) -> int | None:
+    """A positive id written as ASCII digits, small enough for SQLite; else None."""
     text = str(value).strip() if value is not None else ""
-    return int(text) if text.isdigit() else None
+    if not (text.isascii() and text.isdigit()) or len(text) > 18:
+        return None
+    return int(text)
 
 
 def read_local_photo(path: Path, console: Console) -> LocalPhoto | None:
@@ -976,6 +997,10 @@ def decode_upright(path: Path, orientation: int, at_least: tuple[int, int]) -> I
             width, height = height, width
         if image.format == "JPEG":
             image.draft("RGB", (width, height))  # JPEG decodes at 1/2, 1/4, 1/8 cheaply
+        if image.width * image.height > Image.MAX_IMAGE_PIXELS:  # Pillow only warns up to 2x
+            raise Image.DecompressionBombError(
+                f"{image.width}x{image.height} pixels, more than {Image.MAX_IMAGE_PIXELS}"
+            )
         picture = image.convert("RGB")
     if orientation in _ORIENTATION_FIX:
         picture = picture.transpose(_ORIENTATION_FIX[orientation])
@@ -1438,7 +1463,9 @@ def search_box(
         y, x, value = _subpixel_peak(ncc_map(region, template))
         if value > best[1]:
             x0, y0 = (x + left) / work_w, (y + top) / work_h
-            best = ((x0, y0, x0 + box_w / work_w, y0 + size[1] / work_h), value)
+            # Sub-pixel peaks can reach a hair past the edge; a box never leaves the picture.
+            box = (x0, y0, x0 + box_w / work_w, y0 + size[1] / work_h)
+            best = (tuple(min(max(float(v), 0.0), 1.0) for v in box), value)  # type: ignore[assignment]
     return best
 
 
@@ -1653,6 +1680,8 @@ def write_photo_metadata(path: Path, tags: InatTags | None, keywords: list[str] 
         changes[TAG_PHOTO] = str(tags.photo) if tags.photo else None
     if keywords is not None:
         changes[TAG_SUBJECT] = keywords
+    if not os.access(path, os.W_OK):  # the rename below would replace it all the same
+        raise OSError("the file is read-only")
     original = path.read_bytes()
     try:
         image = pyexiv2.ImageData(original)
@@ -1670,7 +1699,22 @@ def write_photo_metadata(path: Path, tags: InatTags | None, keywords: list[str] 
         raise OSError(f"exiv2 could not update the metadata ({error})") from None
     if tags is not None and _tag_id(written.get(TAG_OBSERVATION)) != tags.observation:
         raise OSError("the metadata did not read back as written")
+    if _jpeg_exif(original) is not None and _jpeg_exif(updated) is None:
+        raise OSError("exiv2 cannot read the EXIF block and would drop it")
     replace_file_atomically(path, updated)
+
+
+def _jpeg_exif(data: bytes) -> bytes | None:
+    """The APP1 Exif segment of a JPEG; None for other formats or when there is none."""
+    if not data.startswith(b"\xff\xd8"):
+        return None
+    at = 2
+    while at + 4 <= len(data) and data[at] == 0xFF and data[at + 1] not in (0xD9, 0xDA):
+        length = int.from_bytes(data[at + 2 : at + 4], "big")
+        if data[at + 1] == 0xE1 and data[at + 4 : at + 10] == b"Exif\0\0":
+            return data[at : at + 2 + length]
+        at += 2 + length
+    return None
 
 
 # ---------------------------------------------------------------------------
@@ -1899,6 +1943,7 @@ class Run:
         self.tally = Tally()
         self.log_rows: list[LogRow] = []
         self.associated_locals: set[Path] = set()
+        self.failed_writes: set[Path] = set()  # matched, but the write failed: try again
         self.associated_photos: set[int] = set()
         self.uploads_seen: set[int] = set()  # iNaturalist photos on the days of local photos
 
@@ -1932,6 +1977,7 @@ class Run:
                 write_photo_metadata(photo.path, tags if tags_change else None, keywords)
             except OSError as error:
                 self.console.file_error(photo.path, f"cannot write metadata ({error})")
+                self.failed_writes.add(photo.path)
                 return False
         if tags_change:
             if photo.tags is None:
@@ -2067,12 +2113,14 @@ class Run:
             )
             self.log_rows.append(self._row(photo, candidate, comparisons[(i, j)], similarity, note))
         if not self.args.dry_run:
-            for photo in cluster.locals:
+            for i, photo in enumerate(cluster.locals):
+                compared = [cluster.candidates[j].photo.id for (li, j) in comparisons if li == i]
                 if (
                     photo.path not in self.associated_locals
                     and photo.path not in similarity.unreadable
+                    and photo.path not in self.failed_writes
                 ):
-                    self.index.record_checked(photo, uploads)
+                    self.index.record_checked(photo, compared)
         similarity.forget_locals()
         return len(cluster.locals)
 
@@ -2271,9 +2319,10 @@ class Run:
                 ):
                     self.match_cluster(cluster, similarity, again=True)
             elif not self.args.dry_run:  # every upload of the day was tried: remember that
+                fetched = [u for u in day_uploads if u in similarity.inat_pictures]
                 for photo in open_locals:
-                    if photo.path not in similarity.unreadable:
-                        self.index.record_checked(photo, day_uploads)
+                    if photo.path not in similarity.unreadable | self.failed_writes:
+                        self.index.record_checked(photo, fetched)
         logged = {id(row.local) for row in self.log_rows}
         for photo in open_locals:
             if photo.path not in self.associated_locals and id(photo) not in logged:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 
+import numpy as np
 import pytest
 
 import inat_photos as ip
@@ -348,3 +349,35 @@ def test_corrected_time_applies_the_clock_error() -> None:
     assert photo.corrected_time == dt.datetime(2023, 6, 14, 10, 30)
     observation = _candidate(1, dt.datetime(2023, 6, 14, 10, 30, 20), minute=False).observation
     assert ip.seconds_apart(photo, observation) == 20
+
+
+def _texture(width: int, height: int, seed: int) -> ip.Image.Image:
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 256, (height // 8, width // 8, 3), dtype=np.uint8)
+    picture = ip.Image.fromarray(coarse).resize((width, height), ip.Image.Resampling.BICUBIC)
+    noise = rng.integers(-20, 21, (height, width, 3))
+    return ip.Image.fromarray(np.clip(np.asarray(picture) + noise, 0, 255).astype(np.uint8))
+
+
+@pytest.mark.parametrize(
+    "box", [(0.3, 0.3, 1.0, 1.0), (0.0, 0.0, 0.75, 0.75), (0.1, 0.2, 0.9, 1.0)]
+)
+def test_alignment_finds_crops_up_to_the_edges(box: tuple) -> None:
+    local = _texture(1200, 900, 7)
+    pixels = (box[0] * 1200, box[1] * 900, box[2] * 1200, box[3] * 900)
+    upload = local.crop(tuple(round(v) for v in pixels)).resize((500, 375))
+    small = upload.resize((160, 120))
+    rough, correlation = ip.coarse_alignment(ip.grayscale(local, ip.ALIGN_SIDE), small)
+    assert correlation > ip.ALIGN_GATE
+    found = ip.refine_alignment(local, upload, rough)
+    assert all(0.0 <= v <= 1.0 for v in found.box)
+    assert found.box == pytest.approx(box, abs=0.01)
+
+
+def test_alignment_finds_a_quarter_turn() -> None:
+    local = _texture(1200, 900, 11)
+    upload = local.resize((500, 375)).transpose(ip.Image.Transpose.ROTATE_90)
+    rough, correlation = ip.coarse_alignment(
+        ip.grayscale(local, ip.ALIGN_SIDE), upload.resize((120, 160))
+    )
+    assert correlation > ip.ALIGN_GATE and rough.turns == 3 and rough.whole is False
