@@ -1,0 +1,290 @@
+"""Measure inat_photos' matching on a labelled archive (issue 3): found, wrong, missed.
+
+    python tests/bench_matching.py [--small] [--out DIR] [--keep] [--seed N] [--extra=--ARG]
+
+Builds the set of tests/make_matching_set.py (or reuses DIR when it already holds one), serves
+its scenario.json with the fake iNaturalist, runs
+
+    inat_photos.py --user bench_naturalist --logfile DIR/log.html DIR/pictures
+
+as a subprocess with a private INAT_PHOTOS_CACHE, reads the XMP back and prints, per category,
+how many local photos there are, how many should be associated, and how many were associated
+correctly, wrongly (another photo id than the truth, or any where the truth is none) or not at
+all. It is a measurement: the exit code is 0 whatever the tool does.
+
+Without --out the set is built in a temporary folder and removed afterwards (unless --keep).
+A reused DIR is first cleared of the tags an earlier run wrote. The tool's output is kept in
+DIR/stdout.txt and DIR/stderr.txt, its HTML log in DIR/log.html.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyexiv2
+
+TESTS = Path(__file__).resolve().parent
+ROOT = TESTS.parent
+SCRIPT = ROOT / "inat_photos.py"
+sys.path.insert(0, str(TESTS))
+
+from fake_inat import FakeINaturalist  # noqa: E402
+from make_matching_set import CATEGORIES, USER, build  # noqa: E402
+
+INAT_NAMESPACE = "https://inaturalist.org/ns/1.0/"
+TAG_PHOTO = "Xmp.iNaturalist.photo"
+
+
+def register_namespace() -> None:
+    pyexiv2.set_log_level(4)
+    with contextlib.suppress(Exception):  # already registered in this process
+        pyexiv2.registerNs(INAT_NAMESPACE, "iNaturalist")
+
+
+def read_photo_id(path: Path) -> int | None:
+    """The iNaturalist photo id written into a picture, or None."""
+    register_namespace()
+    with pyexiv2.Image(str(path)) as image:
+        value = image.read_xmp().get(TAG_PHOTO)
+    text = str(value).strip() if value is not None else ""
+    return int(text) if text.isdigit() else None
+
+
+def clear_tags(root: Path, files: list[str]) -> int:
+    """Remove what an earlier run wrote (the set is made without any XMP); returns how many."""
+    register_namespace()
+    cleared = 0
+    for name in files:
+        with pyexiv2.Image(str(root / name)) as image:
+            if image.read_xmp():
+                image.clear_xmp()
+                cleared += 1
+    return cleared
+
+
+def is_set(folder: Path) -> bool:
+    return all((folder / name).exists() for name in ("scenario.json", "truth.json", "pictures"))
+
+
+@dataclass
+class Row:
+    locals: int = 0
+    expected: int = 0
+    correct: int = 0
+    wrong: int = 0
+    missed: int = 0
+    failures: list[str] = field(default_factory=list)
+
+
+def score(
+    truth: dict[str, int | None], found: dict[str, int | None], notes: dict[str, dict]
+) -> dict[str, Row]:
+    """Per category: correct, wrong (another id, or any id where none is expected), missed."""
+    rows = {category: Row() for category in CATEGORIES}
+    for path, expected in truth.items():
+        category = notes.get(path, {}).get("category") or Path(path).parent.name
+        row = rows.setdefault(category, Row())
+        got = found.get(path)
+        row.locals += 1
+        row.expected += expected is not None
+        note = notes.get(path, {}).get("note", "")
+        if got is not None and got == expected:
+            row.correct += 1
+        elif got is not None:
+            row.wrong += 1
+            row.failures.append(f"WRONG  {path}: got {got}, expected {expected}  [{note}]")
+        elif expected is not None:
+            row.missed += 1
+            row.failures.append(f"MISSED {path}: expected {expected}  [{note}]")
+    return rows
+
+
+def print_table(rows: dict[str, Row]) -> Row:
+    header = (
+        f"{'category':<10} {'local photos':>12} {'expected':>9} {'correct':>8}"
+        f" {'wrong':>6} {'missed':>7}"
+    )
+    print(header)
+    print("-" * len(header))
+    total = Row()
+    for category, row in rows.items():
+        print(
+            f"{category:<10} {row.locals:>12} {row.expected:>9} {row.correct:>8}"
+            f" {row.wrong:>6} {row.missed:>7}"
+        )
+        for name in ("locals", "expected", "correct", "wrong", "missed"):
+            setattr(total, name, getattr(total, name) + getattr(row, name))
+    print("-" * len(header))
+    print(
+        f"{'total':<10} {total.locals:>12} {total.expected:>9} {total.correct:>8}"
+        f" {total.wrong:>6} {total.missed:>7}"
+    )
+    return total
+
+
+def run_tool(
+    folder: Path,
+    extra: list[str],
+    timeout: float,
+    script: Path = SCRIPT,
+    pictures: Path | None = None,
+    logfile: Path | None = None,
+) -> tuple[int, str, str, float]:
+    """Serve the scenario, run the CLI on folder/pictures; (exit code, stdout, stderr, seconds)."""
+    cache = folder / "cache"
+    shutil.rmtree(cache, ignore_errors=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INAT_")}
+    args = [
+        sys.executable,
+        str(script),
+        "--user",
+        USER["login"],
+        "--logfile",
+        str(logfile or folder / "log.html"),
+        *extra,
+        str(pictures or folder / "pictures"),
+    ]
+    with FakeINaturalist(folder / "scenario.json") as fake:
+        env.update(
+            INAT_API_URL=fake.api_url, INAT_PHOTOS_CACHE=str(cache), PYTHONIOENCODING="utf-8"
+        )
+        started = time.monotonic()
+        try:
+            done = subprocess.run(
+                args, capture_output=True, text=True, env=env, timeout=timeout, errors="replace"
+            )
+            code, stdout, stderr = done.returncode, done.stdout, done.stderr
+        except subprocess.TimeoutExpired as expired:
+            code = -1
+            stdout = expired.stdout if isinstance(expired.stdout, str) else ""
+            stderr = f"timed out after {timeout} s"
+        seconds = time.monotonic() - started
+    shutil.rmtree(cache, ignore_errors=True)
+    return code, stdout, stderr, seconds
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--small", action="store_true", help="the small set the tests use")
+    parser.add_argument("--out", type=Path, help="build the set here, or reuse the one here")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--jobs", type=int, default=None, help="processes drawing the set")
+    parser.add_argument(
+        "--extra",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="pass ARG on to inat_photos.py (repeatable), e.g. --extra=--inat_size=medium",
+    )
+    parser.add_argument("--timeout", type=float, default=3600, help="seconds the tool may take")
+    parser.add_argument(
+        "--per-category",
+        action="store_true",
+        help="run the tool once per category folder instead of once over pictures/",
+    )
+    parser.add_argument(
+        "--script",
+        type=Path,
+        default=SCRIPT,
+        help="the inat_photos.py to measure (default: the repository's), e.g. an older copy",
+    )
+    args = parser.parse_args(argv)
+
+    temporary = args.out is None
+    folder = Path(tempfile.mkdtemp(prefix="inat_matching_")) if temporary else args.out.resolve()
+    try:
+        if is_set(folder):
+            manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+            print(
+                f"Reusing the set in {folder} (seed {manifest.get('seed')},"
+                f" {'small' if manifest.get('small') else 'full'})."
+            )
+        else:
+            print(f"Building the {'small' if args.small else 'full'} set in {folder} ...")
+            built = build(folder, small=args.small, seed=args.seed, jobs=args.jobs)
+            print(f"Built in {built['seconds']:.1f} s.\n")
+            manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+        truth = json.loads((folder / "truth.json").read_text(encoding="utf-8"))
+        cleared = clear_tags(folder, list(truth))
+        if cleared:
+            print(f"Cleared the tags of {cleared} picture(s) from an earlier run.")
+
+        print(f"Running {args.script} on {len(truth)} local photos ...", flush=True)
+        if not args.per_category:
+            code, stdout, stderr, seconds = run_tool(folder, args.extra, args.timeout, args.script)
+        else:  # one run per folder: a crash in one category leaves the others measured
+            code, stdout, stderr, seconds = 0, "", "", 0.0
+            for category in sorted(p.name for p in (folder / "pictures").iterdir()):
+                one = run_tool(
+                    folder,
+                    args.extra,
+                    args.timeout,
+                    args.script,
+                    pictures=folder / "pictures" / category,
+                    logfile=folder / f"log-{category}.html",
+                )
+                print(f"  {category}: exit code {one[0]}, {one[3]:.1f} s", flush=True)
+                code = code or one[0]
+                stdout += f"=== {category}\n{one[1]}"
+                stderr += f"=== {category}\n{one[2]}" if one[2] else ""
+                seconds += one[3]
+        (folder / "stdout.txt").write_text(stdout, encoding="utf-8")
+        (folder / "stderr.txt").write_text(stderr, encoding="utf-8")
+        found = {path: read_photo_id(folder / path) for path in truth}
+        rows = score(truth, found, manifest.get("pictures", {}))
+
+        print()
+        total = print_table(rows)
+        print()
+        print(
+            f"inat_photos.py exit code {code}; wall time {seconds:.1f} s,"
+            f" {seconds / max(1, total.locals):.2f} s per local photo."
+        )
+        category = ""
+        for line in stdout.splitlines():
+            if line.startswith("=== "):
+                category = line[4:]
+            elif line.startswith("Summary:"):
+                print(f"  {category}: {line}" if args.per_category else line)
+        clock = [line for line in stdout.splitlines() if "camera clock" in line]
+        for line in clock:
+            print(f"  tool: {line}")
+        if code != 0:
+            print("stderr (last lines):")
+            for chunk in stderr.split("=== ") if args.per_category else [stderr]:
+                lines = chunk.splitlines()
+                shown = lines[:1] + lines[-6:] if args.per_category else lines[-10:]
+                for line in shown:
+                    print(f"  {line}")
+        failures = [line for row in rows.values() for line in row.failures]
+        if failures:
+            print(f"\n{len(failures)} failure(s):")
+            for line in failures:
+                print(f"  {line}")
+        else:
+            print("\nNo failures: every expected association found, nothing wrong.")
+        if not temporary or args.keep:
+            print(
+                f"\nThe tool's output is in {folder}/stdout.txt, its HTML log in {folder}/log.html."
+            )
+    finally:
+        if temporary and not args.keep:
+            shutil.rmtree(folder, ignore_errors=True)
+        elif temporary:
+            print(f"Kept {folder}.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
