@@ -657,12 +657,14 @@ class PhotoCache:
         import requests
         from requests.adapters import HTTPAdapter
 
+        self.client = client
         self.folder = cache / "photos"
         for leftover in self.folder.glob("*/*.part"):  # downloads cut off by a killed run
             with contextlib.suppress(OSError):
                 leftover.unlink()
         self.refresh = refresh
         self.refreshed: set[Path] = set()
+        self.failed: set[Path] = set()  # asked for once in vain: not again in this run
         self.downloads = 0
         self.http = requests.Session()
         self.http.headers["User-Agent"] = USER_AGENT
@@ -674,26 +676,53 @@ class PhotoCache:
     def path(self, photo: InatPhoto, size: str) -> Path:
         return self.folder / size / f"{photo.id}.jpg"
 
+    def _download(self, url: str) -> bytes:
+        """A complete, decodable picture from url; raises on anything less."""
+        response = self.http.get(url, timeout=60)
+        response.raise_for_status()
+        data = response.content
+        expected = response.headers.get("Content-Length")
+        if expected is not None and int(expected) != len(data):
+            raise OSError(f"cut off after {len(data)} of {expected} bytes")
+        with Image.open(io.BytesIO(data)) as check:
+            check.load()  # a truncated JPEG fails here, before anything is cached
+        return data
+
+    def _current_url(self, photo: InatPhoto) -> str | None:
+        """The photo's URL as iNaturalist gives it now (stored URLs can go stale)."""
+        try:
+            records = self.client.observations_by_id([photo.observation_id])
+        except InatUnreachable:
+            return None
+        for observation in filter(None, map(parse_observation, records)):
+            for current in observation.photos:
+                if current.id == photo.id and current.url != photo.url:
+                    return current.url
+        return None
+
     def fetch(self, photo: InatPhoto, size: str) -> Path | None:
         """The cached file, downloading it first if needed; None when it cannot be had."""
         target = self.path(photo, size)
         if target.exists() and (not self.refresh or target in self.refreshed):
             return target
-        try:
-            response = self.http.get(photo.url_for_size(size), timeout=60)
-            response.raise_for_status()
-            data = response.content
-            expected = response.headers.get("Content-Length")
-            if expected is not None and int(expected) != len(data):
-                raise OSError(f"cut off after {len(data)} of {expected} bytes")
-            with Image.open(io.BytesIO(data)) as check:
-                check.load()  # a truncated JPEG fails here, before anything is cached
-        except Exception as error:
-            print(
-                f"Warning: could not download photo {photo.id}: {_describe_http_error(error)}",
-                file=sys.stderr,
-            )
+        if target in self.failed:
             return None
+        try:
+            data = self._download(photo.url_for_size(size))
+        except Exception as error:
+            fresh = self._current_url(photo)
+            try:
+                if fresh is None:
+                    raise error
+                data = self._download(dataclasses.replace(photo, url=fresh).url_for_size(size))
+            except Exception as final:
+                print(
+                    f"Warning: could not download photo {photo.id}: {_describe_http_error(final)}",
+                    file=sys.stderr,
+                )
+                with self.lock:
+                    self.failed.add(target)
+                return None
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, temporary = tempfile.mkstemp(dir=target.parent, suffix=".part")
         with os.fdopen(fd, "wb") as handle:

@@ -346,3 +346,22 @@ def test_bad_options_exit_2(bad: list[str], tmp_path: Path) -> None:
     result = run_cli(args, "http://127.0.0.1:9/v1", tmp_path / "cache")
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
+
+
+def test_stale_photo_urls_are_refreshed(pictures: Path, cache: Path, scenario: dict) -> None:
+    """The store keeps photo URLs; when their host moves, the tool asks for current ones."""
+    from conftest import SCENARIO
+    from fake_inat import FakeINaturalist
+
+    with FakeINaturalist(SCENARIO) as first:
+        dry = run_cli(
+            ["-u", USER, "--dry-run", "--inat_size", "small", str(pictures)], first.api_url, cache
+        )
+    assert dry.returncode == 0, dry.stderr
+    with FakeINaturalist(SCENARIO) as moved:  # another port: every stored URL is dead
+        assert moved.api_url != first.api_url
+        result = run_cli(["-u", USER, str(pictures)], moved.api_url, cache)
+        by_id = [r for r in moved.api_requests() if "id" in r["query"]]
+    assert result.returncode == 0, result.stderr
+    assert summary_numbers(result.stdout)["added"] == len(twins(scenario))
+    assert by_id, "the current URLs were not asked for"
