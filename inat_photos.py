@@ -1427,26 +1427,49 @@ def turned(picture: Image.Image, turns: int) -> Image.Image:
     return picture.transpose(_TURN[turns]) if turns else picture
 
 
+def _fast_length(n: int) -> int:
+    """The smallest m >= n whose only prime factors are 2, 3 and 5 (FFTs are fast there)."""
+    while True:
+        m = n
+        for prime in (2, 3, 5):
+            while m % prime == 0:
+                m //= prime
+        if m == 1:
+            return n
+        n += 1
+
+
+class Correlator:
+    """Normalised cross-correlation of templates against one image; its FFT is made once."""
+
+    def __init__(self, image: np.ndarray) -> None:
+        self.image = image
+        self.shape = tuple(_fast_length(n) for n in image.shape)
+        self.spectrum = np.fft.rfft2(image, s=self.shape)
+        self.integrals = [
+            np.pad(values.cumsum(0).cumsum(1), ((1, 0), (1, 0))) for values in (image, image**2)
+        ]
+
+    def ncc(self, template: np.ndarray) -> np.ndarray:
+        """The correlation at every position where template lies fully inside the image."""
+        th, tw = template.shape
+        height, width = self.image.shape
+        centred = template - template.mean()
+        norm = math.sqrt(float((centred * centred).sum()))
+        out_shape = (height - th + 1, width - tw + 1)
+        if norm == 0 or min(out_shape) < 1:
+            return np.full((max(out_shape[0], 1), max(out_shape[1], 1)), -1.0)
+        # Zero-padded FFT correlation is exact for the valid positions: they never wrap.
+        product = self.spectrum * np.conj(np.fft.rfft2(centred, s=self.shape))
+        correlation = np.fft.irfft2(product, s=self.shape)[: out_shape[0], : out_shape[1]]
+        sums = [i[th:, tw:] - i[:-th, tw:] - i[th:, :-tw] + i[:-th, :-tw] for i in self.integrals]
+        variance = np.maximum(sums[1] - sums[0] ** 2 / (th * tw), 1e-9)
+        return correlation / (np.sqrt(variance) * norm)
+
+
 def ncc_map(image: np.ndarray, template: np.ndarray) -> np.ndarray:
     """Normalised cross-correlation of template at every position fully inside image."""
-    th, tw = template.shape
-    height, width = image.shape
-    centred = template - template.mean()
-    norm = math.sqrt(float((centred * centred).sum()))
-    out_shape = (height - th + 1, width - tw + 1)
-    if norm == 0 or min(out_shape) < 1:
-        return np.full((max(out_shape[0], 1), max(out_shape[1], 1)), -1.0)
-    # Circular FFT correlation is exact for the valid positions: they never wrap.
-    spectrum = np.fft.rfft2(image) * np.conj(np.fft.rfft2(centred, s=image.shape))
-    correlation = np.fft.irfft2(spectrum, s=image.shape)[: out_shape[0], : out_shape[1]]
-    sums = []
-    for values in (image, image * image):
-        integral = np.pad(values.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
-        sums.append(
-            integral[th:, tw:] - integral[:-th, tw:] - integral[th:, :-tw] + integral[:-th, :-tw]
-        )
-    variance = np.maximum(sums[1] - sums[0] ** 2 / (th * tw), 1e-9)
-    return correlation / (np.sqrt(variance) * norm)
+    return Correlator(image).ncc(template)
 
 
 def _subpixel_peak(surface: np.ndarray) -> tuple[float, float, float]:
@@ -1474,22 +1497,26 @@ def search_box(
     work_h, work_w = picture.shape
     aspect = upload.height / upload.width
     small = upload.convert("L")
+    sizes = [(w * work_w, (round(w * work_w), round(w * work_w * aspect))) for w in widths]
+    sizes = [(w, size) for w, size in sizes if min(size) >= 8 and size[0] <= work_w]
+    sizes = [(w, size) for w, size in sizes if size[1] <= work_h]
+    if not sizes:
+        return ((0.0, 0.0, 1.0, 1.0), -2.0)
+    left, top = 0, 0
+    if near is not None:  # one region, big enough for every width, around the estimate
+        widest = max(size[0] for _, size in sizes)
+        tallest = max(size[1] for _, size in sizes)
+        margin = 3 + max(abs(size[0] - (near[2] - near[0]) * work_w) for _, size in sizes)
+        left = max(0, int(near[0] * work_w - margin))
+        top = max(0, int(near[1] * work_h - margin))
+        right = min(work_w, math.ceil(near[0] * work_w + widest + margin) + 1)
+        bottom = min(work_h, math.ceil(near[1] * work_h + tallest + margin) + 1)
+        picture = picture[top:bottom, left:right]
+    correlator = Correlator(picture)
     best: tuple[Box, float] = ((0.0, 0.0, 1.0, 1.0), -2.0)
-    for width_fraction in widths:
-        box_w = width_fraction * work_w
-        size = (round(box_w), round(box_w * aspect))
-        if min(size) < 8 or size[0] > work_w or size[1] > work_h:
-            continue
+    for box_w, size in sizes:
         template = np.asarray(small.resize(size, Image.Resampling.BILINEAR), np.float64)
-        left, top, region = 0, 0, picture
-        if near is not None:
-            margin = 3 + abs(size[0] - (near[2] - near[0]) * work_w)
-            left = max(0, int(near[0] * work_w - margin))
-            top = max(0, int(near[1] * work_h - margin))
-            right = min(work_w, math.ceil(near[0] * work_w + size[0] + margin) + 1)
-            bottom = min(work_h, math.ceil(near[1] * work_h + size[1] + margin) + 1)
-            region = picture[top:bottom, left:right]
-        y, x, value = _subpixel_peak(ncc_map(region, template))
+        y, x, value = _subpixel_peak(correlator.ncc(template))
         if value > best[1]:
             x0, y0 = (x + left) / work_w, (y + top) / work_h
             # Sub-pixel peaks can reach a hair past the edge; a box never leaves the picture.
@@ -1519,7 +1546,8 @@ def refine_alignment(local: Image.Image, upload: Image.Image, rough: Alignment) 
     for side, step in ((480, 0.01), (max(upright.size) / max(box[2] - box[0], 0.05), 0.0025)):
         picture = grayscale(local, min(side, max(local.size)))
         width = box[2] - box[0]
-        box, _ = search_box(picture, upright, [width * (1 + step * k) for k in range(-4, 5)], box)
+        steps = range(-4, 5) if step > 0.005 else range(-2, 3)
+        box, _ = search_box(picture, upright, [width * (1 + step * k) for k in steps], box)
     return Alignment(box, rough.turns)
 
 
