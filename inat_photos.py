@@ -2099,18 +2099,7 @@ class Run:
             fresh = [p for p in cluster.locals if not self.index.checked_before(p, uploads)]
             for photo in cluster.locals:
                 if photo not in fresh:
-                    self.log_rows.append(
-                        LogRow(
-                            photo,
-                            self._local_thumbnail(photo),
-                            None,
-                            None,
-                            None,
-                            "n/a",
-                            None,
-                            note="compared in vain with the same uploads before",
-                        )
-                    )
+                    self._log_unmatched(photo, "compared in vain with the same uploads before")
             cluster = Cluster(fresh, cluster.candidates)
             if not fresh:
                 return 0
@@ -2232,6 +2221,12 @@ class Run:
             describe_distance(photo, observation),
             comparison.score,
             note,
+        )
+
+    def _log_unmatched(self, photo: LocalPhoto, note: str) -> None:
+        """A log row for a local photo that was not compared, saying why."""
+        self.log_rows.append(
+            LogRow(photo, self._local_thumbnail(photo), None, None, None, "n/a", None, note)
         )
 
     def _local_thumbnail(self, photo: LocalPhoto) -> str | None:
@@ -2383,18 +2378,7 @@ class Run:
         logged = {id(row.local) for row in self.log_rows}
         for photo in open_locals:
             if photo.path not in self.associated_locals and id(photo) not in logged:
-                self.log_rows.append(
-                    LogRow(
-                        photo,
-                        self._local_thumbnail(photo),
-                        None,
-                        None,
-                        None,
-                        "n/a",
-                        None,
-                        note="no iNaturalist photo within the cluster threshold",
-                    )
-                )
+                self._log_unmatched(photo, "no iNaturalist photo within the cluster threshold")
 
     def report_unassociated(self, candidate: Candidate, similarity: Similarity) -> None:
         photo, observation = candidate.photo, candidate.observation

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -52,6 +53,19 @@ def run_cli(
         errors="replace",
     )
     return CliResult(done.returncode, done.stdout, done.stderr)
+
+
+def summary_numbers(stdout: str) -> dict[str, int]:
+    line = next(line for line in stdout.splitlines() if line.startswith("Summary:"))
+    match = re.match(
+        r"Summary: (\d+) iNaturalist annotations added, (\d+) modified"
+        r"(?:; (\d+) identifications added, (\d+) modified)? in \d+ seconds\. "
+        r"(\d+) local photos and (\d+) iNaturalist photos without known association\.",
+        line,
+    )
+    assert match, line
+    keys = ("added", "modified", "ids_added", "ids_modified", "locals_left", "inat_left")
+    return {k: int(v) if v is not None else 0 for k, v in zip(keys, match.groups(), strict=True)}
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pyexiv2
 import pytest
-from conftest import EXAMPLES, run_cli
+from conftest import EXAMPLES, run_cli, summary_numbers
 from PIL import Image
 
 import inat_photos as ip
@@ -74,19 +74,6 @@ def pixels(path: Path) -> np.ndarray:
 
 def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def summary_numbers(stdout: str) -> dict[str, int]:
-    line = next(line for line in stdout.splitlines() if line.startswith("Summary:"))
-    match = re.match(
-        r"Summary: (\d+) iNaturalist annotations added, (\d+) modified"
-        r"(?:; (\d+) identifications added, (\d+) modified)? in \d+ seconds\. "
-        r"(\d+) local photos and (\d+) iNaturalist photos without known association\.",
-        line,
-    )
-    assert match, line
-    keys = ("added", "modified", "ids_added", "ids_modified", "locals_left", "inat_left")
-    return {k: int(v) if v is not None else 0 for k, v in zip(keys, match.groups(), strict=True)}
 
 
 def inat_photos_on_local_days(scenario: dict, folder: Path) -> int:

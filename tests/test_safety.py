@@ -12,7 +12,6 @@ import errno
 import hashlib
 import io
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -23,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pyexiv2
 import pytest
-from conftest import SCRIPT, CliResult
+from conftest import SCRIPT, CliResult, summary_numbers
 from fake_inat import FakeINaturalist
 from PIL import Image
 
@@ -209,19 +208,6 @@ def temp_files(folder: Path) -> list[str]:
         for name in os.listdir(os.fsencode(folder))
         if TEMP_SUFFIX in os.fsdecode(name)
     )
-
-
-def summary_numbers(stdout: str) -> dict[str, int]:
-    line = next(ln for ln in stdout.splitlines() if ln.startswith("Summary:"))
-    match = re.match(
-        r"Summary: (\d+) iNaturalist annotations added, (\d+) modified"
-        r"(?:; (\d+) identifications added, (\d+) modified)? in \d+ seconds\. "
-        r"(\d+) local photos and (\d+) iNaturalist photos without known association\.",
-        line,
-    )
-    assert match, line
-    keys = ("added", "modified", "ids_added", "ids_modified", "locals_left", "inat_left")
-    return {k: int(v) if v is not None else 0 for k, v in zip(keys, match.groups(), strict=True)}
 
 
 def error_lines(result: CliResult) -> list[str]:
