@@ -446,7 +446,11 @@ class InatClient:
             expire_after=DO_NOT_CACHE,  # our own store keeps observations; nothing stale
             user_agent=USER_AGENT,
             timeout=30,
+            burst=1,  # one request a second, never a burst of five (iNaturalist answers 429)
         )
+        # pyinaturalist caches every answer for 30 minutes (its urls_expire_after "*" outranks
+        # expire_after): a cached listing would defeat --bypass_cache. Our store is the cache.
+        self.session.settings.disabled = True
         # pyinaturalist retries 5xx on https only; we add 429 (honouring Retry-After) and
         # plain http, so a local stand-in server gets the same treatment as the real one.
         retries = Retry(
@@ -458,7 +462,8 @@ class InatClient:
         )
         for scheme in ("http://", "https://"):
             self.session.mount(scheme, HTTPAdapter(max_retries=retries))
-        self.photo_retries = retries
+        # A photo host that refuses connections has usually moved: ask for the new URL soon.
+        self.photo_retries = retries.new(connect=1)
         self.requests_made = 0
 
     def _get_json(self, path: str, **params: Any) -> dict[str, Any]:
@@ -570,6 +575,11 @@ class ObservationStore:
     def close(self) -> None:
         self.db.close()
 
+    def has_synced(self, user: str) -> bool:
+        """True once a listing for this user has been stored (the login exists)."""
+        row = self.db.execute("SELECT 1 FROM synced WHERE user = ?", (user.lower(),))
+        return row.fetchone() is not None
+
     def _put(self, user: str, records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
         """Store records; return the stored versions they replaced (for caption history)."""
         replaced = []
@@ -610,9 +620,16 @@ class ObservationStore:
         else:
             gaps = [(first_day, last_day)]
         for gap_first, gap_last in gaps:
+            # pyinaturalist sends d1/d2 with a time, and iNaturalist then compares them with
+            # observation times: ask for every moment that is one of these days somewhere on
+            # Earth (UTC+14 to UTC-12).
+            d1 = dt.datetime.combine(gap_first, dt.time(), dt.timezone.utc)
+            d2 = dt.datetime.combine(gap_last + dt.timedelta(days=1), dt.time(), dt.timezone.utc)
             self._put(
                 user,
-                client.observations(user, d1=gap_first.isoformat(), d2=gap_last.isoformat()),
+                client.observations(
+                    user, d1=d1 - dt.timedelta(hours=14), d2=d2 + dt.timedelta(hours=12)
+                ),
             )
         self.db.execute(
             "INSERT OR REPLACE INTO synced VALUES (?, ?, ?, ?)",
@@ -1018,18 +1035,16 @@ _ORIENTATION_FIX = {
 }
 
 
-def decode_upright(path: Path, orientation: int, at_least: tuple[int, int]) -> Image.Image:
-    """Decode a picture upright and in RGB, at a reduced size no smaller than at_least."""
+def decode_upright(path: Path, orientation: int, longest: int) -> Image.Image:
+    """Decode a picture upright and in RGB, reduced but with its longest side >= longest."""
     with Image.open(path) as image:
-        width, height = at_least
-        if orientation in (5, 6, 7, 8):  # stored sideways: the stored size is transposed
-            width, height = height, width
-        if image.format == "JPEG":
-            image.draft("RGB", (width, height))  # JPEG decodes at 1/2, 1/4, 1/8 cheaply
         if image.width * image.height > Image.MAX_IMAGE_PIXELS:  # Pillow only warns up to 2x
             raise Image.DecompressionBombError(
                 f"{image.width}x{image.height} pixels, more than {Image.MAX_IMAGE_PIXELS}"
             )
+        if image.format == "JPEG":  # JPEG decodes at 1/2, 1/4, 1/8 of its size cheaply
+            scale = longest / max(image.size)
+            image.draft("RGB", (math.ceil(image.width * scale), math.ceil(image.height * scale)))
         picture = image.convert("RGB")
     if orientation in _ORIENTATION_FIX:
         picture = picture.transpose(_ORIENTATION_FIX[orientation])
@@ -1610,7 +1625,7 @@ class Similarity:
             return None
         if photo.path not in cache:
             try:
-                picture = decode_upright(photo.path, photo.orientation, (side, side))
+                picture = decode_upright(photo.path, photo.orientation, side)
             except (OSError, ValueError, Image.DecompressionBombError) as error:
                 with self.lock:
                     if photo.path not in self.unreadable:
@@ -2233,7 +2248,7 @@ class Run:
         if not self.args.logfile:
             return None
         try:
-            picture = decode_upright(photo.path, photo.orientation, (HTML_THUMBNAIL,) * 2)
+            picture = decode_upright(photo.path, photo.orientation, HTML_THUMBNAIL)
         except (OSError, ValueError, Image.DecompressionBombError):
             return None
         return thumbnail_data_url(picture)
@@ -2261,10 +2276,11 @@ class Run:
             return EXIT_FILE_ERRORS if console.file_errors else EXIT_OK
         client = InatClient(INAT_API_URL, self.cache)
         try:
-            user = client.user(args.user)
-            if not user.get("observations_count"):
-                raise UserError(f"iNaturalist user {args.user!r} has no observations")
             store = ObservationStore(self.cache / "observations.sqlite", fresh=args.bypass_cache)
+            if not store.has_synced(args.user):  # checked on an earlier run: spare a request
+                user = client.user(args.user)
+                if not user.get("observations_count"):
+                    raise UserError(f"iNaturalist user {args.user!r} has no observations")
             days = sorted({p.corrected_time.date() for p in local_photos})
             previous = store.sync(client, args.user, days[0], days[-1])
             known_ids = [p.tags.observation for p in local_photos if p.tags]
@@ -2326,7 +2342,8 @@ class Run:
                 )
             if not day_candidates:
                 continue
-            self.match_day(day, open_locals, open_candidates, similarity)
+            known_today = len(open_locals) < len(day_locals)
+            self.match_day(day, open_locals, open_candidates, similarity, known_today)
             for candidate in open_candidates:
                 if candidate.photo.id not in self.associated_photos:
                     self.report_unassociated(candidate, similarity)
@@ -2338,8 +2355,10 @@ class Run:
         open_locals: list[LocalPhoto],
         open_candidates: list[Candidate],
         similarity: Similarity,
+        known_today: bool = False,
     ) -> None:
-        """Match one day's photos cluster by cluster; try a camera-clock offset if none match."""
+        """Match one day's photos cluster by cluster; try a camera-clock offset if none match
+        (a day with photos already tagged has matched: no offset is looked for)."""
         associated_before = len(self.associated_locals)
         clusters = cluster_by_time(open_locals, open_candidates, self.args.cluster_threshold)
         for cluster in clusters:
@@ -2352,7 +2371,7 @@ class Run:
         unchecked = self.args.recompute or any(
             not self.index.checked_before(p, day_uploads) for p in open_locals
         )
-        nothing_found = len(self.associated_locals) == associated_before
+        nothing_found = not known_today and len(self.associated_locals) == associated_before
         if nothing_found and unchecked and self.args.time_offset is None:
             offset = find_clock_offset(
                 open_locals, open_candidates, similarity, self.args.cluster_threshold
