@@ -309,7 +309,14 @@ def progress(iterable: Iterable[Any], description: str, total: int | None = None
         return iterable
     from tqdm import tqdm
 
-    return tqdm(iterable, desc=description, total=total, leave=False, unit="photo")
+    return tqdm(
+        iterable,
+        desc=description,
+        total=total,
+        leave=False,
+        unit="photo",
+        disable=total is not None and total < 2,
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -753,7 +760,8 @@ class PhotoCache:
     def fetch_all(self, photos: Sequence[InatPhoto], size: str) -> dict[int, Path]:
         """Download several photos in parallel; returns those that could be had."""
         with ThreadPoolExecutor(max_workers=DOWNLOAD_WORKERS) as pool:
-            paths = list(pool.map(lambda p: self.fetch(p, size), photos))
+            results = pool.map(lambda p: self.fetch(p, size), photos)
+            paths = list(progress(results, "Downloading", len(photos)))
         return {p.id: path for p, path in zip(photos, paths, strict=True) if path is not None}
 
 

@@ -352,3 +352,43 @@ def test_stale_photo_urls_are_refreshed(pictures: Path, cache: Path, scenario: d
     assert result.returncode == 0, result.stderr
     assert summary_numbers(result.stdout)["added"] == len(twins(scenario))
     assert by_id, "the current URLs were not asked for"
+
+
+def test_deleted_observation_is_reported_and_its_tags_kept(
+    fake_inat, pictures: Path, cache: Path, scenario: dict
+) -> None:
+    name, want = sorted(twins(scenario).items())[0]
+    assert run_cli(["-u", USER, str(pictures)], fake_inat.api_url, cache).returncode == 0
+    before = digest(pictures / name)
+    fake_inat.delete_observation(want["observation"])
+
+    result = run_cli(["-u", USER, "--bypass_cache", str(pictures)], fake_inat.api_url, cache)
+
+    assert result.returncode == 0, result.stderr
+    assert (
+        f"{pictures / name}: observation {want['observation']} is no longer on iNaturalist;"
+        " its tags are left as they are." in result.lines
+    )
+    assert digest(pictures / name) == before
+
+
+def test_other_metadata_survives_the_write(
+    fake_inat, pictures: Path, cache: Path, scenario: dict
+) -> None:
+    name = sorted(twins(scenario))[0]
+    path = pictures / name
+    with pyexiv2.Image(str(path)) as image:
+        image.modify_iptc(
+            {"Iptc.Application2.Keywords": ["field trip"], "Iptc.Application2.City": "Palo Alto"}
+        )
+        image.modify_xmp(
+            {"Xmp.dc.title": {'lang="x-default"': "Poppy at dawn"}, "Xmp.xmp.Rating": "4"}
+        )
+        iptc_before = image.read_iptc()
+        xmp_before = image.read_xmp()
+    assert run_cli(["-u", USER, str(pictures)], fake_inat.api_url, cache).returncode == 0
+    with pyexiv2.Image(str(path)) as image:
+        assert image.read_iptc() == iptc_before
+        xmp_after = image.read_xmp()
+    ours = {ip.TAG_OBSERVATION, ip.TAG_OBSERVATION_PHOTO, ip.TAG_PHOTO, ip.TAG_SUBJECT}
+    assert {k: v for k, v in xmp_after.items() if k not in ours} == xmp_before
