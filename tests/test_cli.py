@@ -392,3 +392,28 @@ def test_other_metadata_survives_the_write(
         xmp_after = image.read_xmp()
     ours = {ip.TAG_OBSERVATION, ip.TAG_OBSERVATION_PHOTO, ip.TAG_PHOTO, ip.TAG_SUBJECT}
     assert {k: v for k, v in xmp_after.items() if k not in ours} == xmp_before
+
+
+def test_recompute_corrects_a_wrong_association(
+    fake_inat, pictures: Path, cache: Path, scenario: dict
+) -> None:
+    expected = twins(scenario)
+    name, want = sorted(expected.items())[0]
+    ip.register_namespace()
+    with pyexiv2.Image(str(pictures / name)) as image:
+        image.modify_xmp(
+            {ip.TAG_OBSERVATION: "1", ip.TAG_OBSERVATION_PHOTO: "2", ip.TAG_PHOTO: "3"}
+        )
+
+    plain = run_cli(["-u", USER, "--dry-run", str(pictures)], fake_inat.api_url, cache)
+    assert "observation 1 is no longer on iNaturalist" in plain.stdout
+    result = run_cli(["-u", USER, "--recompute", str(pictures)], fake_inat.api_url, cache)
+
+    assert result.returncode == 0, result.stderr
+    xmp = read_xmp(pictures / name)
+    assert (xmp[ip.TAG_OBSERVATION], xmp[ip.TAG_PHOTO]) == (
+        str(want["observation"]),
+        str(want["photo"]),
+    )
+    numbers = summary_numbers(result.stdout)
+    assert (numbers["added"], numbers["modified"]) == (len(expected) - 1, 1)
