@@ -10,8 +10,8 @@ Sections, in the order data flows:
   1. Settings and constants
   2. Small utilities (parsing, formatting, geometry, files)
   3. iNaturalist access (API client, observation store, photo cache)
-  4. Local photos (finding files, reading metadata, decoding)
-  5. Matching (similarity score, clusters, assignment)
+  4. Local photos (finding files, reading metadata, the metadata index, decoding)
+  5. Matching (similarity score, clusters, assignment, crops and turns, clock offsets)
   6. Writing metadata
   7. HTML log
   8. Command line
@@ -1079,7 +1079,8 @@ def thumbnail_data_url(
 # ---------------------------------------------------------------------------
 # 5. Matching
 #    The similarity score (numpy, or OpenCL with --gpu), clusters of photos taken
-#    close in time, and the one-to-one assignment inside each cluster.
+#    close in time, the one-to-one assignment inside each cluster, the search for an
+#    upload inside a local photo (crops, quarter turns), and camera-clock offsets.
 # ---------------------------------------------------------------------------
 
 SSIM_TILE = 7
@@ -1318,88 +1319,6 @@ def assign_one_to_one(
             used_local.add(local)
         decisions.append(Decision(candidate, local, score, rivals))
     return decisions
-
-
-# -- Camera clocks that were off ------------------------------------------------------------
-
-OFFSET_STEP = dt.timedelta(minutes=15)  # clock errors come in hours, half and quarter hours
-MAX_OFFSET = dt.timedelta(hours=26)
-MIN_OFFSET_MATCHES = 2  # an offset that only one match supports is never applied
-
-
-def parse_time_offset(text: str) -> dt.timedelta:
-    """'+1h', '-30m', '45min', '-3:00', '+1:30', '90s': how far the camera clock was ahead."""
-    match = re.fullmatch(
-        r"\s*([+-]?)\s*(?:(\d{1,2}):(\d{2})|(\d+(?:\.\d+)?)\s*(h|m|min|s))\s*", text.lower()
-    )
-    if not match:
-        raise argparse.ArgumentTypeError(
-            f"not a time offset: {text!r} (examples: +1h, -30m, -3:00, 45min)"
-        )
-    sign, hours, minutes, amount, unit = match.groups()
-    if hours is not None:
-        offset = dt.timedelta(hours=int(hours), minutes=int(minutes))
-    else:
-        offset = dt.timedelta(seconds=float(amount) * {"h": 3600, "m": 60, "min": 60, "s": 1}[unit])
-    if offset > MAX_OFFSET:
-        raise argparse.ArgumentTypeError(f"time offset {text!r} is more than 26 hours")
-    return -offset if sign == "-" else offset
-
-
-def describe_offset(offset: dt.timedelta) -> str:
-    """'1 h 00 min ahead' for a camera clock ahead by offset, 'behind' when negative."""
-    minutes = round(abs(offset.total_seconds()) / 60)
-    direction = "ahead" if offset > dt.timedelta(0) else "behind"
-    return f"{minutes // 60} h {minutes % 60:02d} min {direction}"
-
-
-def find_clock_offset(
-    photos: Sequence[LocalPhoto],
-    candidates: Sequence[Candidate],
-    similarity: Similarity,
-    threshold: int,
-) -> dt.timedelta | None:
-    """A camera-clock error that lines up at least two strong matches on one day, or None.
-
-    Every photo is checked against every upload of the day with the cheap thumbnail test;
-    likely pairs vote for the offset (rounded to a quarter hour) their times imply. The
-    offset with the most votes must then be confirmed by full scores above the threshold.
-    """
-    timed = [c for c in candidates if c.observation.observed_at is not None]
-    pairs = [(p, c) for p in photos for c in timed]
-    if len(photos) < MIN_OFFSET_MATCHES or not pairs:
-        return None
-    with ThreadPoolExecutor(max_workers=COMPARE_WORKERS) as pool:
-        likely = list(pool.map(lambda pair: similarity.likely_same(*pair), pairs))
-    votes: dict[dt.timedelta, list[tuple[LocalPhoto, Candidate]]] = defaultdict(list)
-    for (photo, candidate), same in zip(pairs, likely, strict=True):
-        observed = candidate.observation.observed_at
-        if not same or observed is None:
-            continue
-        if candidate.observation.minute_precision:
-            observed += dt.timedelta(seconds=30)
-        ahead = photo.corrected_time - observed
-        offset = round(ahead / OFFSET_STEP) * OFFSET_STEP
-        if (
-            offset
-            and abs(offset) <= MAX_OFFSET
-            and abs(ahead - offset).total_seconds() <= threshold
-        ):
-            votes[offset].append((photo, candidate))
-    for offset, supporting in sorted(votes.items(), key=lambda kv: -len(kv[1])):
-        if len({p.path for p, _ in supporting}) < MIN_OFFSET_MATCHES:
-            break
-        confirmed = [
-            (p.path, c.photo.id)
-            for p, c in supporting
-            if (result := similarity.compare(p, c)) and result.score >= similarity.threshold
-        ]
-        if (
-            min(len({a for a, _ in confirmed}), len({b for _, b in confirmed}))
-            >= MIN_OFFSET_MATCHES
-        ):
-            return offset
-    return None
 
 
 # -- Finding an upload inside a local photo: crops and quarter turns ---------------------
@@ -1719,6 +1638,88 @@ class Similarity:
     def forget_uploads(self) -> None:
         """Drop decoded iNaturalist pictures once their day is done."""
         self.inat_pictures.clear()
+
+
+# -- Camera clocks that were off ------------------------------------------------------------
+
+OFFSET_STEP = dt.timedelta(minutes=15)  # clock errors come in hours, half and quarter hours
+MAX_OFFSET = dt.timedelta(hours=26)
+MIN_OFFSET_MATCHES = 2  # an offset that only one match supports is never applied
+
+
+def parse_time_offset(text: str) -> dt.timedelta:
+    """'+1h', '-30m', '45min', '-3:00', '+1:30', '90s': how far the camera clock was ahead."""
+    match = re.fullmatch(
+        r"\s*([+-]?)\s*(?:(\d{1,2}):(\d{2})|(\d+(?:\.\d+)?)\s*(h|m|min|s))\s*", text.lower()
+    )
+    if not match:
+        raise argparse.ArgumentTypeError(
+            f"not a time offset: {text!r} (examples: +1h, -30m, -3:00, 45min)"
+        )
+    sign, hours, minutes, amount, unit = match.groups()
+    if hours is not None:
+        offset = dt.timedelta(hours=int(hours), minutes=int(minutes))
+    else:
+        offset = dt.timedelta(seconds=float(amount) * {"h": 3600, "m": 60, "min": 60, "s": 1}[unit])
+    if offset > MAX_OFFSET:
+        raise argparse.ArgumentTypeError(f"time offset {text!r} is more than 26 hours")
+    return -offset if sign == "-" else offset
+
+
+def describe_offset(offset: dt.timedelta) -> str:
+    """'1 h 00 min ahead' for a camera clock ahead by offset, 'behind' when negative."""
+    minutes = round(abs(offset.total_seconds()) / 60)
+    direction = "ahead" if offset > dt.timedelta(0) else "behind"
+    return f"{minutes // 60} h {minutes % 60:02d} min {direction}"
+
+
+def find_clock_offset(
+    photos: Sequence[LocalPhoto],
+    candidates: Sequence[Candidate],
+    similarity: Similarity,
+    threshold: int,
+) -> dt.timedelta | None:
+    """A camera-clock error that lines up at least two strong matches on one day, or None.
+
+    Every photo is checked against every upload of the day with the cheap thumbnail test;
+    likely pairs vote for the offset (rounded to a quarter hour) their times imply. The
+    offset with the most votes must then be confirmed by full scores above the threshold.
+    """
+    timed = [c for c in candidates if c.observation.observed_at is not None]
+    pairs = [(p, c) for p in photos for c in timed]
+    if len(photos) < MIN_OFFSET_MATCHES or not pairs:
+        return None
+    with ThreadPoolExecutor(max_workers=COMPARE_WORKERS) as pool:
+        likely = list(pool.map(lambda pair: similarity.likely_same(*pair), pairs))
+    votes: dict[dt.timedelta, list[tuple[LocalPhoto, Candidate]]] = defaultdict(list)
+    for (photo, candidate), same in zip(pairs, likely, strict=True):
+        observed = candidate.observation.observed_at
+        if not same or observed is None:
+            continue
+        if candidate.observation.minute_precision:
+            observed += dt.timedelta(seconds=30)
+        ahead = photo.corrected_time - observed
+        offset = round(ahead / OFFSET_STEP) * OFFSET_STEP
+        if (
+            offset
+            and abs(offset) <= MAX_OFFSET
+            and abs(ahead - offset).total_seconds() <= threshold
+        ):
+            votes[offset].append((photo, candidate))
+    for offset, supporting in sorted(votes.items(), key=lambda kv: -len(kv[1])):
+        if len({p.path for p, _ in supporting}) < MIN_OFFSET_MATCHES:
+            break
+        confirmed = [
+            (p.path, c.photo.id)
+            for p, c in supporting
+            if (result := similarity.compare(p, c)) and result.score >= similarity.threshold
+        ]
+        if (
+            min(len({a for a, _ in confirmed}), len({b for _, b in confirmed}))
+            >= MIN_OFFSET_MATCHES
+        ):
+            return offset
+    return None
 
 
 # ---------------------------------------------------------------------------
