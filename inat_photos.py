@@ -453,7 +453,10 @@ class InatClient:
             expire_after=DO_NOT_CACHE,  # our own store keeps observations; nothing stale
             user_agent=USER_AGENT,
             timeout=30,
-            burst=1,  # one request a second, never a burst of five (iNaturalist answers 429)
+            # At most one request every 2 s: well inside iNaturalist's limits (about one a
+            # second), and never two in the same second, which draws 429s.
+            per_second=0.5,
+            burst=2,
         )
         # pyinaturalist caches every answer for 30 minutes (its urls_expire_after "*" outranks
         # expire_after): a cached listing would defeat --bypass_cache. Our store is the cache.

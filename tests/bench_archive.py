@@ -58,7 +58,7 @@ for _folder in (ROOT, TESTS):
 
 from fake_inat import FakeINaturalist  # noqa: E402
 
-GENERATOR_VERSION = 3  # bump whenever the pictures or the plan change
+GENERATOR_VERSION = 4  # bump whenever the pictures or the plan change
 USER = {"id": 4242, "login": "bench_naturalist", "name": "Bench Naturalist"}
 JPEG_QUALITY = 90
 CAMERA_SIZE = (4000, 3000)
@@ -67,7 +67,7 @@ LARGE_ARCHIVE = 1000
 PHONE_SIDE = 2048  # longest side of the phone pictures that exist only on iNaturalist
 OTHER_SOURCES = 8  # small pictures shared by the observations on other days
 TIME_ZONE = "-07:00"
-FIRST_DAY = dt.date(2022, 3, 1)
+LAST_DAY = dt.date(2025, 12, 31)  # the archive ends in the past: updated_at is never ahead
 
 LATENCY = 0.25  # seconds per answer
 BANDWIDTH = 20e6  # bytes per second, photo bodies
@@ -360,7 +360,8 @@ def plan_archive(
     n_days = max(2, min(photos, round(photos / photos_per_day)))
     span = n_days * 3
     offsets = sorted(int(o) for o in rng.choice(span, n_days, replace=False))
-    days = [FIRST_DAY + dt.timedelta(days=o) for o in offsets]
+    first_day = LAST_DAY - dt.timedelta(days=span)
+    days = [first_day + dt.timedelta(days=o) for o in offsets]
     counts = 1 + rng.multinomial(photos - n_days, [1 / n_days] * n_days)
     local: list[dict] = []
     subjects: list[list[int]] = []
