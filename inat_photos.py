@@ -474,13 +474,11 @@ class InatClient:
             self.session.mount(scheme, HTTPAdapter(max_retries=retries))
         # A photo host that refuses connections has usually moved: ask for the new URL soon.
         self.photo_retries = retries.new(connect=1)
-        self.requests_made = 0
 
     def _get_json(self, path: str, **params: Any) -> dict[str, Any]:
         """GET an API path through pyinaturalist and return its JSON object."""
         from pyinaturalist.session import get
 
-        self.requests_made += 1
         try:
             response = get(f"{self.api_url}/{path}", session=self.session, **params)
             answer = response.json()
@@ -510,7 +508,6 @@ class InatClient:
         """The user's record; UserError when the login is unknown."""
         from pyinaturalist.session import get
 
-        self.requests_made += 1
         try:
             response = get(
                 f"{self.api_url}/users/{login}", session=self.session, raise_for_status=False
@@ -692,7 +689,6 @@ class PhotoCache:
         self.refresh = refresh
         self.refreshed: set[Path] = set()
         self.failed: set[Path] = set()  # asked for once in vain: not again in this run
-        self.downloads = 0
         self.http = requests.Session()
         self.http.headers["User-Agent"] = USER_AGENT
         adapter = HTTPAdapter(max_retries=client.photo_retries, pool_maxsize=DOWNLOAD_WORKERS)
@@ -756,7 +752,6 @@ class PhotoCache:
             handle.write(data)
         os.replace(temporary, target)
         with self.lock:
-            self.downloads += 1
             self.refreshed.add(target)
         return target
 
@@ -1519,12 +1514,10 @@ class Similarity:
         self.threshold = threshold
         self.console = console
         self.score_pair: Callable[[np.ndarray, np.ndarray], float] = ssim_score
-        self.device = "CPU (numpy)"
         if use_gpu:
             try:
                 engine = OpenCLSimilarity()
                 self.score_pair = engine.score
-                self.device = f"OpenCL: {engine.device_name}"
             except OpenCLUnavailable as reason:
                 console.warn(f"no OpenCL device ({reason}); computing similarity on the CPU")
         self.inat_pictures: dict[int, Image.Image] = {}
@@ -1532,7 +1525,6 @@ class Similarity:
         self.local_thumbnails: dict[Path, Image.Image] = {}
         self.unreadable: set[Path] = set()
         self.lock = threading.Lock()
-        self.pairs_scored = 0
 
     def inat_picture(self, photo: InatPhoto) -> Image.Image | None:
         if photo.id not in self.inat_pictures:
@@ -1609,8 +1601,6 @@ class Similarity:
         local = self.local_picture(photo)
         if local is None:
             return None
-        with self.lock:
-            self.pairs_scored += 1
         best = Comparison(-1.0)
         if rough.whole:
             whole = local.resize(inat.size, Image.Resampling.BILINEAR)
