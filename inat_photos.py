@@ -38,7 +38,7 @@ import threading
 import time
 import warnings
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,6 +69,7 @@ INAT_PREFIX = "iNaturalist"
 TAG_OBSERVATION = "Xmp.iNaturalist.observation"
 TAG_OBSERVATION_PHOTO = "Xmp.iNaturalist.observationPhoto"
 TAG_PHOTO = "Xmp.iNaturalist.photo"
+TAG_CAPTION = "Xmp.iNaturalist.caption"  # the dc:subject keyword this tool wrote
 TAG_SUBJECT = "Xmp.dc.subject"
 
 INAT_SIZES = ("small", "medium", "large", "original")
@@ -174,17 +175,6 @@ def taxon_name(taxon: dict[str, Any] | None) -> TaxonName | None:
     common = taxon.get("preferred_common_name")
     common = " ".join(common.split()) if isinstance(common, str) and common.strip() else None
     return TaxonName(scientific=name, common=common)
-
-
-# A caption this tool writes for a genus or below: 'Common (Genus species)', 'Genus sp.'.
-# Higher ranks ('Fagaceae') are left out on purpose: too many place names look like them.
-_SCIENTIFIC = r"[A-Z][a-z]+(?: (?:[a-z][a-z-]+|ssp\.|var\.|f\.|sp\.|×))+"
-_CAPTION_SHAPE = re.compile(rf"^(?:.+ \({_SCIENTIFIC}\)|{_SCIENTIFIC})$")
-
-
-def looks_like_caption(keyword: str) -> bool:
-    """True for keywords shaped like the identification captions this tool writes."""
-    return bool(_CAPTION_SHAPE.match(keyword))
 
 
 def distance_m(a: tuple[float, float], b: tuple[float, float]) -> float:
@@ -576,6 +566,8 @@ class ObservationStore:
                 id INTEGER PRIMARY KEY, user TEXT NOT NULL, record TEXT NOT NULL);
             CREATE TABLE IF NOT EXISTS synced (
                 user TEXT PRIMARY KEY, first_day TEXT, last_day TEXT, synced_at TEXT);
+            CREATE TABLE IF NOT EXISTS captions (
+                observation_id INTEGER, caption TEXT, PRIMARY KEY (observation_id, caption));
             """
         )
 
@@ -602,6 +594,12 @@ class ObservationStore:
                 "INSERT OR REPLACE INTO observations (id, user, record) VALUES (?, ?, ?)",
                 (record["id"], user, json.dumps(record)),
             )
+            observation = parse_observation(record)
+            if observation is not None and observation.caption is not None:
+                self.db.execute(
+                    "INSERT OR IGNORE INTO captions VALUES (?, ?)",
+                    (observation.id, observation.caption),
+                )
         return replaced
 
     def sync(
@@ -663,6 +661,16 @@ class ObservationStore:
             if observation:
                 found[obs_id] = observation
         return found
+
+    def caption_history(self, ids: Iterable[int]) -> dict[int, set[str]]:
+        """Every caption each observation has had while this store knew it."""
+        history: dict[int, set[str]] = defaultdict(set)
+        for obs_id in set(ids):
+            rows = self.db.execute(
+                "SELECT caption FROM captions WHERE observation_id = ?", (obs_id,)
+            )
+            history[obs_id].update(caption for (caption,) in rows)
+        return dict(history)
 
     def observations_between(
         self, user: str, first_day: dt.date, last_day: dt.date
@@ -790,6 +798,7 @@ class LocalPhoto:
     orientation: int
     keywords: list[str]  # XMP dc:subject, in order
     tags: InatTags | None
+    written_caption: str | None = None  # the keyword this tool wrote (TAG_CAPTION)
     clock_error: dt.timedelta = dt.timedelta(0)  # how far the camera clock was ahead
 
     @property
@@ -834,6 +843,11 @@ def _tag_id(value: Any) -> int | None:
     return int(text)
 
 
+def _caption_tag(value: Any) -> str | None:
+    text = value if isinstance(value, str) else None
+    return text if text and text.strip() else None
+
+
 def read_local_photo(path: Path, console: Console) -> LocalPhoto | None:
     """Read one picture's metadata; report the file and return None when it cannot be read."""
     try:
@@ -856,6 +870,7 @@ def read_local_photo(path: Path, console: Console) -> LocalPhoto | None:
         location=parse_gps(exif),
         orientation=orientation if orientation in range(1, 9) else 1,
         keywords=_keywords(xmp.get(TAG_SUBJECT)),
+        written_caption=_caption_tag(xmp.get(TAG_CAPTION)),
         tags=InatTags(
             observation=observation,
             observation_photo=_tag_id(xmp.get(TAG_OBSERVATION_PHOTO)),
@@ -875,6 +890,7 @@ def _photo_record(photo: LocalPhoto) -> str:
             "location": photo.location,
             "orientation": photo.orientation,
             "keywords": photo.keywords,
+            "written_caption": photo.written_caption,
             "tags": tags,
         }
     )
@@ -889,6 +905,7 @@ def _photo_from_record(path: Path, record: str) -> LocalPhoto:
         location=tuple(data["location"]) if data["location"] else None,  # type: ignore[arg-type]
         orientation=data["orientation"],
         keywords=list(data["keywords"]),
+        written_caption=data["written_caption"],
         tags=InatTags(**data["tags"]) if data["tags"] else None,
     )
 
@@ -911,6 +928,8 @@ class LocalIndex:
             CREATE TABLE IF NOT EXISTS checked (
                 path BLOB PRIMARY KEY, size INTEGER, mtime_ns INTEGER, settings TEXT,
                 uploads TEXT NOT NULL);
+            CREATE TABLE IF NOT EXISTS parts (
+                photo_id INTEGER PRIMARY KEY, path BLOB NOT NULL, area REAL NOT NULL);
             """
         )
 
@@ -964,6 +983,24 @@ class LocalIndex:
                 "INSERT OR REPLACE INTO checked VALUES (?, ?, ?, ?, ?)",
                 (*key, self.settings, json.dumps(sorted(set(uploads)))),
             )
+
+    def record_part(self, photo_id: int, photo: LocalPhoto, area: float) -> None:
+        """Remember that upload photo_id shows part of photo (reported again on reruns)."""
+        self.db.execute(
+            "INSERT OR REPLACE INTO parts VALUES (?, ?, ?)",
+            (photo_id, os.fsencode(photo.path.absolute()), area),
+        )
+
+    def parts_of(self, photo_ids: Iterable[int]) -> dict[int, tuple[Path, float]]:
+        """The local photo (as found this run) and area each remembered part upload shows."""
+        found = {}
+        for photo_id in photo_ids:
+            row = self.db.execute(
+                "SELECT path, area FROM parts WHERE photo_id = ?", (photo_id,)
+            ).fetchone()
+            if row:
+                found[photo_id] = (Path(os.fsdecode(row[0])), row[1])
+        return found
 
     def close(self) -> None:
         self.db.commit()
@@ -1262,61 +1299,102 @@ def seconds_apart(photo: LocalPhoto, observation: Observation) -> int | None:
 
 
 TIE_MARGIN = 0.005  # two local photos this close for one upload: too close to choose
+SAME_AREA = 0.03  # uploads whose areas of one local photo differ less show the same part
 
 
 @dataclass(frozen=True)
 class Decision:
-    """The outcome for one candidate upload: a local photo chosen, or a tie refused."""
+    """What the assignment decided for one upload of a cluster (indices into the cluster).
 
-    candidate: int
-    local: int
-    score: float
-    rivals: tuple[int, ...] = ()  # other local photos within TIE_MARGIN: nothing is chosen
-
-
-def assign_one_to_one(
-    scores: dict[tuple[int, int], float], threshold: float, upload_order: Sequence[Any] = ()
-) -> list[Decision]:
-    """Pair (local, candidate) indices best-first, each side once, score >= threshold.
-
-    Where two local photos score within TIE_MARGIN for one upload (a burst), neither is
-    chosen. Where one local photo fits two uploads equally (uploaded twice), the first in
-    upload_order wins.
+    kind "associate": the upload goes to local_index. "tie": local_index and rivals fit it
+    almost equally, nothing is chosen. "part": the upload shows part of local_index, which
+    took another upload that shows more of it.
     """
+
+    upload_index: int
+    local_index: int
+    score: float
+    kind: str = "associate"
+    rivals: tuple[int, ...] = ()
+
+
+def _optimal_pairs(valid: Mapping[tuple[int, int], float]) -> dict[int, int]:
+    """local -> upload maximising the total score over valid pairs (one-to-one)."""
+    from scipy.optimize import linear_sum_assignment
+
+    if not valid:
+        return {}
+    locals_ = sorted({local for local, _ in valid})
+    uploads = sorted({upload for _, upload in valid})
+    row = {local: i for i, local in enumerate(locals_)}
+    column = {upload: j for j, upload in enumerate(uploads)}
+    matrix = np.zeros((len(locals_), len(uploads)))
+    for (local, upload), score in valid.items():
+        matrix[row[local], column[upload]] = score
+    rows, columns = linear_sum_assignment(matrix, maximize=True)
+    return {locals_[r]: uploads[c] for r, c in zip(rows, columns, strict=True) if matrix[r, c] > 0}
+
+
+def assign_uploads(
+    scores: Mapping[tuple[int, int], float],
+    areas: Mapping[tuple[int, int], float],
+    threshold: float,
+    upload_order: Sequence[Any] = (),
+) -> list[Decision]:
+    """Pair (local, upload) indices one-to-one, maximising the total score above threshold.
+
+    An upload whose two best local photos score within TIE_MARGIN is refused. When one local
+    photo is the source of several uploads it takes the one showing most of it (then the
+    higher score, then the first upload); the others are reported as parts of it.
+    """
+
+    def order(upload: int) -> Any:
+        return upload_order[upload] if upload < len(upload_order) else upload
+
+    valid = {pair: score for pair, score in scores.items() if score >= threshold}
     decisions: list[Decision] = []
-    used_local: set[int] = set()
-    used_candidate: set[int] = set()
-
-    def order(candidate: int) -> Any:
-        return upload_order[candidate] if candidate < len(upload_order) else candidate
-
-    ranked = sorted(scores.items(), key=lambda kv: (-kv[1], order(kv[0][1])))
-    for (local, candidate), score in ranked:
-        if score < threshold:
-            break
-        if local in used_local or candidate in used_candidate:
-            continue
-        twins = [
-            c
-            for (i, c), s in scores.items()
-            if i == local and c not in used_candidate and s >= max(threshold, score - TIE_MARGIN)
-        ]
-        candidate = min(twins, key=order)
-        score = scores[(local, candidate)]
-        rivals = tuple(
-            i
-            for (i, c), s in scores.items()
-            if c == candidate
-            and i != local
-            and i not in used_local
-            and s >= threshold
-            and score - s <= TIE_MARGIN
+    for upload in sorted({u for _, u in valid}):
+        ranked = sorted(
+            ((s, local) for (local, u), s in valid.items() if u == upload), reverse=True
         )
-        used_candidate.add(candidate)
-        if not rivals:
-            used_local.add(local)
-        decisions.append(Decision(candidate, local, score, rivals))
-    return decisions
+        best, local = ranked[0]
+        rivals = tuple(sorted(other for s, other in ranked[1:] if best - s <= TIE_MARGIN))
+        if rivals:
+            decisions.append(Decision(upload, local, best, "tie", rivals))
+    refused = {d.upload_index for d in decisions}
+    valid = {pair: s for pair, s in valid.items() if pair[1] not in refused}
+    taken = _optimal_pairs(valid)
+
+    def prefer(upload: int, over: int, local: int) -> bool:
+        area, rival_area = areas.get((local, upload), 1.0), areas.get((local, over), 1.0)
+        if abs(area - rival_area) > SAME_AREA:
+            return area > rival_area
+        score, rival_score = valid[(local, upload)], valid[(local, over)]
+        if abs(score - rival_score) > TIE_MARGIN:
+            return score > rival_score
+        return order(upload) < order(over)
+
+    upload_of = dict(taken)
+    waiting = sorted({u for _, u in valid} - set(upload_of.values()), key=order)
+    parts: dict[int, int] = {}
+    budget = len(valid) ** 2  # prefer() tolerates small differences: never loop for ever
+    while waiting and budget > 0:
+        budget -= 1
+        upload = waiting.pop(0)
+        _, local = max((s, local) for (local, u), s in valid.items() if u == upload)
+        if local not in upload_of:
+            upload_of[local] = upload
+        elif prefer(upload, upload_of[local], local):
+            waiting.append(upload_of[local])
+            upload_of[local] = upload
+        else:
+            parts[upload] = local
+    for local, upload in upload_of.items():
+        parts.pop(upload, None)
+        decisions.append(Decision(upload, local, valid[(local, upload)]))
+    for upload, local in parts.items():
+        decisions.append(Decision(upload, local, valid[(local, upload)], "part"))
+    return sorted(decisions, key=lambda d: (d.upload_index, d.kind))
 
 
 # -- Finding an upload inside a local photo: crops and quarter turns ---------------------
@@ -1324,6 +1402,7 @@ def assign_one_to_one(
 ALIGN_SIDE = 160  # longest side of the coarse search (the cheap pre-filter), pixels
 SMALLEST_CROP = 0.6  # crops down to 60 % of the width (36 % of the area) are searched
 ALIGN_GATE = 0.8  # coarse correlation below this: not the same picture, no full score
+WHOLE_AREA = 0.97  # a box covering this much of a picture is the whole picture
 _TURN = {1: Image.Transpose.ROTATE_90, 2: Image.Transpose.ROTATE_180, 3: Image.Transpose.ROTATE_270}
 
 Box = tuple[float, float, float, float]  # left, top, right, bottom as fractions of a picture
@@ -1344,12 +1423,12 @@ class Alignment:
     @property
     def whole(self) -> bool:
         """True when the upload is the whole picture as it is (no crop, no turn)."""
-        return self.area >= 0.97 and self.turns == 0
+        return self.area >= WHOLE_AREA and self.turns == 0
 
     def describe(self) -> str:
         """'cropped to 64% of the area, rotated 90°' or '' when neither."""
         parts = []
-        if self.area < 0.97:
+        if self.area < WHOLE_AREA:
             parts.append(f"cropped to {self.area * 100:.0f}% of the area")
         if self.turns:
             parts.append(f"rotated {self.turns * 90}°")
@@ -1741,8 +1820,11 @@ def updated_keywords(keywords: Sequence[str], old: str | None, new: str) -> list
     return [k for k in result if not (k in seen or seen.add(k))]  # type: ignore[func-returns-value]
 
 
-def write_photo_metadata(path: Path, tags: InatTags | None, keywords: list[str] | None) -> None:
-    """Write iNaturalist ids and/or dc:subject into path atomically; raises OSError on failure."""
+def write_photo_metadata(
+    path: Path, tags: InatTags | None, keywords: list[str] | None, caption: str | None = None
+) -> None:
+    """Write iNaturalist ids and/or dc:subject (with the caption it now holds) into path
+    atomically; raises OSError on failure."""
     import pyexiv2
 
     changes: dict[str, Any] = {}
@@ -1754,6 +1836,7 @@ def write_photo_metadata(path: Path, tags: InatTags | None, keywords: list[str] 
         changes[TAG_PHOTO] = str(tags.photo) if tags.photo else None
     if keywords is not None:
         changes[TAG_SUBJECT] = keywords
+        changes[TAG_CAPTION] = caption
     if not os.access(path, os.W_OK):  # the rename below would replace it all the same
         raise OSError("the file is read-only")
     original = path.read_bytes()
@@ -2020,6 +2103,7 @@ class Run:
         self.failed_writes: set[Path] = set()  # matched, but the write failed: try again
         self.associated_photos: set[int] = set()
         self.uploads_seen: set[int] = set()  # iNaturalist photos on the days of local photos
+        self.part_uploads: dict[int, Path] = {}  # uploads showing part of an associated photo
 
     # -- writing -----------------------------------------------------------------
 
@@ -2027,15 +2111,17 @@ class Run:
         self,
         photo: LocalPhoto,
         tags: InatTags | None,
-        previous_caption: str | None,
+        history: Collection[str],
         caption: str | None,
     ) -> bool:
         """Write new tags and/or caption to photo, print what changed; False if it failed."""
         keywords = None
         old_entry = None
         if caption is not None:
-            old_entry = _previous_entry(photo, previous_caption)
-            if old_entry != caption:
+            old_entry = owned_caption(photo, history)
+            # The user removed our keyword and the identification is the same: leave it out.
+            removed_by_user = photo.written_caption == caption and old_entry is None
+            if old_entry != caption and not removed_by_user:
                 keywords = updated_keywords(photo.keywords, old_entry, caption)
         tags_change = tags is not None and tags != photo.tags
         if not tags_change and keywords is None:
@@ -2048,7 +2134,7 @@ class Run:
             )
         if not self.args.dry_run:
             try:
-                write_photo_metadata(photo.path, tags if tags_change else None, keywords)
+                write_photo_metadata(photo.path, tags if tags_change else None, keywords, caption)
             except OSError as error:
                 self.console.file_error(photo.path, f"cannot write metadata ({error})")
                 self.failed_writes.add(photo.path)
@@ -2065,6 +2151,7 @@ class Run:
             else:
                 self.tally.identifications_modified += 1
             photo.keywords = keywords
+            photo.written_caption = caption
         if not self.args.dry_run:
             self.index.remember(photo)
         return True
@@ -2072,7 +2159,7 @@ class Run:
     # -- known associations ------------------------------------------------------
 
     def refresh_known(
-        self, photo: LocalPhoto, observation: Observation | None, previous: Observation | None
+        self, photo: LocalPhoto, observation: Observation | None, history: Collection[str]
     ) -> None:
         """A photo already tagged: refresh its caption if the identification changed."""
         assert photo.tags is not None
@@ -2086,7 +2173,7 @@ class Run:
         if photo.tags.photo is not None:
             self.associated_photos.add(photo.tags.photo)
         before = photo.caption
-        self.apply(photo, None, previous.caption if previous else None, observation.caption)
+        self.apply(photo, None, history, observation.caption)
         if photo.caption != before:
             self.log_rows.append(
                 LogRow(
@@ -2136,12 +2223,15 @@ class Run:
                 if comparison is not None:
                     comparisons[pair] = comparison
         scores = {pair: c.score for pair, c in comparisons.items()}
+        areas = {pair: c.alignment.area if c.alignment else 1.0 for pair, c in comparisons.items()}
         order = [c.photo.id for c in cluster.candidates]
         decided: set[int] = set()
-        for decision in assign_one_to_one(scores, self.args.ssim_threshold, order):
-            candidate = cluster.candidates[decision.candidate]
-            locals_ = [decision.local, *decision.rivals]
-            if decision.rivals:
+        decisions = assign_uploads(scores, areas, self.args.ssim_threshold, order)
+        for decision in decisions:
+            candidate = cluster.candidates[decision.upload_index]
+            locals_ = [decision.local_index, *decision.rivals]
+            comparison = comparisons[(decision.local_index, decision.upload_index)]
+            if decision.kind == "tie":
                 names = " and ".join(f"'{show_path(cluster.locals[i].path)}'" for i in locals_)
                 self.console.say(
                     f"Not associated: photo id {candidate.photo.id} fits {names} almost equally"
@@ -2152,16 +2242,26 @@ class Run:
                         self._row(
                             cluster.locals[i],
                             candidate,
-                            comparisons[(i, decision.candidate)],
+                            comparisons[(i, decision.upload_index)],
                             similarity,
                             note="tie: another local photo fits as well",
                         )
                     )
                 decided.update(locals_)
-                continue
-            comparison = comparisons[(decision.local, decision.candidate)]
-            self.associate(cluster.locals[decision.local], candidate, comparison, similarity)
-            decided.add(decision.local)
+            elif decision.kind == "associate":
+                self.associate(
+                    cluster.locals[decision.local_index], candidate, comparison, similarity
+                )
+                decided.add(decision.local_index)
+        for decision in decisions:  # after the associations, so that each names its file
+            if decision.kind == "part":
+                comparison = comparisons[(decision.local_index, decision.upload_index)]
+                self.report_part(
+                    cluster.locals[decision.local_index],
+                    cluster.candidates[decision.upload_index],
+                    comparison,
+                    similarity,
+                )
         for i, photo in enumerate(cluster.locals):
             tried = [(c.score, j) for (li, j), c in comparisons.items() if li == i]
             if i in decided or not tried:
@@ -2209,9 +2309,27 @@ class Run:
         )
         self.log_rows.append(self._row(photo, candidate, comparison, similarity))
         tags = InatTags(observation.id, candidate.photo.observation_photo_id, candidate.photo.id)
-        if self.apply(photo, tags, None, observation.caption):
+        if self.apply(photo, tags, (), observation.caption):
             self.associated_locals.add(photo.path)
             self.associated_photos.add(candidate.photo.id)
+
+    def report_part(
+        self,
+        photo: LocalPhoto,
+        candidate: Candidate,
+        comparison: Comparison,
+        similarity: Similarity,
+    ) -> None:
+        """An upload made from a local photo that took a bigger upload of itself."""
+        self.part_uploads[candidate.photo.id] = photo.path
+        area = comparison.alignment.area if comparison.alignment else 1.0
+        message = part_message(candidate, photo.path, area)
+        self.console.say(message)
+        self.log_rows.append(
+            self._row(photo, candidate, comparison, similarity, note=_part_note(area))
+        )
+        if not self.args.dry_run:
+            self.index.record_part(candidate.photo.id, photo, area)
 
     def _row(
         self,
@@ -2284,19 +2402,20 @@ class Run:
                 if not user.get("observations_count"):
                     raise UserError(f"iNaturalist user {args.user!r} has no observations")
             days = sorted({p.corrected_time.date() for p in local_photos})
-            previous = store.sync(client, args.user, days[0], days[-1])
+            store.sync(client, args.user, days[0], days[-1])
             known_ids = [p.tags.observation for p in local_photos if p.tags]
             store.fetch_missing(client, args.user, known_ids)
         except InatUnreachable as error:
             console.say(f"Error: iNaturalist is unreachable at {client.api_url}: {error}")
             return EXIT_USAGE
         known = store.observations_by_id(known_ids)
+        history = store.caption_history(known_ids)
         observations = store.observations_between(args.user, days[0], days[-1])
         store.close()
         photos = PhotoCache(self.cache, client, refresh=args.bypass_cache)
         similarity = Similarity(photos, args.inat_size, args.ssim_threshold, args.gpu, console)
         try:
-            self.match_days(local_photos, observations, known, previous, similarity)
+            self.match_days(local_photos, observations, known, history, similarity)
         finally:
             self.index.close()
         return self.finish(local_photos, started)
@@ -2306,7 +2425,7 @@ class Run:
         local_photos: list[LocalPhoto],
         observations: list[Observation],
         known: dict[int, Observation],
-        previous: dict[int, Observation],
+        history: dict[int, set[str]],
         similarity: Similarity,
     ) -> None:
         locals_by_day: dict[dt.date, list[LocalPhoto]] = defaultdict(list)
@@ -2333,10 +2452,12 @@ class Run:
                         self.refresh_known(
                             photo,
                             known.get(photo.tags.observation),
-                            previous.get(photo.tags.observation),
+                            history.get(photo.tags.observation, set()),
                         )
             open_locals = [p for p in day_locals if self.args.recompute or not p.tags]
             open_candidates = [c for c in day_candidates if c.photo.id not in tagged_photo_ids]
+            if not self.args.recompute:
+                open_candidates = self.recall_parts(open_candidates)
             if len(open_locals) < len(day_locals) and day_candidates:
                 self.console.say(
                     f"{day}: {len(open_candidates)} iNat pictures and {len(open_locals)} local"
@@ -2347,9 +2468,24 @@ class Run:
             known_today = len(open_locals) < len(day_locals)
             self.match_day(day, open_locals, open_candidates, similarity, known_today)
             for candidate in open_candidates:
-                if candidate.photo.id not in self.associated_photos:
+                if candidate.photo.id not in self.associated_photos | self.part_uploads.keys():
                     self.report_unassociated(candidate, similarity)
             similarity.forget_uploads()
+
+    def recall_parts(self, candidates: list[Candidate]) -> list[Candidate]:
+        """Report uploads found earlier to show part of a photo still associated; drop them."""
+        remembered = self.index.parts_of([c.photo.id for c in candidates])
+        associated = {p.absolute(): p for p in self.associated_locals}
+        left = []
+        for candidate in candidates:
+            stored, area = remembered.get(candidate.photo.id, (None, 0.0))
+            path = associated.get(stored) if stored is not None else None
+            if path is not None:
+                self.part_uploads[candidate.photo.id] = path
+                self.console.say(part_message(candidate, path, area))
+            else:
+                left.append(candidate)
+        return left
 
     def match_day(
         self,
@@ -2433,7 +2569,9 @@ class Run:
                 f" {tally.identifications_modified} modified"
             )
         unassociated_locals = sum(1 for p in local_photos if p.path not in self.associated_locals)
-        unassociated_photos = len(self.uploads_seen - self.associated_photos)
+        unassociated_photos = len(
+            self.uploads_seen - self.associated_photos - self.part_uploads.keys()
+        )
         summary = (
             f"Summary: {tally.annotations_added} iNaturalist annotations added,"
             f" {tally.annotations_modified} modified{identifications} in"
@@ -2462,14 +2600,17 @@ def replace_or_create(path: Path, data: bytes) -> None:
     replace_file_atomically(path, data)
 
 
-def _previous_entry(photo: LocalPhoto, previous_caption: str | None) -> str | None:
-    """The keyword this tool wrote before: the last known caption, else a caption-shaped one."""
-    if previous_caption is not None and previous_caption in photo.keywords:
-        return previous_caption
+def owned_caption(photo: LocalPhoto, history: Collection[str]) -> str | None:
+    """The keyword this tool wrote into photo, which it may replace; None when unknown.
+
+    Files written by this version name it in TAG_CAPTION. For older files a keyword counts
+    only if the observation once had it as its caption; anything else is the user's.
+    """
+    if photo.written_caption is not None:
+        return photo.written_caption if photo.written_caption in photo.keywords else None
     if photo.tags is None:
         return None
-    shaped = [k for k in photo.keywords if looks_like_caption(k)]
-    return shaped[0] if shaped else None
+    return next((k for k in photo.keywords if k in history), None)
 
 
 def _candidate_for(photo: LocalPhoto, observation: Observation) -> Candidate | None:
@@ -2477,6 +2618,29 @@ def _candidate_for(photo: LocalPhoto, observation: Observation) -> Candidate | N
         if photo.tags and inat_photo.id == photo.tags.photo:
             return Candidate(inat_photo, observation)
     return None
+
+
+def part_message(candidate: Candidate, path: Path, area: float) -> str:
+    """The console line for an upload that shows part of an associated local photo."""
+    photo, observation = candidate.photo, candidate.observation
+    upload = (
+        f"Photo id {photo.id}, {ordinal(photo.position)} photo of observation {observation.url},"
+    )
+    if area >= WHOLE_AREA:
+        return (
+            f"{upload} shows the same picture as '{show_path(path)}', which is associated with"
+            " another upload of it."
+        )
+    return (
+        f"{upload} shows part of '{show_path(path)}' ({area * 100:.0f}% of its area), which is"
+        " associated with an upload showing more of it."
+    )
+
+
+def _part_note(area: float) -> str:
+    if area >= WHOLE_AREA:
+        return "the same picture as another upload associated with this photo"
+    return f"shows {area * 100:.0f}% of this photo, which took an upload showing more of it"
 
 
 def _distance_words(distance: str) -> str:

@@ -737,6 +737,13 @@ def build(out: Path, skimage_data: Path) -> list[Path]:
                 "photos": [
                     {"id": 111827921, "observation_photo_id": 104339082, "source": "dscf0119.jpg"},
                     {"id": 111827934, "observation_photo_id": 104339095, "source": inat_only},
+                    # The same picture again, cropped, with a lower id: the whole upload wins.
+                    {
+                        "id": 111827905,
+                        "observation_photo_id": 104339071,
+                        "source": "dscf0119.jpg",
+                        "crop": [0.24, 0.2, 0.9, 0.86],
+                    },
                 ],
             },
             {

@@ -37,19 +37,44 @@ def expected_caption(taxon: dict | None) -> str | None:
     return f"{common} ({scientific})" if common else scientific
 
 
+def _area(crop: list[float] | None) -> float:
+    return (crop[2] - crop[0]) * (crop[3] - crop[1]) if crop else 1.0
+
+
 def twins(scenario: dict) -> dict[str, dict]:
-    """Local file name -> what should be written to it."""
-    result = {}
+    """Local file name -> what should be written to it.
+
+    A file uploaded several times takes the upload that shows most of it, then the first.
+    """
+    result: dict[str, dict] = {}
     for obs in scenario["observations"]:
         for photo in obs.get("photos", []):
             if (EXAMPLES / photo["source"]).is_file() and "/" not in photo["source"]:
-                result[photo["source"]] = {
+                want = {
                     "observation": obs["id"],
                     "observation_photo": photo.get("observation_photo_id"),
                     "photo": photo["id"],
                     "caption": expected_caption(obs.get("taxon")),
+                    "area": _area(photo.get("crop")),
                 }
+                rival = result.get(photo["source"])
+                if rival is None or (-want["area"], want["photo"]) < (
+                    -rival["area"],
+                    rival["photo"],
+                ):
+                    result[photo["source"]] = want
     return result
+
+
+def parts(scenario: dict) -> set[int]:
+    """Uploads of a local file that lost to another upload of the same file."""
+    chosen = {want["photo"] for want in twins(scenario).values()}
+    return {
+        photo["id"]
+        for obs in scenario["observations"]
+        for photo in obs.get("photos", [])
+        if (EXAMPLES / photo["source"]).is_file() and "/" not in photo["source"]
+    } - chosen
 
 
 def local_pictures(folder: Path) -> list[Path]:
@@ -131,9 +156,14 @@ def test_first_run_associates_every_twin_and_nothing_else(
     assert numbers["added"] == len(expected) and numbers["modified"] == 0
     assert numbers["ids_added"] == sum(1 for w in expected.values() if w["caption"])
     assert numbers["locals_left"] == len(before) - len(expected)
-    assert numbers["inat_left"] == inat_total - len(expected)
+    part_ids = parts(scenario)
+    assert part_ids, "the scenario must have a whole-plus-crop upload"
+    assert numbers["inat_left"] == inat_total - len(expected) - len(part_ids)
     not_associated = [ln for ln in result.lines if ln.startswith("Not associated")]
-    assert len(not_associated) == inat_total - len(expected)
+    assert len(not_associated) == inat_total - len(expected) - len(part_ids)
+    for photo_id in part_ids:
+        (line,) = [ln for ln in result.lines if ln.startswith(f"Photo id {photo_id}, ")]
+        assert re.search(r" shows part of '.+' \(\d+% of its area\), which is associated", line)
     for line in not_associated:
         assert re.match(
             r"Not associated with a local picture: photo id \d+, \d+(st|nd|rd|th) photo of "
@@ -390,7 +420,13 @@ def test_other_metadata_survives_the_write(
     with pyexiv2.Image(str(path)) as image:
         assert image.read_iptc() == iptc_before
         xmp_after = image.read_xmp()
-    ours = {ip.TAG_OBSERVATION, ip.TAG_OBSERVATION_PHOTO, ip.TAG_PHOTO, ip.TAG_SUBJECT}
+    ours = {
+        ip.TAG_OBSERVATION,
+        ip.TAG_OBSERVATION_PHOTO,
+        ip.TAG_PHOTO,
+        ip.TAG_SUBJECT,
+        ip.TAG_CAPTION,
+    }
     assert {k: v for k, v in xmp_after.items() if k not in ours} == xmp_before
 
 

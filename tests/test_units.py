@@ -103,25 +103,22 @@ def test_missing_taxon_gives_no_name(taxon: object) -> None:
     assert ip.taxon_name(taxon) is None  # type: ignore[arg-type]
 
 
-def test_caption_shape_recognises_our_captions_only() -> None:
-    ours = [
-        "Coyote (Canis latrans)",
-        "Canis latrans",
-        "Oaks (Quercus sp.)",
-        "Quercus sp.",
-        "Dog (Canis lupus ssp. familiaris)",
-    ]
-    theirs = [
-        "holiday 2021",
-        "Yosemite",
-        "trip (2021)",
-        "Point Reyes (California)",
-        "cat",
-        "Fagaceae",
-        "Family (Fagaceae)",
-        "coyote (canis latrans)",
-    ]
-    assert [k for k in ours + theirs if ip.looks_like_caption(k)] == ours
+def test_owned_caption_is_the_one_written_never_a_look_alike() -> None:
+    ours = "Elm Borer (Saperda tridentata)"
+    photo = _local("a.jpg", dt.datetime(2021, 1, 1, 9))
+    photo.tags = ip.InatTags(1, 2, 3)
+    # Files written by this version name their caption.
+    photo.keywords = ["Beetle on elm", ours, "Elm (Ulmus americana)"]
+    photo.written_caption = ours
+    assert ip.owned_caption(photo, set()) == ours
+    # Older files: only a caption the observation once had counts, never a look-alike.
+    photo.written_caption = None
+    assert ip.owned_caption(photo, {ours}) == ours
+    assert ip.owned_caption(photo, {"Something (Else entirely)"}) is None
+    # Our keyword removed by the user: nothing is ours.
+    photo.keywords = ["Beetle on elm"]
+    photo.written_caption = ours
+    assert ip.owned_caption(photo, {ours}) is None
 
 
 def test_distance_known_points() -> None:
@@ -218,30 +215,78 @@ def test_cluster_leaves_out_untimed_candidates() -> None:
 
 
 def _pairs(decisions: list) -> list[tuple]:
-    return [(d.local, d.candidate, d.score, d.rivals) for d in decisions]
+    return [
+        (d.local_index, d.upload_index, d.score, d.rivals) for d in decisions if d.kind != "part"
+    ]
+
+
+def _assign(scores: dict, threshold: float = 0.95, areas: dict | None = None, order=()) -> list:
+    return ip.assign_uploads(scores, areas or {}, threshold, order)
 
 
 def test_assign_one_to_one_best_first() -> None:
     scores = {(0, 0): 0.97, (0, 1): 0.99, (1, 1): 0.98, (1, 0): 0.96, (2, 0): 0.50}
-    assert _pairs(ip.assign_one_to_one(scores, 0.95)) == [(0, 1, 0.99, ()), (1, 0, 0.96, ())]
-    assert ip.assign_one_to_one(scores, 0.995) == []
+    assert _pairs(_assign(scores)) == [(1, 0, 0.96, ()), (0, 1, 0.99, ())]
+    assert _assign(scores, 0.995) == []
+
+
+def test_assign_is_optimal_where_greedy_is_wrong() -> None:
+    # Shots 0 and 1; upload 0 was made from shot 0, upload 1 from shot 1, but upload 0 also
+    # appears inside shot 1 and scores best there. Best-first would give shot 1 upload 0
+    # and leave upload 1 unmatched; the optimal assignment pairs each with its own.
+    scores = {(0, 0): 0.970, (1, 0): 0.985, (1, 1): 0.975}
+    assert _pairs(_assign(scores)) == [(0, 0, 0.970, ()), (1, 1, 0.975, ())]
 
 
 def test_assign_refuses_a_burst_tie() -> None:
     # Two local frames score within TIE_MARGIN for the same upload: neither is chosen.
     scores = {(0, 0): 0.981, (1, 0): 0.979, (2, 0): 0.90}
-    (decision,) = ip.assign_one_to_one(scores, 0.95)
-    assert (decision.candidate, decision.local, decision.rivals) == (0, 0, (1,))
+    (decision,) = _assign(scores)
+    assert (decision.kind, decision.upload_index, decision.local_index, decision.rivals) == (
+        "tie",
+        0,
+        0,
+        (1,),
+    )
     # A clear winner is still chosen.
     scores = {(0, 0): 0.99, (1, 0): 0.96}
-    assert _pairs(ip.assign_one_to_one(scores, 0.95)) == [(0, 0, 0.99, ())]
+    assert _pairs(_assign(scores)) == [(0, 0, 0.99, ())]
+
+
+def test_assign_tie_frees_the_frames_for_other_uploads() -> None:
+    # Upload 0 ties between frames 0 and 1; frame 1 is still free for upload 1.
+    scores = {(0, 0): 0.981, (1, 0): 0.979, (1, 1): 0.97}
+    decisions = _assign(scores)
+    assert [(d.kind, d.upload_index, d.local_index) for d in decisions] == [
+        ("tie", 0, 0),
+        ("associate", 1, 1),
+    ]
 
 
 def test_assign_prefers_the_first_upload_of_a_photo_uploaded_twice() -> None:
     # Local photo 0 fits uploads 0 and 1 equally; upload 1 came first (lower id).
     scores = {(0, 0): 0.990, (0, 1): 0.988}
-    (decision,) = ip.assign_one_to_one(scores, 0.95, upload_order=[222, 111])
-    assert (decision.local, decision.candidate) == (0, 1)
+    decisions = _assign(scores, order=[222, 111])
+    assert [(d.kind, d.local_index, d.upload_index) for d in decisions] == [
+        ("part", 0, 0),
+        ("associate", 0, 1),
+    ]
+
+
+def test_assign_whole_upload_beats_a_crop_of_the_same_picture() -> None:
+    # Upload 0 (first, lower id) is a 29 % crop scoring 100 %; upload 1 the whole frame at
+    # 98.4 %. The photo takes the upload that shows most of it; the crop is a part of it.
+    scores = {(0, 0): 1.0, (0, 1): 0.984}
+    areas = {(0, 0): 0.29, (0, 1): 1.0}
+    decisions = _assign(scores, areas=areas, order=[111827888, 111827898])
+    assert [(d.kind, d.local_index, d.upload_index) for d in decisions] == [
+        ("part", 0, 0),
+        ("associate", 0, 1),
+    ]
+    # Equal areas: the higher score wins when it is clearly higher.
+    areas = {(0, 0): 0.60, (0, 1): 0.61}
+    kinds = [(d.kind, d.upload_index) for d in _assign(scores, areas=areas)]
+    assert kinds == [("associate", 0), ("part", 1)]
 
 
 def test_updated_keywords_keep_other_keywords() -> None:
