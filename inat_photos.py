@@ -370,6 +370,11 @@ class Observation:
         return self.name.caption if self.name else None
 
     @property
+    def identification(self) -> str:
+        """The caption in quotes for console lines, or 'no identification' without a taxon."""
+        return f"'{self.caption}'" if self.caption else "no identification"
+
+    @property
     def day(self) -> dt.date | None:
         return self.observed_at.date() if self.observed_at else self.observed_on
 
@@ -2202,7 +2207,7 @@ class Run:
         how = comparison.alignment.describe() if comparison.alignment else ""
         self.console.say(
             f"'{show_path(photo.path)}' {described} found for photo id {candidate.photo.id};"
-            f" '{observation.caption}', time from observation "
+            f" {observation.identification}, time from observation "
             f"{'n/a' if seconds is None else seconds} secs, distance from observation "
             f"{_distance_words(describe_distance(photo, observation))}, similarity"
             f" {comparison.score * 100:.1f}%{f' ({how})' if how else ''}."
@@ -2406,7 +2411,7 @@ class Run:
         self.console.say(
             f"Not associated with a local picture: photo id {photo.id},"
             f" {ordinal(photo.position)} photo of observation {observation.url},"
-            f" '{observation.caption}'."
+            f" {observation.identification}."
         )
         thumbnail = None
         if self.args.logfile and photo.id in similarity.inat_pictures:
