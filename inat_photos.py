@@ -75,6 +75,7 @@ INAT_SIZES = ("small", "medium", "large", "original")
 INAT_PIXELS = {"small": 240, "medium": 500, "large": 1024, "original": 2048}  # longest side
 PICTURE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".png", ".tif", ".tiff"}
 PER_PAGE = 200  # the API's maximum page size
+ID_BATCH = 100  # observations asked for by id per request: the URL stays near 1 KB
 DOWNLOAD_WORKERS = 4  # parallel photo downloads; iNaturalist's media host allows a few
 COMPARE_WORKERS = os.cpu_count() or 2  # decoding and scoring release the GIL: use every core
 TEMPORARY_SUFFIX = ".inat-tmp"  # the copy being written beside a photo before it replaces it
@@ -537,11 +538,11 @@ class InatClient:
         return self._paginate("observations", user_id=login, photos="true", **filters)
 
     def observations_by_id(self, ids: Sequence[int]) -> list[dict[str, Any]]:
-        """Observations by id, PER_PAGE a request; deleted ones are simply absent."""
+        """Observations by id, ID_BATCH a request; deleted ones are simply absent."""
         found: list[dict[str, Any]] = []
-        for start in range(0, len(ids), PER_PAGE):
-            batch = ids[start : start + PER_PAGE]
-            answer = self._get_json("observations", id=",".join(map(str, batch)), per_page=PER_PAGE)
+        for start in range(0, len(ids), ID_BATCH):
+            batch = ids[start : start + ID_BATCH]
+            answer = self._get_json("observations", id=",".join(map(str, batch)), per_page=ID_BATCH)
             found.extend(r for r in answer.get("results") or [] if isinstance(r, dict))
         return found
 

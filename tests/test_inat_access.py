@@ -11,6 +11,8 @@ from pathlib import Path
 
 from test_safety import USER, World, make_world, run_main
 
+import inat_photos as ip
+
 
 def without_taxa(world: World) -> World:
     for observation in world.scenario["observations"]:
@@ -42,3 +44,17 @@ def test_observation_without_taxon_reads_no_identification(
     )
     page = log.read_text(encoding="utf-8")
     assert page.count("<i>no identification</i>") == 2 and "None" not in page
+
+
+def test_observations_by_id_asks_for_at_most_100_ids_at_a_time(tmp_path: Path) -> None:
+    world = make_world(tmp_path, 0, unmatched=3)
+    held = [o["id"] for o in world.scenario["observations"]]
+    wanted = sorted({*held, *range(1, 248)})  # 250 ids, three of them real
+    with world.fake() as fake:
+        client = ip.InatClient(fake.api_url, world.cache)
+        found = client.observations_by_id(wanted)
+        asked = [r["query"]["id"].split(",") for r in fake.api_requests()]
+    assert sorted(r["id"] for r in found) == sorted(held)
+    assert max(map(len, asked)) <= 100, [len(ids) for ids in asked]
+    assert sorted(int(i) for ids in asked for i in ids) == wanted
+    assert len(asked) == 3
