@@ -17,6 +17,9 @@ Command line::
 
 prints the API url (``http://127.0.0.1:PORT/v1``) on one line and serves until SIGTERM/SIGINT.
 
+HTTPS: pass ``tls=`` a server-side ``ssl.SSLContext`` holding a certificate for 127.0.0.1 (tests
+issue one with ``trustme``); the API and the photo URLs it hands out are then ``https://``.
+
 Scenario format: see ``example_pictures/scenario.json``; paths of photo sources are relative to
 the scenario file's folder (or to ``base_dir`` / the working directory for a dict scenario).
 """
@@ -33,6 +36,7 @@ import re
 import signal
 import socket
 import socketserver
+import ssl
 import sys
 import threading
 import time
@@ -486,6 +490,16 @@ class _Server(ThreadingHTTPServer):
     def handle_error(self, request, client_address) -> None:  # quiet: no tracebacks on stderr
         pass
 
+    def get_request(self) -> tuple[socket.socket, Any]:
+        connection, address = super().get_request()
+        if self.fake.tls is not None:
+            # The handshake happens in the handler's thread (see _Handler.setup), so a client
+            # that never speaks TLS cannot hold up the accept loop.
+            connection = self.fake.tls.wrap_socket(
+                connection, server_side=True, do_handshake_on_connect=False
+            )
+        return connection, address
+
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
@@ -500,6 +514,14 @@ class _Handler(BaseHTTPRequestHandler):
     def setup(self) -> None:
         super().setup()
         self.server.fake._track_connection(self.connection, True)
+
+    def handle(self) -> None:
+        if isinstance(self.connection, ssl.SSLSocket):
+            try:
+                self.connection.do_handshake()  # bounded by the connection's timeout
+            except OSError:  # ssl.SSLError too: a client that distrusts us, or no TLS at all
+                return
+        super().handle()
 
     def finish(self) -> None:
         try:
@@ -627,6 +649,7 @@ class FakeINaturalist:
         max_requests_per_second: float | None = None,
         port: int = 0,
         base_dir: str | Path | None = None,
+        tls: ssl.SSLContext | None = None,
     ):
         if isinstance(scenario, dict):
             data = scenario
@@ -638,6 +661,7 @@ class FakeINaturalist:
         self.latency = float(latency or 0.0)
         self.bandwidth = float(bandwidth) if bandwidth else None
         self.max_requests_per_second = max_requests_per_second
+        self.tls = tls
         self.requests: list[dict] = []
         self._port = int(port)
         self._state_lock = threading.RLock()
@@ -705,12 +729,13 @@ class FakeINaturalist:
 
     @property
     def host_url(self) -> str:
-        """``http://127.0.0.1:PORT`` (photos live under ``/photos/``)."""
-        return f"http://127.0.0.1:{self.port}"
+        """``http://127.0.0.1:PORT`` (``https://`` with ``tls``; photos live under ``/photos/``)."""
+        scheme = "https" if self.tls is not None else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
 
     @property
     def api_url(self) -> str:
-        """``http://127.0.0.1:PORT/v1``."""
+        """``http://127.0.0.1:PORT/v1`` (or ``https://``)."""
         return f"{self.host_url}/v1"
 
     # -- test controls ------------------------------------------------------------------------
