@@ -481,12 +481,21 @@ class InatClient:
         # A photo host that refuses connections has usually moved: ask for the new URL soon.
         self.photo_retries = retries.new(connect=1)
 
-    def _get_json(self, path: str, **params: Any) -> dict[str, Any]:
-        """GET an API path through pyinaturalist and return its JSON object."""
+    def _get(self, url: str, **params: Any) -> Any:
+        """GET through pyinaturalist with the TLS trust requests itself would use."""
         from pyinaturalist.session import get
 
+        # pyinaturalist hands send() verify=True, which skips the step where requests reads
+        # REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE: behind a TLS-inspecting proxy (whose CA those
+        # name) every API call failed. Proxies need nothing: send() reads them from the
+        # environment itself.
+        settings = self.session.merge_environment_settings(url, {}, None, None, None)
+        return get(url, session=self.session, verify=settings["verify"], **params)
+
+    def _get_json(self, path: str, **params: Any) -> dict[str, Any]:
+        """GET an API path through pyinaturalist and return its JSON object."""
         try:
-            response = get(f"{self.api_url}/{path}", session=self.session, **params)
+            response = self._get(f"{self.api_url}/{path}", **params)
             answer = response.json()
         except Exception as error:  # requests, urllib3 and json errors all mean the same here
             raise InatUnreachable(_describe_http_error(error)) from None
@@ -512,12 +521,8 @@ class InatClient:
 
     def user(self, login: str) -> dict[str, Any]:
         """The user's record; UserError when the login is unknown."""
-        from pyinaturalist.session import get
-
         try:
-            response = get(
-                f"{self.api_url}/users/{login}", session=self.session, raise_for_status=False
-            )
+            response = self._get(f"{self.api_url}/users/{login}", raise_for_status=False)
             if response.status_code in (404, 422):
                 raise UserError(f"unknown iNaturalist user {login!r}")
             response.raise_for_status()
@@ -557,6 +562,11 @@ def _describe_http_error(error: BaseException) -> str:
     kinds: list[tuple[type[BaseException], str]] = [
         (requests.exceptions.RetryError, "the server kept failing after several retries"),
         (requests.exceptions.Timeout, "no answer in time"),
+        (
+            requests.exceptions.SSLError,
+            "its TLS certificate is not trusted (behind a proxy that inspects TLS, set"
+            " REQUESTS_CA_BUNDLE to the proxy's CA certificate file)",
+        ),
         (requests.exceptions.ChunkedEncodingError, "the answer was cut off"),
         (requests.exceptions.ConnectionError, "cannot connect"),
         (ValueError, "the answer is not valid JSON"),

@@ -7,9 +7,16 @@ change without iNaturalist dating the change (renames) or observations that vani
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import ssl
+import threading
 from pathlib import Path
 
-from test_safety import USER, World, make_world, run_main
+import pytest
+import trustme
+from conftest import run_cli
+from test_safety import USER, World, assert_tagged, make_world, run_main
 
 import inat_photos as ip
 
@@ -58,3 +65,99 @@ def test_observations_by_id_asks_for_at_most_100_ids_at_a_time(tmp_path: Path) -
     assert max(map(len, asked)) <= 100, [len(ids) for ids in asked]
     assert sorted(int(i) for ids in asked for i in ids) == wanted
     assert len(asked) == 3
+
+
+# -- 4. TLS behind an intercepting proxy --------------------------------------------------------
+
+
+class ConnectProxy:
+    """A bare HTTPS proxy on loopback: tunnels CONNECT as company proxies do, logs each target."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.tunnels: list[str] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def close(self) -> None:
+        self.listener.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:  # closed
+                return
+            threading.Thread(target=self._tunnel, args=(client,), daemon=True).start()
+
+    def _tunnel(self, client: socket.socket) -> None:
+        with client:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                piece = client.recv(4096)
+                if not piece:
+                    return
+                head += piece
+            method, target, _ = head.split(b"\r\n", 1)[0].decode().split(" ", 2)
+            if method != "CONNECT":
+                client.sendall(b"HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\n\r\n")
+                return
+            self.tunnels.append(target)
+            host, port = target.rsplit(":", 1)
+            with socket.create_connection((host, int(port))) as upstream:
+                client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                back = threading.Thread(target=_pump, args=(upstream, client), daemon=True)
+                back.start()
+                _pump(client, upstream)
+                back.join(timeout=5)
+
+
+def _pump(source: socket.socket, target: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        while piece := source.recv(65536):
+            target.sendall(piece)
+    with contextlib.suppress(OSError):
+        target.shutdown(socket.SHUT_WR)
+
+
+@pytest.mark.parametrize("route", ["direct", "through a proxy"])
+def test_https_api_trusts_the_ca_bundle_named_in_the_environment(tmp_path: Path, route) -> None:
+    """The fake server speaks HTTPS with a certificate of a private CA, as a TLS-inspecting
+    proxy re-signs iNaturalist's; REQUESTS_CA_BUNDLE names that CA: API calls and downloads
+    must both trust it (and go through HTTPS_PROXY when one is set)."""
+    authority = trustme.CA()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    authority.issue_cert("127.0.0.1").configure_cert(context)
+    bundle = tmp_path / "company-ca.pem"
+    authority.cert_pem.write_to_path(str(bundle))
+    world = make_world(tmp_path, 1)
+    env = {"REQUESTS_CA_BUNDLE": str(bundle), "CURL_CA_BUNDLE": "", "NO_PROXY": "", "no_proxy": ""}
+    proxy = ConnectProxy() if route != "direct" else None
+    if proxy:
+        env.update(HTTPS_PROXY=proxy.url, https_proxy=proxy.url)
+    try:
+        with world.fake(tls=context) as fake:
+            assert fake.api_url.startswith("https://127.0.0.1:")
+            result = run_cli(["-u", USER, str(world.pictures)], fake.api_url, world.cache, **env)
+            api, photos = fake.api_requests(), fake.photo_requests()
+    finally:
+        if proxy:
+            proxy.close()
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert_tagged(world.twins[0])
+    assert api and photos
+    if proxy:
+        assert proxy.tunnels and set(proxy.tunnels) == {f"127.0.0.1:{fake.port}"}
+
+
+def test_untrusted_certificate_is_named_as_such(tmp_path: Path) -> None:
+    authority = trustme.CA()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    authority.issue_cert("127.0.0.1").configure_cert(context)
+    world = make_world(tmp_path, 1)
+    with world.fake(tls=context) as fake:
+        result = run_cli(["-u", USER, str(world.pictures)], fake.api_url, world.cache)
+    assert result.returncode == ip.EXIT_USAGE, result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    errors = [line for line in result.lines if line.startswith("Error:")]
+    assert len(errors) == 1 and "REQUESTS_CA_BUNDLE" in errors[0], result.stdout
