@@ -76,6 +76,9 @@ INAT_PIXELS = {"small": 240, "medium": 500, "large": 1024, "original": 2048}  # 
 PICTURE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".png", ".tif", ".tiff"}
 PER_PAGE = 200  # the API's maximum page size
 ID_BATCH = 100  # observations asked for by id per request: the URL stays near 1 KB
+# Renames and common-name edits do not change an observation's updated_at: observations that
+# local photos point at are asked for again, by id, when last asked this many days ago.
+RECHECK_DAYS = 7
 DOWNLOAD_WORKERS = 4  # parallel photo downloads; iNaturalist's media host allows a few
 COMPARE_WORKERS = os.cpu_count() or 2  # decoding and scoring release the GIL: use every core
 TEMPORARY_SUFFIX = ".inat-tmp"  # the copy being written beside a photo before it replaces it
@@ -548,7 +551,10 @@ class InatClient:
         for start in range(0, len(ids), ID_BATCH):
             batch = ids[start : start + ID_BATCH]
             answer = self._get_json("observations", id=",".join(map(str, batch)), per_page=ID_BATCH)
-            found.extend(r for r in answer.get("results") or [] if isinstance(r, dict))
+            results = answer.get("results")
+            if not isinstance(results, list):  # never read as "all of them were deleted"
+                raise InatUnreachable("unexpected answer from observations")
+            found.extend(r for r in results if isinstance(r, dict))
         return found
 
 
@@ -579,19 +585,26 @@ def _describe_http_error(error: BaseException) -> str:
 
 
 class ObservationStore:
-    """The user's observations kept in SQLite between runs, refreshed with updated_since."""
+    """The user's observations kept in SQLite between runs, refreshed with updated_since,
+    and those that local photos point at asked for again by id every RECHECK_DAYS."""
 
     def __init__(self, path: Path, fresh: bool = False) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(path)
         if fresh:
-            self.db.executescript("DROP TABLE IF EXISTS observations; DROP TABLE IF EXISTS synced;")
+            self.db.executescript(
+                "DROP TABLE IF EXISTS observations; DROP TABLE IF EXISTS synced;"
+                " DROP TABLE IF EXISTS checked;"
+            )
+        # checked: when iNaturalist last answered for an observation id, in a listing or by
+        # id; ids it no longer has stay here too, so they are not asked for on every run.
         self.db.executescript(
             """
             CREATE TABLE IF NOT EXISTS observations (
                 id INTEGER PRIMARY KEY, user TEXT NOT NULL, record TEXT NOT NULL);
             CREATE TABLE IF NOT EXISTS synced (
                 user TEXT PRIMARY KEY, first_day TEXT, last_day TEXT, synced_at TEXT);
+            CREATE TABLE IF NOT EXISTS checked (id INTEGER PRIMARY KEY, checked_at TEXT NOT NULL);
             """
         )
 
@@ -606,6 +619,7 @@ class ObservationStore:
     def _put(self, user: str, records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
         """Store records; return the stored versions they replaced (for caption history)."""
         replaced = []
+        now = dt.datetime.now(dt.timezone.utc).isoformat()
         for record in records:
             if _int_or_none(record.get("id")) is None:
                 continue
@@ -618,6 +632,7 @@ class ObservationStore:
                 "INSERT OR REPLACE INTO observations (id, user, record) VALUES (?, ?, ?)",
                 (record["id"], user, json.dumps(record)),
             )
+            self.db.execute("INSERT OR REPLACE INTO checked VALUES (?, ?)", (record["id"], now))
         return replaced
 
     def sync(
@@ -662,12 +677,38 @@ class ObservationStore:
         previous = (parse_observation(r) for r in replaced)
         return {o.id: o for o in previous if o}
 
-    def fetch_missing(self, client: InatClient, user: str, ids: Iterable[int]) -> None:
-        """Fetch observations we were asked about but do not hold (e.g. other days)."""
-        wanted = sorted(set(ids) - set(self.observations_by_id(ids)))
-        if wanted:
-            self._put(user.lower(), client.observations_by_id(wanted))
-            self.db.commit()
+    def _checked_since(self, obs_id: int, moment: dt.datetime) -> bool:
+        row = self.db.execute("SELECT checked_at FROM checked WHERE id = ?", (obs_id,)).fetchone()
+        try:
+            return bool(row) and dt.datetime.fromisoformat(row[0]) >= moment
+        except (TypeError, ValueError):  # a damaged entry: ask again
+            return False
+
+    def recheck(
+        self,
+        client: InatClient,
+        user: str,
+        ids: Iterable[int],
+        first_day: dt.date,
+        last_day: dt.date,
+    ) -> dict[int, Observation]:
+        """Ask by id for what updated_since cannot tell: the observations in ids (those local
+        photos point at), when last asked RECHECK_DAYS ago or never. Observations iNaturalist
+        no longer has are forgotten. Returns the stored versions replaced."""
+        due_before = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=RECHECK_DAYS)
+        wanted = sorted(i for i in set(ids) if not self._checked_since(i, due_before))
+        if not wanted:
+            return {}
+        records = client.observations_by_id(wanted)
+        replaced = self._put(user.lower(), records)
+        present = {record["id"] for record in records if _int_or_none(record.get("id")) is not None}
+        now = dt.datetime.now(dt.timezone.utc).isoformat()
+        for obs_id in set(wanted) - present:  # deleted (or made private) on iNaturalist
+            self.db.execute("DELETE FROM observations WHERE id = ?", (obs_id,))
+            self.db.execute("INSERT OR REPLACE INTO checked VALUES (?, ?)", (obs_id, now))
+        self.db.commit()
+        previous = (parse_observation(r) for r in replaced)
+        return {o.id: o for o in previous if o}
 
     def observations_by_id(self, ids: Iterable[int]) -> dict[int, Observation]:
         found = {}
@@ -2302,7 +2343,8 @@ class Run:
             days = sorted({p.corrected_time.date() for p in local_photos})
             previous = store.sync(client, args.user, days[0], days[-1])
             known_ids = [p.tags.observation for p in local_photos if p.tags]
-            store.fetch_missing(client, args.user, known_ids)
+            rechecked = store.recheck(client, args.user, known_ids, days[0], days[-1])
+            previous = {**rechecked, **previous}  # sync's are the older versions
         except InatUnreachable as error:
             console.say(f"Error: iNaturalist is unreachable at {client.api_url}: {error}")
             return EXIT_USAGE

@@ -761,6 +761,18 @@ class FakeINaturalist:
             obs.taxon = _normalize_taxon(taxon)
             self._touch(obs)
 
+    def rename_taxon(self, taxon_id: int, **fields: Any) -> None:
+        """Change a taxon's fields (``name``, ``preferred_common_name``: None removes it) in
+        every observation identified as it. iNaturalist does not bump ``updated_at`` for
+        taxon changes, and neither does this."""
+        with self._state_lock:
+            for obs in self._observations.values():
+                if obs.taxon and obs.taxon["id"] == int(taxon_id):
+                    changed = {**obs.taxon, **fields}
+                    obs.taxon = _normalize_taxon(
+                        {k: v for k, v in changed.items() if v is not None}
+                    )
+
     def touch(self, observation_id: int) -> None:
         """Bump an observation's ``updated_at`` to now."""
         with self._state_lock:
