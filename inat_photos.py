@@ -43,6 +43,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 from PIL import Image
@@ -343,6 +344,7 @@ class InatPhoto:
     observation_id: int
     position: int  # 1 for the observation's first photo
     url: str  # as the API gives it, usually ending in /square.jpg
+    unavailable: str | None = None  # a key of SKIP_REASONS: iNaturalist shows a placeholder
 
     def url_for_size(self, size: str) -> str:
         # Real URLs end in square.jpg, square.jpeg?123, square.JPG, and even square.?123
@@ -396,6 +398,38 @@ def _int_or_none(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
+# A photo's own file: /photos/<photo id>/<size>.<ext> on any host (iNaturalist's static and
+# open-data hosts, mirrors, the tests' fake server). Placeholders live elsewhere.
+_PHOTO_FILE = re.compile(r"(?:^|/)photos/\d+/[^/]+$")
+
+SKIP_REASONS = {
+    "processing": "still being processed on iNaturalist; tried again next run",
+    "hidden": f"hidden on iNaturalist; asked for again after {RECHECK_DAYS} days",
+    "flagged": f"flagged on iNaturalist; asked for again after {RECHECK_DAYS} days",
+    "unknown": "its URL {url} is not that of a photo file; asked for again after"
+    f" {RECHECK_DAYS} days",
+}
+
+
+def photo_unavailable(photo: dict[str, Any]) -> str | None:
+    """Why iNaturalist gives a placeholder instead of this photo (a key of SKIP_REASONS), or
+    None when its URL is the photo's own file."""
+    url = str(photo.get("url"))
+    flags = photo.get("flags")
+    if photo.get("hidden") is True or "media-hidden" in url:
+        return "hidden"
+    unresolved = isinstance(flags, list) and any(
+        not (isinstance(flag, dict) and flag.get("resolved") is True) for flag in flags
+    )
+    if unresolved or "copyright-infringement" in url:
+        return "flagged"
+    parts = urlsplit(url)
+    if parts.scheme in ("http", "https") and parts.netloc and _PHOTO_FILE.search(parts.path):
+        return None
+    # Just uploaded: .../attachment_defaults/local_photos/square.png until resized.
+    return "processing" if "/attachment_defaults/" in parts.path else "unknown"
+
+
 def parse_observation(record: dict[str, Any]) -> Observation | None:
     """Turn one API observation into an Observation; None when it has no usable id."""
     obs_id = _int_or_none(record.get("id")) if isinstance(record, dict) else None
@@ -423,6 +457,7 @@ def parse_observation(record: dict[str, Any]) -> Observation | None:
                 observation_id=obs_id,
                 position=(position if position is not None else index) + 1,
                 url=photo["url"],
+                unavailable=photo_unavailable(photo),
             )
         )
     photos.sort(key=lambda p: (p.position, p.id))
@@ -584,6 +619,17 @@ def _describe_http_error(error: BaseException) -> str:
     return detail[:200]
 
 
+def _changed_since(record: dict[str, Any], moment: dt.datetime) -> bool:
+    """True when the observation was created or updated at or after moment (aware, UTC)."""
+    for key in ("updated_at", "created_at"):
+        when = _parse_iso_time(record.get(key))
+        if when is not None and when.tzinfo is None:  # iNaturalist's times carry an offset
+            when = when.replace(tzinfo=dt.timezone.utc)
+        if when is not None and when >= moment:
+            return True
+    return False
+
+
 class ObservationStore:
     """The user's observations kept in SQLite between runs, refreshed with updated_since,
     and those that local photos point at asked for again by id every RECHECK_DAYS."""
@@ -693,10 +739,27 @@ class ObservationStore:
         last_day: dt.date,
     ) -> dict[int, Observation]:
         """Ask by id for what updated_since cannot tell: the observations in ids (those local
-        photos point at), when last asked RECHECK_DAYS ago or never. Observations iNaturalist
-        no longer has are forgotten. Returns the stored versions replaced."""
+        photos point at) and those of these days with photos iNaturalist did not show, when
+        last asked RECHECK_DAYS ago or never; fresh uploads still processing every run.
+        Observations iNaturalist no longer has are forgotten. Returns the versions replaced."""
         due_before = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=RECHECK_DAYS)
-        wanted = sorted(i for i in set(ids) if not self._checked_since(i, due_before))
+        every_run, weekly = set(), set(ids)
+        rows = self.db.execute("SELECT record FROM observations WHERE user = ?", (user.lower(),))
+        for (text,) in rows.fetchall():
+            record = json.loads(text)
+            observation = parse_observation(record)
+            if (
+                not observation
+                or not observation.day
+                or not first_day <= observation.day <= last_day
+            ):
+                continue
+            reasons = {photo.unavailable for photo in observation.photos} - {None}
+            if "processing" in reasons and _changed_since(record, due_before):
+                every_run.add(observation.id)  # resized within minutes, usually
+            elif reasons:  # hidden, flagged, or an upload stuck in processing: weekly
+                weekly.add(observation.id)
+        wanted = sorted(every_run | {i for i in weekly if not self._checked_since(i, due_before)})
         if not wanted:
             return {}
         records = client.observations_by_id(wanted)
@@ -734,11 +797,15 @@ class ObservationStore:
 class PhotoCache:
     """iNaturalist photos on disk, keyed by photo id and size; never a partial file."""
 
-    def __init__(self, cache: Path, client: InatClient, refresh: bool = False) -> None:
+    def __init__(
+        self, cache: Path, client: InatClient, refresh: bool = False, console: Console | None = None
+    ) -> None:
         import requests
         from requests.adapters import HTTPAdapter
 
         self.client = client
+        self.console = console or Console()
+        self.skipped: set[int] = set()  # placeholders reported in this run
         self.folder = cache / "photos"
         for leftover in self.folder.glob("*/*.part"):  # downloads cut off by a killed run
             with contextlib.suppress(OSError):
@@ -768,8 +835,8 @@ class PhotoCache:
             check.load()  # a truncated JPEG fails here, before anything is cached
         return data
 
-    def _current_url(self, photo: InatPhoto) -> str | None:
-        """The photo's URL as iNaturalist gives it now (stored URLs can go stale)."""
+    def _current(self, photo: InatPhoto) -> InatPhoto | None:
+        """The photo as iNaturalist gives it now, if its URL changed (stored URLs go stale)."""
         try:
             records = self.client.observations_by_id([photo.observation_id])
         except InatUnreachable:
@@ -777,11 +844,27 @@ class PhotoCache:
         for observation in filter(None, map(parse_observation, records)):
             for current in observation.photos:
                 if current.id == photo.id and current.url != photo.url:
-                    return current.url
+                    return current
         return None
+
+    def _skip(self, photo: InatPhoto) -> None:
+        """Say once per run that a photo is a placeholder on iNaturalist; nothing is cached."""
+        with self.lock:
+            if photo.id in self.skipped:
+                return
+            self.skipped.add(photo.id)
+        reason = SKIP_REASONS.get(photo.unavailable or "", SKIP_REASONS["unknown"])
+        reason = reason.replace("{url}", ascii(photo.url[:200]))  # the API's text, shown safely
+        self.console.say(
+            f"Skipped photo id {photo.id} of observation"
+            f" {INAT_WEB_URL}/observations/{photo.observation_id}: {reason}."
+        )
 
     def fetch(self, photo: InatPhoto, size: str) -> Path | None:
         """The cached file, downloading it first if needed; None when it cannot be had."""
+        if photo.unavailable:  # a placeholder must never be cached under the photo's id
+            self._skip(photo)
+            return None
         target = self.path(photo, size)
         if target.exists() and (not self.refresh or target in self.refreshed):
             return target
@@ -790,11 +873,16 @@ class PhotoCache:
         try:
             data = self._download(photo.url_for_size(size))
         except Exception as error:
-            fresh = self._current_url(photo)
+            fresh = self._current(photo)
+            if fresh is not None and fresh.unavailable:
+                self._skip(fresh)
+                with self.lock:
+                    self.failed.add(target)
+                return None
             try:
                 if fresh is None:
                     raise error
-                data = self._download(dataclasses.replace(photo, url=fresh).url_for_size(size))
+                data = self._download(fresh.url_for_size(size))
             except Exception as final:
                 print(
                     f"Warning: could not download photo {photo.id}: {_describe_http_error(final)}",

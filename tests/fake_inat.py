@@ -22,6 +22,11 @@ issue one with ``trustme``); the API and the photo URLs it hands out are then ``
 
 Scenario format: see ``example_pictures/scenario.json``; paths of photo sources are relative to
 the scenario file's folder (or to ``base_dir`` / the working directory for a dict scenario).
+A photo may carry ``"state"``: ``"processing"`` (just uploaded: the API gives the
+``/attachment_defaults/local_photos/square.png`` placeholder), ``"hidden"`` (``"hidden": true``
+and the ``media-hidden`` placeholder) or ``"flagged"`` (a copyright flag in ``"flags"`` and the
+``copyright-infringement`` placeholder). Placeholders are served as small PNGs in every size;
+the photo's own ``/photos/ID/`` files answer 404 meanwhile.
 """
 
 from __future__ import annotations
@@ -49,7 +54,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from PIL import Image, ImageOps
+from PIL import Image, ImageDraw, ImageOps
 
 __all__ = ["PHOTO_SIZES", "FakeINaturalist", "render_photo"]
 
@@ -99,6 +104,17 @@ RANK_LEVELS = {
 
 _UUID_NAMESPACE = uuid.UUID("5b0e7a0e-3f7c-4d53-9a53-6b7c1f1f0a11")
 _PHOTO_PATH = re.compile(r"^/photos/(\d+)/([a-z]+)\.([A-Za-z]+)$")
+#: Where iNaturalist points a photo it does not show, per photo state (``{size}`` = square...).
+PLACEHOLDERS = {
+    "processing": "/attachment_defaults/local_photos/{size}.png",
+    "hidden": "/assets/media-hidden-{size}.png",
+    "flagged": "/assets/copyright-infringement-{size}.png",
+}
+PHOTO_STATES = ("normal", *PLACEHOLDERS)
+_PLACEHOLDER_PATH = re.compile(
+    r"^(?:/attachment_defaults/local_photos/|/assets/(?:media-hidden|copyright-infringement)-)"
+    r"([a-z]+)\.png$"
+)
 _ROTATIONS = {
     90: Image.Transpose.ROTATE_90,  # Pillow's ROTATE_* turn counter-clockwise
     180: Image.Transpose.ROTATE_180,
@@ -245,6 +261,9 @@ class _Photo:
         if self.rotate not in (0, 90, 180, 270):
             raise ValueError(f"photo {self.id}: rotate must be 0, 90, 180 or 270")
         self.quality = int(spec.get("quality") or 85)
+        self.state = spec.get("state") or "normal"
+        if self.state not in PHOTO_STATES:
+            raise ValueError(f"photo {self.id}: state must be one of {', '.join(PHOTO_STATES)}")
         self.license_code = spec.get("license_code", "cc-by-nc")
         self.uuid = spec.get("uuid") or _derived_uuid("photo", self.id)
         width, height = _upright_size(self.source)
@@ -272,7 +291,7 @@ class _Photo:
                 rights = "no rights reserved"
         else:
             rights = "all rights reserved"
-        return {
+        record: dict[str, Any] = {
             "id": self.id,
             "license_code": self.license_code,
             "url": f"{host_url}/photos/{self.id}/square.jpg",
@@ -283,6 +302,37 @@ class _Photo:
             },
             "flags": [],
         }
+        if self.state != "normal":
+            record["url"] = host_url + PLACEHOLDERS[self.state].format(size="square")
+        if self.state == "processing":  # not yet measured
+            record["original_dimensions"] = None
+        elif self.state == "hidden":
+            record["hidden"] = True
+        elif self.state == "flagged":
+            record["flags"] = [
+                {
+                    "id": 7_000_000 + self.id % 1_000_000,
+                    "flag": "copyright infringement",
+                    "resolved": False,
+                    "user_id": 1,
+                    "created_at": "2021-01-01T00:00:00+00:00",
+                }
+            ]
+        return record
+
+
+def _placeholder_png(size: str) -> bytes:
+    """A grey picture with a darker disc, standing in for iNaturalist's placeholder images."""
+    side = PHOTO_SIZES.get(size, PHOTO_SIZES["medium"])
+    side = min(side, PHOTO_SIZES["medium"])
+    image = Image.new("RGB", (side, side), (214, 214, 214))
+    disc = Image.new("L", (side, side), 0)
+    margin = side // 4
+    ImageDraw.Draw(disc).ellipse((margin, margin, side - margin, side - margin), fill=255)
+    image.paste((150, 150, 150), mask=disc)
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
 
 
 class _Observation:
@@ -569,7 +619,7 @@ class _Handler(BaseHTTPRequestHandler):
                     headers.append(("Allow", "GET, HEAD"))
                     raise _HTTPError(405)
                 status, content_type, body = fake._dispatch(path, query)
-                is_photo = content_type == "image/jpeg"
+                is_photo = content_type.startswith("image/")
         except _HTTPError as error:
             status, content_type = error.status, "application/json; charset=utf-8"
             body = _json_error(error.status, error.message)
@@ -761,6 +811,18 @@ class FakeINaturalist:
             obs.taxon = _normalize_taxon(taxon)
             self._touch(obs)
 
+    def set_photo_state(self, photo_id: int, state: str, *, touch: bool = False) -> None:
+        """Put a photo in one of PHOTO_STATES. Processing ending, a moderator hiding a photo or
+        a flag do not date the observation, so ``updated_at`` is bumped only with ``touch``."""
+        if state not in PHOTO_STATES:
+            raise ValueError(f"state must be one of {', '.join(PHOTO_STATES)}")
+        with self._state_lock:
+            photo = self._photos[int(photo_id)]
+            photo.state = state
+            if touch:
+                owner = next(o for o in self._observations.values() if photo in o.photos)
+                self._touch(owner)
+
     def rename_taxon(self, taxon_id: int, **fields: Any) -> None:
         """Change a taxon's fields (``name``, ``preferred_common_name``: None removes it) in
         every observation identified as it. iNaturalist does not bump ``updated_at`` for
@@ -909,8 +971,11 @@ class FakeINaturalist:
         if match and match.group(2) in PHOTO_SIZES:
             with self._state_lock:
                 photo = self._photos.get(int(match.group(1)))
-            if photo is not None:
+            if photo is not None and photo.state == "normal":
                 return 200, "image/jpeg", photo.render(match.group(2))
+        placeholder = _PLACEHOLDER_PATH.match(path)
+        if placeholder and placeholder.group(1) in PHOTO_SIZES:
+            return 200, "image/png", _placeholder_png(placeholder.group(1))
         raise _HTTPError(404, "Not found")
 
     def _api(self, route: str, query: dict[str, str]) -> dict:

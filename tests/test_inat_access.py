@@ -16,6 +16,7 @@ import threading
 from pathlib import Path
 
 import pytest
+import requests
 import trustme
 from conftest import run_cli
 from fake_inat import FakeINaturalist
@@ -198,6 +199,181 @@ def test_untrusted_certificate_is_named_as_such(tmp_path: Path) -> None:
     assert "Traceback" not in result.stdout + result.stderr
     errors = [line for line in result.lines if line.startswith("Error:")]
     assert len(errors) == 1 and "REQUESTS_CA_BUNDLE" in errors[0], result.stdout
+
+
+# -- 5. photos iNaturalist does not show ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("photo", "reason"),
+    [
+        (
+            {"url": "https://inaturalist-open-data.s3.amazonaws.com/photos/111827921/square.jpg"},
+            None,
+        ),
+        (
+            {"url": "https://static.inaturalist.org/photos/123/square.jpeg?1612345"},
+            None,
+        ),
+        (
+            {
+                "url": "https://static.inaturalist.org/photos/5/square.?1413275622",
+                "flags": [],
+            },
+            None,
+        ),
+        ({"url": "http://127.0.0.1:8080/photos/7/square.jpg", "hidden": False}, None),
+        ({"url": "https://mirror.example/inat/photos/7/square.jpg"}, None),
+        (
+            {
+                "url": "https://x.org/photos/7/square.jpg",
+                "flags": [{"id": 1, "resolved": True}],
+            },
+            None,
+        ),
+        (
+            {"url": "https://www.inaturalist.org/attachment_defaults/local_photos/square.png"},
+            "processing",
+        ),
+        (
+            {
+                "url": "https://static.inaturalist.org/photos/7/square.jpg",
+                "hidden": True,
+            },
+            "hidden",
+        ),
+        (
+            {"url": "https://www.inaturalist.org/assets/media-hidden-square.png"},
+            "hidden",
+        ),
+        (
+            {"url": "https://www.inaturalist.org/assets/copyright-infringement-square.png"},
+            "flagged",
+        ),
+        ({"url": "https://x.org/photos/7/square.jpg", "flags": [{"id": 1}]}, "flagged"),
+        ({"url": "https://x.org/photos/abc/square.jpg"}, "unknown"),
+        ({"url": "https://x.org/photos/7/"}, "unknown"),
+        ({"url": "ftp://x.org/photos/7/square.jpg"}, "unknown"),
+        ({"url": "/photos/7/square.jpg"}, "unknown"),
+    ],
+)
+def test_only_a_numeric_photos_path_is_a_photo_file(photo: dict, reason: str | None) -> None:
+    assert ip.photo_unavailable(photo) == reason
+    record = {"id": 1, "observation_photos": [{"id": 2, "photo": {"id": 3, **photo}}]}
+    parsed = ip.parse_observation(record)
+    assert parsed is not None and parsed.photos[0].unavailable == reason
+
+
+def test_store_asks_again_for_uploads_stuck_in_processing_only_weekly(
+    tmp_path: Path,
+) -> None:
+    day = dt.date(2022, 5, 14)
+    now = dt.datetime.now(dt.timezone.utc)
+
+    def record(obs_id: int, updated: dt.datetime) -> dict:
+        url = "https://www.inaturalist.org/attachment_defaults/local_photos/square.png"
+        return {
+            "id": obs_id,
+            "observed_on": day.isoformat(),
+            "updated_at": updated.isoformat(),
+            "observation_photos": [{"id": obs_id, "photo": {"id": obs_id, "url": url}}],
+        }
+
+    fresh, stuck = record(1, now), record(2, now - dt.timedelta(days=30))
+    store = ip.ObservationStore(tmp_path / "observations.sqlite")
+    store._put(USER, [fresh, stuck])
+    store.db.commit()
+    client = CountingClient({1: fresh, 2: stuck})
+    store.recheck(client, USER, [], day, day)  # type: ignore[arg-type]
+    store.recheck(client, USER, [], day, day)  # type: ignore[arg-type]
+    assert client.asked == [[1], [1]]
+    store.close()
+    age_observation_checks(tmp_path, 8)
+    store = ip.ObservationStore(tmp_path / "observations.sqlite")
+    store.recheck(client, USER, [], day, day)  # type: ignore[arg-type]
+    store.close()
+    assert client.asked[-1] == [1, 2]
+
+
+def test_fake_server_shapes_photos_it_does_not_show_like_the_api(tmp_path: Path) -> None:
+    world = make_world(tmp_path, 1)
+    with world.fake() as fake:
+        photo_id, obs_id = world.twins[0].photo, world.twins[0].observation
+        shapes = {}
+        for state in ("processing", "hidden", "flagged", "normal"):
+            fake.set_photo_state(photo_id, state)
+            shown = fake.observation_json(obs_id)["photos"][0]
+            own = requests.get(f"{fake.host_url}/photos/{photo_id}/large.jpg", timeout=10)
+            placeholder = requests.get(shown["url"], timeout=10)
+            shapes[state] = (shown, own.status_code, placeholder.headers["Content-Type"])
+    assert shapes["processing"][0]["url"].endswith("/attachment_defaults/local_photos/square.png")
+    assert shapes["hidden"][0]["hidden"] is True
+    assert shapes["hidden"][0]["url"].endswith("/media-hidden-square.png")
+    assert shapes["flagged"][0]["flags"] and not shapes["flagged"][0]["flags"][0]["resolved"]
+    assert shapes["flagged"][0]["url"].endswith("/copyright-infringement-square.png")
+    for state in ("processing", "hidden", "flagged"):
+        assert shapes[state][1:] == (404, "image/png"), state
+    assert shapes["normal"][0]["url"] == f"{fake.host_url}/photos/{photo_id}/square.jpg"
+    assert "hidden" not in shapes["normal"][0] and shapes["normal"][0]["flags"] == []
+    assert shapes["normal"][1:] == (200, "image/jpeg")
+
+
+SKIP_REASONS = {
+    "processing": "still being processed on iNaturalist; tried again next run.",
+    "hidden": "hidden on iNaturalist; asked for again after 7 days.",
+    "flagged": "flagged on iNaturalist; asked for again after 7 days.",
+}
+
+
+def skip_lines(result, photo_id: int) -> list[str]:
+    return [line for line in result.lines if line.startswith(f"Skipped photo id {photo_id} ")]
+
+
+def non_photo_downloads(fake: FakeINaturalist) -> list[str]:
+    return [r["path"] for r in fake.requests if not r["path"].startswith(("/v1/", "/photos/"))]
+
+
+@pytest.mark.parametrize("state", list(SKIP_REASONS))
+def test_photo_not_shown_on_inaturalist_is_skipped_then_matched_later(
+    tmp_path: Path, state: str
+) -> None:
+    world = make_world(tmp_path, 2)
+    victim, other = world.twins
+    world.scenario["observations"][0]["photos"][0]["state"] = state
+    if state == "processing":  # a photo is processed within minutes of its upload
+        now = dt.datetime.now(dt.timezone.utc)
+        world.scenario["observations"][0]["updated_at"] = now.isoformat()
+    args = ["-u", USER, str(world.pictures)]
+    with world.fake() as fake:
+        shown = fake.observation_json(victim.observation)["photos"][0]
+        first = run_cli(args, fake.api_url, world.cache)
+        placeholders = non_photo_downloads(fake)
+        cached = [p.name for p in (world.cache / "photos").rglob("*") if p.is_file()]
+        tagged = [ip.TAG_OBSERVATION in read_xmp(victim.path)]
+        fake.set_photo_state(victim.photo, "normal")  # processed, unhidden, flag resolved
+        runs = [run_cli(args, fake.api_url, world.cache)]
+        if state != "processing":  # not asked for again within 7 days: still skipped
+            tagged.append(ip.TAG_OBSERVATION in read_xmp(victim.path))
+            age_observation_checks(world.cache, 8)  # a week and a day
+            runs.append(run_cli(args, fake.api_url, world.cache))
+    assert "/photos/" not in shown["url"]
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert placeholders == [], "a placeholder was downloaded"
+    assert not [name for name in cached if name.startswith(str(victim.photo))], cached
+    assert skip_lines(first, victim.photo) == [
+        f"Skipped photo id {victim.photo} of observation"
+        f" https://www.inaturalist.org/observations/{victim.observation}: {SKIP_REASONS[state]}"
+    ]
+    assert_tagged(other)
+    if state != "processing":
+        assert runs[0].returncode == 0, runs[0].stdout + runs[0].stderr
+        assert len(skip_lines(runs[0], victim.photo)) == 1
+    assert not any(tagged), "tagged while iNaturalist did not show the photo"
+    last = runs[-1]
+    assert last.returncode == 0, last.stdout + last.stderr
+    assert skip_lines(last, victim.photo) == []
+    assert any(f"found for photo id {victim.photo};" in line for line in last.lines), last.stdout
+    assert_tagged(victim)
 
 
 # -- 6. changes iNaturalist does not date --------------------------------------------------------
