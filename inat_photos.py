@@ -43,6 +43,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 from PIL import Image
@@ -76,6 +77,10 @@ INAT_SIZES = ("small", "medium", "large", "original")
 INAT_PIXELS = {"small": 240, "medium": 500, "large": 1024, "original": 2048}  # longest side
 PICTURE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".png", ".tif", ".tiff"}
 PER_PAGE = 200  # the API's maximum page size
+ID_BATCH = 100  # observations asked for by id per request: the URL stays near 1 KB
+# Renames and common-name edits do not change an observation's updated_at: observations that
+# local photos point at are asked for again, by id, when last asked this many days ago.
+RECHECK_DAYS = 7
 DOWNLOAD_WORKERS = 4  # parallel photo downloads; iNaturalist's media host allows a few
 COMPARE_WORKERS = os.cpu_count() or 2  # decoding and scoring release the GIL: use every core
 TEMPORARY_SUFFIX = ".inat-tmp"  # the copy being written beside a photo before it replaces it
@@ -329,6 +334,7 @@ class InatPhoto:
     observation_id: int
     position: int  # 1 for the observation's first photo
     url: str  # as the API gives it, usually ending in /square.jpg
+    unavailable: str | None = None  # a key of SKIP_REASONS: iNaturalist shows a placeholder
 
     def url_for_size(self, size: str) -> str:
         # Real URLs end in square.jpg, square.jpeg?123, square.JPG, and even square.?123
@@ -360,6 +366,11 @@ class Observation:
         return self.name.caption if self.name else None
 
     @property
+    def identification(self) -> str:
+        """The caption in quotes for console lines, or 'no identification' without a taxon."""
+        return f"'{self.caption}'" if self.caption else "no identification"
+
+    @property
     def day(self) -> dt.date | None:
         return self.observed_at.date() if self.observed_at else self.observed_on
 
@@ -375,6 +386,38 @@ def _parse_iso_time(text: Any) -> dt.datetime | None:
 
 def _int_or_none(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+# A photo's own file: /photos/<photo id>/<size>.<ext> on any host (iNaturalist's static and
+# open-data hosts, mirrors, the tests' fake server). Placeholders live elsewhere.
+_PHOTO_FILE = re.compile(r"(?:^|/)photos/\d+/[^/]+$")
+
+SKIP_REASONS = {
+    "processing": "still being processed on iNaturalist; tried again next run",
+    "hidden": f"hidden on iNaturalist; asked for again after {RECHECK_DAYS} days",
+    "flagged": f"flagged on iNaturalist; asked for again after {RECHECK_DAYS} days",
+    "unknown": "its URL {url} is not that of a photo file; asked for again after"
+    f" {RECHECK_DAYS} days",
+}
+
+
+def photo_unavailable(photo: dict[str, Any]) -> str | None:
+    """Why iNaturalist gives a placeholder instead of this photo (a key of SKIP_REASONS), or
+    None when its URL is the photo's own file."""
+    url = str(photo.get("url"))
+    flags = photo.get("flags")
+    if photo.get("hidden") is True or "media-hidden" in url:
+        return "hidden"
+    unresolved = isinstance(flags, list) and any(
+        not (isinstance(flag, dict) and flag.get("resolved") is True) for flag in flags
+    )
+    if unresolved or "copyright-infringement" in url:
+        return "flagged"
+    parts = urlsplit(url)
+    if parts.scheme in ("http", "https") and parts.netloc and _PHOTO_FILE.search(parts.path):
+        return None
+    # Just uploaded: .../attachment_defaults/local_photos/square.png until resized.
+    return "processing" if "/attachment_defaults/" in parts.path else "unknown"
 
 
 def parse_observation(record: dict[str, Any]) -> Observation | None:
@@ -404,6 +447,7 @@ def parse_observation(record: dict[str, Any]) -> Observation | None:
                 observation_id=obs_id,
                 position=(position if position is not None else index) + 1,
                 url=photo["url"],
+                unavailable=photo_unavailable(photo),
             )
         )
     photos.sort(key=lambda p: (p.position, p.id))
@@ -465,12 +509,21 @@ class InatClient:
         # A photo host that refuses connections has usually moved: ask for the new URL soon.
         self.photo_retries = retries.new(connect=1)
 
-    def _get_json(self, path: str, **params: Any) -> dict[str, Any]:
-        """GET an API path through pyinaturalist and return its JSON object."""
+    def _get(self, url: str, **params: Any) -> Any:
+        """GET through pyinaturalist with the TLS trust requests itself would use."""
         from pyinaturalist.session import get
 
+        # pyinaturalist hands send() verify=True, which skips the step where requests reads
+        # REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE: behind a TLS-inspecting proxy (whose CA those
+        # name) every API call failed. Proxies need nothing: send() reads them from the
+        # environment itself.
+        settings = self.session.merge_environment_settings(url, {}, None, None, None)
+        return get(url, session=self.session, verify=settings["verify"], **params)
+
+    def _get_json(self, path: str, **params: Any) -> dict[str, Any]:
+        """GET an API path through pyinaturalist and return its JSON object."""
         try:
-            response = get(f"{self.api_url}/{path}", session=self.session, **params)
+            response = self._get(f"{self.api_url}/{path}", **params)
             answer = response.json()
         except Exception as error:  # requests, urllib3 and json errors all mean the same here
             raise InatUnreachable(_describe_http_error(error)) from None
@@ -496,12 +549,8 @@ class InatClient:
 
     def user(self, login: str) -> dict[str, Any]:
         """The user's record; UserError when the login is unknown."""
-        from pyinaturalist.session import get
-
         try:
-            response = get(
-                f"{self.api_url}/users/{login}", session=self.session, raise_for_status=False
-            )
+            response = self._get(f"{self.api_url}/users/{login}", raise_for_status=False)
             if response.status_code in (404, 422):
                 raise UserError(f"unknown iNaturalist user {login!r}")
             response.raise_for_status()
@@ -522,12 +571,15 @@ class InatClient:
         return self._paginate("observations", user_id=login, photos="true", **filters)
 
     def observations_by_id(self, ids: Sequence[int]) -> list[dict[str, Any]]:
-        """Observations by id, PER_PAGE a request; deleted ones are simply absent."""
+        """Observations by id, ID_BATCH a request; deleted ones are simply absent."""
         found: list[dict[str, Any]] = []
-        for start in range(0, len(ids), PER_PAGE):
-            batch = ids[start : start + PER_PAGE]
-            answer = self._get_json("observations", id=",".join(map(str, batch)), per_page=PER_PAGE)
-            found.extend(r for r in answer.get("results") or [] if isinstance(r, dict))
+        for start in range(0, len(ids), ID_BATCH):
+            batch = ids[start : start + ID_BATCH]
+            answer = self._get_json("observations", id=",".join(map(str, batch)), per_page=ID_BATCH)
+            results = answer.get("results")
+            if not isinstance(results, list):  # never read as "all of them were deleted"
+                raise InatUnreachable("unexpected answer from observations")
+            found.extend(r for r in results if isinstance(r, dict))
         return found
 
 
@@ -541,6 +593,11 @@ def _describe_http_error(error: BaseException) -> str:
     kinds: list[tuple[type[BaseException], str]] = [
         (requests.exceptions.RetryError, "the server kept failing after several retries"),
         (requests.exceptions.Timeout, "no answer in time"),
+        (
+            requests.exceptions.SSLError,
+            "its TLS certificate is not trusted (behind a proxy that inspects TLS, set"
+            " REQUESTS_CA_BUNDLE to the proxy's CA certificate file)",
+        ),
         (requests.exceptions.ChunkedEncodingError, "the answer was cut off"),
         (requests.exceptions.ConnectionError, "cannot connect"),
         (ValueError, "the answer is not valid JSON"),
@@ -552,14 +609,31 @@ def _describe_http_error(error: BaseException) -> str:
     return detail[:200]
 
 
+def _changed_since(record: dict[str, Any], moment: dt.datetime) -> bool:
+    """True when the observation was created or updated at or after moment (aware, UTC)."""
+    for key in ("updated_at", "created_at"):
+        when = _parse_iso_time(record.get(key))
+        if when is not None and when.tzinfo is None:  # iNaturalist's times carry an offset
+            when = when.replace(tzinfo=dt.timezone.utc)
+        if when is not None and when >= moment:
+            return True
+    return False
+
+
 class ObservationStore:
-    """The user's observations kept in SQLite between runs, refreshed with updated_since."""
+    """The user's observations kept in SQLite between runs, refreshed with updated_since,
+    and those that local photos point at asked for again by id every RECHECK_DAYS."""
 
     def __init__(self, path: Path, fresh: bool = False) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(path)
         if fresh:
-            self.db.executescript("DROP TABLE IF EXISTS observations; DROP TABLE IF EXISTS synced;")
+            self.db.executescript(
+                "DROP TABLE IF EXISTS observations; DROP TABLE IF EXISTS synced;"
+                " DROP TABLE IF EXISTS checked;"
+            )
+        # checked: when iNaturalist last answered for an observation id, in a listing or by
+        # id; ids it no longer has stay here too, so they are not asked for on every run.
         self.db.executescript(
             """
             CREATE TABLE IF NOT EXISTS observations (
@@ -568,6 +642,7 @@ class ObservationStore:
                 user TEXT PRIMARY KEY, first_day TEXT, last_day TEXT, synced_at TEXT);
             CREATE TABLE IF NOT EXISTS captions (
                 observation_id INTEGER, caption TEXT, PRIMARY KEY (observation_id, caption));
+            CREATE TABLE IF NOT EXISTS checked (id INTEGER PRIMARY KEY, checked_at TEXT NOT NULL);
             """
         )
 
@@ -582,6 +657,7 @@ class ObservationStore:
     def _put(self, user: str, records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
         """Store records; return the stored versions they replaced (for caption history)."""
         replaced = []
+        now = dt.datetime.now(dt.timezone.utc).isoformat()
         for record in records:
             if _int_or_none(record.get("id")) is None:
                 continue
@@ -600,6 +676,7 @@ class ObservationStore:
                     "INSERT OR IGNORE INTO captions VALUES (?, ?)",
                     (observation.id, observation.caption),
                 )
+            self.db.execute("INSERT OR REPLACE INTO checked VALUES (?, ?)", (record["id"], now))
         return replaced
 
     def sync(
@@ -644,12 +721,55 @@ class ObservationStore:
         previous = (parse_observation(r) for r in replaced)
         return {o.id: o for o in previous if o}
 
-    def fetch_missing(self, client: InatClient, user: str, ids: Iterable[int]) -> None:
-        """Fetch observations we were asked about but do not hold (e.g. other days)."""
-        wanted = sorted(set(ids) - set(self.observations_by_id(ids)))
-        if wanted:
-            self._put(user.lower(), client.observations_by_id(wanted))
-            self.db.commit()
+    def _checked_since(self, obs_id: int, moment: dt.datetime) -> bool:
+        row = self.db.execute("SELECT checked_at FROM checked WHERE id = ?", (obs_id,)).fetchone()
+        try:
+            return bool(row) and dt.datetime.fromisoformat(row[0]) >= moment
+        except (TypeError, ValueError):  # a damaged entry: ask again
+            return False
+
+    def recheck(
+        self,
+        client: InatClient,
+        user: str,
+        ids: Iterable[int],
+        first_day: dt.date,
+        last_day: dt.date,
+    ) -> dict[int, Observation]:
+        """Ask by id for what updated_since cannot tell: the observations in ids (those local
+        photos point at) and those of these days with photos iNaturalist did not show, when
+        last asked RECHECK_DAYS ago or never; fresh uploads still processing every run.
+        Observations iNaturalist no longer has are forgotten. Returns the versions replaced."""
+        due_before = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=RECHECK_DAYS)
+        every_run, weekly = set(), set(ids)
+        rows = self.db.execute("SELECT record FROM observations WHERE user = ?", (user.lower(),))
+        for (text,) in rows.fetchall():
+            record = json.loads(text)
+            observation = parse_observation(record)
+            if (
+                not observation
+                or not observation.day
+                or not first_day <= observation.day <= last_day
+            ):
+                continue
+            reasons = {photo.unavailable for photo in observation.photos} - {None}
+            if "processing" in reasons and _changed_since(record, due_before):
+                every_run.add(observation.id)  # resized within minutes, usually
+            elif reasons:  # hidden, flagged, or an upload stuck in processing: weekly
+                weekly.add(observation.id)
+        wanted = sorted(every_run | {i for i in weekly if not self._checked_since(i, due_before)})
+        if not wanted:
+            return {}
+        records = client.observations_by_id(wanted)
+        replaced = self._put(user.lower(), records)
+        present = {record["id"] for record in records if _int_or_none(record.get("id")) is not None}
+        now = dt.datetime.now(dt.timezone.utc).isoformat()
+        for obs_id in set(wanted) - present:  # deleted (or made private) on iNaturalist
+            self.db.execute("DELETE FROM observations WHERE id = ?", (obs_id,))
+            self.db.execute("INSERT OR REPLACE INTO checked VALUES (?, ?)", (obs_id, now))
+        self.db.commit()
+        previous = (parse_observation(r) for r in replaced)
+        return {o.id: o for o in previous if o}
 
     def observations_by_id(self, ids: Iterable[int]) -> dict[int, Observation]:
         found = {}
@@ -685,11 +805,15 @@ class ObservationStore:
 class PhotoCache:
     """iNaturalist photos on disk, keyed by photo id and size; never a partial file."""
 
-    def __init__(self, cache: Path, client: InatClient, refresh: bool = False) -> None:
+    def __init__(
+        self, cache: Path, client: InatClient, refresh: bool = False, console: Console | None = None
+    ) -> None:
         import requests
         from requests.adapters import HTTPAdapter
 
         self.client = client
+        self.console = console or Console()
+        self.skipped: set[int] = set()  # placeholders reported in this run
         self.folder = cache / "photos"
         for leftover in self.folder.glob("*/*.part"):  # downloads cut off by a killed run
             with contextlib.suppress(OSError):
@@ -719,8 +843,8 @@ class PhotoCache:
             check.load()  # a truncated JPEG fails here, before anything is cached
         return data
 
-    def _current_url(self, photo: InatPhoto) -> str | None:
-        """The photo's URL as iNaturalist gives it now (stored URLs can go stale)."""
+    def _current(self, photo: InatPhoto) -> InatPhoto | None:
+        """The photo as iNaturalist gives it now, if its URL changed (stored URLs go stale)."""
         try:
             records = self.client.observations_by_id([photo.observation_id])
         except InatUnreachable:
@@ -728,11 +852,27 @@ class PhotoCache:
         for observation in filter(None, map(parse_observation, records)):
             for current in observation.photos:
                 if current.id == photo.id and current.url != photo.url:
-                    return current.url
+                    return current
         return None
+
+    def _skip(self, photo: InatPhoto) -> None:
+        """Say once per run that a photo is a placeholder on iNaturalist; nothing is cached."""
+        with self.lock:
+            if photo.id in self.skipped:
+                return
+            self.skipped.add(photo.id)
+        reason = SKIP_REASONS.get(photo.unavailable or "", SKIP_REASONS["unknown"])
+        reason = reason.replace("{url}", ascii(photo.url[:200]))  # the API's text, shown safely
+        self.console.say(
+            f"Skipped photo id {photo.id} of observation"
+            f" {INAT_WEB_URL}/observations/{photo.observation_id}: {reason}."
+        )
 
     def fetch(self, photo: InatPhoto, size: str) -> Path | None:
         """The cached file, downloading it first if needed; None when it cannot be had."""
+        if photo.unavailable:  # a placeholder must never be cached under the photo's id
+            self._skip(photo)
+            return None
         target = self.path(photo, size)
         if target.exists() and (not self.refresh or target in self.refreshed):
             return target
@@ -741,11 +881,16 @@ class PhotoCache:
         try:
             data = self._download(photo.url_for_size(size))
         except Exception as error:
-            fresh = self._current_url(photo)
+            fresh = self._current(photo)
+            if fresh is not None and fresh.unavailable:
+                self._skip(fresh)
+                with self.lock:
+                    self.failed.add(target)
+                return None
             try:
                 if fresh is None:
                     raise error
-                data = self._download(dataclasses.replace(photo, url=fresh).url_for_size(size))
+                data = self._download(fresh.url_for_size(size))
             except Exception as final:
                 print(
                     f"Warning: could not download photo {photo.id}: {_describe_http_error(final)}",
@@ -2302,7 +2447,7 @@ class Run:
         how = comparison.alignment.describe() if comparison.alignment else ""
         self.console.say(
             f"'{show_path(photo.path)}' {described} found for photo id {candidate.photo.id};"
-            f" '{observation.caption}', time from observation "
+            f" {observation.identification}, time from observation "
             f"{'n/a' if seconds is None else seconds} secs, distance from observation "
             f"{_distance_words(describe_distance(photo, observation))}, similarity"
             f" {comparison.score * 100:.1f}%{f' ({how})' if how else ''}."
@@ -2404,7 +2549,7 @@ class Run:
             days = sorted({p.corrected_time.date() for p in local_photos})
             store.sync(client, args.user, days[0], days[-1])
             known_ids = [p.tags.observation for p in local_photos if p.tags]
-            store.fetch_missing(client, args.user, known_ids)
+            store.recheck(client, args.user, known_ids, days[0], days[-1])
         except InatUnreachable as error:
             console.say(f"Error: iNaturalist is unreachable at {client.api_url}: {error}")
             return EXIT_USAGE
@@ -2542,7 +2687,7 @@ class Run:
         self.console.say(
             f"Not associated with a local picture: photo id {photo.id},"
             f" {ordinal(photo.position)} photo of observation {observation.url},"
-            f" '{observation.caption}'."
+            f" {observation.identification}."
         )
         thumbnail = None
         if self.args.logfile and photo.id in similarity.inat_pictures:

@@ -17,8 +17,16 @@ Command line::
 
 prints the API url (``http://127.0.0.1:PORT/v1``) on one line and serves until SIGTERM/SIGINT.
 
+HTTPS: pass ``tls=`` a server-side ``ssl.SSLContext`` holding a certificate for 127.0.0.1 (tests
+issue one with ``trustme``); the API and the photo URLs it hands out are then ``https://``.
+
 Scenario format: see ``example_pictures/scenario.json``; paths of photo sources are relative to
 the scenario file's folder (or to ``base_dir`` / the working directory for a dict scenario).
+A photo may carry ``"state"``: ``"processing"`` (just uploaded: the API gives the
+``/attachment_defaults/local_photos/square.png`` placeholder), ``"hidden"`` (``"hidden": true``
+and the ``media-hidden`` placeholder) or ``"flagged"`` (a copyright flag in ``"flags"`` and the
+``copyright-infringement`` placeholder). Placeholders are served as small PNGs in every size;
+the photo's own ``/photos/ID/`` files answer 404 meanwhile.
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ import re
 import signal
 import socket
 import socketserver
+import ssl
 import sys
 import threading
 import time
@@ -45,7 +54,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from PIL import Image, ImageOps
+from PIL import Image, ImageDraw, ImageOps
 
 __all__ = ["PHOTO_SIZES", "FakeINaturalist", "render_photo"]
 
@@ -95,6 +104,17 @@ RANK_LEVELS = {
 
 _UUID_NAMESPACE = uuid.UUID("5b0e7a0e-3f7c-4d53-9a53-6b7c1f1f0a11")
 _PHOTO_PATH = re.compile(r"^/photos/(\d+)/([a-z]+)\.([A-Za-z]+)$")
+#: Where iNaturalist points a photo it does not show, per photo state (``{size}`` = square...).
+PLACEHOLDERS = {
+    "processing": "/attachment_defaults/local_photos/{size}.png",
+    "hidden": "/assets/media-hidden-{size}.png",
+    "flagged": "/assets/copyright-infringement-{size}.png",
+}
+PHOTO_STATES = ("normal", *PLACEHOLDERS)
+_PLACEHOLDER_PATH = re.compile(
+    r"^(?:/attachment_defaults/local_photos/|/assets/(?:media-hidden|copyright-infringement)-)"
+    r"([a-z]+)\.png$"
+)
 _ROTATIONS = {
     90: Image.Transpose.ROTATE_90,  # Pillow's ROTATE_* turn counter-clockwise
     180: Image.Transpose.ROTATE_180,
@@ -241,6 +261,9 @@ class _Photo:
         if self.rotate not in (0, 90, 180, 270):
             raise ValueError(f"photo {self.id}: rotate must be 0, 90, 180 or 270")
         self.quality = int(spec.get("quality") or 85)
+        self.state = spec.get("state") or "normal"
+        if self.state not in PHOTO_STATES:
+            raise ValueError(f"photo {self.id}: state must be one of {', '.join(PHOTO_STATES)}")
         self.license_code = spec.get("license_code", "cc-by-nc")
         self.uuid = spec.get("uuid") or _derived_uuid("photo", self.id)
         width, height = _upright_size(self.source)
@@ -268,7 +291,7 @@ class _Photo:
                 rights = "no rights reserved"
         else:
             rights = "all rights reserved"
-        return {
+        record: dict[str, Any] = {
             "id": self.id,
             "license_code": self.license_code,
             "url": f"{host_url}/photos/{self.id}/square.jpg",
@@ -279,6 +302,37 @@ class _Photo:
             },
             "flags": [],
         }
+        if self.state != "normal":
+            record["url"] = host_url + PLACEHOLDERS[self.state].format(size="square")
+        if self.state == "processing":  # not yet measured
+            record["original_dimensions"] = None
+        elif self.state == "hidden":
+            record["hidden"] = True
+        elif self.state == "flagged":
+            record["flags"] = [
+                {
+                    "id": 7_000_000 + self.id % 1_000_000,
+                    "flag": "copyright infringement",
+                    "resolved": False,
+                    "user_id": 1,
+                    "created_at": "2021-01-01T00:00:00+00:00",
+                }
+            ]
+        return record
+
+
+def _placeholder_png(size: str) -> bytes:
+    """A grey picture with a darker disc, standing in for iNaturalist's placeholder images."""
+    side = PHOTO_SIZES.get(size, PHOTO_SIZES["medium"])
+    side = min(side, PHOTO_SIZES["medium"])
+    image = Image.new("RGB", (side, side), (214, 214, 214))
+    disc = Image.new("L", (side, side), 0)
+    margin = side // 4
+    ImageDraw.Draw(disc).ellipse((margin, margin, side - margin, side - margin), fill=255)
+    image.paste((150, 150, 150), mask=disc)
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
 
 
 class _Observation:
@@ -486,6 +540,16 @@ class _Server(ThreadingHTTPServer):
     def handle_error(self, request, client_address) -> None:  # quiet: no tracebacks on stderr
         pass
 
+    def get_request(self) -> tuple[socket.socket, Any]:
+        connection, address = super().get_request()
+        if self.fake.tls is not None:
+            # The handshake happens in the handler's thread (see _Handler.setup), so a client
+            # that never speaks TLS cannot hold up the accept loop.
+            connection = self.fake.tls.wrap_socket(
+                connection, server_side=True, do_handshake_on_connect=False
+            )
+        return connection, address
+
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
@@ -500,6 +564,14 @@ class _Handler(BaseHTTPRequestHandler):
     def setup(self) -> None:
         super().setup()
         self.server.fake._track_connection(self.connection, True)
+
+    def handle(self) -> None:
+        if isinstance(self.connection, ssl.SSLSocket):
+            try:
+                self.connection.do_handshake()  # bounded by the connection's timeout
+            except OSError:  # ssl.SSLError too: a client that distrusts us, or no TLS at all
+                return
+        super().handle()
 
     def finish(self) -> None:
         try:
@@ -547,7 +619,7 @@ class _Handler(BaseHTTPRequestHandler):
                     headers.append(("Allow", "GET, HEAD"))
                     raise _HTTPError(405)
                 status, content_type, body = fake._dispatch(path, query)
-                is_photo = content_type == "image/jpeg"
+                is_photo = content_type.startswith("image/")
         except _HTTPError as error:
             status, content_type = error.status, "application/json; charset=utf-8"
             body = _json_error(error.status, error.message)
@@ -627,6 +699,7 @@ class FakeINaturalist:
         max_requests_per_second: float | None = None,
         port: int = 0,
         base_dir: str | Path | None = None,
+        tls: ssl.SSLContext | None = None,
     ):
         if isinstance(scenario, dict):
             data = scenario
@@ -638,6 +711,7 @@ class FakeINaturalist:
         self.latency = float(latency or 0.0)
         self.bandwidth = float(bandwidth) if bandwidth else None
         self.max_requests_per_second = max_requests_per_second
+        self.tls = tls
         self.requests: list[dict] = []
         self._port = int(port)
         self._state_lock = threading.RLock()
@@ -705,12 +779,13 @@ class FakeINaturalist:
 
     @property
     def host_url(self) -> str:
-        """``http://127.0.0.1:PORT`` (photos live under ``/photos/``)."""
-        return f"http://127.0.0.1:{self.port}"
+        """``http://127.0.0.1:PORT`` (``https://`` with ``tls``; photos live under ``/photos/``)."""
+        scheme = "https" if self.tls is not None else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
 
     @property
     def api_url(self) -> str:
-        """``http://127.0.0.1:PORT/v1``."""
+        """``http://127.0.0.1:PORT/v1`` (or ``https://``)."""
         return f"{self.host_url}/v1"
 
     # -- test controls ------------------------------------------------------------------------
@@ -735,6 +810,30 @@ class FakeINaturalist:
             obs = self._observations[int(observation_id)]
             obs.taxon = _normalize_taxon(taxon)
             self._touch(obs)
+
+    def set_photo_state(self, photo_id: int, state: str, *, touch: bool = False) -> None:
+        """Put a photo in one of PHOTO_STATES. Processing ending, a moderator hiding a photo or
+        a flag do not date the observation, so ``updated_at`` is bumped only with ``touch``."""
+        if state not in PHOTO_STATES:
+            raise ValueError(f"state must be one of {', '.join(PHOTO_STATES)}")
+        with self._state_lock:
+            photo = self._photos[int(photo_id)]
+            photo.state = state
+            if touch:
+                owner = next(o for o in self._observations.values() if photo in o.photos)
+                self._touch(owner)
+
+    def rename_taxon(self, taxon_id: int, **fields: Any) -> None:
+        """Change a taxon's fields (``name``, ``preferred_common_name``: None removes it) in
+        every observation identified as it. iNaturalist does not bump ``updated_at`` for
+        taxon changes, and neither does this."""
+        with self._state_lock:
+            for obs in self._observations.values():
+                if obs.taxon and obs.taxon["id"] == int(taxon_id):
+                    changed = {**obs.taxon, **fields}
+                    obs.taxon = _normalize_taxon(
+                        {k: v for k, v in changed.items() if v is not None}
+                    )
 
     def touch(self, observation_id: int) -> None:
         """Bump an observation's ``updated_at`` to now."""
@@ -872,8 +971,11 @@ class FakeINaturalist:
         if match and match.group(2) in PHOTO_SIZES:
             with self._state_lock:
                 photo = self._photos.get(int(match.group(1)))
-            if photo is not None:
+            if photo is not None and photo.state == "normal":
                 return 200, "image/jpeg", photo.render(match.group(2))
+        placeholder = _PLACEHOLDER_PATH.match(path)
+        if placeholder and placeholder.group(1) in PHOTO_SIZES:
+            return 200, "image/png", _placeholder_png(placeholder.group(1))
         raise _HTTPError(404, "Not found")
 
     def _api(self, route: str, query: dict[str, str]) -> dict:
