@@ -17,25 +17,13 @@ import zlib
 from html.parser import HTMLParser
 from pathlib import Path
 
-import pyexiv2
 import pytest
 from PIL import ImageFile
-from test_safety import (
-    SPACING,
-    START,
-    USER,
-    Twin,
-    assert_tagged,
-    child,
-    digest,
-    inat_tags,
-    make_world,
-    pixel_digest,
-    read_xmp,
-    run_main,
-    run_subprocess,
-    temp_files,
-)
+from support.cli import run_main
+from support.files import digest, temp_files
+from support.images import pixel_digest
+from support.world import SPACING, START, USER, Twin, assert_tagged, child, make_world
+from support.xmp import inat_tags, read_exif, read_xmp, write_exif, write_xmp
 
 import inat_photos as ip
 
@@ -48,8 +36,7 @@ def set_mtime(path: Path, moment: dt.datetime) -> None:
 
 
 def set_exif_date(path: Path, text: str) -> None:
-    with pyexiv2.Image(str(path)) as image:
-        image.modify_exif({"Exif.Photo.DateTimeOriginal": text})
+    write_exif(path, {"Exif.Photo.DateTimeOriginal": text})
 
 
 def exif_segment(data: bytes) -> tuple[int, int]:
@@ -191,12 +178,7 @@ def test_broken_and_odd_files_are_reported_and_the_rest_is_tagged(tmp_path: Path
     log = tmp_path / "log.html"
 
     with world.fake() as server:
-        result = run_subprocess(
-            ["-u", USER, "--logfile", str(log), str(pictures)],
-            server.api_url,
-            world.cache,
-            timeout=90,
-        )
+        result = world.run_cli(server.api_url, "--logfile", str(log), timeout=90)
 
     out, err = result.stdout, result.stderr
     assert "Traceback" not in out + err, err
@@ -245,9 +227,7 @@ def test_garbled_exif_is_reported_or_kept_byte_for_byte(
     pixels = pixel_digest(garbled.path)
 
     with world.fake() as server:
-        result = run_main(
-            monkeypatch, capsys, ["-u", USER, str(world.pictures)], server.api_url, world.cache
-        )
+        result = world.run_main(monkeypatch, capsys, server.api_url)
 
     assert result.returncode in (ip.EXIT_OK, ip.EXIT_FILE_ERRORS), result.stdout + result.stderr
     assert_tagged(world.twins[1])
@@ -283,9 +263,7 @@ def test_pictures_over_200_megapixels_are_never_decoded(
 
     monkeypatch.setattr(ImageFile.ImageFile, "load", guarded_load)
     with world.fake() as server:
-        result = run_main(
-            monkeypatch, capsys, ["-u", USER, str(world.pictures)], server.api_url, world.cache
-        )
+        result = world.run_main(monkeypatch, capsys, server.api_url)
 
     assert decoded_sizes == [], f"the tool tried to decode {decoded_sizes} pixels"
     assert result.returncode == ip.EXIT_FILE_ERRORS, result.stdout + result.stderr
@@ -303,15 +281,11 @@ def test_garbage_inat_ids_in_xmp(tmp_path: Path, monkeypatch, capsys, value: str
     """Ids written by another program, or by hand: never a crash."""
     world = make_world(tmp_path, 2)
     victim = world.twins[0]
-    ip.register_namespace()
-    with pyexiv2.Image(str(victim.path)) as image:
-        image.modify_xmp({ip.TAG_OBSERVATION: value, ip.TAG_PHOTO: value})
+    write_xmp(victim.path, {ip.TAG_OBSERVATION: value, ip.TAG_PHOTO: value})
     pixels = pixel_digest(victim.path)
 
     with world.fake() as server:
-        result = run_main(
-            monkeypatch, capsys, ["-u", USER, str(world.pictures)], server.api_url, world.cache
-        )
+        result = world.run_main(monkeypatch, capsys, server.api_url)
 
     assert result.returncode in (ip.EXIT_OK, ip.EXIT_FILE_ERRORS), result.stdout + result.stderr
     assert_tagged(world.twins[1])
@@ -334,8 +308,7 @@ USER_KEYWORD = "<iframe src=//evil.example/>"
 def test_html_in_names_is_escaped_in_the_log(tmp_path: Path, monkeypatch, capsys) -> None:
     world = make_world(tmp_path, 1, unmatched=1)
     twin: Twin = world.twins[0]
-    with pyexiv2.Image(str(twin.path)) as image:
-        image.modify_xmp({ip.TAG_SUBJECT: [USER_KEYWORD]})
+    write_xmp(twin.path, {ip.TAG_SUBJECT: [USER_KEYWORD]})
     unmatched_observation = world.scenario["observations"][1]["id"]
     log = tmp_path / "log.html"
 
@@ -348,13 +321,7 @@ def test_html_in_names_is_escaped_in_the_log(tmp_path: Path, monkeypatch, capsys
             unmatched_observation,
             {"name": IFRAME_NAME, "rank": "species", "preferred_common_name": SVG_COMMON},
         )
-        result = run_main(
-            monkeypatch,
-            capsys,
-            ["-u", USER, "--logfile", str(log), str(world.pictures)],
-            server.api_url,
-            world.cache,
-        )
+        result = world.run_main(monkeypatch, capsys, server.api_url, "--logfile", str(log))
 
     assert result.returncode == 0, result.stdout + result.stderr
     caption = f"{IMG_COMMON} ({SCRIPT_NAME})"
@@ -387,17 +354,11 @@ def test_exif_date_strings_that_are_not_dates(tmp_path: Path, monkeypatch, capsy
         set_exif_date(twin.path, text)
         set_mtime(twin.path, twin.taken)
     with world.fake() as server:
-        result = run_main(
-            monkeypatch, capsys, ["-u", USER, str(world.pictures)], server.api_url, world.cache
-        )
+        result = world.run_main(monkeypatch, capsys, server.api_url)
 
     assert result.returncode == 0, result.stdout + result.stderr
     for twin, text in zip(world.twins, odd_dates, strict=True):
-        exif = pyexiv2.Image(str(twin.path))
-        try:
-            stored = exif.read_exif().get("Exif.Photo.DateTimeOriginal")
-        finally:
-            exif.close()
+        stored = read_exif(twin.path).get("Exif.Photo.DateTimeOriginal")
         if ip.parse_exif_datetime(stored) is None:
             assert any(
                 twin.path.name in ln and "modification time" in ln

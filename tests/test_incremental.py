@@ -22,9 +22,9 @@ from pathlib import Path
 import bench_archive as ba
 import pyexiv2
 import pytest
-from conftest import CliResult, run_cli
 from fake_inat import FakeINaturalist
 from PIL import Image
+from support.cli import CliResult, run_cli
 
 import inat_photos as ip
 

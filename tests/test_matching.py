@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 from bench_matching import read_photo_id
-from conftest import CliResult, run_cli
 from fake_inat import FakeINaturalist
 from make_matching_set import CATEGORIES, USER, build
+from support.cli import CliResult, run_cli
 
 
 @dataclass
