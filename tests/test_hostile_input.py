@@ -14,7 +14,6 @@ import random
 import struct
 import time
 import zlib
-from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
@@ -22,6 +21,7 @@ from PIL import ImageFile
 from support.cli import run_main
 from support.files import digest, temp_files
 from support.images import pixel_digest
+from support.logpage import LogPage, parse_log
 from support.world import SPACING, START, USER, Twin, assert_tagged, child, make_world
 from support.xmp import inat_tags, read_exif, read_xmp, write_exif, write_xmp
 
@@ -93,33 +93,14 @@ def bomb_jpeg(source: Path, path: Path, side: int = 60000) -> None:
 # -- reading the HTML log -----------------------------------------------------------------------
 
 
-class PageParser(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.tags: list[tuple[str, list[tuple[str, str | None]]]] = []
-        self.text: list[str] = []
-
-    def handle_starttag(self, tag, attrs) -> None:
-        self.tags.append((tag, attrs))
-
-    def handle_startendtag(self, tag, attrs) -> None:
-        self.tags.append((tag, attrs))
-
-    def handle_data(self, data) -> None:
-        self.text.append(data)
-
-
-def parse_page(path: Path) -> PageParser:
-    parser = PageParser()
-    parser.feed(path.read_bytes().decode("utf-8"))  # strict: the page must be valid UTF-8
-    parser.close()
-    return parser
+def parse_page(path: Path) -> LogPage:
+    return parse_log(path.read_bytes().decode("utf-8"))  # strict: the page must be valid UTF-8
 
 
 INJECTED_ELEMENTS = {"script", "iframe", "svg", "b", "object", "embed", "frame"}
 
 
-def assert_only_the_tools_markup(page: PageParser) -> None:
+def assert_only_the_tools_markup(page: LogPage) -> None:
     for tag, attrs in page.tags:
         assert tag not in INJECTED_ELEMENTS, (tag, attrs)
         for name, value in attrs:

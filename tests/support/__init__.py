@@ -5,6 +5,7 @@ tool writes, and generated pictures, worlds and archives.
     support.files     sha256 of a file, a snapshot of files' bytes and stat fields, temp files
     support.images    generated pictures and readers of their pixels
     support.xmp       the one XMP/EXIF reader and writer; the caption the README promises
+    support.logpage   the HTML log parsed into its markup and its text
     support.examples  example_pictures/ and what the tool must write into each picture
     support.world     a small generated world: pictures, their iNaturalist twins, a scenario
     support.archive   a big generated camera archive and its scenario (test_incremental.py,
