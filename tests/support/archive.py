@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 import pyexiv2
-from make_example_pictures import camera_tags
+from make_example_pictures import camera_tags, fbm
 from PIL import Image, ImageDraw, ImageFilter
 
 from support.xmp import expected_caption
@@ -78,24 +78,6 @@ CHANGED_TAXON = {
 
 
 # -- pictures -------------------------------------------------------------------------------
-def _value_noise(rng: np.random.Generator, h: int, w: int, cells: float) -> np.ndarray:
-    gx = max(2, round(cells * w / max(h, w))) + 1
-    gy = max(2, round(cells * h / max(h, w))) + 1
-    grid = rng.random((gy, gx), dtype=np.float32)
-    return np.asarray(Image.fromarray(grid, "F").resize((w, h), Image.Resampling.BICUBIC))
-
-
-def _fbm(rng: np.random.Generator, h: int, w: int, cells: float, octaves: int) -> np.ndarray:
-    total = np.zeros((h, w), np.float32)
-    amplitude, norm = 1.0, 0.0
-    for octave in range(octaves):
-        total += amplitude * _value_noise(rng, h, w, cells * 2**octave)
-        norm += amplitude
-        amplitude *= 0.5
-    low, high = np.percentile(total / norm, (1, 99))
-    return np.clip((total / norm - low) / (high - low + 1e-6), 0, 1)
-
-
 def _color(rng: np.random.Generator, low: float = 0, high: float = 255) -> tuple[int, ...]:
     return tuple(int(v) for v in rng.uniform(low, high, 3))
 
@@ -175,9 +157,9 @@ def draw_scene(seed: list[int], width: int, height: int) -> Image.Image:
     rng = np.random.default_rng(seed)
     lw, lh = max(64, width // 4), max(48, height // 4)  # background drawn at 1/4 size
     c1, c2 = rng.uniform(10, 120, 3), rng.uniform(60, 230, 3)
-    shade = _fbm(rng, lh, lw, cells=rng.uniform(2, 6), octaves=5)
+    shade = fbm(rng, lh, lw, cells=rng.uniform(2, 6), octaves=5)
     rgb = c1 + (c2 - c1) * shade[..., None]
-    mottle = _fbm(rng, lh, lw, cells=rng.uniform(30, 80), octaves=3)
+    mottle = fbm(rng, lh, lw, cells=rng.uniform(30, 80), octaves=3)
     ramp = np.clip(np.linspace(-0.2, 1.2, lh), 0.15, 1)[:, None]
     rgb = rgb * (1 + 0.5 * (mottle - 0.5) * ramp)[..., None]
     picture = Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8), "RGB")
