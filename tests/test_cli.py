@@ -16,7 +16,7 @@ import pytest
 from fake_inat import FakeINaturalist
 from support import SCENARIO
 from support.cli import run_cli, summary_numbers
-from support.examples import USER, first_captioned_twin, local_pictures, parts, twins
+from support.examples import GRAY_FOX, USER, first_captioned_twin, local_pictures, parts, twins
 from support.files import digest
 from support.images import pixels
 from support.xmp import read_exif, read_xmp, write_xmp
@@ -115,13 +115,7 @@ def test_second_run_skips_known_and_refreshes_changed_identification(
     assert first.returncode == 0, first.stderr
 
     _, changed = first_captioned_twin(scenario)
-    new_taxon = {
-        "id": 9999,
-        "name": "Urocyon cinereoargenteus",
-        "rank": "species",
-        "preferred_common_name": "Gray Fox",
-    }
-    fake_inat.set_taxon(changed["observation"], new_taxon)
+    fake_inat.set_taxon(changed["observation"], GRAY_FOX)
     affected = {n for n, w in expected.items() if w["observation"] == changed["observation"]}
     digests = {p.name: digest(p) for p in local_pictures(pictures)}
 

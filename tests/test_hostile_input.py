@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 from PIL import ImageFile
-from support.cli import run_main
+from support.cli import CliResult, run_main
 from support.files import digest, temp_files
 from support.images import pixel_digest
 from support.logpage import LogPage, parse_log
-from support.world import SPACING, START, USER, Twin, assert_tagged, child, make_world
+from support.world import SPACING, START, USER, Twin, World, assert_tagged, child, make_world
 from support.xmp import inat_tags, read_exif, read_xmp, write_exif, write_xmp
 
 import inat_photos as ip
@@ -111,6 +111,18 @@ def assert_only_the_tools_markup(page: LogPage) -> None:
                 assert value is not None
                 assert value.startswith(("file:", "https://www.inaturalist.org/")), (tag, attrs)
                 assert not value.lower().startswith("javascript:")
+
+
+def run_beside_a_plain_twin(world: World, odd: Twin, monkeypatch, capsys) -> CliResult:
+    """One run over a world of two twins, odd and a plain one: odd may be skipped (reported)
+    or tagged, the plain one is tagged, odd's pixels stay as they were."""
+    pixels = pixel_digest(odd.path)
+    with world.fake() as server:
+        result = world.run_main(monkeypatch, capsys, server.api_url)
+    assert result.returncode in (ip.EXIT_OK, ip.EXIT_FILE_ERRORS), result.stdout + result.stderr
+    assert_tagged(world.twins[1])
+    assert pixel_digest(odd.path) == pixels
+    return result
 
 
 # -- one archive with everything wrong in it ------------------------------------------------------
@@ -205,14 +217,9 @@ def test_garbled_exif_is_reported_or_kept_byte_for_byte(
     set_mtime(garbled.path, garbled.taken)  # the date is garbled too: the file time stands in
     data = garbled.path.read_bytes()
     exif_before = data[slice(*exif_segment(data))]
-    pixels = pixel_digest(garbled.path)
 
-    with world.fake() as server:
-        result = world.run_main(monkeypatch, capsys, server.api_url)
+    result = run_beside_a_plain_twin(world, garbled, monkeypatch, capsys)
 
-    assert result.returncode in (ip.EXIT_OK, ip.EXIT_FILE_ERRORS), result.stdout + result.stderr
-    assert_tagged(world.twins[1])
-    assert pixel_digest(garbled.path) == pixels
     data = garbled.path.read_bytes()
     if inat_tags(garbled.path):
         assert_tagged(garbled)
@@ -263,14 +270,9 @@ def test_garbage_inat_ids_in_xmp(tmp_path: Path, monkeypatch, capsys, value: str
     world = make_world(tmp_path, 2)
     victim = world.twins[0]
     write_xmp(victim.path, {ip.TAG_OBSERVATION: value, ip.TAG_PHOTO: value})
-    pixels = pixel_digest(victim.path)
 
-    with world.fake() as server:
-        result = world.run_main(monkeypatch, capsys, server.api_url)
+    run_beside_a_plain_twin(world, victim, monkeypatch, capsys)
 
-    assert result.returncode in (ip.EXIT_OK, ip.EXIT_FILE_ERRORS), result.stdout + result.stderr
-    assert_tagged(world.twins[1])
-    assert pixel_digest(victim.path) == pixels
     tags = inat_tags(victim.path)
     assert tags.get(ip.TAG_OBSERVATION) in (value, str(victim.observation)), tags
     if tags.get(ip.TAG_OBSERVATION) == str(victim.observation):

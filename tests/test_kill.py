@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import pytest
-from support.cli import start_cli
 from support.files import TEMP_SUFFIX, temp_files
 from support.images import pixel_digest
 from support.world import assert_tagged, make_world
@@ -72,10 +71,8 @@ def test_sigkill_at_random_moments_never_leaves_a_half_written_photo(tmp_path: P
             # Untag a random half, so that every round has photos to write.
             for twin in rng.sample(world.twins, PHOTOS // 2):
                 twin.path.write_bytes(pristine[twin.path])
-            process = start_cli(
-                world.args(),
+            process = world.start_cli(
                 server.api_url,
-                world.cache,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.DEVNULL,
                 errors="replace",

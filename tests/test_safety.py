@@ -18,7 +18,7 @@ import pyexiv2
 import pytest
 from fake_inat import FakeINaturalist
 from PIL import Image
-from support.cli import CliResult, start_cli, summary_numbers
+from support.cli import CliResult, summary_numbers
 from support.files import digest, temp_files
 from support.world import Twin, World, assert_tagged, exif_time, make_world
 from support.xmp import read_xmp, write_exif
@@ -324,13 +324,7 @@ def test_second_run_is_refused_while_the_lock_is_held(world: World, fake: FakeIN
 def test_two_cli_runs_at_once(world: World) -> None:
     """A slow run (iNaturalist answering in 1 s) holds the lock; a second one backs off."""
     with world.fake(latency=1.0) as server:
-        first = start_cli(
-            world.args(),
-            server.api_url,
-            world.cache,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
+        first = world.start_cli(server.api_url, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         try:
             assert first.stdout is not None
             assert first.stdout.readline().startswith("Loading photos")  # the lock is held

@@ -6,18 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from support.cli import run_cli, summary_numbers
-from support.examples import USER, first_captioned_twin, parts, twins
+from support.examples import GRAY_FOX, USER, first_captioned_twin, parts, twins
 from support.files import digest
 from support.xmp import read_xmp, write_xmp
 
 import inat_photos as ip
-
-GRAY_FOX = {
-    "id": 9999,
-    "name": "Urocyon cinereoargenteus",
-    "rank": "species",
-    "preferred_common_name": "Gray Fox",
-}
 
 
 def set_keywords(path: Path, keywords: list[str]) -> None:

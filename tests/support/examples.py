@@ -14,6 +14,12 @@ from support import EXAMPLES
 from support.xmp import expected_caption
 
 USER = "demo_naturalist"
+GRAY_FOX = {  # an identification the tests change an observation's to
+    "id": 9999,
+    "name": "Urocyon cinereoargenteus",
+    "rank": "species",
+    "preferred_common_name": "Gray Fox",
+}
 
 
 def copy_examples(target: Path) -> Path:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import shutil
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING
 from fake_inat import FakeINaturalist
 
 import inat_photos as ip
-from support.cli import CliResult, run_cli, run_main
+from support.cli import CliResult, run_cli, run_main, start_cli
 from support.files import snapshot
 from support.images import texture
 from support.xmp import read_xmp, write_exif
@@ -98,6 +99,10 @@ class World:
     def run_cli(self, api_url: str, *options: str, **kwargs: object) -> CliResult:
         """A run over the world's pictures, as a subprocess (kwargs: run_cli's)."""
         return run_cli(self.args(*options), api_url, self.cache, **kwargs)
+
+    def start_cli(self, api_url: str, *options: str, **popen: object) -> subprocess.Popen:
+        """start_cli over the world's pictures (popen: stdout=..., stderr=...)."""
+        return start_cli(self.args(*options), api_url, self.cache, **popen)
 
     def run_main(
         self,
