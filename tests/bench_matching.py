@@ -20,7 +20,6 @@ DIR/stdout.txt and DIR/stderr.txt, its HTML log in DIR/log.html.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import shutil
@@ -32,43 +31,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyexiv2
-
-TESTS = Path(__file__).resolve().parent
-ROOT = TESTS.parent
-SCRIPT = ROOT / "inat_photos.py"
-sys.path.insert(0, str(TESTS))
-
-from fake_inat import FakeINaturalist  # noqa: E402
-from make_matching_set import CATEGORIES, USER, build  # noqa: E402
-
-INAT_NAMESPACE = "https://inaturalist.org/ns/1.0/"
-TAG_PHOTO = "Xmp.iNaturalist.photo"
-
-
-def register_namespace() -> None:
-    pyexiv2.set_log_level(4)
-    with contextlib.suppress(Exception):  # already registered in this process
-        pyexiv2.registerNs(INAT_NAMESPACE, "iNaturalist")
-
-
-def read_photo_id(path: Path) -> int | None:
-    """The iNaturalist photo id written into a picture, or None."""
-    register_namespace()
-    with pyexiv2.Image(str(path)) as image:
-        value = image.read_xmp().get(TAG_PHOTO)
-    text = str(value).strip() if value is not None else ""
-    return int(text) if text.isdigit() else None
+from fake_inat import FakeINaturalist
+from make_matching_set import CATEGORIES, USER, build
+from support import SCRIPT
+from support.xmp import read_photo_id, read_xmp
 
 
 def clear_tags(root: Path, files: list[str]) -> int:
     """Remove what an earlier run wrote (the set is made without any XMP); returns how many."""
-    register_namespace()
     cleared = 0
     for name in files:
-        with pyexiv2.Image(str(root / name)) as image:
-            if image.read_xmp():
+        if read_xmp(root / name):
+            with pyexiv2.Image(str(root / name)) as image:
                 image.clear_xmp()
-                cleared += 1
+            cleared += 1
     return cleared
 
 

@@ -1,18 +1,17 @@
 """Time SSIM-PIL's CPU path against inat_photos' numpy and OpenCL scores on a 1024x768 pair.
 
-Run from the repository root: python tests/bench_ssim.py
+Run: python tests/bench_ssim.py
 """
 
-import sys
 import time
 from collections.abc import Callable
 from functools import partial
-from pathlib import Path
 
 import numpy as np
 from SSIM_PIL import compare_ssim
+from support.images import recompressed, synthetic_photo
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # inat_photos.py at the root
+from inat_photos import OpenCLSimilarity, OpenCLUnavailable, ssim_score
 
 
 def ms_per_call(function: Callable[[], float], runs: int) -> tuple[float, float]:
@@ -27,10 +26,6 @@ def ms_per_call(function: Callable[[], float], runs: int) -> tuple[float, float]
 
 def main() -> None:
     """Build a photo-like pair, time each implementation and print a table."""
-    # Imported here, after the sys.path fix; test_similarity imports inat_photos too.
-    from test_similarity import recompressed, synthetic_photo
-
-    from inat_photos import OpenCLSimilarity, OpenCLUnavailable, ssim_score
 
     photo = synthetic_photo(1024, 768, seed=11)
     copy = recompressed(photo)

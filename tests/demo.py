@@ -9,16 +9,15 @@ is never modified.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-
-from fake_inat import FakeINaturalist  # noqa: E402
+from fake_inat import FakeINaturalist
+from support import SCENARIO, SCRIPT
+from support.cli import cli_env
+from support.examples import USER, copy_examples
 
 
 def main() -> int:
@@ -28,16 +27,14 @@ def main() -> int:
     args = parser.parse_args()
     out = Path(args.out).resolve()
     shutil.rmtree(out, ignore_errors=True)
-    shutil.copytree(
-        ROOT / "example_pictures", out / "pictures", ignore=shutil.ignore_patterns("*.json", "*.md")
-    )
-    with FakeINaturalist(ROOT / "example_pictures" / "scenario.json") as server:
-        env = dict(os.environ, INAT_API_URL=server.api_url, INAT_PHOTOS_CACHE=str(out / "cache"))
+    copy_examples(out / "pictures")
+    with FakeINaturalist(SCENARIO) as server:
+        env = cli_env(server.api_url, out / "cache")
         command = [
             sys.executable,
-            str(ROOT / "inat_photos.py"),
+            str(SCRIPT),
             "--user",
-            "demo_naturalist",
+            USER,
             "--logfile",
             str(out / "log.html"),
             str(out / "pictures"),

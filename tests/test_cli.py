@@ -6,7 +6,6 @@ source is a file in example_pictures is that file's twin; nothing else may be as
 
 from __future__ import annotations
 
-import hashlib
 import re
 import socket
 from pathlib import Path
@@ -14,91 +13,15 @@ from pathlib import Path
 import numpy as np
 import pyexiv2
 import pytest
-from conftest import EXAMPLES, run_cli, summary_numbers
-from PIL import Image
+from fake_inat import FakeINaturalist
+from support import SCENARIO
+from support.cli import run_cli, summary_numbers
+from support.examples import GRAY_FOX, USER, first_captioned_twin, local_pictures, parts, twins
+from support.files import digest
+from support.images import pixels
+from support.xmp import read_exif, read_xmp, write_xmp
 
 import inat_photos as ip
-
-USER = "demo_naturalist"
-
-
-def expected_caption(taxon: dict | None) -> str | None:
-    """The caption the README promises, computed independently of the tool."""
-    if not taxon:
-        return None
-    words = taxon["name"].split()
-    marker = {"subspecies": "ssp.", "variety": "var."}.get(taxon.get("rank", ""))
-    if marker and len(words) == 3:
-        words.insert(2, marker)
-    if taxon.get("rank") == "genus":
-        words.append("sp.")
-    scientific = " ".join(words)
-    common = taxon.get("preferred_common_name")
-    return f"{common} ({scientific})" if common else scientific
-
-
-def _area(crop: list[float] | None) -> float:
-    return (crop[2] - crop[0]) * (crop[3] - crop[1]) if crop else 1.0
-
-
-def twins(scenario: dict) -> dict[str, dict]:
-    """Local file name -> what should be written to it.
-
-    A file uploaded several times takes the upload that shows most of it, then the first.
-    """
-    result: dict[str, dict] = {}
-    for obs in scenario["observations"]:
-        for photo in obs.get("photos", []):
-            if (EXAMPLES / photo["source"]).is_file() and "/" not in photo["source"]:
-                want = {
-                    "observation": obs["id"],
-                    "observation_photo": photo.get("observation_photo_id"),
-                    "photo": photo["id"],
-                    "caption": expected_caption(obs.get("taxon")),
-                    "area": _area(photo.get("crop")),
-                }
-                rival = result.get(photo["source"])
-                if rival is None or (-want["area"], want["photo"]) < (
-                    -rival["area"],
-                    rival["photo"],
-                ):
-                    result[photo["source"]] = want
-    return result
-
-
-def parts(scenario: dict) -> set[int]:
-    """Uploads of a local file that lost to another upload of the same file."""
-    chosen = {want["photo"] for want in twins(scenario).values()}
-    return {
-        photo["id"]
-        for obs in scenario["observations"]
-        for photo in obs.get("photos", [])
-        if (EXAMPLES / photo["source"]).is_file() and "/" not in photo["source"]
-    } - chosen
-
-
-def local_pictures(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in ip.PICTURE_SUFFIXES)
-
-
-def read_xmp(path: Path) -> dict:
-    ip.register_namespace()
-    with pyexiv2.Image(str(path)) as image:
-        return image.read_xmp()
-
-
-def read_exif(path: Path) -> dict:
-    with pyexiv2.Image(str(path)) as image:
-        return image.read_exif()
-
-
-def pixels(path: Path) -> np.ndarray:
-    with Image.open(path) as image:
-        return np.asarray(image.convert("RGB"))
-
-
-def digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def inat_photos_on_local_days(scenario: dict, folder: Path) -> int:
@@ -191,14 +114,8 @@ def test_second_run_skips_known_and_refreshes_changed_identification(
     first = run_cli(["-u", USER, str(pictures)], fake_inat.api_url, cache)
     assert first.returncode == 0, first.stderr
 
-    _, changed = next((name, want) for name, want in sorted(expected.items()) if want["caption"])
-    new_taxon = {
-        "id": 9999,
-        "name": "Urocyon cinereoargenteus",
-        "rank": "species",
-        "preferred_common_name": "Gray Fox",
-    }
-    fake_inat.set_taxon(changed["observation"], new_taxon)
+    _, changed = first_captioned_twin(scenario)
+    fake_inat.set_taxon(changed["observation"], GRAY_FOX)
     affected = {n for n, w in expected.items() if w["observation"] == changed["observation"]}
     digests = {p.name: digest(p) for p in local_pictures(pictures)}
 
@@ -230,10 +147,9 @@ def test_second_run_skips_known_and_refreshes_changed_identification(
 def test_user_keywords_are_kept_and_written_as_a_bag(
     fake_inat, pictures: Path, cache: Path, scenario: dict
 ) -> None:
-    name, want = next((n, w) for n, w in sorted(twins(scenario).items()) if w["caption"])
+    name, want = first_captioned_twin(scenario)
     path = pictures / name
-    with pyexiv2.Image(str(path)) as image:
-        image.modify_xmp({ip.TAG_SUBJECT: ["holiday", "Point Reyes (California)"]})
+    write_xmp(path, {ip.TAG_SUBJECT: ["holiday", "Point Reyes (California)"]})
 
     result = run_cli(["-u", USER, str(pictures)], fake_inat.api_url, cache)
 
@@ -367,9 +283,6 @@ def test_bad_options_exit_2(bad: list[str], tmp_path: Path) -> None:
 
 def test_stale_photo_urls_are_refreshed(pictures: Path, cache: Path, scenario: dict) -> None:
     """The store keeps photo URLs; when their host moves, the tool asks for current ones."""
-    from conftest import SCENARIO
-    from fake_inat import FakeINaturalist
-
     with FakeINaturalist(SCENARIO) as first:
         dry = run_cli(
             ["-u", USER, "--dry-run", "--inat_size", "small", str(pictures)], first.api_url, cache
@@ -435,11 +348,9 @@ def test_recompute_corrects_a_wrong_association(
 ) -> None:
     expected = twins(scenario)
     name, want = sorted(expected.items())[0]
-    ip.register_namespace()
-    with pyexiv2.Image(str(pictures / name)) as image:
-        image.modify_xmp(
-            {ip.TAG_OBSERVATION: "1", ip.TAG_OBSERVATION_PHOTO: "2", ip.TAG_PHOTO: "3"}
-        )
+    write_xmp(
+        pictures / name, {ip.TAG_OBSERVATION: "1", ip.TAG_OBSERVATION_PHOTO: "2", ip.TAG_PHOTO: "3"}
+    )
 
     plain = run_cli(["-u", USER, "--dry-run", str(pictures)], fake_inat.api_url, cache)
     assert "observation 1 is no longer on iNaturalist" in plain.stdout

@@ -14,16 +14,10 @@ from pathlib import Path
 
 import pytest
 import requests
+from fake_inat import FakeINaturalist
 from PIL import Image
-
-TESTS = Path(__file__).resolve().parent
-if str(TESTS) not in sys.path:
-    sys.path.insert(0, str(TESTS))
-
-from fake_inat import FakeINaturalist  # noqa: E402
-
-SCENARIO = TESTS.parent / "example_pictures" / "scenario.json"
-LOGIN = "demo_naturalist"
+from support import SCENARIO, TESTS
+from support.examples import USER as LOGIN
 
 
 def make_picture(path: Path, size: tuple[int, int], orientation: int = 1) -> None:

@@ -15,33 +15,12 @@ import pytest
 import urllib3.util.retry
 from fake_inat import FakeINaturalist
 from PIL import Image
-from test_safety import (
-    USER,
-    World,
-    assert_tagged,
-    digest,
-    error_lines,
-    make_world,
-    read_xmp,
-    run_main,
-    run_subprocess,
-    summary_numbers,
-)
+from support.cli import CliResult, run_main, summary_numbers
+from support.files import digest
+from support.world import World, assert_tagged
+from support.xmp import read_xmp
 
 import inat_photos as ip
-
-
-@pytest.fixture
-def world(tmp_path: Path) -> World:
-    return make_world(tmp_path, 3)
-
-
-@pytest.fixture
-def fake(world: World):
-    server = world.fake()
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture
@@ -62,9 +41,13 @@ def restart(fake: FakeINaturalist, world: World) -> FakeINaturalist:
     """The same iNaturalist on the same port, without the faults still queued."""
     port = fake.port
     fake.stop()
-    again = FakeINaturalist(world.scenario, base_dir=world.sources, port=port)
+    again = world.fake(port=port)
     again.start()
     return again
+
+
+def error_lines(result: CliResult) -> list[str]:
+    return [ln for ln in (result.stdout + result.stderr).splitlines() if "error" in ln.lower()]
 
 
 def assert_stopped_cleanly(result, before: dict[Path, str], world: World) -> None:
@@ -79,19 +62,13 @@ def assert_stopped_cleanly(result, before: dict[Path, str], world: World) -> Non
     assert "Summary:" not in result.stdout  # it stopped before matching anything
 
 
-def run(monkeypatch, capsys, world: World, api_url: str, *extra: str):
-    return run_main(
-        monkeypatch, capsys, ["-u", USER, *extra, str(world.pictures)], api_url, world.cache
-    )
-
-
 # -- passing faults are retried -----------------------------------------------------------------
 
 
 def test_429_with_retry_after_is_waited_out(world, fake, monkeypatch, capsys) -> None:
     fake.fail_next("/v1/observations", 429, retry_after=1)
 
-    result = run(monkeypatch, capsys, world, fake.api_url)
+    result = world.run_main(monkeypatch, capsys, fake.api_url)
 
     assert result.returncode == 0, result.stdout + result.stderr
     for twin in world.twins:
@@ -105,7 +82,7 @@ def test_429_with_retry_after_is_waited_out(world, fake, monkeypatch, capsys) ->
 def test_a_few_server_errors_are_retried(world, fake, monkeypatch, capsys, prefix, status) -> None:
     fake.fail_next(prefix, status, times=2)
 
-    result = run(monkeypatch, capsys, world, fake.api_url)
+    result = world.run_main(monkeypatch, capsys, fake.api_url)
 
     assert result.returncode == 0, result.stdout + result.stderr
     assert [entry["status"] for entry in requests_to(fake, prefix)[:3]] == [status, status, 200]
@@ -140,7 +117,7 @@ def test_lasting_fault_exits_2_with_one_line(
     fake.fail_next(prefix, status, times=99, body=body)
     before = digests(world)
 
-    result = run(monkeypatch, capsys, world, fake.api_url)
+    result = world.run_main(monkeypatch, capsys, fake.api_url)
 
     assert_stopped_cleanly(result, before, world)
     assert requests_to(fake, prefix), "the fault was never reached"
@@ -154,7 +131,7 @@ def test_cut_off_answer_from_the_command_line(world, fake) -> None:
     fake.fail_next("/v1/observations", 0, times=99)
     before = digests(world)
 
-    result = run_subprocess(["-u", USER, str(world.pictures)], fake.api_url, world.cache)
+    result = world.run_cli(fake.api_url)
 
     assert_stopped_cleanly(result, before, world)
 
@@ -165,7 +142,7 @@ def test_connection_refused_exits_2(world, monkeypatch, capsys, no_backoff) -> N
         port = probe.getsockname()[1]
     before = digests(world)
 
-    result = run(monkeypatch, capsys, world, f"http://127.0.0.1:{port}/v1")
+    result = world.run_main(monkeypatch, capsys, f"http://127.0.0.1:{port}/v1")
 
     assert_stopped_cleanly(result, before, world)
     assert "unreachable" in error_lines(result)[0]
@@ -185,7 +162,7 @@ def test_unknown_user_exits_2(world, fake, monkeypatch, capsys) -> None:
 
 def test_failed_refresh_is_caught_up_by_the_next_run(world, fake, monkeypatch, capsys) -> None:
     """A run that dies while asking for changes must not mark them as seen."""
-    first = run(monkeypatch, capsys, world, fake.api_url)
+    first = world.run_main(monkeypatch, capsys, fake.api_url)
     assert first.returncode == 0, first.stderr
     changed = world.twins[0]
     new_taxon = {"name": "Vulpes vulpes", "rank": "species", "preferred_common_name": "Red Fox"}
@@ -193,13 +170,13 @@ def test_failed_refresh_is_caught_up_by_the_next_run(world, fake, monkeypatch, c
     fake.fail_next("/v1/observations", 0, times=99)  # the answer with the change is cut off
     before = digests(world)
 
-    failed = run(monkeypatch, capsys, world, fake.api_url)
+    failed = world.run_main(monkeypatch, capsys, fake.api_url)
     assert_stopped_cleanly(failed, before, world)
 
     fake = restart(fake, world)  # the fault is gone; the identification is changed again
     try:
         fake.set_taxon(changed.observation, new_taxon)
-        fixed = run(monkeypatch, capsys, world, fake.api_url)
+        fixed = world.run_main(monkeypatch, capsys, fake.api_url)
     finally:
         fake.stop()
     assert fixed.returncode == 0, fixed.stdout + fixed.stderr
@@ -219,7 +196,7 @@ def test_photo_that_cannot_be_downloaded_is_skipped_and_fetched_next_time(
     fake.fail_next(f"/photos/{victim.photo}/", PHOTO_FAULTS[fault], times=99)
     before = digest(victim.path)
 
-    first = run(monkeypatch, capsys, world, fake.api_url)
+    first = world.run_main(monkeypatch, capsys, fake.api_url)
 
     everything = first.stdout + first.stderr
     assert first.returncode in (ip.EXIT_OK, ip.EXIT_FILE_ERRORS), everything
@@ -239,7 +216,7 @@ def test_photo_that_cannot_be_downloaded_is_skipped_and_fetched_next_time(
 
     fake = restart(fake, world)
     try:
-        second = run(monkeypatch, capsys, world, fake.api_url)
+        second = world.run_main(monkeypatch, capsys, fake.api_url)
     finally:
         fake.stop()
     assert second.returncode == 0, second.stdout + second.stderr

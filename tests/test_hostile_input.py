@@ -14,28 +14,16 @@ import random
 import struct
 import time
 import zlib
-from html.parser import HTMLParser
 from pathlib import Path
 
-import pyexiv2
 import pytest
 from PIL import ImageFile
-from test_safety import (
-    SPACING,
-    START,
-    USER,
-    Twin,
-    assert_tagged,
-    child,
-    digest,
-    inat_tags,
-    make_world,
-    pixel_digest,
-    read_xmp,
-    run_main,
-    run_subprocess,
-    temp_files,
-)
+from support.cli import CliResult, run_main
+from support.files import digest, temp_files
+from support.images import pixel_digest
+from support.logpage import LogPage, parse_log
+from support.world import SPACING, START, USER, Twin, World, assert_tagged, child, make_world
+from support.xmp import inat_tags, read_exif, read_xmp, write_exif, write_xmp
 
 import inat_photos as ip
 
@@ -48,8 +36,7 @@ def set_mtime(path: Path, moment: dt.datetime) -> None:
 
 
 def set_exif_date(path: Path, text: str) -> None:
-    with pyexiv2.Image(str(path)) as image:
-        image.modify_exif({"Exif.Photo.DateTimeOriginal": text})
+    write_exif(path, {"Exif.Photo.DateTimeOriginal": text})
 
 
 def exif_segment(data: bytes) -> tuple[int, int]:
@@ -106,33 +93,14 @@ def bomb_jpeg(source: Path, path: Path, side: int = 60000) -> None:
 # -- reading the HTML log -----------------------------------------------------------------------
 
 
-class PageParser(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.tags: list[tuple[str, list[tuple[str, str | None]]]] = []
-        self.text: list[str] = []
-
-    def handle_starttag(self, tag, attrs) -> None:
-        self.tags.append((tag, attrs))
-
-    def handle_startendtag(self, tag, attrs) -> None:
-        self.tags.append((tag, attrs))
-
-    def handle_data(self, data) -> None:
-        self.text.append(data)
-
-
-def parse_page(path: Path) -> PageParser:
-    parser = PageParser()
-    parser.feed(path.read_bytes().decode("utf-8"))  # strict: the page must be valid UTF-8
-    parser.close()
-    return parser
+def parse_page(path: Path) -> LogPage:
+    return parse_log(path.read_bytes().decode("utf-8"))  # strict: the page must be valid UTF-8
 
 
 INJECTED_ELEMENTS = {"script", "iframe", "svg", "b", "object", "embed", "frame"}
 
 
-def assert_only_the_tools_markup(page: PageParser) -> None:
+def assert_only_the_tools_markup(page: LogPage) -> None:
     for tag, attrs in page.tags:
         assert tag not in INJECTED_ELEMENTS, (tag, attrs)
         for name, value in attrs:
@@ -143,6 +111,18 @@ def assert_only_the_tools_markup(page: PageParser) -> None:
                 assert value is not None
                 assert value.startswith(("file:", "https://www.inaturalist.org/")), (tag, attrs)
                 assert not value.lower().startswith("javascript:")
+
+
+def run_beside_a_plain_twin(world: World, odd: Twin, monkeypatch, capsys) -> CliResult:
+    """One run over a world of two twins, odd and a plain one: odd may be skipped (reported)
+    or tagged, the plain one is tagged, odd's pixels stay as they were."""
+    pixels = pixel_digest(odd.path)
+    with world.fake() as server:
+        result = world.run_main(monkeypatch, capsys, server.api_url)
+    assert result.returncode in (ip.EXIT_OK, ip.EXIT_FILE_ERRORS), result.stdout + result.stderr
+    assert_tagged(world.twins[1])
+    assert pixel_digest(odd.path) == pixels
+    return result
 
 
 # -- one archive with everything wrong in it ------------------------------------------------------
@@ -191,12 +171,7 @@ def test_broken_and_odd_files_are_reported_and_the_rest_is_tagged(tmp_path: Path
     log = tmp_path / "log.html"
 
     with world.fake() as server:
-        result = run_subprocess(
-            ["-u", USER, "--logfile", str(log), str(pictures)],
-            server.api_url,
-            world.cache,
-            timeout=90,
-        )
+        result = world.run_cli(server.api_url, "--logfile", str(log), timeout=90)
 
     out, err = result.stdout, result.stderr
     assert "Traceback" not in out + err, err
@@ -242,16 +217,9 @@ def test_garbled_exif_is_reported_or_kept_byte_for_byte(
     set_mtime(garbled.path, garbled.taken)  # the date is garbled too: the file time stands in
     data = garbled.path.read_bytes()
     exif_before = data[slice(*exif_segment(data))]
-    pixels = pixel_digest(garbled.path)
 
-    with world.fake() as server:
-        result = run_main(
-            monkeypatch, capsys, ["-u", USER, str(world.pictures)], server.api_url, world.cache
-        )
+    result = run_beside_a_plain_twin(world, garbled, monkeypatch, capsys)
 
-    assert result.returncode in (ip.EXIT_OK, ip.EXIT_FILE_ERRORS), result.stdout + result.stderr
-    assert_tagged(world.twins[1])
-    assert pixel_digest(garbled.path) == pixels
     data = garbled.path.read_bytes()
     if inat_tags(garbled.path):
         assert_tagged(garbled)
@@ -283,9 +251,7 @@ def test_pictures_over_200_megapixels_are_never_decoded(
 
     monkeypatch.setattr(ImageFile.ImageFile, "load", guarded_load)
     with world.fake() as server:
-        result = run_main(
-            monkeypatch, capsys, ["-u", USER, str(world.pictures)], server.api_url, world.cache
-        )
+        result = world.run_main(monkeypatch, capsys, server.api_url)
 
     assert decoded_sizes == [], f"the tool tried to decode {decoded_sizes} pixels"
     assert result.returncode == ip.EXIT_FILE_ERRORS, result.stdout + result.stderr
@@ -303,19 +269,10 @@ def test_garbage_inat_ids_in_xmp(tmp_path: Path, monkeypatch, capsys, value: str
     """Ids written by another program, or by hand: never a crash."""
     world = make_world(tmp_path, 2)
     victim = world.twins[0]
-    ip.register_namespace()
-    with pyexiv2.Image(str(victim.path)) as image:
-        image.modify_xmp({ip.TAG_OBSERVATION: value, ip.TAG_PHOTO: value})
-    pixels = pixel_digest(victim.path)
+    write_xmp(victim.path, {ip.TAG_OBSERVATION: value, ip.TAG_PHOTO: value})
 
-    with world.fake() as server:
-        result = run_main(
-            monkeypatch, capsys, ["-u", USER, str(world.pictures)], server.api_url, world.cache
-        )
+    run_beside_a_plain_twin(world, victim, monkeypatch, capsys)
 
-    assert result.returncode in (ip.EXIT_OK, ip.EXIT_FILE_ERRORS), result.stdout + result.stderr
-    assert_tagged(world.twins[1])
-    assert pixel_digest(victim.path) == pixels
     tags = inat_tags(victim.path)
     assert tags.get(ip.TAG_OBSERVATION) in (value, str(victim.observation)), tags
     if tags.get(ip.TAG_OBSERVATION) == str(victim.observation):
@@ -334,8 +291,7 @@ USER_KEYWORD = "<iframe src=//evil.example/>"
 def test_html_in_names_is_escaped_in_the_log(tmp_path: Path, monkeypatch, capsys) -> None:
     world = make_world(tmp_path, 1, unmatched=1)
     twin: Twin = world.twins[0]
-    with pyexiv2.Image(str(twin.path)) as image:
-        image.modify_xmp({ip.TAG_SUBJECT: [USER_KEYWORD]})
+    write_xmp(twin.path, {ip.TAG_SUBJECT: [USER_KEYWORD]})
     unmatched_observation = world.scenario["observations"][1]["id"]
     log = tmp_path / "log.html"
 
@@ -348,13 +304,7 @@ def test_html_in_names_is_escaped_in_the_log(tmp_path: Path, monkeypatch, capsys
             unmatched_observation,
             {"name": IFRAME_NAME, "rank": "species", "preferred_common_name": SVG_COMMON},
         )
-        result = run_main(
-            monkeypatch,
-            capsys,
-            ["-u", USER, "--logfile", str(log), str(world.pictures)],
-            server.api_url,
-            world.cache,
-        )
+        result = world.run_main(monkeypatch, capsys, server.api_url, "--logfile", str(log))
 
     assert result.returncode == 0, result.stdout + result.stderr
     caption = f"{IMG_COMMON} ({SCRIPT_NAME})"
@@ -387,17 +337,11 @@ def test_exif_date_strings_that_are_not_dates(tmp_path: Path, monkeypatch, capsy
         set_exif_date(twin.path, text)
         set_mtime(twin.path, twin.taken)
     with world.fake() as server:
-        result = run_main(
-            monkeypatch, capsys, ["-u", USER, str(world.pictures)], server.api_url, world.cache
-        )
+        result = world.run_main(monkeypatch, capsys, server.api_url)
 
     assert result.returncode == 0, result.stdout + result.stderr
     for twin, text in zip(world.twins, odd_dates, strict=True):
-        exif = pyexiv2.Image(str(twin.path))
-        try:
-            stored = exif.read_exif().get("Exif.Photo.DateTimeOriginal")
-        finally:
-            exif.close()
+        stored = read_exif(twin.path).get("Exif.Photo.DateTimeOriginal")
         if ip.parse_exif_datetime(stored) is None:
             assert any(
                 twin.path.name in ln and "modification time" in ln

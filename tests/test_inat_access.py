@@ -18,9 +18,10 @@ from pathlib import Path
 import pytest
 import requests
 import trustme
-from conftest import run_cli
 from fake_inat import FakeINaturalist
-from test_safety import USER, World, assert_tagged, make_world, read_xmp, run_main
+from support.cli import run_cli, run_main
+from support.world import USER, World, assert_tagged, make_world
+from support.xmp import read_xmp
 
 import inat_photos as ip
 
@@ -176,7 +177,8 @@ def test_https_api_trusts_the_ca_bundle_named_in_the_environment(tmp_path: Path,
     try:
         with world.fake(tls=context) as fake:
             assert fake.api_url.startswith("https://127.0.0.1:")
-            result = run_cli(["-u", USER, str(world.pictures)], fake.api_url, world.cache, **env)
+            args = ["-u", USER, str(world.pictures)]
+            result = run_cli(args, fake.api_url, world.cache, extra_env=env)
             api, photos = fake.api_requests(), fake.photo_requests()
     finally:
         if proxy:

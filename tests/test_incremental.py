@@ -1,6 +1,6 @@
 """Incremental runs (GitHub issue 4): what a rerun asks of iNaturalist and writes to disk.
 
-A small generated archive (tests/bench_archive.py: 36 pictures of 800x600 over a few days, and
+A small generated archive (tests/support/archive.py: 36 pictures of 800x600 over a few days, and
 more than 400 observations between the archive's first and last day, so that the listing takes
 three pages and a rerun that fetched it all again would need more than three requests) is run
 through the CLI once; each test then starts from a copy of that state (pictures and cache at
@@ -12,25 +12,25 @@ every picture). Not timed.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import math
 import shutil
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-import bench_archive as ba
-import pyexiv2
 import pytest
-from conftest import CliResult, run_cli
 from fake_inat import FakeINaturalist
 from PIL import Image
+from support import archive
+from support.cli import CliResult, run_cli
+from support.files import snapshot
+from support.xmp import expected_caption, read_tags, write_exif, write_xmp
 
 import inat_photos as ip
 
 SIZE = (800, 600)
 PHOTOS = 36
-USER = ba.USER["login"]
+USER = archive.USER["login"]
 
 
 @dataclass
@@ -66,35 +66,14 @@ class State:
         return result
 
 
-def snapshot(folder: Path) -> dict[str, tuple[str, int, int]]:
-    result = {}
-    for path in sorted(folder.rglob("*")):
-        if path.is_file():
-            info = path.stat()
-            digest = hashlib.sha256(path.read_bytes()).hexdigest()
-            result[str(path.relative_to(folder))] = (digest, info.st_mtime_ns, info.st_ino)
-    return result
-
-
 def changed(before: dict, after: dict) -> set[str]:
     """Files created, removed, or rewritten (new content, time or inode)."""
     return {p for p in before.keys() | after.keys() if before.get(p) != after.get(p)}
 
 
-def xmp(path: Path) -> dict:
-    ip.register_namespace()
-    with pyexiv2.Image(str(path)) as image:
-        return image.read_xmp()
-
-
-def subject(path: Path) -> list[str]:
-    value = xmp(path).get(ip.TAG_SUBJECT) or []
-    return [value] if isinstance(value, str) else list(value)
-
-
 def tags(path: Path) -> tuple[int | None, int | None]:
-    data = xmp(path)
-    return ip._tag_id(data.get(ip.TAG_OBSERVATION)), ip._tag_id(data.get(ip.TAG_PHOTO))
+    """The observation and photo ids in the file."""
+    return read_tags(path)[:2]
 
 
 def downloads(fake: FakeINaturalist) -> list[str]:
@@ -114,7 +93,7 @@ def found_line(result: CliResult, path: Path, photo_id: int) -> bool:
 @pytest.fixture(scope="module")
 def base(tmp_path_factory: pytest.TempPathFactory) -> Base:
     folder = tmp_path_factory.mktemp("archive")
-    plan = ba.plan_archive(
+    plan = archive.plan_archive(
         PHOTOS,
         SIZE,
         seed=7,
@@ -123,7 +102,7 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Base:
         other_outside=20,
         phone_side=1024,
     )
-    ba.build_archive(folder, plan, jobs=1, quiet=True)
+    archive.build_archive(folder, plan, jobs=1, quiet=True)
     work = tmp_path_factory.mktemp("work")
     pictures, cache, saved = work / "pictures", work / "cache", work / "saved"
     shutil.copytree(folder / "pristine", pictures)
@@ -188,7 +167,7 @@ def test_first_run_pages_by_id_above_and_downloads_each_photo_once(base: Base) -
         rel = str(path.relative_to(base.pictures))
         if rel in twins:
             assert tags(path) == (twins[rel]["observation"], twins[rel]["photo"]), rel
-            assert twins[rel]["caption"] in subject(path), rel
+            assert twins[rel]["caption"] in read_tags(path).subject, rel
         else:
             assert tags(path) == (None, None), rel
 
@@ -263,16 +242,16 @@ def test_changed_identification_rewrites_exactly_that_observations_photos(
     obs_id = min(per_obs, key=lambda o: (-per_obs[o], o))
     files = {rel for rel, want in twins.items() if want["observation"] == obs_id}
     old_caption = twins[next(iter(files))]["caption"]
-    new_caption = ba.caption_of(ba.CHANGED_TAXON)
+    new_caption = expected_caption(archive.CHANGED_TAXON)
     assert old_caption != new_caption
     before = snapshot(state.pictures)
-    state.fake.set_taxon(obs_id, ba.CHANGED_TAXON)
+    state.fake.set_taxon(obs_id, archive.CHANGED_TAXON)
 
     result = state.run()
 
     assert changed(before, snapshot(state.pictures)) == files
     for rel in files:
-        keywords = subject(state.pictures / rel)
+        keywords = read_tags(state.pictures / rel).subject
         assert new_caption in keywords and old_caption not in keywords, rel
         assert tags(state.pictures / rel) == (obs_id, twins[rel]["photo"])
     assert result.stdout.count(f"to '{new_caption}'") == len(files)
@@ -283,11 +262,7 @@ def test_changed_identification_rewrites_exactly_that_observations_photos(
 
 
 def _strip_tags(path: Path) -> None:
-    ip.register_namespace()
-    with pyexiv2.Image(str(path)) as image:
-        image.modify_xmp(
-            {ip.TAG_OBSERVATION: None, ip.TAG_OBSERVATION_PHOTO: None, ip.TAG_PHOTO: None}
-        )
+    write_xmp(path, {ip.TAG_OBSERVATION: None, ip.TAG_OBSERVATION_PHOTO: None, ip.TAG_PHOTO: None})
 
 
 def _plain_twin(base: Base) -> tuple[str, dict]:
@@ -340,8 +315,7 @@ def test_index_rereads_a_file_replaced_by_another_picture(state: State) -> None:
     when = f"{taken[:10].replace('-', ':')} {taken[11:13]}:{taken[14:16]}:20"
     with Image.open(state.base.folder / phone_photo["source"]) as source:
         source.save(path, "JPEG", quality=92)
-    with pyexiv2.Image(str(path)) as image:
-        image.modify_exif({"Exif.Photo.DateTimeOriginal": when, "Exif.Image.Make": "Google"})
+    write_exif(path, {"Exif.Photo.DateTimeOriginal": when, "Exif.Image.Make": "Google"})
     before = snapshot(state.pictures)
 
     result = state.run()

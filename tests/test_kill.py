@@ -14,24 +14,15 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
-from conftest import SCRIPT
-from test_safety import (
-    INAT_TAGS,
-    TEMP_SUFFIX,
-    USER,
-    assert_tagged,
-    cli_env,
-    make_world,
-    pixel_digest,
-    read_xmp,
-    run_subprocess,
-)
+from support.files import TEMP_SUFFIX, temp_files
+from support.images import pixel_digest
+from support.world import assert_tagged, make_world
+from support.xmp import INAT_TAGS, read_xmp
 
 import inat_photos as ip
 
@@ -67,10 +58,6 @@ def check_all_or_nothing(world, pixels: dict[Path, str], context: str) -> int:
     return tagged
 
 
-def hidden_temp_files(folder: Path) -> list[str]:
-    return sorted(name for name in os.listdir(folder) if name.endswith(TEMP_SUFFIX))
-
-
 def test_sigkill_at_random_moments_never_leaves_a_half_written_photo(tmp_path: Path) -> None:
     rng = random.Random(SEED)
     world = make_world(tmp_path, PHOTOS, size=(640, 480), seed=SEED)
@@ -80,18 +67,15 @@ def test_sigkill_at_random_moments_never_leaves_a_half_written_photo(tmp_path: P
     leftovers_seen = 0
 
     with world.fake() as server:
-        env = cli_env(server.api_url, world.cache)
         for round_number in range(ROUNDS):
             # Untag a random half, so that every round has photos to write.
             for twin in rng.sample(world.twins, PHOTOS // 2):
                 twin.path.write_bytes(pristine[twin.path])
-            process = subprocess.Popen(
-                [sys.executable, str(SCRIPT), "-u", USER, str(world.pictures)],
+            process = world.start_cli(
+                server.api_url,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.DEVNULL,
-                text=True,
                 errors="replace",
-                env=env,
             )
             watchdog = threading.Timer(ROUND_TIMEOUT, process.kill)  # a hang ends too
             watchdog.start()
@@ -124,13 +108,13 @@ def test_sigkill_at_random_moments_never_leaves_a_half_written_photo(tmp_path: P
                 assert process.returncode == 0, f"round {round_number}: {printed}"
                 stats["finished before the kill"] += 1
             check_all_or_nothing(world, pixels, f"kill {round_number}")
-            leftovers_seen = max(leftovers_seen, len(hidden_temp_files(world.pictures)))
+            leftovers_seen = max(leftovers_seen, len(temp_files(world.pictures)))
 
         assert stats["killed while writing"] >= ROUNDS // 4, stats
         # A temporary copy left by an earlier killed run must stay invisible too.
         stale = world.pictures / f".{world.twins[0].path.name}.k1ll3d{TEMP_SUFFIX}"
         stale.write_bytes(pristine[world.twins[0].path][:5000])
-        final = run_subprocess(["-u", USER, str(world.pictures)], server.api_url, world.cache)
+        final = world.run_cli(server.api_url)
 
     everything = final.stdout + final.stderr
     assert final.returncode == 0, everything
@@ -138,7 +122,7 @@ def test_sigkill_at_random_moments_never_leaves_a_half_written_photo(tmp_path: P
     assert f"Loaded {PHOTOS} local photos" in final.stdout
     assert TEMP_SUFFIX not in everything
     assert check_all_or_nothing(world, pixels, "the final run") == PHOTOS
-    left = hidden_temp_files(world.pictures)
+    left = temp_files(world.pictures)
     print(
         f"\nkill rounds: {stats}; most hidden temporary files seen after a kill: "
         f"{leftovers_seen}; after the final run: {left}"

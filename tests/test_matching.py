@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from bench_matching import read_photo_id
-from conftest import CliResult, run_cli
 from fake_inat import FakeINaturalist
 from make_matching_set import CATEGORIES, USER, build
+from support.cli import CliResult, run_cli
+from support.xmp import read_exif, read_photo_id
 
 
 @dataclass
@@ -135,8 +135,5 @@ def test_one_weak_look_alike_hours_away_sets_no_clock_offset(outcome: Outcome) -
 
 
 def _exif_day(path: Path) -> str:
-    import pyexiv2
-
-    with pyexiv2.Image(str(path)) as image:
-        stamp = image.read_exif()["Exif.Photo.DateTimeOriginal"]
+    stamp = read_exif(path)["Exif.Photo.DateTimeOriginal"]
     return dt.datetime.strptime(stamp, "%Y:%m:%d %H:%M:%S").date().isoformat()

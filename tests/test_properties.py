@@ -10,12 +10,12 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
-from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
+from support.logpage import parse_log
 
 import inat_photos as ip
 
@@ -317,36 +317,6 @@ def test_taxon_names_never_raise_and_are_tidy(taxon) -> None:
 # -- the HTML log --------------------------------------------------------------------------------
 
 
-class Structure(HTMLParser):
-    """The markup of a page (tags and attribute names) and its text."""
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.markup: list[tuple[str, tuple[str, ...]]] = []
-        self.text: list[str] = []
-
-    def handle_starttag(self, tag, attrs) -> None:
-        self.markup.append((tag, tuple(name for name, _ in attrs)))
-
-    handle_startendtag = handle_starttag
-
-    def handle_endtag(self, tag) -> None:
-        self.markup.append(("/" + tag, ()))
-
-    def handle_comment(self, data) -> None:
-        self.markup.append(("!--", ()))
-
-    def handle_data(self, data) -> None:
-        self.text.append(data)
-
-
-def structure(page: str) -> Structure:
-    parser = Structure()
-    parser.feed(page)
-    parser.close()
-    return parser
-
-
 path_texts = st.text(max_size=30) | st.binary(max_size=30).map(os.fsdecode)
 
 
@@ -461,8 +431,8 @@ def test_log_shows_any_text_as_text(page_input) -> None:
     rows, summary = page_input
     page = ip.render_log(rows, summary, 0.95)
     page.encode("utf-8")  # the page is written as UTF-8: nothing unencodable may reach it
-    parsed = structure(page)
-    reference = structure(ip.render_log(*defanged(rows, summary), 0.95))
+    parsed = parse_log(page)
+    reference = parse_log(ip.render_log(*defanged(rows, summary), 0.95))
     assert parsed.markup == reference.markup, "text from the input changed the markup"
     shown = "".join(parsed.text)
     assert summary in shown
@@ -494,6 +464,6 @@ def test_log_escapes_quotes_in_links() -> None:
     page = ip.render_log(
         [ip.LogRow(None, None, ip.Candidate(photo, observation), None, None, "n/a", None)], "", 0.95
     )
-    parsed = structure(page)
+    parsed = parse_log(page)
     assert not any(name.startswith("on") for _, names in parsed.markup for name in names)
     assert 'href="https://www.inaturalist.org/&quot; onmouseover=&quot;alert(1)"' in page

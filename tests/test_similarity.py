@@ -1,6 +1,5 @@
 """inat_photos' SSIM scores against SSIM-PIL's reference implementation, on photo-like pictures."""
 
-import io
 import sys
 import types
 
@@ -8,50 +7,12 @@ import numpy as np
 import pytest
 from PIL import Image
 from SSIM_PIL import compare_ssim
+from support.images import recompressed, synthetic_photo
 
 from inat_photos import OpenCLSimilarity, OpenCLUnavailable, ssim_score
 
 # SSIM-PIL's CPU path calls Image.getdata once per tile and channel.
 pytestmark = pytest.mark.filterwarnings("ignore:Image.Image.getdata:DeprecationWarning")
-
-
-def jpeg(picture: Image.Image, quality: int) -> Image.Image:
-    """Round-trip a picture through JPEG, as cameras and iNaturalist do."""
-    buffer = io.BytesIO()
-    picture.save(buffer, "JPEG", quality=quality)
-    return Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
-
-
-def synthetic_photo(width: int, height: int, seed: int) -> Image.Image:
-    """A photo-like RGB picture: 1/f texture as in natural scenes, soft-edged objects, JPEG."""
-    rng = np.random.default_rng(seed)
-    h, w = 2 * height, 2 * width  # rendered larger then downsampled, like a camera pipeline
-    freq = np.hypot(np.fft.fftfreq(h)[:, None], np.fft.rfftfreq(w)[None, :])
-    amplitude = 1 / np.maximum(freq, 1 / max(h, w))
-
-    def texture() -> np.ndarray:
-        noise = rng.normal(size=amplitude.shape) + 1j * rng.normal(size=amplitude.shape)
-        field = np.fft.irfft2(amplitude * noise, s=(h, w))
-        return (field - field.mean()) / field.std()
-
-    light, red_green, blue_yellow = texture(), texture(), texture()
-    chroma = np.stack([red_green, blue_yellow, -red_green - blue_yellow], axis=-1)
-    rgb = rng.uniform(60, 170, 3) + 45 * light[..., None] + 12 * chroma
-    yy, xx = np.mgrid[0:h, 0:w]
-    for _ in range(6):
-        cy, cx = rng.uniform(0, h), rng.uniform(0, w)
-        radius = rng.uniform(0.05, 0.25) * min(h, w)
-        mask = np.clip((radius - np.hypot(yy - cy, xx - cx)) / 3, 0, 1)[..., None]
-        rgb = rgb * (1 - mask) + (rng.uniform(0, 255, 3) + 25 * light[..., None]) * mask
-    picture = Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8))  # clipping = blown highlights
-    return jpeg(picture.resize((width, height), Image.LANCZOS), 92)
-
-
-def recompressed(picture: Image.Image) -> Image.Image:
-    """The picture as a web service would serve it: downscaled, upscaled back, JPEG quality 75."""
-    width, height = picture.size
-    smaller = picture.resize((width * 4 // 5, height * 4 // 5), Image.LANCZOS)
-    return jpeg(smaller.resize((width, height), Image.BICUBIC), 75)
 
 
 SIZES = [(250, 187), (103, 71)]  # neither side a multiple of 7, so partial tiles get cropped

@@ -3,37 +3,24 @@ the same picture, and the crop is reported as part of that file on every run."""
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
-import pyexiv2
-from conftest import run_cli, summary_numbers
-from test_cli import parts, read_xmp, twins
+from support.cli import run_cli, summary_numbers
+from support.examples import GRAY_FOX, USER, first_captioned_twin, parts, twins
+from support.files import digest
+from support.xmp import read_xmp, write_xmp
 
 import inat_photos as ip
 
-USER = "demo_naturalist"
-GRAY_FOX = {
-    "id": 9999,
-    "name": "Urocyon cinereoargenteus",
-    "rank": "species",
-    "preferred_common_name": "Gray Fox",
-}
-
-
-def digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
 
 def set_keywords(path: Path, keywords: list[str]) -> None:
-    with pyexiv2.Image(str(path)) as image:
-        image.modify_xmp({ip.TAG_SUBJECT: keywords})
+    write_xmp(path, {ip.TAG_SUBJECT: keywords})
 
 
 def test_user_keywords_before_and_after_ours_survive_every_rerun(
     fake_inat, pictures: Path, cache: Path, scenario: dict
 ) -> None:
-    name, want = next((n, w) for n, w in sorted(twins(scenario).items()) if w["caption"])
+    name, want = first_captioned_twin(scenario)
     path = pictures / name
     ours = want["caption"]
     set_keywords(path, ["Beetle on elm"])
@@ -80,18 +67,17 @@ def test_a_legacy_keyword_that_was_never_our_caption_is_kept(
 ) -> None:
     """A file tagged by an older version (ids, no caption marker) with a caption-shaped
     keyword of the user's: the rerun adds the caption and removes nothing."""
-    name, want = next((n, w) for n, w in sorted(twins(scenario).items()) if w["caption"])
+    name, want = first_captioned_twin(scenario)
     path = pictures / name
-    with pyexiv2.Image(str(path)) as image:
-        ip.register_namespace()
-        image.modify_xmp(
-            {
-                ip.TAG_OBSERVATION: str(want["observation"]),
-                ip.TAG_OBSERVATION_PHOTO: str(want["observation_photo"]),
-                ip.TAG_PHOTO: str(want["photo"]),
-                ip.TAG_SUBJECT: ["Beetle on elm"],
-            }
-        )
+    write_xmp(
+        path,
+        {
+            ip.TAG_OBSERVATION: str(want["observation"]),
+            ip.TAG_OBSERVATION_PHOTO: str(want["observation_photo"]),
+            ip.TAG_PHOTO: str(want["photo"]),
+            ip.TAG_SUBJECT: ["Beetle on elm"],
+        },
+    )
     result = run_cli(["-u", USER, str(pictures)], fake_inat.api_url, cache)
     assert result.returncode == 0, result.stderr
     assert read_xmp(path)[ip.TAG_SUBJECT] == ["Beetle on elm", want["caption"]]
