@@ -1,20 +1,29 @@
 #!/usr/bin/env python3
 """inat_photos: find which local photos were uploaded to iNaturalist and tag them.
 
-The script reads a photo archive, fetches the user's iNaturalist observations for
-the same days, pairs local photos with iNaturalist photos by time and structural
-similarity, and writes the iNaturalist ids and the current identification into
-each matched photo's XMP metadata. Only metadata ever changes; pixels never do.
+Point it at a photo archive and an iNaturalist login. It pairs local photos with the user's
+uploads by time and structural similarity, then writes the iNaturalist ids and the current
+identification into each matched photo's XMP. Only metadata ever changes; pixels never do.
 
-Sections, in the order data flows:
-  1. Settings and constants
-  2. Small utilities (parsing, formatting, geometry, files)
-  3. iNaturalist access (API client, observation store, photo cache)
-  4. Local photos (finding files, reading metadata, the metadata index, decoding)
-  5. Matching (similarity score, clusters, assignment, crops and turns, clock offsets)
-  6. Writing metadata
-  7. HTML log
-  8. Command line
+The data flow, one section of this file per step:
+
+    command line -> Options (frozen, built once)
+    folders      -> picture files -> LocalPhoto (metadata, via the LocalIndex)
+    iNaturalist  -> ObservationStore (synced) -> Observation -> Candidate
+    per day:  match_day(photos, candidates, compare, options) -> DayOutcome
+                  compare = PairScorer: PictureSource (fetch, decode) + compare_pictures
+              plan_update(photo, ...) -> Update -> write_update (atomic, or dry run)
+              DayOutcome + updates -> console lines, log rows, Tally
+    Tally    -> summary line, HTML log, exit code
+
+Glossary:
+  upload       a photo on iNaturalist (InatPhoto), one of an observation's photos
+  candidate    an upload taken on the same day as local photos, with its observation
+  cluster      local photos and candidates close together in time, compared with each other
+  association  a local photo paired with the upload it was the source of; written as ids
+  caption      the identification as a keyword, 'Coyote (Canis latrans)', in dc:subject
+  part         an upload that shows part of a local photo already associated with a bigger one
+  tie          an upload that two local photos fit almost equally; refused, never guessed
 """
 
 from __future__ import annotations
@@ -48,11 +57,72 @@ from urllib.parse import urlsplit
 import numpy as np
 from PIL import Image
 
-__version__ = "1.0.0"
+__version__ = "1.1.0"
+
+__all__ = [
+    "EXIT_FILE_ERRORS",
+    "EXIT_LOCKED",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "PER_PAGE",
+    "PICTURE_SUFFIXES",
+    "TAG_CAPTION",
+    "TAG_OBSERVATION",
+    "TAG_OBSERVATION_PHOTO",
+    "TAG_PHOTO",
+    "TAG_SUBJECT",
+    "Alignment",
+    "Candidate",
+    "Comparison",
+    "DayOutcome",
+    "InatPhoto",
+    "InatTags",
+    "LocalPhoto",
+    "LogRow",
+    "Observation",
+    "OpenCLSimilarity",
+    "OpenCLUnavailable",
+    "Options",
+    "PictureSource",
+    "TaxonName",
+    "Update",
+    "assign_uploads",
+    "build_parser",
+    "cluster_by_time",
+    "coarse_alignment",
+    "compare_pictures",
+    "describe_offset",
+    "distance_m",
+    "find_clock_offset",
+    "grayscale",
+    "main",
+    "match_day",
+    "ordinal",
+    "owned_caption",
+    "parse_cluster_threshold",
+    "parse_exif_datetime",
+    "parse_gps",
+    "parse_observation",
+    "parse_positive_int",
+    "parse_ssim_threshold",
+    "parse_time_offset",
+    "plan_update",
+    "refine_alignment",
+    "register_namespace",
+    "render_log",
+    "run",
+    "seconds_apart",
+    "show_path",
+    "ssim_score",
+    "taxon_name",
+    "updated_keywords",
+]
 
 # ---------------------------------------------------------------------------
-# 1. Settings and constants
-#    The defaults users may edit, and the fixed names of the metadata we write.
+# 1. Settings
+#    The defaults users may edit, the fixed names of the metadata we write, and
+#    Options: everything a run needs to know, read once from the command line and
+#    the environment.
 # ---------------------------------------------------------------------------
 
 USE_GPU = False  # change to True if you have a GPU (same as --gpu)
@@ -61,44 +131,88 @@ CLUSTER_THRESHOLD = 180  # seconds; default of --cluster_threshold
 SSIM_THRESHOLD = 0.95  # 95 %; default of --ssim_threshold
 SSIM_INATSIZE = "large"  # iNaturalist photo size compared; default of --inat_size
 
-INAT_API_URL = os.environ.get("INAT_API_URL", "https://api.inaturalist.org/v1").rstrip("/")
+DEFAULT_API_URL = "https://api.inaturalist.org/v1"  # INAT_API_URL overrides it
 INAT_WEB_URL = "https://www.inaturalist.org"
 USER_AGENT = f"inat_photos/{__version__}"
 
+
 INAT_NAMESPACE = "https://inaturalist.org/ns/1.0/"
+
+
 INAT_PREFIX = "iNaturalist"
+
+
 TAG_OBSERVATION = "Xmp.iNaturalist.observation"
+
+
 TAG_OBSERVATION_PHOTO = "Xmp.iNaturalist.observationPhoto"
+
+
 TAG_PHOTO = "Xmp.iNaturalist.photo"
+
+
 TAG_CAPTION = "Xmp.iNaturalist.caption"  # the dc:subject keyword this tool wrote
+
+
 TAG_SUBJECT = "Xmp.dc.subject"
 
+
 INAT_SIZES = ("small", "medium", "large", "original")
+
+
 INAT_PIXELS = {"small": 240, "medium": 500, "large": 1024, "original": 2048}  # longest side
+
+
 PICTURE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".png", ".tif", ".tiff"}
+
+
 PER_PAGE = 200  # the API's maximum page size
+
+
 ID_BATCH = 100  # observations asked for by id per request: the URL stays near 1 KB
+
+
 # Renames and common-name edits do not change an observation's updated_at: observations that
 # local photos point at are asked for again, by id, when last asked this many days ago.
 RECHECK_DAYS = 7
+
+
 DOWNLOAD_WORKERS = 4  # parallel photo downloads; iNaturalist's media host allows a few
+
+
 COMPARE_WORKERS = os.cpu_count() or 2  # decoding and scoring release the GIL: use every core
+
+
 TEMPORARY_SUFFIX = ".inat-tmp"  # the copy being written beside a photo before it replaces it
+
+
 HTML_THUMBNAIL = 240  # longest side of thumbnails embedded in the HTML log, pixels
+
+
+MINUTE_SPAN = 59  # seconds an observation time without seconds stands for, after its start
+HTTP_TIMEOUT = 30  # seconds to wait for an API answer
+DOWNLOAD_TIMEOUT = 60  # seconds to wait for a photo
 
 # Pillow refuses pictures above this many pixels (a decompression-bomb guard); 200 MP
 # covers every camera sold today.
-Image.MAX_IMAGE_PIXELS = 200_000_000
+MAX_PICTURE_PIXELS = 200_000_000
+
 
 EXIT_OK = 0
+
+
 EXIT_FILE_ERRORS = 1  # some files could not be read or written; each was reported
+
+
 EXIT_USAGE = 2  # bad command line, unknown user, or iNaturalist unreachable
+
+
 EXIT_LOCKED = 3  # another run holds the lock on the cache directory
 
 
-def cache_directory() -> Path:
+def cache_directory(environ: Mapping[str, str]) -> Path:
     """Where the observation store, downloaded photos and the run lock live."""
-    override = os.environ.get("INAT_PHOTOS_CACHE")
+    override = environ.get("INAT_PHOTOS_CACHE")
     if override:
         return Path(override)
     import platformdirs
@@ -106,10 +220,53 @@ def cache_directory() -> Path:
     return Path(platformdirs.user_cache_dir("inat_photos", appauthor=False))
 
 
+@dataclass(frozen=True)
+class Options:
+    """What one run was asked to do; built once, read everywhere, never changed."""
+
+    user: str
+    paths: tuple[str, ...]
+    logfile: Path | None = None
+    cluster_threshold: int = CLUSTER_THRESHOLD
+    ssim_threshold: float = SSIM_THRESHOLD
+    recompute: bool = False
+    bypass_cache: bool = False
+    inat_size: str = SSIM_INATSIZE
+    gpu: bool = USE_GPU
+    time_offset: dt.timedelta | None = None
+    dry_run: bool = False
+    api_url: str = DEFAULT_API_URL
+    cache: Path = Path(".")
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, environ: Mapping[str, str]) -> Options:
+        """Options from parsed arguments and the environment (INAT_API_URL, INAT_PHOTOS_CACHE)."""
+        return cls(
+            user=args.user,
+            paths=tuple(args.paths),
+            logfile=Path(args.logfile) if args.logfile else None,
+            cluster_threshold=args.cluster_threshold,
+            ssim_threshold=args.ssim_threshold,
+            recompute=args.recompute,
+            bypass_cache=args.bypass_cache,
+            inat_size=args.inat_size,
+            gpu=args.gpu,
+            time_offset=args.time_offset,
+            dry_run=args.dry_run,
+            api_url=environ.get("INAT_API_URL", DEFAULT_API_URL).rstrip("/"),
+            cache=cache_directory(environ),
+        )
+
+    @property
+    def matching_settings(self) -> str:
+        """The settings a comparison depends on; one made under others is not reused."""
+        return f"{__version__} {self.ssim_threshold} {self.inat_size} {self.cluster_threshold}"
+
+
 # ---------------------------------------------------------------------------
-# 2. Small utilities
-#    Pure helpers: option parsing, names, ordinals, distances, EXIF values, and
-#    the one function that replaces a file atomically.
+# 2. Pure parsing and names
+#    Option values, EXIF dates and GPS, API locations and times, taxon names,
+#    ordinals, distances and printable paths. No I/O.
 # ---------------------------------------------------------------------------
 
 
@@ -140,6 +297,32 @@ def parse_cluster_threshold(text: str) -> int:
     if value < 60:
         raise argparse.ArgumentTypeError(f"{value} s is below the minimum of 60 s")
     return value
+
+
+def parse_time_offset(text: str) -> dt.timedelta:
+    """'+1h', '-30m', '45min', '-3:00', '+1:30', '90s': how far the camera clock was ahead."""
+    match = re.fullmatch(
+        r"\s*([+-]?)\s*(?:(\d{1,2}):(\d{2})|(\d+(?:\.\d+)?)\s*(h|m|min|s))\s*", text.lower()
+    )
+    if not match:
+        raise argparse.ArgumentTypeError(
+            f"not a time offset: {text!r} (examples: +1h, -30m, -3:00, 45min)"
+        )
+    sign, hours, minutes, amount, unit = match.groups()
+    if hours is not None:
+        offset = dt.timedelta(hours=int(hours), minutes=int(minutes))
+    else:
+        offset = dt.timedelta(seconds=float(amount) * {"h": 3600, "m": 60, "min": 60, "s": 1}[unit])
+    if offset > MAX_OFFSET:
+        raise argparse.ArgumentTypeError(f"time offset {text!r} is more than 26 hours")
+    return -offset if sign == "-" else offset
+
+
+def describe_offset(offset: dt.timedelta) -> str:
+    """'1 h 00 min ahead' for a camera clock ahead by offset, 'behind' when negative."""
+    minutes = round(abs(offset.total_seconds()) / 60)
+    direction = "ahead" if offset > dt.timedelta(0) else "behind"
+    return f"{minutes // 60} h {minutes % 60:02d} min {direction}"
 
 
 def ordinal(n: int) -> str:
@@ -245,84 +428,72 @@ def parse_location(text: Any) -> tuple[float, float] | None:
     return (lat, lng) if -90 <= lat <= 90 and -180 <= lng <= 180 else None
 
 
+def _parse_iso_time(text: Any) -> dt.datetime | None:
+    if not isinstance(text, str) or not text:
+        return None
+    try:
+        return dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def _int_or_none(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+# A photo's own file: /photos/<photo id>/<size>.<ext> on any host (iNaturalist's static and
+# open-data hosts, mirrors, the tests' fake server). Placeholders live elsewhere.
+_PHOTO_FILE = re.compile(r"(?:^|/)photos/\d+/[^/]+$")
+
+
+SKIP_REASONS = {
+    "processing": "still being processed on iNaturalist; tried again next run",
+    "hidden": f"hidden on iNaturalist; asked for again after {RECHECK_DAYS} days",
+    "flagged": f"flagged on iNaturalist; asked for again after {RECHECK_DAYS} days",
+    "unknown": "its URL {url} is not that of a photo file; asked for again after"
+    f" {RECHECK_DAYS} days",
+}
+
+
+def photo_unavailable(photo: dict[str, Any]) -> str | None:
+    """Why iNaturalist gives a placeholder instead of this photo (a key of SKIP_REASONS), or
+    None when its URL is the photo's own file."""
+    url = str(photo.get("url"))
+    flags = photo.get("flags")
+    if photo.get("hidden") is True or "media-hidden" in url:
+        return "hidden"
+    unresolved = isinstance(flags, list) and any(
+        not (isinstance(flag, dict) and flag.get("resolved") is True) for flag in flags
+    )
+    if unresolved or "copyright-infringement" in url:
+        return "flagged"
+    parts = urlsplit(url)
+    if parts.scheme in ("http", "https") and parts.netloc and _PHOTO_FILE.search(parts.path):
+        return None
+    # Just uploaded: .../attachment_defaults/local_photos/square.png until resized.
+    return "processing" if "/attachment_defaults/" in parts.path else "unknown"
+
+
+def parse_positive_int(value: Any) -> int | None:
+    """A positive whole number written as ASCII digits, small enough for SQLite; else None."""
+    text = str(value).strip() if value is not None else ""
+    if not (text.isascii() and text.isdigit()) or len(text) > 18:
+        return None
+    return int(text)
+
+
 def show_path(path: Path) -> str:
     """A path as printed in messages: non-printable bytes and newlines made visible."""
     text = str(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
     return text.replace("\n", "\\n").replace("\r", "\\r")
 
 
-def replace_file_atomically(path: Path, data: bytes) -> None:
-    """Write data beside path, flush it to disk, keep path's permissions, then rename over it."""
-    directory = path.parent
-    fd, temporary = tempfile.mkstemp(
-        prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX, dir=directory
-    )
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        original = path.stat()
-        os.chmod(temporary, stat.S_IMODE(original.st_mode))
-        with contextlib.suppress(OSError):  # only root may give a file away
-            os.chown(temporary, original.st_uid, original.st_gid)
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
-    with contextlib.suppress(OSError):  # directories cannot be fsynced everywhere
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-
-
-class Console:
-    """Prints messages and keeps count of the problems reported."""
-
-    def __init__(self, stream: Any = None) -> None:
-        self.stream = stream or sys.stdout
-        self.file_errors = 0
-
-    def say(self, message: str) -> None:
-        print(message, file=self.stream, flush=True)
-
-    def warn(self, message: str) -> None:
-        print(f"Warning: {message}", file=sys.stderr, flush=True)
-
-    def file_error(self, path: Path, reason: str) -> None:
-        """Report a file that could not be read or written; the run goes on."""
-        self.file_errors += 1
-        print(f"Error: {show_path(path)}: {reason}", file=sys.stderr, flush=True)
-
-
-def progress(iterable: Iterable[Any], description: str, total: int | None = None) -> Iterable[Any]:
-    """A tqdm progress bar on a terminal, the plain iterable otherwise (cron mail stays clean)."""
-    if not sys.stderr.isatty():
-        return iterable
-    from tqdm import tqdm
-
-    return tqdm(
-        iterable,
-        desc=description,
-        total=total,
-        leave=False,
-        unit="photo",
-        disable=total is not None and total < 2,
-    )
-
-
 # ---------------------------------------------------------------------------
-# 3. iNaturalist access
-#    Observations as the tool sees them, the pyinaturalist session that fetches
-#    them, the SQLite store that keeps them between runs, and the photo cache.
+# 3. Model
+#    The values the phases pass along: uploads and observations, local photos and
+#    their tags, candidates and clusters, alignments and comparisons, and the
+#    outcome of matching a day. All frozen.
 # ---------------------------------------------------------------------------
-
-
-class InatUnreachable(Exception):
-    """iNaturalist could not be asked, or answered something unusable."""
 
 
 @dataclass(frozen=True)
@@ -375,51 +546,6 @@ class Observation:
         return self.observed_at.date() if self.observed_at else self.observed_on
 
 
-def _parse_iso_time(text: Any) -> dt.datetime | None:
-    if not isinstance(text, str) or not text:
-        return None
-    try:
-        return dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError:
-        return None
-
-
-def _int_or_none(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-# A photo's own file: /photos/<photo id>/<size>.<ext> on any host (iNaturalist's static and
-# open-data hosts, mirrors, the tests' fake server). Placeholders live elsewhere.
-_PHOTO_FILE = re.compile(r"(?:^|/)photos/\d+/[^/]+$")
-
-SKIP_REASONS = {
-    "processing": "still being processed on iNaturalist; tried again next run",
-    "hidden": f"hidden on iNaturalist; asked for again after {RECHECK_DAYS} days",
-    "flagged": f"flagged on iNaturalist; asked for again after {RECHECK_DAYS} days",
-    "unknown": "its URL {url} is not that of a photo file; asked for again after"
-    f" {RECHECK_DAYS} days",
-}
-
-
-def photo_unavailable(photo: dict[str, Any]) -> str | None:
-    """Why iNaturalist gives a placeholder instead of this photo (a key of SKIP_REASONS), or
-    None when its URL is the photo's own file."""
-    url = str(photo.get("url"))
-    flags = photo.get("flags")
-    if photo.get("hidden") is True or "media-hidden" in url:
-        return "hidden"
-    unresolved = isinstance(flags, list) and any(
-        not (isinstance(flag, dict) and flag.get("resolved") is True) for flag in flags
-    )
-    if unresolved or "copyright-infringement" in url:
-        return "flagged"
-    parts = urlsplit(url)
-    if parts.scheme in ("http", "https") and parts.netloc and _PHOTO_FILE.search(parts.path):
-        return None
-    # Just uploaded: .../attachment_defaults/local_photos/square.png until resized.
-    return "processing" if "/attachment_defaults/" in parts.path else "unknown"
-
-
 def parse_observation(record: dict[str, Any]) -> Observation | None:
     """Turn one API observation into an Observation; None when it has no usable id."""
     obs_id = _int_or_none(record.get("id")) if isinstance(record, dict) else None
@@ -469,6 +595,176 @@ def parse_observation(record: dict[str, Any]) -> Observation | None:
     )
 
 
+@dataclass(frozen=True)
+class InatTags:
+    """The iNaturalist ids stored in a photo's XMP."""
+
+    observation: int
+    observation_photo: int | None
+    photo: int | None
+
+
+@dataclass(frozen=True)
+class LocalPhoto:
+    """A picture file in the archive and the metadata this tool uses; identified by path."""
+
+    path: Path
+    taken_at: dt.datetime
+    location: tuple[float, float] | None
+    orientation: int
+    keywords: tuple[str, ...]  # XMP dc:subject, in order
+    tags: InatTags | None
+    written_caption: str | None = None  # the keyword this tool wrote (TAG_CAPTION)
+    clock_error: dt.timedelta = dt.timedelta(0)  # how far the camera clock was ahead
+
+    @property
+    def corrected_time(self) -> dt.datetime:
+        """When the photo was really taken, as far as the tool knows."""
+        return self.taken_at - self.clock_error
+
+    @property
+    def caption(self) -> str | None:
+        """The keywords as shown in messages; None when there are none."""
+        return ", ".join(self.keywords) if self.keywords else None
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """An iNaturalist photo that may be the upload of a local photo."""
+
+    photo: InatPhoto
+    observation: Observation
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """Local photos and iNaturalist photos taken close together in time."""
+
+    photos: tuple[LocalPhoto, ...] = ()
+    candidates: tuple[Candidate, ...] = ()
+
+
+Box = tuple[float, float, float, float]  # left, top, right, bottom as fractions of a picture
+WHOLE_AREA = 0.97  # a box covering this much of a picture is the whole picture
+
+
+@dataclass(frozen=True)
+class Alignment:
+    """Where an iNaturalist photo sits in the upright local picture."""
+
+    box: Box
+    turns: int = 0  # quarter turns counter-clockwise that bring the iNaturalist photo upright
+
+    @property
+    def area(self) -> float:
+        left, top, right, bottom = self.box
+        return (right - left) * (bottom - top)
+
+    @property
+    def whole(self) -> bool:
+        """True when the upload is the whole picture as it is (no crop, no turn)."""
+        return self.area >= WHOLE_AREA and self.turns == 0
+
+    def describe(self) -> str:
+        """'cropped to 64% of the area, rotated 90°' or '' when neither."""
+        parts = []
+        if self.area < WHOLE_AREA:
+            parts.append(f"cropped to {self.area * 100:.0f}% of the area")
+        if self.turns:
+            parts.append(f"rotated {self.turns * 90}°")
+        return ", ".join(parts)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """The similarity of a local photo and a candidate, and how the two were lined up."""
+
+    score: float
+    alignment: Alignment | None = None  # None: whole pictures compared as they are
+    prefiltered: bool = False  # True: rejected by the thumbnail check, score is that check's
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the assignment decided for one upload of a cluster (indices into the cluster).
+
+    kind "associate": the upload goes to local_index. "tie": local_index and rivals fit it
+    almost equally, nothing is chosen. "part": the upload shows part of local_index, which
+    took another upload that shows more of it.
+    """
+
+    upload_index: int
+    local_index: int
+    score: float
+    kind: str = "associate"
+    rivals: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class Association:
+    """A local photo and the upload it was the source of."""
+
+    photo: LocalPhoto
+    candidate: Candidate
+    comparison: Comparison
+
+
+@dataclass(frozen=True)
+class Tie:
+    """An upload that several local photos fit almost equally well: nothing is chosen."""
+
+    candidate: Candidate
+    photos: tuple[LocalPhoto, ...]
+    comparisons: tuple[Comparison, ...]
+    score: float
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A local photo left unassociated, with its best candidate when it had one, and why."""
+
+    photo: LocalPhoto
+    candidate: Candidate | None
+    comparison: Comparison | None
+    reason: str
+
+
+@dataclass(frozen=True)
+class ClusterOutcome:
+    """What matching one cluster decided."""
+
+    associations: tuple[Association, ...] = ()
+    ties: tuple[Tie, ...] = ()
+    parts: tuple[Association, ...] = ()  # uploads showing part of an associated photo
+    refusals: tuple[Refusal, ...] = ()
+    checked: tuple[tuple[Path, frozenset[int]], ...] = ()  # compared in vain with uploads
+
+
+@dataclass(frozen=True)
+class DayOutcome:
+    """What matching one day decided; reporting and writing start from this."""
+
+    day: dt.date
+    associations: tuple[Association, ...] = ()
+    ties: tuple[Tie, ...] = ()
+    parts: tuple[Association, ...] = ()
+    refusals: tuple[Refusal, ...] = ()
+    unmatched: tuple[Candidate, ...] = ()  # uploads of the day no local photo took
+    clock_offset: dt.timedelta | None = None  # found by the offset search and used
+    checked: tuple[tuple[Path, frozenset[int]], ...] = ()  # compared in vain, unchanged since
+
+
+# ---------------------------------------------------------------------------
+# 4. iNaturalist I/O
+#    The pyinaturalist session that asks the API, the SQLite store that keeps the
+#    user's observations between runs, and the cache of downloaded photos.
+# ---------------------------------------------------------------------------
+
+
+class InatUnreachable(Exception):
+    """iNaturalist could not be asked, or answered something unusable."""
+
+
 class InatClient:
     """Every conversation with iNaturalist: pyinaturalist for the API, a pool for photos."""
 
@@ -486,7 +782,7 @@ class InatClient:
             lock_path=str(cache / "api_ratelimit.lock"),
             expire_after=DO_NOT_CACHE,  # our own store keeps observations; nothing stale
             user_agent=USER_AGENT,
-            timeout=30,
+            timeout=HTTP_TIMEOUT,
             # At most one request every 2 s: well inside iNaturalist's limits (about one a
             # second), and never two in the same second, which draws 429s.
             per_second=0.5,
@@ -654,18 +950,12 @@ class ObservationStore:
         row = self.db.execute("SELECT 1 FROM synced WHERE user = ?", (user.lower(),))
         return row.fetchone() is not None
 
-    def _put(self, user: str, records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Store records; return the stored versions they replaced (for caption history)."""
-        replaced = []
+    def _put(self, user: str, records: Iterable[dict[str, Any]]) -> None:
+        """Store records, and each caption among the captions the observation has had."""
         now = dt.datetime.now(dt.timezone.utc).isoformat()
         for record in records:
             if _int_or_none(record.get("id")) is None:
                 continue
-            row = self.db.execute(
-                "SELECT record FROM observations WHERE id = ?", (record["id"],)
-            ).fetchone()
-            if row:
-                replaced.append(json.loads(row[0]))
             self.db.execute(
                 "INSERT OR REPLACE INTO observations (id, user, record) VALUES (?, ?, ?)",
                 (record["id"], user, json.dumps(record)),
@@ -677,22 +967,18 @@ class ObservationStore:
                     (observation.id, observation.caption),
                 )
             self.db.execute("INSERT OR REPLACE INTO checked VALUES (?, ?)", (record["id"], now))
-        return replaced
 
-    def sync(
-        self, client: InatClient, user: str, first_day: dt.date, last_day: dt.date
-    ) -> dict[int, Observation]:
-        """Bring the days first_day..last_day up to date; return observations replaced."""
+    def sync(self, client: InatClient, user: str, first_day: dt.date, last_day: dt.date) -> None:
+        """Bring the days first_day..last_day up to date."""
         user = user.lower()
         started = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=5)
         row = self.db.execute(
             "SELECT first_day, last_day, synced_at FROM synced WHERE user = ?", (user,)
         ).fetchone()
-        replaced: list[dict[str, Any]] = []
         if row:
             covered_first, covered_last = map(dt.date.fromisoformat, row[:2])
             changed = client.observations(user, updated_since=row[2])
-            replaced = self._put(user, changed)
+            self._put(user, changed)
             gaps = []
             if first_day < covered_first:
                 gaps.append((first_day, covered_first - dt.timedelta(days=1)))
@@ -718,8 +1004,6 @@ class ObservationStore:
             (user, first_day.isoformat(), last_day.isoformat(), started.isoformat()),
         )
         self.db.commit()
-        previous = (parse_observation(r) for r in replaced)
-        return {o.id: o for o in previous if o}
 
     def _checked_since(self, obs_id: int, moment: dt.datetime) -> bool:
         row = self.db.execute("SELECT checked_at FROM checked WHERE id = ?", (obs_id,)).fetchone()
@@ -735,11 +1019,11 @@ class ObservationStore:
         ids: Iterable[int],
         first_day: dt.date,
         last_day: dt.date,
-    ) -> dict[int, Observation]:
+    ) -> None:
         """Ask by id for what updated_since cannot tell: the observations in ids (those local
         photos point at) and those of these days with photos iNaturalist did not show, when
         last asked RECHECK_DAYS ago or never; fresh uploads still processing every run.
-        Observations iNaturalist no longer has are forgotten. Returns the versions replaced."""
+        Observations iNaturalist no longer has are forgotten."""
         due_before = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=RECHECK_DAYS)
         every_run, weekly = set(), set(ids)
         rows = self.db.execute("SELECT record FROM observations WHERE user = ?", (user.lower(),))
@@ -759,17 +1043,15 @@ class ObservationStore:
                 weekly.add(observation.id)
         wanted = sorted(every_run | {i for i in weekly if not self._checked_since(i, due_before)})
         if not wanted:
-            return {}
+            return
         records = client.observations_by_id(wanted)
-        replaced = self._put(user.lower(), records)
+        self._put(user.lower(), records)
         present = {record["id"] for record in records if _int_or_none(record.get("id")) is not None}
         now = dt.datetime.now(dt.timezone.utc).isoformat()
         for obs_id in set(wanted) - present:  # deleted (or made private) on iNaturalist
             self.db.execute("DELETE FROM observations WHERE id = ?", (obs_id,))
             self.db.execute("INSERT OR REPLACE INTO checked VALUES (?, ?)", (obs_id, now))
         self.db.commit()
-        previous = (parse_observation(r) for r in replaced)
-        return {o.id: o for o in previous if o}
 
     def observations_by_id(self, ids: Iterable[int]) -> dict[int, Observation]:
         found = {}
@@ -833,7 +1115,7 @@ class PhotoCache:
 
     def _download(self, url: str) -> bytes:
         """A complete, decodable picture from url; raises on anything less."""
-        response = self.http.get(url, timeout=60)
+        response = self.http.get(url, timeout=DOWNLOAD_TIMEOUT)
         response.raise_for_status()
         data = response.content
         expected = response.headers.get("Content-Length")
@@ -917,44 +1199,85 @@ class PhotoCache:
 
 
 # ---------------------------------------------------------------------------
-# 4. Local photos
-#    Finding picture files, reading the metadata we need from each, and decoding
-#    pixels upright at the size a comparison needs.
+# 5. Local files
+#    Finding picture files, removing copies a killed run left behind, reading the
+#    metadata this tool uses (through the LocalIndex, so reruns parse only what
+#    changed), and decoding pixels upright at the size a comparison needs.
 # ---------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class InatTags:
-    """The iNaturalist ids stored in a photo's XMP."""
+class FoundFiles:
+    """What a walk over the arguments found."""
 
-    observation: int
-    observation_photo: int | None
-    photo: int | None
+    pictures: tuple[Path, ...]
+    leftovers: tuple[Path, ...]  # temporary copies left by a run killed mid-write
 
 
-@dataclass
-class LocalPhoto:
-    """A picture file in the archive and the metadata this tool uses."""
+def find_picture_files(arguments: Sequence[str], console: Console) -> FoundFiles:
+    """Picture files named or found below the arguments: hidden entries skipped, each once."""
+    found: list[Path] = []
+    leftovers: list[Path] = []
+    seen: set[tuple[int, int]] = set()
+    skipped: list[Path] = []
 
-    path: Path
-    taken_at: dt.datetime
-    taken_at_from_exif: bool
-    location: tuple[float, float] | None
-    orientation: int
-    keywords: list[str]  # XMP dc:subject, in order
-    tags: InatTags | None
-    written_caption: str | None = None  # the keyword this tool wrote (TAG_CAPTION)
-    clock_error: dt.timedelta = dt.timedelta(0)  # how far the camera clock was ahead
+    def add(path: Path, named: bool) -> None:
+        try:
+            info = path.stat()
+        except OSError as error:
+            console.file_error(path, f"cannot read ({error.strerror or error})")
+            return
+        if path.suffix.lower() not in PICTURE_SUFFIXES:
+            if named:
+                console.warn(f"{show_path(path)}: not a JPEG, PNG or TIFF picture; skipped")
+            else:
+                skipped.append(path)
+            return
+        if (info.st_dev, info.st_ino) not in seen:  # hard links and repeated arguments
+            seen.add((info.st_dev, info.st_ino))
+            found.append(path)
 
-    @property
-    def corrected_time(self) -> dt.datetime:
-        """When the photo was really taken, as far as the tool knows."""
-        return self.taken_at - self.clock_error
+    def walk(folder: Path) -> None:
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as error:
+            console.file_error(folder, f"cannot list folder ({error.strerror or error})")
+            return
+        for entry in entries:
+            path = Path(entry.path)
+            if entry.name.startswith("."):
+                if entry.name.endswith(TEMPORARY_SUFFIX) and entry.is_file(follow_symlinks=False):
+                    leftovers.append(path)
+                continue
+            if entry.is_symlink():
+                console.say(f"Not following symbolic link {show_path(path)}.")
+            elif entry.is_dir(follow_symlinks=False):
+                walk(path)
+            elif entry.is_file(follow_symlinks=False):
+                add(path, named=False)
 
-    @property
-    def caption(self) -> str | None:
-        """The keywords as shown in messages; None when there are none."""
-        return ", ".join(self.keywords) if self.keywords else None
+    for argument in arguments:
+        path = Path(argument)
+        if path.is_dir():
+            walk(path)
+        elif path.exists():
+            add(path, named=True)
+        else:
+            console.file_error(path, "no such file or folder")
+    if skipped:
+        examples = ", ".join(repr(show_path(p)) for p in skipped[:3])
+        console.say(
+            f"Skipped {len(skipped)} file(s) that are not JPEG, PNG or TIFF pictures"
+            f" (e.g. {examples})."
+        )
+    return FoundFiles(tuple(found), tuple(leftovers))
+
+
+def remove_leftover_copies(leftovers: Iterable[Path]) -> None:
+    """Delete temporary copies of a run killed mid-write; each original is intact beside it."""
+    for path in leftovers:
+        with contextlib.suppress(OSError):
+            path.unlink()
 
 
 def _read_metadata(path: Path) -> tuple[dict[str, str], dict[str, Any]]:
@@ -980,14 +1303,6 @@ def _keywords(value: Any) -> list[str]:
     return []
 
 
-def _tag_id(value: Any) -> int | None:
-    """A positive id written as ASCII digits, small enough for SQLite; else None."""
-    text = str(value).strip() if value is not None else ""
-    if not (text.isascii() and text.isdigit()) or len(text) > 18:
-        return None
-    return int(text)
-
-
 def _caption_tag(value: Any) -> str | None:
     text = value if isinstance(value, str) else None
     return text if text and text.strip() else None
@@ -1006,20 +1321,19 @@ def read_local_photo(path: Path, console: Console) -> LocalPhoto | None:
     )
     if taken_at is None:
         console.warn(f"{show_path(path)}: no usable EXIF date; using the file's modification time")
-    orientation = _tag_id(exif.get("Exif.Image.Orientation"))
-    observation = _tag_id(xmp.get(TAG_OBSERVATION))
+    orientation = parse_positive_int(exif.get("Exif.Image.Orientation"))
+    observation = parse_positive_int(xmp.get(TAG_OBSERVATION))
     return LocalPhoto(
         path=path,
         taken_at=taken_at or dt.datetime.fromtimestamp(mtime).replace(microsecond=0),
-        taken_at_from_exif=taken_at is not None,
         location=parse_gps(exif),
         orientation=orientation if orientation in range(1, 9) else 1,
-        keywords=_keywords(xmp.get(TAG_SUBJECT)),
+        keywords=tuple(_keywords(xmp.get(TAG_SUBJECT))),
         written_caption=_caption_tag(xmp.get(TAG_CAPTION)),
         tags=InatTags(
             observation=observation,
-            observation_photo=_tag_id(xmp.get(TAG_OBSERVATION_PHOTO)),
-            photo=_tag_id(xmp.get(TAG_PHOTO)),
+            observation_photo=parse_positive_int(xmp.get(TAG_OBSERVATION_PHOTO)),
+            photo=parse_positive_int(xmp.get(TAG_PHOTO)),
         )
         if observation is not None
         else None,
@@ -1031,10 +1345,9 @@ def _photo_record(photo: LocalPhoto) -> str:
     return json.dumps(
         {
             "taken_at": photo.taken_at.isoformat(),
-            "from_exif": photo.taken_at_from_exif,
             "location": photo.location,
             "orientation": photo.orientation,
-            "keywords": photo.keywords,
+            "keywords": list(photo.keywords),
             "written_caption": photo.written_caption,
             "tags": tags,
         }
@@ -1046,10 +1359,9 @@ def _photo_from_record(path: Path, record: str) -> LocalPhoto:
     return LocalPhoto(
         path=path,
         taken_at=dt.datetime.fromisoformat(data["taken_at"]),
-        taken_at_from_exif=data["from_exif"],
         location=tuple(data["location"]) if data["location"] else None,  # type: ignore[arg-type]
         orientation=data["orientation"],
-        keywords=list(data["keywords"]),
+        keywords=tuple(data["keywords"]),
         written_caption=data["written_caption"],
         tags=InatTags(**data["tags"]) if data["tags"] else None,
     )
@@ -1121,8 +1433,9 @@ class LocalIndex:
         ).fetchone()
         return bool(row) and set(uploads) <= set(json.loads(row[0]))
 
-    def record_checked(self, photo: LocalPhoto, uploads: Iterable[int]) -> None:
-        key = self._key(photo.path)
+    def record_checked(self, path: Path, uploads: Iterable[int]) -> None:
+        """Remember that the file at path was compared in vain with these uploads."""
+        key = self._key(path)
         if key is not None:
             self.db.execute(
                 "INSERT OR REPLACE INTO checked VALUES (?, ?, ?, ?, ?)",
@@ -1152,64 +1465,15 @@ class LocalIndex:
         self.db.close()
 
 
-def find_picture_files(arguments: Sequence[str], console: Console) -> list[Path]:
-    """Picture files named or found below the arguments: hidden entries skipped, each once."""
-    found: list[Path] = []
-    seen: set[tuple[int, int]] = set()
-    skipped: list[Path] = []
-
-    def add(path: Path, named: bool) -> None:
-        try:
-            info = path.stat()
-        except OSError as error:
-            console.file_error(path, f"cannot read ({error.strerror or error})")
-            return
-        if path.suffix.lower() not in PICTURE_SUFFIXES:
-            if named:
-                console.warn(f"{show_path(path)}: not a JPEG, PNG or TIFF picture; skipped")
-            else:
-                skipped.append(path)
-            return
-        if (info.st_dev, info.st_ino) not in seen:  # hard links and repeated arguments
-            seen.add((info.st_dev, info.st_ino))
-            found.append(path)
-
-    def walk(folder: Path) -> None:
-        try:
-            entries = sorted(os.scandir(folder), key=lambda e: e.name)
-        except OSError as error:
-            console.file_error(folder, f"cannot list folder ({error.strerror or error})")
-            return
-        for entry in entries:
-            path = Path(entry.path)
-            if entry.name.startswith("."):
-                if entry.name.endswith(TEMPORARY_SUFFIX) and entry.is_file(follow_symlinks=False):
-                    # A copy left by a run that was killed mid-write; the original is intact.
-                    with contextlib.suppress(OSError):
-                        os.unlink(entry.path)
-                continue
-            if entry.is_symlink():
-                console.say(f"Not following symbolic link {show_path(path)}.")
-            elif entry.is_dir(follow_symlinks=False):
-                walk(path)
-            elif entry.is_file(follow_symlinks=False):
-                add(path, named=False)
-
-    for argument in arguments:
-        path = Path(argument)
-        if path.is_dir():
-            walk(path)
-        elif path.exists():
-            add(path, named=True)
-        else:
-            console.file_error(path, "no such file or folder")
-    if skipped:
-        examples = ", ".join(repr(show_path(p)) for p in skipped[:3])
-        console.say(
-            f"Skipped {len(skipped)} file(s) that are not JPEG, PNG or TIFF pictures"
-            f" (e.g. {examples})."
-        )
-    return found
+def load_local_photos(
+    files: Iterable[Path], index: LocalIndex, console: Console, offset: dt.timedelta | None
+) -> list[LocalPhoto]:
+    """The metadata of every readable file, with a known camera-clock error applied."""
+    photos = [p for p in (index.read(f, console) for f in progress(files, "Loading")) if p]
+    index.db.commit()
+    if offset:
+        photos = [dataclasses.replace(p, clock_error=offset) for p in photos]
+    return photos
 
 
 _ORIENTATION_FIX = {
@@ -1226,9 +1490,9 @@ _ORIENTATION_FIX = {
 def decode_upright(path: Path, orientation: int, longest: int) -> Image.Image:
     """Decode a picture upright and in RGB, reduced but with its longest side >= longest."""
     with Image.open(path) as image:
-        if image.width * image.height > Image.MAX_IMAGE_PIXELS:  # Pillow only warns up to 2x
+        if image.width * image.height > MAX_PICTURE_PIXELS:  # Pillow only warns up to 2x
             raise Image.DecompressionBombError(
-                f"{image.width}x{image.height} pixels, more than {Image.MAX_IMAGE_PIXELS}"
+                f"{image.width}x{image.height} pixels, more than {MAX_PICTURE_PIXELS}"
             )
         if image.format == "JPEG":  # JPEG decodes at 1/2, 1/4, 1/8 of its size cheaply
             scale = longest / max(image.size)
@@ -1239,34 +1503,102 @@ def decode_upright(path: Path, orientation: int, longest: int) -> Image.Image:
     return picture
 
 
-def thumbnail_data_url(
-    picture: Image.Image, outline: tuple[float, float, float, float] | None = None
-) -> str:
-    """A small JPEG of picture (with a box outlined) as a data: URL, for the HTML log."""
-    from PIL import ImageDraw
+# ---------------------------------------------------------------------------
+# 6. Pictures
+#    PictureSource holds every decoded picture of a run, local and uploaded: it
+#    fetches uploads through the photo cache, decodes each picture once while it is
+#    needed, and is the one place that reports a picture it could not decode.
+# ---------------------------------------------------------------------------
 
-    small = picture.convert("RGB")  # always a copy, so drawing leaves picture alone
-    small.thumbnail((HTML_THUMBNAIL, HTML_THUMBNAIL))
-    if outline is not None:
-        left, top, right, bottom = outline
-        box = (left * small.width, top * small.height, right * small.width, bottom * small.height)
-        ImageDraw.Draw(small).rectangle(box, outline=(255, 40, 40), width=2)
-    buffer = io.BytesIO()
-    small.save(buffer, "JPEG", quality=80)
-    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+class PictureSource:
+    """Decoded pictures for comparisons: uploads per day, local photos per cluster."""
+
+    def __init__(self, photos: PhotoCache, size: str, console: Console) -> None:
+        self.photos = photos
+        self.size = size
+        self.console = console
+        self.uploads: dict[int, Image.Image] = {}
+        self.locals: dict[Path, Image.Image] = {}
+        self.thumbnails: dict[Path, Image.Image] = {}
+        self.unreadable: set[Path] = set()
+        self.lock = threading.Lock()
+
+    def fetch(self, candidates: Sequence[Candidate]) -> None:
+        """Download the uploads of these candidates in parallel, ahead of comparing them."""
+        self.photos.fetch_all([c.photo for c in candidates], self.size)
+
+    def upload(self, photo: InatPhoto) -> Image.Image | None:
+        """The upload at the compared size; None when it cannot be had."""
+        if photo.id not in self.uploads:
+            path = self.photos.fetch(photo, self.size)
+            if path is None:
+                return None
+            try:
+                with Image.open(path) as image:
+                    picture = image.convert("RGB")
+            except (OSError, ValueError):
+                return None
+            with self.lock:
+                self.uploads[photo.id] = picture
+        return self.uploads[photo.id]
+
+    def local(self, photo: LocalPhoto) -> Image.Image | None:
+        """The local picture upright, big enough to cut the smallest searched crop from it."""
+        side = round(max(INAT_PIXELS[self.size], HTML_THUMBNAIL) / SMALLEST_CROP)
+        return self._decode(photo, side, self.locals)
+
+    def local_thumbnail(self, photo: LocalPhoto) -> Image.Image | None:
+        """The local picture upright at about thumbnail size (JPEGs decode at 1/8 cheaply)."""
+        return self._decode(photo, HTML_THUMBNAIL, self.thumbnails)
+
+    def _decode(
+        self, photo: LocalPhoto, side: int, cache: dict[Path, Image.Image]
+    ) -> Image.Image | None:
+        if photo.path in self.unreadable:
+            return None
+        if photo.path not in cache:
+            try:
+                picture = decode_upright(photo.path, photo.orientation, side)
+            except (OSError, ValueError, Image.DecompressionBombError) as error:
+                with self.lock:
+                    if photo.path not in self.unreadable:
+                        self.unreadable.add(photo.path)
+                        self.console.file_error(photo.path, f"cannot decode picture ({error})")
+                return None
+            with self.lock:
+                cache[photo.path] = picture
+        return cache[photo.path]
+
+    def forget_locals(self) -> None:
+        """Drop decoded local pictures once their cluster is done (memory stays flat)."""
+        self.locals.clear()
+        self.thumbnails.clear()
+
+    def forget_uploads(self) -> None:
+        """Drop decoded uploads once their day is done and reported."""
+        self.uploads.clear()
 
 
 # ---------------------------------------------------------------------------
-# 5. Matching
-#    The similarity score (numpy, or OpenCL with --gpu), clusters of photos taken
-#    close in time, the one-to-one assignment inside each cluster, the search for an
-#    upload inside a local photo (crops, quarter turns), and camera-clock offsets.
+# 7. Similarity
+#    The score (SSIM-PIL's structural similarity, numpy or OpenCL with --gpu), the
+#    search for an upload inside a local picture (crops, quarter turns), the cheap
+#    thumbnail gate, and compare_pictures: decoded pictures in, a Comparison out.
+#    PairScorer, at the end, is the compare function matching is given.
 # ---------------------------------------------------------------------------
+
 
 SSIM_TILE = 7
+
+
 _TILE_PIXELS = SSIM_TILE * SSIM_TILE
+
+
 # SSIM-PIL's c1 and c2 for 8-bit data, pre-multiplied by n^2 to match the scaled moments below.
 _C1_N2 = (0.01 * 255) ** 2 * _TILE_PIXELS**2
+
+
 _C2_N2 = (0.03 * 255) ** 2 * _TILE_PIXELS**2
 
 
@@ -1388,196 +1720,29 @@ class OpenCLSimilarity:
         return float(tiles.sum(dtype=np.float64) / tiles.size)
 
 
-@dataclass
-class Candidate:
-    """An iNaturalist photo that may be the upload of a local photo."""
-
-    photo: InatPhoto
-    observation: Observation
+ScoreFunction = Callable[[np.ndarray, np.ndarray], float]
 
 
-@dataclass
-class Cluster:
-    """Local photos and iNaturalist photos taken close together in time."""
+def choose_score_function(use_gpu: bool, console: Console) -> ScoreFunction:
+    """The OpenCL score when asked for and available, else numpy's (saying why)."""
+    if use_gpu:
+        try:
+            return OpenCLSimilarity().score
+        except OpenCLUnavailable as reason:
+            console.warn(f"no OpenCL device ({reason}); computing similarity on the CPU")
+    return ssim_score
 
-    locals: list[LocalPhoto] = field(default_factory=list)
-    candidates: list[Candidate] = field(default_factory=list)
-
-
-def cluster_by_time(
-    local_photos: Sequence[LocalPhoto], candidates: Sequence[Candidate], threshold: int
-) -> list[Cluster]:
-    """Single-linkage clusters: an item joins if it lies within threshold s of a member.
-
-    iNaturalist times without seconds stand for the whole minute, so they span 59 s.
-    Candidates without a time are left out; the caller compares them with the whole day.
-    """
-    items: list[tuple[dt.datetime, dt.datetime, LocalPhoto | Candidate]] = []
-    for photo in local_photos:
-        items.append((photo.corrected_time, photo.corrected_time, photo))
-    for candidate in candidates:
-        start = candidate.observation.observed_at
-        if start is None:
-            continue
-        end = start + dt.timedelta(seconds=59 if candidate.observation.minute_precision else 0)
-        items.append((start, end, candidate))
-    items.sort(key=lambda item: (item[0], item[1]))
-    clusters: list[Cluster] = []
-    reach: dt.datetime | None = None
-    for start, end, item in items:
-        if reach is None or (start - reach).total_seconds() > threshold:
-            clusters.append(Cluster())
-            reach = end
-        reach = max(reach, end)
-        if isinstance(item, LocalPhoto):
-            clusters[-1].locals.append(item)
-        else:
-            clusters[-1].candidates.append(item)
-    return clusters
-
-
-def seconds_apart(photo: LocalPhoto, observation: Observation) -> int | None:
-    """Whole seconds between the photo and the observation's recorded time."""
-    if observation.observed_at is None:
-        return None
-    return round(abs((photo.corrected_time - observation.observed_at).total_seconds()))
-
-
-TIE_MARGIN = 0.005  # two local photos this close for one upload: too close to choose
-SAME_AREA = 0.03  # uploads whose areas of one local photo differ less show the same part
-
-
-@dataclass(frozen=True)
-class Decision:
-    """What the assignment decided for one upload of a cluster (indices into the cluster).
-
-    kind "associate": the upload goes to local_index. "tie": local_index and rivals fit it
-    almost equally, nothing is chosen. "part": the upload shows part of local_index, which
-    took another upload that shows more of it.
-    """
-
-    upload_index: int
-    local_index: int
-    score: float
-    kind: str = "associate"
-    rivals: tuple[int, ...] = ()
-
-
-def _optimal_pairs(valid: Mapping[tuple[int, int], float]) -> dict[int, int]:
-    """local -> upload maximising the total score over valid pairs (one-to-one)."""
-    from scipy.optimize import linear_sum_assignment
-
-    if not valid:
-        return {}
-    locals_ = sorted({local for local, _ in valid})
-    uploads = sorted({upload for _, upload in valid})
-    row = {local: i for i, local in enumerate(locals_)}
-    column = {upload: j for j, upload in enumerate(uploads)}
-    matrix = np.zeros((len(locals_), len(uploads)))
-    for (local, upload), score in valid.items():
-        matrix[row[local], column[upload]] = score
-    rows, columns = linear_sum_assignment(matrix, maximize=True)
-    return {locals_[r]: uploads[c] for r, c in zip(rows, columns, strict=True) if matrix[r, c] > 0}
-
-
-def assign_uploads(
-    scores: Mapping[tuple[int, int], float],
-    areas: Mapping[tuple[int, int], float],
-    threshold: float,
-    upload_order: Sequence[Any] = (),
-) -> list[Decision]:
-    """Pair (local, upload) indices one-to-one, maximising the total score above threshold.
-
-    An upload whose two best local photos score within TIE_MARGIN is refused. When one local
-    photo is the source of several uploads it takes the one showing most of it (then the
-    higher score, then the first upload); the others are reported as parts of it.
-    """
-
-    def order(upload: int) -> Any:
-        return upload_order[upload] if upload < len(upload_order) else upload
-
-    valid = {pair: score for pair, score in scores.items() if score >= threshold}
-    decisions: list[Decision] = []
-    for upload in sorted({u for _, u in valid}):
-        ranked = sorted(
-            ((s, local) for (local, u), s in valid.items() if u == upload), reverse=True
-        )
-        best, local = ranked[0]
-        rivals = tuple(sorted(other for s, other in ranked[1:] if best - s <= TIE_MARGIN))
-        if rivals:
-            decisions.append(Decision(upload, local, best, "tie", rivals))
-    refused = {d.upload_index for d in decisions}
-    valid = {pair: s for pair, s in valid.items() if pair[1] not in refused}
-    taken = _optimal_pairs(valid)
-
-    def prefer(upload: int, over: int, local: int) -> bool:
-        area, rival_area = areas.get((local, upload), 1.0), areas.get((local, over), 1.0)
-        if abs(area - rival_area) > SAME_AREA:
-            return area > rival_area
-        score, rival_score = valid[(local, upload)], valid[(local, over)]
-        if abs(score - rival_score) > TIE_MARGIN:
-            return score > rival_score
-        return order(upload) < order(over)
-
-    upload_of = dict(taken)
-    waiting = sorted({u for _, u in valid} - set(upload_of.values()), key=order)
-    parts: dict[int, int] = {}
-    budget = len(valid) ** 2  # prefer() tolerates small differences: never loop for ever
-    while waiting and budget > 0:
-        budget -= 1
-        upload = waiting.pop(0)
-        _, local = max((s, local) for (local, u), s in valid.items() if u == upload)
-        if local not in upload_of:
-            upload_of[local] = upload
-        elif prefer(upload, upload_of[local], local):
-            waiting.append(upload_of[local])
-            upload_of[local] = upload
-        else:
-            parts[upload] = local
-    for local, upload in upload_of.items():
-        parts.pop(upload, None)
-        decisions.append(Decision(upload, local, valid[(local, upload)]))
-    for upload, local in parts.items():
-        decisions.append(Decision(upload, local, valid[(local, upload)], "part"))
-    return sorted(decisions, key=lambda d: (d.upload_index, d.kind))
-
-
-# -- Finding an upload inside a local photo: crops and quarter turns ---------------------
 
 ALIGN_SIDE = 160  # longest side of the coarse search (the cheap pre-filter), pixels
+
+
 SMALLEST_CROP = 0.6  # crops down to 60 % of the width (36 % of the area) are searched
+
+
 ALIGN_GATE = 0.8  # coarse correlation below this: not the same picture, no full score
-WHOLE_AREA = 0.97  # a box covering this much of a picture is the whole picture
+
+
 _TURN = {1: Image.Transpose.ROTATE_90, 2: Image.Transpose.ROTATE_180, 3: Image.Transpose.ROTATE_270}
-
-Box = tuple[float, float, float, float]  # left, top, right, bottom as fractions of a picture
-
-
-@dataclass(frozen=True)
-class Alignment:
-    """Where an iNaturalist photo sits in the upright local picture."""
-
-    box: Box
-    turns: int = 0  # quarter turns counter-clockwise that bring the iNaturalist photo upright
-
-    @property
-    def area(self) -> float:
-        left, top, right, bottom = self.box
-        return (right - left) * (bottom - top)
-
-    @property
-    def whole(self) -> bool:
-        """True when the upload is the whole picture as it is (no crop, no turn)."""
-        return self.area >= WHOLE_AREA and self.turns == 0
-
-    def describe(self) -> str:
-        """'cropped to 64% of the area, rotated 90°' or '' when neither."""
-        parts = []
-        if self.area < WHOLE_AREA:
-            parts.append(f"cropped to {self.area * 100:.0f}% of the area")
-        if self.turns:
-            parts.append(f"rotated {self.turns * 90}°")
-        return ", ".join(parts)
 
 
 def grayscale(picture: Image.Image, side: float) -> np.ndarray:
@@ -1629,11 +1794,6 @@ class Correlator:
         sums = [i[th:, tw:] - i[:-th, tw:] - i[th:, :-tw] + i[:-th, :-tw] for i in self.integrals]
         variance = np.maximum(sums[1] - sums[0] ** 2 / (th * tw), 1e-9)
         return correlation / (np.sqrt(variance) * norm)
-
-
-def ncc_map(image: np.ndarray, template: np.ndarray) -> np.ndarray:
-    """Normalised cross-correlation of template at every position fully inside image."""
-    return Correlator(image).ncc(template)
 
 
 def _subpixel_peak(surface: np.ndarray) -> tuple[float, float, float]:
@@ -1715,201 +1875,349 @@ def refine_alignment(local: Image.Image, upload: Image.Image, rough: Alignment) 
     return Alignment(box, rough.turns)
 
 
-# -- Scoring pairs -------------------------------------------------------------------------
-
-
 @dataclass(frozen=True)
-class Comparison:
-    """The similarity of a local photo and a candidate, and how the two were lined up."""
+class Gate:
+    """The cheap thumbnail check of a pair: where the upload may sit and how well it fits."""
 
-    score: float
-    alignment: Alignment | None = None  # None: whole pictures compared as they are
-    prefiltered: bool = False  # True: rejected by the thumbnail check, score is that check's
+    alignment: Alignment
+    correlation: float
+    upload_small: Image.Image
+
+    @property
+    def passed(self) -> bool:
+        return self.correlation >= ALIGN_GATE
 
 
-class Similarity:
-    """Scores local photos against candidates; each picture is decoded once per cluster."""
+def gate_pair(local_thumbnail: Image.Image, upload: Image.Image) -> Gate:
+    """The best crop and quarter turn at thumbnail size, with its correlation."""
+    scale = ALIGN_SIDE / max(upload.size)
+    upload_small = upload.resize(
+        (max(1, round(upload.width * scale)), max(1, round(upload.height * scale))),
+        Image.Resampling.BILINEAR,
+    )
+    rough, correlation = coarse_alignment(grayscale(local_thumbnail, ALIGN_SIDE), upload_small)
+    return Gate(rough, correlation, upload_small)
 
-    def __init__(
-        self, photos: PhotoCache, size: str, threshold: float, use_gpu: bool, console: Console
-    ) -> None:
-        self.photos = photos
-        self.size = size
+
+def gated_out(local_thumbnail: Image.Image, gate: Gate, score: ScoreFunction) -> Comparison:
+    """The score shown for a pair the gate rejected: thumbnails compared as they are."""
+    quick = local_thumbnail.resize(gate.upload_small.size, Image.Resampling.BILINEAR)
+    value = score(np.asarray(quick), np.asarray(gate.upload_small.convert("RGB")))
+    return Comparison(value, None, prefiltered=True)
+
+
+def compare_pictures(
+    local: Image.Image,
+    upload: Image.Image,
+    rough: Alignment,
+    threshold: float,
+    score: ScoreFunction,
+) -> Comparison:
+    """Score an upload against the upright local picture, as a whole or where it sits in it."""
+    best = Comparison(-1.0)
+    if rough.whole:
+        whole = local.resize(upload.size, Image.Resampling.BILINEAR)
+        best = Comparison(score(np.asarray(whole), np.asarray(upload)))
+        if best.score >= threshold:
+            return best
+    alignment = refine_alignment(local, upload, rough)
+    upright = turned(upload, alignment.turns)
+    left, top, right, bottom = alignment.box
+    region = local.resize(
+        upright.size,
+        Image.Resampling.BILINEAR,
+        box=(left * local.width, top * local.height, right * local.width, bottom * local.height),
+    )
+    aligned = Comparison(score(np.asarray(region), np.asarray(upright)), alignment)
+    return aligned if aligned.score > best.score else best
+
+
+Pairs = dict[tuple[int, int], Comparison]  # (photo index, candidate index) -> comparison
+
+
+class PairScorer:
+    """The compare function matching is given: pictures from a PictureSource, scored in parallel.
+
+    Calling it with photos and candidates returns a Comparison for every pair whose pictures
+    could be had; likely() returns the gate's verdict alone, for the clock-offset search.
+    """
+
+    def __init__(self, pictures: PictureSource, threshold: float, score: ScoreFunction) -> None:
+        self.pictures = pictures
         self.threshold = threshold
-        self.console = console
-        self.score_pair: Callable[[np.ndarray, np.ndarray], float] = ssim_score
-        if use_gpu:
-            try:
-                engine = OpenCLSimilarity()
-                self.score_pair = engine.score
-            except OpenCLUnavailable as reason:
-                console.warn(f"no OpenCL device ({reason}); computing similarity on the CPU")
-        self.inat_pictures: dict[int, Image.Image] = {}
-        self.local_pictures: dict[Path, Image.Image] = {}
-        self.local_thumbnails: dict[Path, Image.Image] = {}
-        self.unreadable: set[Path] = set()
-        self.lock = threading.Lock()
+        self.score = score
 
-    def inat_picture(self, photo: InatPhoto) -> Image.Image | None:
-        if photo.id not in self.inat_pictures:
-            path = self.photos.fetch(photo, self.size)
-            if path is None:
-                return None
-            try:
-                with Image.open(path) as image:
-                    picture = image.convert("RGB")
-            except (OSError, ValueError):
-                return None
-            with self.lock:
-                self.inat_pictures[photo.id] = picture
-        return self.inat_pictures[photo.id]
-
-    def _decode(
-        self, photo: LocalPhoto, side: int, cache: dict[Path, Image.Image]
-    ) -> Image.Image | None:
-        if photo.path in self.unreadable:
+    def _gate(self, photo: LocalPhoto, candidate: Candidate) -> tuple[Image.Image, Gate] | None:
+        upload = self.pictures.upload(candidate.photo)
+        thumbnail = self.pictures.local_thumbnail(photo) if upload is not None else None
+        if upload is None or thumbnail is None:
             return None
-        if photo.path not in cache:
-            try:
-                picture = decode_upright(photo.path, photo.orientation, side)
-            except (OSError, ValueError, Image.DecompressionBombError) as error:
-                with self.lock:
-                    if photo.path not in self.unreadable:
-                        self.unreadable.add(photo.path)
-                        self.console.file_error(photo.path, f"cannot decode picture ({error})")
-                return None
-            with self.lock:
-                cache[photo.path] = picture
-        return cache[photo.path]
-
-    def local_picture(self, photo: LocalPhoto) -> Image.Image | None:
-        """The local picture upright, big enough to cut the smallest searched crop from it."""
-        side = round(max(INAT_PIXELS[self.size], HTML_THUMBNAIL) / SMALLEST_CROP)
-        return self._decode(photo, side, self.local_pictures)
-
-    def local_thumbnail(self, photo: LocalPhoto) -> Image.Image | None:
-        """The local picture upright at about thumbnail size (JPEGs decode at 1/8 cheaply)."""
-        return self._decode(photo, HTML_THUMBNAIL, self.local_thumbnails)
-
-    def _prefilter(
-        self, photo: LocalPhoto, candidate: Candidate
-    ) -> tuple[Image.Image, Image.Image, Image.Image, Alignment, float] | None:
-        """(upload, local thumbnail, small upload, rough alignment, its correlation)."""
-        inat = self.inat_picture(candidate.photo)
-        thumbnail = self.local_thumbnail(photo) if inat is not None else None
-        if inat is None or thumbnail is None:
-            return None
-        scale = ALIGN_SIDE / max(inat.size)
-        upload_small = inat.resize(
-            (max(1, round(inat.width * scale)), max(1, round(inat.height * scale))),
-            Image.Resampling.BILINEAR,
-        )
-        rough, correlation = coarse_alignment(grayscale(thumbnail, ALIGN_SIDE), upload_small)
-        return inat, thumbnail, upload_small, rough, correlation
-
-    def likely_same(self, photo: LocalPhoto, candidate: Candidate) -> bool:
-        """The cheap thumbnail test alone: could these be the same picture?"""
-        checked = self._prefilter(photo, candidate)
-        return checked is not None and checked[4] >= ALIGN_GATE
+        return thumbnail, gate_pair(thumbnail, upload)
 
     def compare(self, photo: LocalPhoto, candidate: Candidate) -> Comparison | None:
-        """Thumbnail pre-filter first; the full score only for pairs that pass it."""
-        checked = self._prefilter(photo, candidate)
-        if checked is None:
+        """One pair: the gate first, the full comparison only for pairs that pass it."""
+        gated = self._gate(photo, candidate)
+        if gated is None:
             return None
-        inat, thumbnail, upload_small, rough, correlation = checked
-        if correlation < ALIGN_GATE:
-            quick = thumbnail.resize(upload_small.size, Image.Resampling.BILINEAR)
-            score = self.score_pair(np.asarray(quick), np.asarray(upload_small.convert("RGB")))
-            return Comparison(score, None, prefiltered=True)
-        local = self.local_picture(photo)
-        if local is None:
+        thumbnail, gate = gated
+        if not gate.passed:
+            return gated_out(thumbnail, gate, self.score)
+        local = self.pictures.local(photo)
+        upload = self.pictures.upload(candidate.photo)
+        if local is None or upload is None:
             return None
-        best = Comparison(-1.0)
-        if rough.whole:
-            whole = local.resize(inat.size, Image.Resampling.BILINEAR)
-            best = Comparison(self.score_pair(np.asarray(whole), np.asarray(inat)))
-            if best.score >= self.threshold:
-                return best
-        alignment = refine_alignment(local, inat, rough)
-        upright = turned(inat, alignment.turns)
-        left, top, right, bottom = alignment.box
-        region = local.resize(
-            upright.size,
-            Image.Resampling.BILINEAR,
-            box=(
-                left * local.width,
-                top * local.height,
-                right * local.width,
-                bottom * local.height,
-            ),
+        return compare_pictures(local, upload, gate.alignment, self.threshold, self.score)
+
+    def _each_pair(
+        self, photos: Sequence[LocalPhoto], candidates: Sequence[Candidate], work: Callable
+    ) -> dict[tuple[int, int], Any]:
+        pairs = [(i, j) for i in range(len(photos)) for j in range(len(candidates))]
+        with ThreadPoolExecutor(max_workers=COMPARE_WORKERS) as pool:
+            results = pool.map(lambda pair: work(photos[pair[0]], candidates[pair[1]]), pairs)
+            done = list(progress(results, "Comparing", len(pairs)))
+        return {
+            pair: result for pair, result in zip(pairs, done, strict=True) if result is not None
+        }
+
+    def __call__(self, photos: Sequence[LocalPhoto], candidates: Sequence[Candidate]) -> Pairs:
+        self.pictures.fetch(candidates)
+        try:
+            return self._each_pair(photos, candidates, self.compare)
+        finally:
+            self.pictures.forget_locals()
+
+    def likely(
+        self, photos: Sequence[LocalPhoto], candidates: Sequence[Candidate]
+    ) -> dict[tuple[int, int], bool]:
+        """The gate's verdict for every pair whose pictures could be had."""
+        self.pictures.fetch(candidates)
+
+        def verdict(photo: LocalPhoto, candidate: Candidate) -> bool | None:
+            gated = self._gate(photo, candidate)
+            return None if gated is None else gated[1].passed
+
+        return self._each_pair(photos, candidates, verdict)
+
+
+# ---------------------------------------------------------------------------
+# 8. Matching
+#    Pure decisions: clusters of photos taken close in time, the one-to-one
+#    assignment inside a cluster, camera-clock offsets, and match_day, which puts
+#    them together. The compare function is passed in; nothing here does I/O.
+# ---------------------------------------------------------------------------
+
+Compare = Callable[[Sequence[LocalPhoto], Sequence[Candidate]], Pairs]
+Likely = Callable[[Sequence[LocalPhoto], Sequence[Candidate]], dict[tuple[int, int], bool]]
+CheckedBefore = Callable[[LocalPhoto, Sequence[int]], bool]
+
+COMPARED_BEFORE = "compared in vain with the same uploads before"
+BELOW_THRESHOLD = "below the similarity threshold"
+TAKEN_BY_ANOTHER = "best candidate, associated with another photo"
+NO_CANDIDATE = "no iNaturalist photo within the cluster threshold"
+
+
+def cluster_by_time(
+    local_photos: Sequence[LocalPhoto], candidates: Sequence[Candidate], threshold: int
+) -> list[Cluster]:
+    """Single-linkage clusters: an item joins if it lies within threshold s of a member.
+
+    iNaturalist times without seconds stand for the whole minute, so they span MINUTE_SPAN.
+    Candidates without a time are left out; the caller compares them with the whole day.
+    """
+    items: list[tuple[dt.datetime, dt.datetime, LocalPhoto | Candidate]] = []
+    for photo in local_photos:
+        items.append((photo.corrected_time, photo.corrected_time, photo))
+    for candidate in candidates:
+        start = candidate.observation.observed_at
+        if start is None:
+            continue
+        span = MINUTE_SPAN if candidate.observation.minute_precision else 0
+        items.append((start, start + dt.timedelta(seconds=span), candidate))
+    items.sort(key=lambda item: (item[0], item[1]))
+    groups: list[tuple[list[LocalPhoto], list[Candidate]]] = []
+    reach: dt.datetime | None = None
+    for start, end, item in items:
+        if reach is None or (start - reach).total_seconds() > threshold:
+            groups.append(([], []))
+            reach = end
+        reach = max(reach, end)
+        if isinstance(item, LocalPhoto):
+            groups[-1][0].append(item)
+        else:
+            groups[-1][1].append(item)
+    return [Cluster(tuple(photos), tuple(found)) for photos, found in groups]
+
+
+def seconds_apart(photo: LocalPhoto, observation: Observation) -> int | None:
+    """Whole seconds between the photo and the observation's recorded time."""
+    if observation.observed_at is None:
+        return None
+    return round(abs((photo.corrected_time - observation.observed_at).total_seconds()))
+
+
+TIE_MARGIN = 0.005  # two local photos this close for one upload: too close to choose
+
+
+SAME_AREA = 0.03  # uploads whose areas of one local photo differ less show the same part
+
+
+def _optimal_pairs(valid: Mapping[tuple[int, int], float]) -> dict[int, int]:
+    """local -> upload maximising the total score over valid pairs (one-to-one)."""
+    from scipy.optimize import linear_sum_assignment
+
+    if not valid:
+        return {}
+    locals_ = sorted({local for local, _ in valid})
+    uploads = sorted({upload for _, upload in valid})
+    row = {local: i for i, local in enumerate(locals_)}
+    column = {upload: j for j, upload in enumerate(uploads)}
+    matrix = np.zeros((len(locals_), len(uploads)))
+    for (local, upload), score in valid.items():
+        matrix[row[local], column[upload]] = score
+    rows, columns = linear_sum_assignment(matrix, maximize=True)
+    return {locals_[r]: uploads[c] for r, c in zip(rows, columns, strict=True) if matrix[r, c] > 0}
+
+
+def assign_uploads(
+    scores: Mapping[tuple[int, int], float],
+    areas: Mapping[tuple[int, int], float],
+    threshold: float,
+    upload_order: Sequence[Any] = (),
+) -> list[Decision]:
+    """Pair (local, upload) indices one-to-one, maximising the total score above threshold.
+
+    An upload whose two best local photos score within TIE_MARGIN is refused. When one local
+    photo is the source of several uploads it takes the one showing most of it (then the
+    higher score, then the first upload); the others are reported as parts of it.
+    """
+
+    def order(upload: int) -> Any:
+        return upload_order[upload] if upload < len(upload_order) else upload
+
+    valid = {pair: score for pair, score in scores.items() if score >= threshold}
+    decisions: list[Decision] = []
+    for upload in sorted({u for _, u in valid}):
+        ranked = sorted(
+            ((s, local) for (local, u), s in valid.items() if u == upload), reverse=True
         )
-        aligned = Comparison(self.score_pair(np.asarray(region), np.asarray(upright)), alignment)
-        return aligned if aligned.score > best.score else best
+        best, local = ranked[0]
+        rivals = tuple(sorted(other for s, other in ranked[1:] if best - s <= TIE_MARGIN))
+        if rivals:
+            decisions.append(Decision(upload, local, best, "tie", rivals))
+    refused = {d.upload_index for d in decisions}
+    valid = {pair: s for pair, s in valid.items() if pair[1] not in refused}
+    taken = _optimal_pairs(valid)
 
-    def forget_locals(self) -> None:
-        """Drop decoded local pictures once their cluster is done (memory stays flat)."""
-        self.local_pictures.clear()
-        self.local_thumbnails.clear()
+    def prefer(upload: int, over: int, local: int) -> bool:
+        area, rival_area = areas.get((local, upload), 1.0), areas.get((local, over), 1.0)
+        if abs(area - rival_area) > SAME_AREA:
+            return area > rival_area
+        score, rival_score = valid[(local, upload)], valid[(local, over)]
+        if abs(score - rival_score) > TIE_MARGIN:
+            return score > rival_score
+        return order(upload) < order(over)
 
-    def forget_uploads(self) -> None:
-        """Drop decoded iNaturalist pictures once their day is done."""
-        self.inat_pictures.clear()
+    upload_of = dict(taken)
+    waiting = sorted({u for _, u in valid} - set(upload_of.values()), key=order)
+    parts: dict[int, int] = {}
+    budget = len(valid) ** 2  # prefer() tolerates small differences: never loop for ever
+    while waiting and budget > 0:
+        budget -= 1
+        upload = waiting.pop(0)
+        _, local = max((s, local) for (local, u), s in valid.items() if u == upload)
+        if local not in upload_of:
+            upload_of[local] = upload
+        elif prefer(upload, upload_of[local], local):
+            waiting.append(upload_of[local])
+            upload_of[local] = upload
+        else:
+            parts[upload] = local
+    for local, upload in upload_of.items():
+        parts.pop(upload, None)
+        decisions.append(Decision(upload, local, valid[(local, upload)]))
+    for upload, local in parts.items():
+        decisions.append(Decision(upload, local, valid[(local, upload)], "part"))
+    return sorted(decisions, key=lambda d: (d.upload_index, d.kind))
 
 
-# -- Camera clocks that were off ------------------------------------------------------------
+def match_cluster(cluster: Cluster, compare: Compare, threshold: float) -> ClusterOutcome:
+    """Compare every pair of the cluster and decide: associations, ties, parts, refusals."""
+    comparisons = compare(cluster.photos, cluster.candidates)
+    scores = {pair: c.score for pair, c in comparisons.items()}
+    areas = {pair: c.alignment.area if c.alignment else 1.0 for pair, c in comparisons.items()}
+    order = [c.photo.id for c in cluster.candidates]
+    associations: list[Association] = []
+    ties: list[Tie] = []
+    parts: list[Association] = []
+    decided: set[int] = set()
+    for decision in assign_uploads(scores, areas, threshold, order):
+        candidate = cluster.candidates[decision.upload_index]
+        comparison = comparisons[(decision.local_index, decision.upload_index)]
+        photo = cluster.photos[decision.local_index]
+        if decision.kind == "tie":
+            indices = (decision.local_index, *decision.rivals)
+            ties.append(
+                Tie(
+                    candidate,
+                    tuple(cluster.photos[i] for i in indices),
+                    tuple(comparisons[(i, decision.upload_index)] for i in indices),
+                    decision.score,
+                )
+            )
+            decided.update(indices)
+        elif decision.kind == "part":
+            parts.append(Association(photo, candidate, comparison))
+        else:
+            associations.append(Association(photo, candidate, comparison))
+            decided.add(decision.local_index)
+    taken = {a.candidate.photo.id for a in associations}
+    associated = {a.photo.path for a in associations}
+    refusals = []
+    checked = []
+    for i, photo in enumerate(cluster.photos):
+        tried = [(c.score, j) for (li, j), c in comparisons.items() if li == i]
+        if photo.path not in associated and tried:
+            uploads = frozenset(cluster.candidates[j].photo.id for _, j in tried)
+            checked.append((photo.path, uploads))
+        if i in decided or not tried:
+            continue
+        _, j = max(tried)
+        candidate = cluster.candidates[j]
+        reason = TAKEN_BY_ANOTHER if candidate.photo.id in taken else BELOW_THRESHOLD
+        refusals.append(Refusal(photo, candidate, comparisons[(i, j)], reason))
+    return ClusterOutcome(
+        tuple(associations), tuple(ties), tuple(parts), tuple(refusals), tuple(checked)
+    )
+
 
 OFFSET_STEP = dt.timedelta(minutes=15)  # clock errors come in hours, half and quarter hours
+
+
 MAX_OFFSET = dt.timedelta(hours=26)
+
+
 MIN_OFFSET_MATCHES = 2  # an offset that only one match supports is never applied
-
-
-def parse_time_offset(text: str) -> dt.timedelta:
-    """'+1h', '-30m', '45min', '-3:00', '+1:30', '90s': how far the camera clock was ahead."""
-    match = re.fullmatch(
-        r"\s*([+-]?)\s*(?:(\d{1,2}):(\d{2})|(\d+(?:\.\d+)?)\s*(h|m|min|s))\s*", text.lower()
-    )
-    if not match:
-        raise argparse.ArgumentTypeError(
-            f"not a time offset: {text!r} (examples: +1h, -30m, -3:00, 45min)"
-        )
-    sign, hours, minutes, amount, unit = match.groups()
-    if hours is not None:
-        offset = dt.timedelta(hours=int(hours), minutes=int(minutes))
-    else:
-        offset = dt.timedelta(seconds=float(amount) * {"h": 3600, "m": 60, "min": 60, "s": 1}[unit])
-    if offset > MAX_OFFSET:
-        raise argparse.ArgumentTypeError(f"time offset {text!r} is more than 26 hours")
-    return -offset if sign == "-" else offset
-
-
-def describe_offset(offset: dt.timedelta) -> str:
-    """'1 h 00 min ahead' for a camera clock ahead by offset, 'behind' when negative."""
-    minutes = round(abs(offset.total_seconds()) / 60)
-    direction = "ahead" if offset > dt.timedelta(0) else "behind"
-    return f"{minutes // 60} h {minutes % 60:02d} min {direction}"
 
 
 def find_clock_offset(
     photos: Sequence[LocalPhoto],
     candidates: Sequence[Candidate],
-    similarity: Similarity,
-    threshold: int,
+    likely: Mapping[tuple[int, int], bool],
+    compare: Compare,
+    threshold: float,
+    cluster_threshold: int,
 ) -> dt.timedelta | None:
     """A camera-clock error that lines up at least two strong matches on one day, or None.
 
-    Every photo is checked against every upload of the day with the cheap thumbnail test;
-    likely pairs vote for the offset (rounded to a quarter hour) their times imply. The
-    offset with the most votes must then be confirmed by full scores above the threshold.
+    likely holds the thumbnail gate's verdict for (photo, candidate) index pairs; those
+    pairs vote for the offset (rounded to a quarter hour) their times imply. The offset with
+    the most votes must then be confirmed by full scores above the threshold.
     """
-    timed = [c for c in candidates if c.observation.observed_at is not None]
-    pairs = [(p, c) for p in photos for c in timed]
-    if len(photos) < MIN_OFFSET_MATCHES or not pairs:
+    if len(photos) < MIN_OFFSET_MATCHES:
         return None
-    with ThreadPoolExecutor(max_workers=COMPARE_WORKERS) as pool:
-        likely = list(pool.map(lambda pair: similarity.likely_same(*pair), pairs))
     votes: dict[dt.timedelta, list[tuple[LocalPhoto, Candidate]]] = defaultdict(list)
-    for (photo, candidate), same in zip(pairs, likely, strict=True):
+    for (i, j), same in sorted(likely.items()):
+        photo, candidate = photos[i], candidates[j]
         observed = candidate.observation.observed_at
         if not same or observed is None:
             continue
@@ -1920,7 +2228,7 @@ def find_clock_offset(
         if (
             offset
             and abs(offset) <= MAX_OFFSET
-            and abs(ahead - offset).total_seconds() <= threshold
+            and abs(ahead - offset).total_seconds() <= cluster_threshold
         ):
             votes[offset].append((photo, candidate))
     for offset, supporting in sorted(votes.items(), key=lambda kv: -len(kv[1])):
@@ -1929,7 +2237,7 @@ def find_clock_offset(
         confirmed = [
             (p.path, c.photo.id)
             for p, c in supporting
-            if (result := similarity.compare(p, c)) and result.score >= similarity.threshold
+            if (found := compare([p], [c]).get((0, 0))) and found.score >= threshold
         ]
         if (
             min(len({a for a, _ in confirmed}), len({b for _, b in confirmed}))
@@ -1939,10 +2247,128 @@ def find_clock_offset(
     return None
 
 
+def _match_clusters(
+    photos: Sequence[LocalPhoto],
+    candidates: Sequence[Candidate],
+    compare: Compare,
+    options: Options,
+    checked_before: CheckedBefore | None,
+) -> ClusterOutcome:
+    """Match each cluster of the day, then the untimed candidates against what is left."""
+    outcomes: list[ClusterOutcome] = []
+    skipped: list[Refusal] = []
+
+    def match(cluster: Cluster) -> None:
+        uploads = [c.photo.id for c in cluster.candidates]
+        if not cluster.photos or not uploads:
+            return
+        fresh = tuple(
+            p for p in cluster.photos if checked_before is None or not checked_before(p, uploads)
+        )
+        skipped.extend(
+            Refusal(p, None, None, COMPARED_BEFORE) for p in cluster.photos if p not in fresh
+        )
+        if fresh:
+            outcomes.append(
+                match_cluster(Cluster(fresh, cluster.candidates), compare, options.ssim_threshold)
+            )
+
+    for cluster in cluster_by_time(photos, candidates, options.cluster_threshold):
+        match(cluster)
+    untimed = tuple(c for c in candidates if c.observation.observed_at is None)
+    if untimed:  # an observation without a time may belong to any photo of its day
+        taken = {a.photo.path for o in outcomes for a in o.associations}
+        match(Cluster(tuple(p for p in photos if p.path not in taken), untimed))
+    associations = tuple(a for o in outcomes for a in o.associations)
+    associated = {a.photo.path for a in associations}
+    refusals = [
+        r
+        for r in (*skipped, *(r for o in outcomes for r in o.refusals))
+        if r.photo.path not in associated
+    ]
+    tied = {p.path for o in outcomes for t in o.ties for p in t.photos}
+    accounted = associated | tied | {r.photo.path for r in refusals}
+    refusals += [Refusal(p, None, None, NO_CANDIDATE) for p in photos if p.path not in accounted]
+    checked: dict[Path, frozenset[int]] = defaultdict(frozenset)
+    for path, uploads in (c for o in outcomes for c in o.checked):
+        if path not in associated:
+            checked[path] |= uploads
+    return ClusterOutcome(
+        associations,
+        tuple(t for o in outcomes for t in o.ties),
+        tuple(p for o in outcomes for p in o.parts),
+        tuple(refusals),
+        tuple(checked.items()),
+    )
+
+
+def match_day(
+    day: dt.date,
+    photos: Sequence[LocalPhoto],
+    candidates: Sequence[Candidate],
+    compare: Compare,
+    options: Options,
+    *,
+    likely: Likely,
+    checked_before: CheckedBefore,
+    known_today: bool = False,
+) -> DayOutcome:
+    """Match one day's open photos with its open candidates.
+
+    Photos compared in vain with the same uploads before are skipped (unless --recompute).
+    When nothing matches on a day without known associations, a camera-clock offset is
+    looked for and, if found, the day is matched again with it.
+    """
+    skip = None if options.recompute else checked_before
+    result = _match_clusters(photos, candidates, compare, options, skip)
+    offset = None
+    day_uploads = [c.photo.id for c in candidates]
+    now_checked = dict(result.checked)
+    unchecked = options.recompute or any(
+        not checked_before(p, day_uploads)
+        and not set(day_uploads) <= now_checked.get(p.path, set())
+        for p in photos
+    )
+    if (
+        photos
+        and candidates
+        and not result.associations
+        and not known_today
+        and unchecked
+        and options.time_offset is None
+    ):
+        timed = [c for c in candidates if c.observation.observed_at is not None]
+        verdicts = likely(photos, timed)
+        offset = find_clock_offset(
+            photos, timed, verdicts, compare, options.ssim_threshold, options.cluster_threshold
+        )
+        if offset is not None:
+            shifted = [dataclasses.replace(p, clock_error=offset) for p in photos]
+            result = _match_clusters(shifted, candidates, compare, options, None)
+        else:  # every upload of the day was tried with every photo: remember that
+            tried: dict[Path, frozenset[int]] = dict(result.checked)
+            for i, j in verdicts:
+                tried[photos[i].path] = tried.get(photos[i].path, frozenset()) | {timed[j].photo.id}
+            result = dataclasses.replace(result, checked=tuple(tried.items()))
+    taken = {a.candidate.photo.id for a in result.associations + result.parts}
+    return DayOutcome(
+        day,
+        result.associations,
+        result.ties,
+        result.parts,
+        result.refusals,
+        tuple(c for c in candidates if c.photo.id not in taken),
+        offset,
+        result.checked,
+    )
+
+
 # ---------------------------------------------------------------------------
-# 6. Writing metadata
-#    The one place that changes a photo: iNaturalist ids and the caption keyword,
-#    written through exiv2 into a copy that then replaces the original.
+# 9. Writing
+#    The one place that changes a photo. plan_update decides, purely, what a photo
+#    should hold (ids, and the caption keyword that replaces only the one this tool
+#    wrote); write_update writes it through exiv2 into a copy that then replaces
+#    the original atomically.
 # ---------------------------------------------------------------------------
 
 
@@ -1963,6 +2389,65 @@ def updated_keywords(keywords: Sequence[str], old: str | None, new: str) -> list
         result.append(new)
     seen: set[str] = set()
     return [k for k in result if not (k in seen or seen.add(k))]  # type: ignore[func-returns-value]
+
+
+def owned_caption(photo: LocalPhoto, history: Collection[str]) -> str | None:
+    """The keyword this tool wrote into photo, which it may replace; None when unknown.
+
+    Files written by this version name it in TAG_CAPTION. For older files a keyword counts
+    only if the observation once had it as its caption; anything else is the user's.
+    """
+    if photo.written_caption is not None:
+        return photo.written_caption if photo.written_caption in photo.keywords else None
+    if photo.tags is None:
+        return None
+    return next((k for k in photo.keywords if k in history), None)
+
+
+@dataclass(frozen=True)
+class Update:
+    """What to write into one photo: new ids and/or a new keyword list."""
+
+    photo: LocalPhoto
+    tags: InatTags | None  # None: the ids stay as they are
+    keywords: tuple[str, ...] | None  # None: dc:subject stays as it is
+    old_caption: str | None  # the keyword of ours that the caption replaces
+    caption: str | None
+
+    def applied(self) -> LocalPhoto:
+        """The photo as it reads once the update is written."""
+        if self.keywords is None:
+            return dataclasses.replace(self.photo, tags=self.tags or self.photo.tags)
+        return dataclasses.replace(
+            self.photo,
+            tags=self.tags or self.photo.tags,
+            keywords=self.keywords,
+            written_caption=self.caption,
+        )
+
+
+def plan_update(
+    photo: LocalPhoto, tags: InatTags | None, history: Collection[str], caption: str | None
+) -> Update | None:
+    """What must change so that photo holds tags and caption; None when nothing must."""
+    keywords = None
+    old_caption = None
+    if caption is not None:
+        old_caption = owned_caption(photo, history)
+        # The user removed our keyword and the identification is the same: leave it out.
+        removed_by_user = photo.written_caption == caption and old_caption is None
+        if old_caption != caption and not removed_by_user:
+            keywords = tuple(updated_keywords(photo.keywords, old_caption, caption))
+    new_tags = tags if tags is not None and tags != photo.tags else None
+    if new_tags is None and keywords is None:
+        return None
+    return Update(photo, new_tags, keywords, old_caption, caption)
+
+
+def write_update(update: Update) -> None:
+    """Write an update into its photo atomically; raises OSError when it cannot be done."""
+    keywords = list(update.keywords) if update.keywords is not None else None
+    write_photo_metadata(update.photo.path, update.tags, keywords, update.caption)
 
 
 def write_photo_metadata(
@@ -1999,7 +2484,7 @@ def write_photo_metadata(
             check.close()
     except RuntimeError as error:
         raise OSError(f"exiv2 could not update the metadata ({error})") from None
-    if tags is not None and _tag_id(written.get(TAG_OBSERVATION)) != tags.observation:
+    if tags is not None and parse_positive_int(written.get(TAG_OBSERVATION)) != tags.observation:
         raise OSError("the metadata did not read back as written")
     if _jpeg_exif(original) is not None and _jpeg_exif(updated) is None:
         raise OSError("exiv2 cannot read the EXIF block and would drop it")
@@ -2019,11 +2504,219 @@ def _jpeg_exif(data: bytes) -> bytes | None:
     return None
 
 
+def replace_file_atomically(path: Path, data: bytes) -> None:
+    """Write data beside path, flush it to disk, keep path's permissions, then rename over it."""
+    directory = path.parent
+    fd, temporary = tempfile.mkstemp(
+        prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX, dir=directory
+    )
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        original = path.stat()
+        os.chmod(temporary, stat.S_IMODE(original.st_mode))
+        with contextlib.suppress(OSError):  # only root may give a file away
+            os.chown(temporary, original.st_uid, original.st_gid)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+    with contextlib.suppress(OSError):  # directories cannot be fsynced everywhere
+        dir_fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def replace_or_create(path: Path, data: bytes) -> None:
+    """Write a file we own (the log) atomically whether or not it exists yet."""
+    if not path.exists():
+        path.write_bytes(b"")
+    replace_file_atomically(path, data)
+
+
 # ---------------------------------------------------------------------------
-# 7. HTML log
-#    One self-contained page: a row per association or refusal, thumbnails
-#    embedded, every piece of text escaped, the summary at the end.
+# 10. Reporting
+#    The console, the lines it prints, the Tally of what changed, and the HTML log:
+#    rows built from outcomes (thumbnails only when a log is written), one
+#    self-contained page with every piece of text escaped.
 # ---------------------------------------------------------------------------
+
+
+class Console:
+    """Prints messages and keeps count of the problems reported."""
+
+    def __init__(self, stream: Any = None) -> None:
+        self.stream = stream or sys.stdout
+        self.file_errors = 0
+
+    def say(self, message: str) -> None:
+        print(message, file=self.stream, flush=True)
+
+    def warn(self, message: str) -> None:
+        print(f"Warning: {message}", file=sys.stderr, flush=True)
+
+    def file_error(self, path: Path, reason: str) -> None:
+        """Report a file that could not be read or written; the run goes on."""
+        self.file_errors += 1
+        print(f"Error: {show_path(path)}: {reason}", file=sys.stderr, flush=True)
+
+
+def progress(iterable: Iterable[Any], description: str, total: int | None = None) -> Iterable[Any]:
+    """A tqdm progress bar on a terminal, the plain iterable otherwise (cron mail stays clean)."""
+    if not sys.stderr.isatty():
+        return iterable
+    from tqdm import tqdm
+
+    return tqdm(
+        iterable,
+        desc=description,
+        total=total,
+        leave=False,
+        unit="photo",
+        disable=total is not None and total < 2,
+    )
+
+
+@dataclass
+class Tally:
+    """What the run found and changed, for the summary line."""
+
+    annotations_added: int = 0
+    annotations_modified: int = 0
+    identifications_added: int = 0
+    identifications_modified: int = 0
+    local_photos: int = 0
+    associated_locals: set[Path] = field(default_factory=set)
+    associated_uploads: set[int] = field(default_factory=set)
+    part_uploads: set[int] = field(default_factory=set)
+    uploads_seen: set[int] = field(default_factory=set)  # uploads on the days of local photos
+
+    def count(self, update: Update) -> None:
+        """Count a written (or, in a dry run, planned) update."""
+        if update.tags is not None:
+            if update.photo.tags is None:
+                self.annotations_added += 1
+            else:
+                self.annotations_modified += 1
+        if update.keywords is not None:
+            if update.old_caption is None:
+                self.identifications_added += 1
+            else:
+                self.identifications_modified += 1
+
+
+def summary_line(tally: Tally, seconds: float, dry_run: bool) -> str:
+    """The closing line, worded as the original tool worded it."""
+    identifications = ""
+    if tally.identifications_added or tally.identifications_modified:
+        identifications = (
+            f"; {tally.identifications_added} identifications added,"
+            f" {tally.identifications_modified} modified"
+        )
+    locals_left = tally.local_photos - len(tally.associated_locals)
+    uploads_left = len(tally.uploads_seen - tally.associated_uploads - tally.part_uploads)
+    summary = (
+        f"Summary: {tally.annotations_added} iNaturalist annotations added,"
+        f" {tally.annotations_modified} modified{identifications} in"
+        f" {round(seconds)} seconds. {locals_left} local photos"
+        f" and {uploads_left} iNaturalist photos without known association."
+    )
+    return summary + (" Dry run: no file was changed." if dry_run else "")
+
+
+def describe_distance(photo: LocalPhoto, observation: Observation) -> str:
+    """'72.38 meters'-style distance text: a number, 'obscured' or 'n/a'."""
+    if observation.obscured:
+        return "obscured"
+    if photo.location is None or observation.location is None:
+        return "n/a"
+    return f"{distance_m(photo.location, observation.location):.2f}"
+
+
+def _distance_words(distance: str) -> str:
+    return distance if distance in ("obscured", "n/a") else f"{distance} meters"
+
+
+def found_line(association: Association) -> str:
+    """The console line for a new association."""
+    photo, candidate, comparison = association.photo, association.candidate, association.comparison
+    observation = candidate.observation
+    seconds = seconds_apart(photo, observation)
+    described = "without caption" if photo.caption is None else f"with caption '{photo.caption}'"
+    how = comparison.alignment.describe() if comparison.alignment else ""
+    return (
+        f"'{show_path(photo.path)}' {described} found for photo id {candidate.photo.id};"
+        f" {observation.identification}, time from observation "
+        f"{'n/a' if seconds is None else seconds} secs, distance from observation "
+        f"{_distance_words(describe_distance(photo, observation))}, similarity"
+        f" {comparison.score * 100:.1f}%{f' ({how})' if how else ''}."
+    )
+
+
+def update_line(update: Update, dry_run: bool) -> str:
+    """The console line for a caption written (or, in a dry run, to be written)."""
+    prefix = "(dry run) " if dry_run else ""
+    return (
+        f"{prefix}{show_path(update.photo.path)}: Updating subject from '{update.old_caption}'"
+        f" to '{update.caption}'."
+    )
+
+
+def tie_line(tie: Tie) -> str:
+    names = " and ".join(f"'{show_path(p.path)}'" for p in tie.photos)
+    return (
+        f"Not associated: photo id {tie.candidate.photo.id} fits {names} almost equally"
+        f" well (similarity {tie.score * 100:.1f}%); too close to choose."
+    )
+
+
+def part_message(candidate: Candidate, path: Path, area: float) -> str:
+    """The console line for an upload that shows part of an associated local photo."""
+    photo, observation = candidate.photo, candidate.observation
+    upload = (
+        f"Photo id {photo.id}, {ordinal(photo.position)} photo of observation {observation.url},"
+    )
+    if area >= WHOLE_AREA:
+        return (
+            f"{upload} shows the same picture as '{show_path(path)}', which is associated with"
+            " another upload of it."
+        )
+    return (
+        f"{upload} shows part of '{show_path(path)}' ({area * 100:.0f}% of its area), which is"
+        " associated with an upload showing more of it."
+    )
+
+
+def _part_note(area: float) -> str:
+    if area >= WHOLE_AREA:
+        return "the same picture as another upload associated with this photo"
+    return f"shows {area * 100:.0f}% of this photo, which took an upload showing more of it"
+
+
+def unassociated_line(candidate: Candidate) -> str:
+    photo, observation = candidate.photo, candidate.observation
+    return (
+        f"Not associated with a local picture: photo id {photo.id},"
+        f" {ordinal(photo.position)} photo of observation {observation.url},"
+        f" {observation.identification}."
+    )
+
+
+def gone_line(photo: LocalPhoto) -> str:
+    observation = photo.tags.observation if photo.tags else None
+    return (
+        f"{show_path(photo.path)}: observation {observation} is no longer"
+        " on iNaturalist; its tags are left as they are."
+    )
+
+
+def offset_line(day: dt.date, offset: dt.timedelta) -> str:
+    return f"{day}: camera clock appears {describe_offset(offset)}; matched with that offset"
 
 
 @dataclass
@@ -2040,13 +2733,137 @@ class LogRow:
     note: str = ""
 
 
-def describe_distance(photo: LocalPhoto, observation: Observation) -> str:
-    """'72.38 meters'-style distance text: a number, 'obscured' or 'n/a'."""
-    if observation.obscured:
-        return "obscured"
-    if photo.location is None or observation.location is None:
-        return "n/a"
-    return f"{distance_m(photo.location, observation.location):.2f}"
+def thumbnail_data_url(
+    picture: Image.Image, outline: tuple[float, float, float, float] | None = None
+) -> str:
+    """A small JPEG of picture (with a box outlined) as a data: URL, for the HTML log."""
+    from PIL import ImageDraw
+
+    small = picture.convert("RGB")  # always a copy, so drawing leaves picture alone
+    small.thumbnail((HTML_THUMBNAIL, HTML_THUMBNAIL))
+    if outline is not None:
+        left, top, right, bottom = outline
+        box = (left * small.width, top * small.height, right * small.width, bottom * small.height)
+        ImageDraw.Draw(small).rectangle(box, outline=(255, 40, 40), width=2)
+    buffer = io.BytesIO()
+    small.save(buffer, "JPEG", quality=80)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+class LogThumbnails:
+    """Thumbnails for log rows, from the pictures the run decoded (no download for the log)."""
+
+    def __init__(self, pictures: PictureSource) -> None:
+        self.pictures = pictures
+
+    def local(self, photo: LocalPhoto, outline: Box | None = None) -> str | None:
+        picture = self.pictures.local_thumbnail(photo)
+        return thumbnail_data_url(picture, outline) if picture is not None else None
+
+    def upload(self, photo: InatPhoto) -> str | None:
+        picture = self.pictures.uploads.get(photo.id)
+        return thumbnail_data_url(picture) if picture is not None else None
+
+
+def comparison_row(
+    photo: LocalPhoto,
+    candidate: Candidate,
+    comparison: Comparison,
+    thumbnails: LogThumbnails,
+    note: str = "",
+) -> LogRow:
+    """A log row for a compared pair, saying what the alignment found."""
+    alignment = comparison.alignment
+    if alignment is not None and alignment.describe():
+        note = "; ".join(filter(None, [alignment.describe(), note]))
+    if comparison.prefiltered:
+        note = "; ".join(filter(None, [note, "thumbnail check only"]))
+    observation = candidate.observation
+    return LogRow(
+        photo,
+        thumbnails.local(photo, alignment.box if alignment else None),
+        candidate,
+        thumbnails.upload(candidate.photo),
+        seconds_apart(photo, observation),
+        describe_distance(photo, observation),
+        comparison.score,
+        note,
+    )
+
+
+def day_log_rows(outcome: DayOutcome, thumbnails: LogThumbnails) -> list[LogRow]:
+    """The log rows of a matched day: associations, parts, ties, refusals, lone uploads."""
+    rows = [
+        comparison_row(a.photo, a.candidate, a.comparison, thumbnails) for a in outcome.associations
+    ]
+    for part in outcome.parts:
+        area = part.comparison.alignment.area if part.comparison.alignment else 1.0
+        rows.append(
+            comparison_row(
+                part.photo, part.candidate, part.comparison, thumbnails, _part_note(area)
+            )
+        )
+    for tie in outcome.ties:
+        for photo, comparison in zip(tie.photos, tie.comparisons, strict=True):
+            note = "tie: another local photo fits as well"
+            rows.append(comparison_row(photo, tie.candidate, comparison, thumbnails, note))
+    for refusal in outcome.refusals:
+        if refusal.candidate is not None and refusal.comparison is not None:
+            rows.append(
+                comparison_row(
+                    refusal.photo, refusal.candidate, refusal.comparison, thumbnails, refusal.reason
+                )
+            )
+        else:
+            rows.append(
+                LogRow(
+                    refusal.photo,
+                    thumbnails.local(refusal.photo),
+                    None,
+                    None,
+                    None,
+                    "n/a",
+                    None,
+                    refusal.reason,
+                )
+            )
+    return rows
+
+
+def unassociated_row(candidate: Candidate, thumbnails: LogThumbnails) -> LogRow:
+    return LogRow(
+        None,
+        None,
+        candidate,
+        thumbnails.upload(candidate.photo),
+        None,
+        "n/a",
+        None,
+        note="not associated with a local picture",
+    )
+
+
+def changed_identification_row(
+    photo: LocalPhoto, observation: Observation, thumbnails: LogThumbnails
+) -> LogRow:
+    candidate = next(
+        (
+            Candidate(p, observation)
+            for p in observation.photos
+            if photo.tags and p.id == photo.tags.photo
+        ),
+        None,
+    )
+    return LogRow(
+        photo,
+        thumbnails.local(photo),
+        candidate,
+        None,
+        seconds_apart(photo, observation),
+        describe_distance(photo, observation),
+        None,
+        note="identification changed on iNaturalist",
+    )
 
 
 _HTML_STYLE = """
@@ -2134,8 +2951,10 @@ def render_log(rows: Sequence[LogRow], summary: str, threshold: float) -> str:
 
 
 # ---------------------------------------------------------------------------
-# 8. Command line
-#    Options, the run from start to summary, and main(argv) -> int.
+# 11. Command line
+#    Options from argv, the run from the walk to the summary (the I/O edge that
+#    wires the phases together), and main(argv) -> int, which maps exceptions to
+#    exit codes.
 # ---------------------------------------------------------------------------
 
 
@@ -2202,16 +3021,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-@dataclass
-class Tally:
-    """What the run changed, for the summary line."""
-
-    annotations_added: int = 0
-    annotations_modified: int = 0
-    identifications_added: int = 0
-    identifications_modified: int = 0
-
-
 @contextlib.contextmanager
 def run_lock(cache: Path) -> Iterator[bool]:
     """Hold an exclusive lock on the cache directory; yields False if another run has it."""
@@ -2235,561 +3044,240 @@ def run_lock(cache: Path) -> Iterator[bool]:
         handle.close()
 
 
-class Run:
-    """One run of the tool over a set of local photos."""
+class RunLocked(Exception):
+    """Another run holds the lock on the cache directory."""
 
-    def __init__(self, args: argparse.Namespace, console: Console, cache: Path) -> None:
-        self.args = args
-        self.console = console
-        self.cache = cache
-        self.tally = Tally()
-        self.log_rows: list[LogRow] = []
-        self.associated_locals: set[Path] = set()
-        self.failed_writes: set[Path] = set()  # matched, but the write failed: try again
-        self.associated_photos: set[int] = set()
-        self.uploads_seen: set[int] = set()  # iNaturalist photos on the days of local photos
-        self.part_uploads: dict[int, Path] = {}  # uploads showing part of an associated photo
 
-    # -- writing -----------------------------------------------------------------
+@dataclass
+class RunState:
+    """The resources and results of one run, passed explicitly to the steps below."""
 
-    def apply(
-        self,
-        photo: LocalPhoto,
-        tags: InatTags | None,
-        history: Collection[str],
-        caption: str | None,
-    ) -> bool:
-        """Write new tags and/or caption to photo, print what changed; False if it failed."""
-        keywords = None
-        old_entry = None
-        if caption is not None:
-            old_entry = owned_caption(photo, history)
-            # The user removed our keyword and the identification is the same: leave it out.
-            removed_by_user = photo.written_caption == caption and old_entry is None
-            if old_entry != caption and not removed_by_user:
-                keywords = updated_keywords(photo.keywords, old_entry, caption)
-        tags_change = tags is not None and tags != photo.tags
-        if not tags_change and keywords is None:
-            return True
-        if keywords is not None:
-            prefix = "(dry run) " if self.args.dry_run else ""
-            self.console.say(
-                f"{prefix}{show_path(photo.path)}: Updating subject from '{old_entry}' to"
-                f" '{caption}'."
-            )
-        if not self.args.dry_run:
-            try:
-                write_photo_metadata(photo.path, tags if tags_change else None, keywords, caption)
-            except OSError as error:
-                self.console.file_error(photo.path, f"cannot write metadata ({error})")
-                self.failed_writes.add(photo.path)
-                return False
-        if tags_change:
-            if photo.tags is None:
-                self.tally.annotations_added += 1
-            else:
-                self.tally.annotations_modified += 1
-            photo.tags = tags
-        if keywords is not None:
-            if old_entry is None:
-                self.tally.identifications_added += 1
-            else:
-                self.tally.identifications_modified += 1
-            photo.keywords = keywords
-            photo.written_caption = caption
-        if not self.args.dry_run:
-            self.index.remember(photo)
-        return True
+    options: Options
+    console: Console
+    index: LocalIndex
+    pictures: PictureSource
+    scorer: PairScorer
+    tally: Tally
+    log_rows: list[LogRow] | None  # None: no log is written, no thumbnail is made
 
-    # -- known associations ------------------------------------------------------
+    @property
+    def thumbnails(self) -> LogThumbnails:
+        return LogThumbnails(self.pictures)
 
-    def refresh_known(
-        self, photo: LocalPhoto, observation: Observation | None, history: Collection[str]
-    ) -> None:
-        """A photo already tagged: refresh its caption if the identification changed."""
-        assert photo.tags is not None
-        if observation is None:
-            self.console.say(
-                f"{show_path(photo.path)}: observation {photo.tags.observation} is no longer"
-                " on iNaturalist; its tags are left as they are."
-            )
-            return
-        self.associated_locals.add(photo.path)
-        if photo.tags.photo is not None:
-            self.associated_photos.add(photo.tags.photo)
-        before = photo.caption
-        self.apply(photo, None, history, observation.caption)
-        if photo.caption != before:
-            self.log_rows.append(
-                LogRow(
-                    photo,
-                    self._local_thumbnail(photo),
-                    _candidate_for(photo, observation),
-                    None,
-                    seconds_apart(photo, observation),
-                    describe_distance(photo, observation),
-                    None,
-                    note="identification changed on iNaturalist",
-                )
-            )
 
-    # -- matching ----------------------------------------------------------------
+def perform_update(state: RunState, update: Update) -> bool:
+    """Say, write (unless dry run) and count one update; False when the write failed."""
+    options, console = state.options, state.console
+    if update.keywords is not None:
+        console.say(update_line(update, options.dry_run))
+    if not options.dry_run:
+        try:
+            write_update(update)
+        except OSError as error:
+            console.file_error(update.photo.path, f"cannot write metadata ({error})")
+            return False
+        state.index.remember(update.applied())
+    state.tally.count(update)
+    return True
 
-    def match_cluster(self, cluster: Cluster, similarity: Similarity, again: bool = False) -> int:
-        """Score every pair in the cluster, associate the best ones, log the refusals.
 
-        Returns how many local photos were compared (photos compared in vain with the same
-        uploads on an earlier run are not compared again).
-        """
-        uploads = [c.photo.id for c in cluster.candidates]
-        if not cluster.locals or not uploads:
-            return 0
-        if not self.args.recompute and not again:
-            fresh = [p for p in cluster.locals if not self.index.checked_before(p, uploads)]
-            for photo in cluster.locals:
-                if photo not in fresh:
-                    self._log_unmatched(photo, "compared in vain with the same uploads before")
-            cluster = Cluster(fresh, cluster.candidates)
-            if not fresh:
-                return 0
-        similarity.photos.fetch_all([c.photo for c in cluster.candidates], self.args.inat_size)
-        comparisons: dict[tuple[int, int], Comparison] = {}
-        pairs = [(i, j) for i in range(len(cluster.locals)) for j in range(len(cluster.candidates))]
-        with ThreadPoolExecutor(max_workers=COMPARE_WORKERS) as pool:
-            results = pool.map(
-                lambda pair: similarity.compare(
-                    cluster.locals[pair[0]], cluster.candidates[pair[1]]
-                ),
-                pairs,
-            )
-            for pair, comparison in zip(
-                pairs, progress(results, "Comparing", len(pairs)), strict=True
-            ):
-                if comparison is not None:
-                    comparisons[pair] = comparison
-        scores = {pair: c.score for pair, c in comparisons.items()}
-        areas = {pair: c.alignment.area if c.alignment else 1.0 for pair, c in comparisons.items()}
-        order = [c.photo.id for c in cluster.candidates]
-        decided: set[int] = set()
-        decisions = assign_uploads(scores, areas, self.args.ssim_threshold, order)
-        for decision in decisions:
-            candidate = cluster.candidates[decision.upload_index]
-            locals_ = [decision.local_index, *decision.rivals]
-            comparison = comparisons[(decision.local_index, decision.upload_index)]
-            if decision.kind == "tie":
-                names = " and ".join(f"'{show_path(cluster.locals[i].path)}'" for i in locals_)
-                self.console.say(
-                    f"Not associated: photo id {candidate.photo.id} fits {names} almost equally"
-                    f" well (similarity {decision.score * 100:.1f}%); too close to choose."
-                )
-                for i in locals_:
-                    self.log_rows.append(
-                        self._row(
-                            cluster.locals[i],
-                            candidate,
-                            comparisons[(i, decision.upload_index)],
-                            similarity,
-                            note="tie: another local photo fits as well",
-                        )
-                    )
-                decided.update(locals_)
-            elif decision.kind == "associate":
-                self.associate(
-                    cluster.locals[decision.local_index], candidate, comparison, similarity
-                )
-                decided.add(decision.local_index)
-        for decision in decisions:  # after the associations, so that each names its file
-            if decision.kind == "part":
-                comparison = comparisons[(decision.local_index, decision.upload_index)]
-                self.report_part(
-                    cluster.locals[decision.local_index],
-                    cluster.candidates[decision.upload_index],
-                    comparison,
-                    similarity,
-                )
-        for i, photo in enumerate(cluster.locals):
-            tried = [(c.score, j) for (li, j), c in comparisons.items() if li == i]
-            if i in decided or not tried:
-                continue
-            _, j = max(tried)
-            candidate = cluster.candidates[j]
-            taken = candidate.photo.id in self.associated_photos
-            note = (
-                "best candidate, associated with another photo"
-                if taken
-                else ("below the similarity threshold")
-            )
-            self.log_rows.append(self._row(photo, candidate, comparisons[(i, j)], similarity, note))
-        if not self.args.dry_run:
-            for i, photo in enumerate(cluster.locals):
-                compared = [cluster.candidates[j].photo.id for (li, j) in comparisons if li == i]
-                if (
-                    photo.path not in self.associated_locals
-                    and photo.path not in similarity.unreadable
-                    and photo.path not in self.failed_writes
-                ):
-                    self.index.record_checked(photo, compared)
-        similarity.forget_locals()
-        return len(cluster.locals)
+def refresh_known(
+    state: RunState, photo: LocalPhoto, observation: Observation | None, history: Collection[str]
+) -> None:
+    """A photo already tagged: refresh its caption if the identification changed."""
+    if observation is None:
+        state.console.say(gone_line(photo))
+        return
+    state.tally.associated_locals.add(photo.path)
+    if photo.tags is not None and photo.tags.photo is not None:
+        state.tally.associated_uploads.add(photo.tags.photo)
+    update = plan_update(photo, None, history, observation.caption)
+    written = update is not None and perform_update(state, update)
+    if written and update is not None and update.keywords and state.log_rows is not None:
+        state.log_rows.append(
+            changed_identification_row(update.applied(), observation, state.thumbnails)
+        )
 
-    def associate(
-        self,
-        photo: LocalPhoto,
-        candidate: Candidate,
-        comparison: Comparison,
-        similarity: Similarity,
-    ) -> None:
+
+def recall_parts(state: RunState, candidates: Sequence[Candidate]) -> list[Candidate]:
+    """Report uploads found earlier to show part of a photo still associated; drop them."""
+    remembered = state.index.parts_of([c.photo.id for c in candidates])
+    associated = {p.absolute(): p for p in state.tally.associated_locals}
+    left = []
+    for candidate in candidates:
+        stored, area = remembered.get(candidate.photo.id, (None, 0.0))
+        path = associated.get(stored) if stored is not None else None
+        if path is not None:
+            state.tally.part_uploads.add(candidate.photo.id)
+            state.console.say(part_message(candidate, path, area))
+        else:
+            left.append(candidate)
+    return left
+
+
+def apply_day(state: RunState, outcome: DayOutcome, candidates: Sequence[Candidate]) -> None:
+    """Report a matched day, write its associations, remember what was compared in vain."""
+    options, console, tally = state.options, state.console, state.tally
+    if outcome.clock_offset is not None:
+        console.say(offset_line(outcome.day, outcome.clock_offset))
+    for tie in outcome.ties:
+        console.say(tie_line(tie))
+    for association in outcome.associations:
+        console.say(found_line(association))
+        photo, candidate = association.photo, association.candidate
         observation = candidate.observation
-        seconds = seconds_apart(photo, observation)
-        described = (
-            "without caption" if photo.caption is None else f"with caption '{photo.caption}'"
-        )
-        how = comparison.alignment.describe() if comparison.alignment else ""
-        self.console.say(
-            f"'{show_path(photo.path)}' {described} found for photo id {candidate.photo.id};"
-            f" {observation.identification}, time from observation "
-            f"{'n/a' if seconds is None else seconds} secs, distance from observation "
-            f"{_distance_words(describe_distance(photo, observation))}, similarity"
-            f" {comparison.score * 100:.1f}%{f' ({how})' if how else ''}."
-        )
-        self.log_rows.append(self._row(photo, candidate, comparison, similarity))
         tags = InatTags(observation.id, candidate.photo.observation_photo_id, candidate.photo.id)
-        if self.apply(photo, tags, (), observation.caption):
-            self.associated_locals.add(photo.path)
-            self.associated_photos.add(candidate.photo.id)
+        update = plan_update(photo, tags, (), observation.caption)
+        if update is None or perform_update(state, update):
+            tally.associated_locals.add(photo.path)
+            tally.associated_uploads.add(candidate.photo.id)
+    for part in outcome.parts:
+        if part.photo.path not in tally.associated_locals:
+            continue  # its photo could not be written: the upload stays unassociated
+        area = part.comparison.alignment.area if part.comparison.alignment else 1.0
+        tally.part_uploads.add(part.candidate.photo.id)
+        console.say(part_message(part.candidate, part.photo.path, area))
+        if not options.dry_run:
+            state.index.record_part(part.candidate.photo.id, part.photo, area)
+    if not options.dry_run:
+        for path, uploads in outcome.checked:
+            if path not in state.pictures.unreadable:
+                state.index.record_checked(path, uploads)
+    if state.log_rows is not None:
+        state.log_rows.extend(day_log_rows(outcome, state.thumbnails))
+    for candidate in candidates:
+        if candidate.photo.id not in tally.associated_uploads | tally.part_uploads:
+            console.say(unassociated_line(candidate))
+            if state.log_rows is not None:
+                state.log_rows.append(unassociated_row(candidate, state.thumbnails))
 
-    def report_part(
-        self,
-        photo: LocalPhoto,
-        candidate: Candidate,
-        comparison: Comparison,
-        similarity: Similarity,
-    ) -> None:
-        """An upload made from a local photo that took a bigger upload of itself."""
-        self.part_uploads[candidate.photo.id] = photo.path
-        area = comparison.alignment.area if comparison.alignment else 1.0
-        message = part_message(candidate, photo.path, area)
-        self.console.say(message)
-        self.log_rows.append(
-            self._row(photo, candidate, comparison, similarity, note=_part_note(area))
-        )
-        if not self.args.dry_run:
-            self.index.record_part(candidate.photo.id, photo, area)
 
-    def _row(
-        self,
-        photo: LocalPhoto,
-        candidate: Candidate,
-        comparison: Comparison,
-        similarity: Similarity,
-        note: str = "",
-    ) -> LogRow:
-        inat = similarity.inat_picture(candidate.photo)
-        local = similarity.local_thumbnail(photo)
-        observation = candidate.observation
-        alignment = comparison.alignment
-        if alignment is not None and alignment.describe():
-            note = "; ".join(filter(None, [alignment.describe(), note]))
-        if comparison.prefiltered:
-            note = "; ".join(filter(None, [note, "thumbnail check only"]))
-        return LogRow(
-            photo,
-            thumbnail_data_url(local, alignment.box if alignment else None) if local else None,
-            candidate,
-            thumbnail_data_url(inat) if inat else None,
-            seconds_apart(photo, observation),
-            describe_distance(photo, observation),
-            comparison.score,
-            note,
-        )
-
-    def _log_unmatched(self, photo: LocalPhoto, note: str) -> None:
-        """A log row for a local photo that was not compared, saying why."""
-        self.log_rows.append(
-            LogRow(photo, self._local_thumbnail(photo), None, None, None, "n/a", None, note)
-        )
-
-    def _local_thumbnail(self, photo: LocalPhoto) -> str | None:
-        if not self.args.logfile:
-            return None
-        try:
-            picture = decode_upright(photo.path, photo.orientation, HTML_THUMBNAIL)
-        except (OSError, ValueError, Image.DecompressionBombError):
-            return None
-        return thumbnail_data_url(picture)
-
-    # -- the whole run -----------------------------------------------------------
-
-    def execute(self) -> int:
-        args, console = self.args, self.console
-        started = time.monotonic()
-        console.say("Loading photos ")
-        files = find_picture_files(args.paths, console)
-        settings = f"{__version__} {args.ssim_threshold} {args.inat_size} {args.cluster_threshold}"
-        self.index = LocalIndex(self.cache / "local_index.sqlite", settings)
-        local_photos = [
-            p for p in (self.index.read(f, console) for f in progress(files, "Loading")) if p
-        ]
-        self.index.db.commit()
-        console.say(
-            f"Loaded {len(local_photos)} local photos in {time.monotonic() - started:.1f} secs."
-        )
-        if args.time_offset:
-            for photo in local_photos:
-                photo.clock_error = args.time_offset
-        if not local_photos:
-            return EXIT_FILE_ERRORS if console.file_errors else EXIT_OK
-        client = InatClient(INAT_API_URL, self.cache)
-        try:
-            store = ObservationStore(self.cache / "observations.sqlite", fresh=args.bypass_cache)
-            if not store.has_synced(args.user):  # checked on an earlier run: spare a request
-                user = client.user(args.user)
-                if not user.get("observations_count"):
-                    raise UserError(f"iNaturalist user {args.user!r} has no observations")
-            days = sorted({p.corrected_time.date() for p in local_photos})
-            store.sync(client, args.user, days[0], days[-1])
-            known_ids = [p.tags.observation for p in local_photos if p.tags]
-            store.recheck(client, args.user, known_ids, days[0], days[-1])
-        except InatUnreachable as error:
-            console.say(f"Error: iNaturalist is unreachable at {client.api_url}: {error}")
-            return EXIT_USAGE
-        known = store.observations_by_id(known_ids)
-        history = store.caption_history(known_ids)
-        observations = store.observations_between(args.user, days[0], days[-1])
-        store.close()
-        photos = PhotoCache(self.cache, client, refresh=args.bypass_cache)
-        similarity = Similarity(photos, args.inat_size, args.ssim_threshold, args.gpu, console)
-        try:
-            self.match_days(local_photos, observations, known, history, similarity)
-        finally:
-            self.index.close()
-        return self.finish(local_photos, started)
-
-    def match_days(
-        self,
-        local_photos: list[LocalPhoto],
-        observations: list[Observation],
-        known: dict[int, Observation],
-        history: dict[int, set[str]],
-        similarity: Similarity,
-    ) -> None:
-        locals_by_day: dict[dt.date, list[LocalPhoto]] = defaultdict(list)
-        for photo in sorted(local_photos, key=lambda p: (p.corrected_time, str(p.path))):
-            locals_by_day[photo.corrected_time.date()].append(photo)
-        candidates_by_day: dict[dt.date, list[Candidate]] = defaultdict(list)
-        for observation in observations:
-            for photo in observation.photos:
-                candidates_by_day[observation.day].append(Candidate(photo, observation))  # type: ignore[index]
-        tagged_photo_ids = {
-            p.tags.photo for p in local_photos if p.tags and not self.args.recompute
-        }
-        for day in sorted(locals_by_day):
-            day_locals, day_candidates = locals_by_day[day], candidates_by_day.get(day, [])
-            self.uploads_seen.update(c.photo.id for c in day_candidates)
-            if day_candidates:
-                self.console.say(
-                    f"{day}: {len(day_candidates)} iNat pictures and {len(day_locals)} local"
-                    " pictures."
-                )
-            if not self.args.recompute:
-                for photo in day_locals:
-                    if photo.tags:
-                        self.refresh_known(
-                            photo,
-                            known.get(photo.tags.observation),
-                            history.get(photo.tags.observation, set()),
-                        )
-            open_locals = [p for p in day_locals if self.args.recompute or not p.tags]
-            open_candidates = [c for c in day_candidates if c.photo.id not in tagged_photo_ids]
-            if not self.args.recompute:
-                open_candidates = self.recall_parts(open_candidates)
-            if len(open_locals) < len(day_locals) and day_candidates:
-                self.console.say(
-                    f"{day}: {len(open_candidates)} iNat pictures and {len(open_locals)} local"
-                    " pictures left after excluding known associations."
-                )
-            if not day_candidates:
-                continue
-            known_today = len(open_locals) < len(day_locals)
-            self.match_day(day, open_locals, open_candidates, similarity, known_today)
-            for candidate in open_candidates:
-                if candidate.photo.id not in self.associated_photos | self.part_uploads.keys():
-                    self.report_unassociated(candidate, similarity)
-            similarity.forget_uploads()
-
-    def recall_parts(self, candidates: list[Candidate]) -> list[Candidate]:
-        """Report uploads found earlier to show part of a photo still associated; drop them."""
-        remembered = self.index.parts_of([c.photo.id for c in candidates])
-        associated = {p.absolute(): p for p in self.associated_locals}
-        left = []
-        for candidate in candidates:
-            stored, area = remembered.get(candidate.photo.id, (None, 0.0))
-            path = associated.get(stored) if stored is not None else None
-            if path is not None:
-                self.part_uploads[candidate.photo.id] = path
-                self.console.say(part_message(candidate, path, area))
-            else:
-                left.append(candidate)
-        return left
-
-    def match_day(
-        self,
-        day: dt.date,
-        open_locals: list[LocalPhoto],
-        open_candidates: list[Candidate],
-        similarity: Similarity,
-        known_today: bool = False,
-    ) -> None:
-        """Match one day's photos cluster by cluster; try a camera-clock offset if none match
-        (a day with photos already tagged has matched: no offset is looked for)."""
-        associated_before = len(self.associated_locals)
-        clusters = cluster_by_time(open_locals, open_candidates, self.args.cluster_threshold)
-        for cluster in clusters:
-            self.match_cluster(cluster, similarity)
-        untimed = [c for c in open_candidates if c.observation.observed_at is None]
-        if untimed:  # an observation without a time may belong to any photo of its day
-            leftover = [p for p in open_locals if p.path not in self.associated_locals]
-            self.match_cluster(Cluster(leftover, untimed), similarity)
-        day_uploads = [c.photo.id for c in open_candidates]
-        unchecked = self.args.recompute or any(
-            not self.index.checked_before(p, day_uploads) for p in open_locals
-        )
-        nothing_found = not known_today and len(self.associated_locals) == associated_before
-        if nothing_found and unchecked and self.args.time_offset is None:
-            offset = find_clock_offset(
-                open_locals, open_candidates, similarity, self.args.cluster_threshold
+def process_days(
+    state: RunState,
+    photos: Sequence[LocalPhoto],
+    observations: Sequence[Observation],
+    known: Mapping[int, Observation],
+    history: Mapping[int, set[str]],
+) -> None:
+    """Refresh known photos, then match and apply each day, one day at a time."""
+    options, console = state.options, state.console
+    photos_by_day: dict[dt.date, list[LocalPhoto]] = defaultdict(list)
+    for photo in sorted(photos, key=lambda p: (p.corrected_time, str(p.path))):
+        photos_by_day[photo.corrected_time.date()].append(photo)
+    candidates_by_day: dict[dt.date, list[Candidate]] = defaultdict(list)
+    for observation in observations:
+        if observation.day is not None:
+            candidates_by_day[observation.day] += [
+                Candidate(p, observation) for p in observation.photos
+            ]
+    tagged = {p.tags.photo for p in photos if p.tags and not options.recompute}
+    for day in sorted(photos_by_day):
+        day_photos, day_candidates = photos_by_day[day], candidates_by_day.get(day, [])
+        state.tally.uploads_seen.update(c.photo.id for c in day_candidates)
+        if day_candidates:
+            console.say(
+                f"{day}: {len(day_candidates)} iNat pictures and {len(day_photos)} local pictures."
             )
-            if offset is not None:
-                self.console.say(
-                    f"{day}: camera clock appears {describe_offset(offset)};"
-                    " matched with that offset"
-                )
-                for photo in open_locals:
-                    photo.clock_error = offset
-                # Refusals logged before the shift give way to the shifted comparisons.
-                self.log_rows = [r for r in self.log_rows if r.local not in open_locals]
-                for cluster in cluster_by_time(
-                    open_locals, open_candidates, self.args.cluster_threshold
-                ):
-                    self.match_cluster(cluster, similarity, again=True)
-            elif not self.args.dry_run:  # every upload of the day was tried: remember that
-                fetched = [u for u in day_uploads if u in similarity.inat_pictures]
-                for photo in open_locals:
-                    if photo.path not in similarity.unreadable | self.failed_writes:
-                        self.index.record_checked(photo, fetched)
-        logged = {id(row.local) for row in self.log_rows}
-        for photo in open_locals:
-            if photo.path not in self.associated_locals and id(photo) not in logged:
-                self._log_unmatched(photo, "no iNaturalist photo within the cluster threshold")
-
-    def report_unassociated(self, candidate: Candidate, similarity: Similarity) -> None:
-        photo, observation = candidate.photo, candidate.observation
-        self.console.say(
-            f"Not associated with a local picture: photo id {photo.id},"
-            f" {ordinal(photo.position)} photo of observation {observation.url},"
-            f" {observation.identification}."
-        )
-        thumbnail = None
-        if self.args.logfile and photo.id in similarity.inat_pictures:
-            thumbnail = thumbnail_data_url(similarity.inat_pictures[photo.id])
-        self.log_rows.append(
-            LogRow(
-                None,
-                None,
-                candidate,
-                thumbnail,
-                None,
-                "n/a",
-                None,
-                note="not associated with a local picture",
+        if not options.recompute:
+            for photo in day_photos:
+                if photo.tags:
+                    observation = known.get(photo.tags.observation)
+                    refresh_known(
+                        state, photo, observation, history.get(photo.tags.observation, set())
+                    )
+        open_photos = [p for p in day_photos if options.recompute or not p.tags]
+        open_candidates = [c for c in day_candidates if c.photo.id not in tagged]
+        if len(open_photos) < len(day_photos) and day_candidates:
+            console.say(
+                f"{day}: {len(open_candidates)} iNat pictures and {len(open_photos)} local"
+                " pictures left after excluding known associations."
             )
+        if not day_candidates:
+            continue
+        if not options.recompute:
+            open_candidates = recall_parts(state, open_candidates)
+        outcome = match_day(
+            day,
+            open_photos,
+            open_candidates,
+            state.scorer,
+            options,
+            likely=state.scorer.likely,
+            checked_before=state.index.checked_before,
+            known_today=len(open_photos) < len(day_photos),
         )
-
-    def finish(self, local_photos: list[LocalPhoto], started: float) -> int:
-        tally = self.tally
-        identifications = ""
-        if tally.identifications_added or tally.identifications_modified:
-            identifications = (
-                f"; {tally.identifications_added} identifications added,"
-                f" {tally.identifications_modified} modified"
-            )
-        unassociated_locals = sum(1 for p in local_photos if p.path not in self.associated_locals)
-        unassociated_photos = len(
-            self.uploads_seen - self.associated_photos - self.part_uploads.keys()
-        )
-        summary = (
-            f"Summary: {tally.annotations_added} iNaturalist annotations added,"
-            f" {tally.annotations_modified} modified{identifications} in"
-            f" {round(time.monotonic() - started)} seconds. {unassociated_locals} local photos"
-            f" and {unassociated_photos} iNaturalist photos without known association."
-        )
-        if self.args.dry_run:
-            summary += " Dry run: no file was changed."
-        self.console.say("")
-        self.console.say(summary)
-        if self.args.logfile:
-            try:
-                replace_or_create(
-                    Path(self.args.logfile),
-                    render_log(self.log_rows, summary, self.args.ssim_threshold).encode("utf-8"),
-                )
-            except OSError as error:
-                self.console.file_error(Path(self.args.logfile), f"cannot write log ({error})")
-        return EXIT_FILE_ERRORS if self.console.file_errors else EXIT_OK
+        apply_day(state, outcome, open_candidates)
+        state.pictures.forget_locals()
+        state.pictures.forget_uploads()
 
 
-def replace_or_create(path: Path, data: bytes) -> None:
-    """Write a file we own (the log) atomically whether or not it exists yet."""
-    if not path.exists():
-        path.write_bytes(b"")
-    replace_file_atomically(path, data)
-
-
-def owned_caption(photo: LocalPhoto, history: Collection[str]) -> str | None:
-    """The keyword this tool wrote into photo, which it may replace; None when unknown.
-
-    Files written by this version name it in TAG_CAPTION. For older files a keyword counts
-    only if the observation once had it as its caption; anything else is the user's.
-    """
-    if photo.written_caption is not None:
-        return photo.written_caption if photo.written_caption in photo.keywords else None
-    if photo.tags is None:
-        return None
-    return next((k for k in photo.keywords if k in history), None)
-
-
-def _candidate_for(photo: LocalPhoto, observation: Observation) -> Candidate | None:
-    for inat_photo in observation.photos:
-        if photo.tags and inat_photo.id == photo.tags.photo:
-            return Candidate(inat_photo, observation)
-    return None
-
-
-def part_message(candidate: Candidate, path: Path, area: float) -> str:
-    """The console line for an upload that shows part of an associated local photo."""
-    photo, observation = candidate.photo, candidate.observation
-    upload = (
-        f"Photo id {photo.id}, {ordinal(photo.position)} photo of observation {observation.url},"
-    )
-    if area >= WHOLE_AREA:
-        return (
-            f"{upload} shows the same picture as '{show_path(path)}', which is associated with"
-            " another upload of it."
-        )
+def load_observations(
+    options: Options, client: InatClient, store: ObservationStore, photos: Sequence[LocalPhoto]
+) -> tuple[list[Observation], dict[int, Observation], dict[int, set[str]]]:
+    """Sync the store for the photos' days: (the days' observations, known ones, captions)."""
+    if not store.has_synced(options.user):  # checked on an earlier run: spare a request
+        user = client.user(options.user)
+        if not user.get("observations_count"):
+            raise UserError(f"iNaturalist user {options.user!r} has no observations")
+    days = sorted({p.corrected_time.date() for p in photos})
+    store.sync(client, options.user, days[0], days[-1])
+    known_ids = [p.tags.observation for p in photos if p.tags]
+    store.recheck(client, options.user, known_ids, days[0], days[-1])
     return (
-        f"{upload} shows part of '{show_path(path)}' ({area * 100:.0f}% of its area), which is"
-        " associated with an upload showing more of it."
+        store.observations_between(options.user, days[0], days[-1]),
+        store.observations_by_id(known_ids),
+        store.caption_history(known_ids),
     )
 
 
-def _part_note(area: float) -> str:
-    if area >= WHOLE_AREA:
-        return "the same picture as another upload associated with this photo"
-    return f"shows {area * 100:.0f}% of this photo, which took an upload showing more of it"
-
-
-def _distance_words(distance: str) -> str:
-    return distance if distance in ("obscured", "n/a") else f"{distance} meters"
+def run(options: Options, console: Console) -> Tally:
+    """One run from the walk to the summary; raises RunLocked, UserError, InatUnreachable."""
+    started = time.monotonic()
+    tally = Tally()
+    with contextlib.ExitStack() as resources:
+        if not resources.enter_context(run_lock(options.cache)):
+            raise RunLocked(options.cache)
+        console.say("Loading photos ")
+        found = find_picture_files(options.paths, console)
+        remove_leftover_copies(found.leftovers)
+        index = resources.enter_context(
+            contextlib.closing(
+                LocalIndex(options.cache / "local_index.sqlite", options.matching_settings)
+            )
+        )
+        photos = load_local_photos(found.pictures, index, console, options.time_offset)
+        tally.local_photos = len(photos)
+        console.say(f"Loaded {len(photos)} local photos in {time.monotonic() - started:.1f} secs.")
+        if not photos:
+            return tally
+        client = InatClient(options.api_url, options.cache)
+        resources.callback(client.session.close)
+        with contextlib.closing(
+            ObservationStore(options.cache / "observations.sqlite", fresh=options.bypass_cache)
+        ) as store:
+            observations, known, history = load_observations(options, client, store, photos)
+        photo_cache = PhotoCache(
+            options.cache, client, refresh=options.bypass_cache, console=console
+        )
+        resources.callback(photo_cache.http.close)
+        pictures = PictureSource(photo_cache, options.inat_size, console)
+        scorer = PairScorer(
+            pictures, options.ssim_threshold, choose_score_function(options.gpu, console)
+        )
+        state = RunState(
+            options, console, index, pictures, scorer, tally, [] if options.logfile else None
+        )
+        process_days(state, photos, observations, known, history)
+        summary = summary_line(tally, time.monotonic() - started, options.dry_run)
+        console.say("")
+        console.say(summary)
+        if options.logfile is not None and state.log_rows is not None:
+            page = render_log(state.log_rows, summary, options.ssim_threshold)
+            try:
+                replace_or_create(options.logfile, page.encode("utf-8"))
+            except OSError as error:
+                console.file_error(options.logfile, f"cannot write log ({error})")
+    return tally
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -2799,24 +3287,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exit_request:  # argparse has printed its message
         return EXIT_USAGE if exit_request.code else EXIT_OK
+    options = Options.from_args(args, os.environ)
+    Image.MAX_IMAGE_PIXELS = MAX_PICTURE_PIXELS
     warnings.simplefilter("ignore", Image.DecompressionBombWarning)
     register_namespace()
     console = Console()
-    cache = cache_directory()
     try:
-        with run_lock(cache) as acquired:
-            if not acquired:
-                console.say(
-                    f"Error: another inat_photos run is using {show_path(cache)}; try again later."
-                )
-                return EXIT_LOCKED
-            return Run(args, console, cache).execute()
+        run(options, console)
+    except RunLocked:
+        console.say(
+            f"Error: another inat_photos run is using {show_path(options.cache)}; try again later."
+        )
+        return EXIT_LOCKED
     except UserError as error:
         console.say(f"Error: {error}")
+        return EXIT_USAGE
+    except InatUnreachable as error:
+        console.say(f"Error: iNaturalist is unreachable at {options.api_url}: {error}")
         return EXIT_USAGE
     except KeyboardInterrupt:
         console.say("Interrupted; files already written are complete, the rest untouched.")
         return 130
+    return EXIT_FILE_ERRORS if console.file_errors else EXIT_OK
 
 
 if __name__ == "__main__":

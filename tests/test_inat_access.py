@@ -394,9 +394,9 @@ def test_store_forgets_only_what_the_answer_lacks(tmp_path: Path) -> None:
     store = ip.ObservationStore(tmp_path / "observations.sqlite")
     client = CountingClient({1: {"id": 1, "taxon": {"name": "Canis latrans", "rank": "species"}}})
     day = dt.date(2022, 5, 14)
-    previous = store.recheck(client, USER, [1, 2, 3], day, day)  # type: ignore[arg-type]
+    store.recheck(client, USER, [1, 2, 3], day, day)  # type: ignore[arg-type]
     assert client.asked == [[1, 2, 3]]
-    assert set(previous) == {1}  # the version replaced, for the caption it had
+    assert store.caption_history([1]) == {1: {"Canis latrans"}}  # kept for the caption rule
     assert set(store.observations_by_id([1, 2, 3])) == {1}
     store.recheck(client, USER, [1, 2, 3], day, day)  # type: ignore[arg-type]
     assert len(client.asked) == 1, "asked again within 7 days"

@@ -329,10 +329,9 @@ def log_pages(draw, benign: bool = False):
         local = ip.LocalPhoto(
             path=Path(draw(path_texts) or "x"),
             taken_at=dt.datetime(2021, 2, 1, 10, 15),
-            taken_at_from_exif=True,
             location=None,
             orientation=1,
-            keywords=keywords,
+            keywords=tuple(keywords),
             tags=None,
         )
         common = draw(st.none() | st.text(max_size=20))
@@ -381,7 +380,7 @@ def defanged(rows, summary: str):
         local = row.local
         if local is not None:
             local = ip.LocalPhoto(
-                Path("x"), local.taken_at, True, None, 1, [x(k) for k in local.keywords], None
+                Path("x"), local.taken_at, None, 1, tuple(x(k) for k in local.keywords), None
             )
         candidate = row.candidate
         if candidate is not None:

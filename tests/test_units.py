@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 
 import numpy as np
@@ -105,20 +106,21 @@ def test_missing_taxon_gives_no_name(taxon: object) -> None:
 
 def test_owned_caption_is_the_one_written_never_a_look_alike() -> None:
     ours = "Elm Borer (Saperda tridentata)"
-    photo = _local("a.jpg", dt.datetime(2021, 1, 1, 9))
-    photo.tags = ip.InatTags(1, 2, 3)
+    photo = dataclasses.replace(
+        _local("a.jpg", dt.datetime(2021, 1, 1, 9)),
+        tags=ip.InatTags(1, 2, 3),
+        keywords=("Beetle on elm", ours, "Elm (Ulmus americana)"),
+        written_caption=ours,
+    )
     # Files written by this version name their caption.
-    photo.keywords = ["Beetle on elm", ours, "Elm (Ulmus americana)"]
-    photo.written_caption = ours
     assert ip.owned_caption(photo, set()) == ours
     # Older files: only a caption the observation once had counts, never a look-alike.
-    photo.written_caption = None
-    assert ip.owned_caption(photo, {ours}) == ours
-    assert ip.owned_caption(photo, {"Something (Else entirely)"}) is None
+    legacy = dataclasses.replace(photo, written_caption=None)
+    assert ip.owned_caption(legacy, {ours}) == ours
+    assert ip.owned_caption(legacy, {"Something (Else entirely)"}) is None
     # Our keyword removed by the user: nothing is ours.
-    photo.keywords = ["Beetle on elm"]
-    photo.written_caption = ours
-    assert ip.owned_caption(photo, {ours}) is None
+    removed = dataclasses.replace(photo, keywords=("Beetle on elm",))
+    assert ip.owned_caption(removed, {ours}) is None
 
 
 def test_distance_known_points() -> None:
@@ -163,7 +165,7 @@ def test_gps_parsing() -> None:
 
 
 def _local(name: str, when: dt.datetime) -> ip.LocalPhoto:
-    return ip.LocalPhoto(ip.Path(name), when, True, None, 1, [], None)
+    return ip.LocalPhoto(ip.Path(name), when, None, 1, (), None)
 
 
 def _candidate(photo_id: int, when: dt.datetime | None, minute: bool = True) -> ip.Candidate:
@@ -185,7 +187,7 @@ def test_cluster_by_time_single_linkage() -> None:
     ]
     clusters = ip.cluster_by_time(locals_, candidates, 180)
     # 0, 60(+59), 150, 290 chain together; 700 and 900 are more than 180 s from anything earlier.
-    assert [[p.path.name for p in c.locals] for c in clusters] == [
+    assert [[p.path.name for p in c.photos] for c in clusters] == [
         ["0.jpg", "1.jpg", "2.jpg"],
         ["3.jpg"],
         [],
@@ -390,7 +392,7 @@ def test_describe_offset() -> None:
 
 def test_corrected_time_applies_the_clock_error() -> None:
     photo = _local("a.jpg", dt.datetime(2023, 6, 14, 11, 30))
-    photo.clock_error = dt.timedelta(hours=1)
+    photo = dataclasses.replace(photo, clock_error=dt.timedelta(hours=1))
     assert photo.corrected_time == dt.datetime(2023, 6, 14, 10, 30)
     observation = _candidate(1, dt.datetime(2023, 6, 14, 10, 30, 20), minute=False).observation
     assert ip.seconds_apart(photo, observation) == 20

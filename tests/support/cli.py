@@ -73,7 +73,6 @@ def run_main(
     cache: Path,
 ) -> CliResult:
     """The tool in this process (so faults can be injected with monkeypatch)."""
-    monkeypatch.setattr(ip, "INAT_API_URL", api_url.rstrip("/"))
     monkeypatch.setenv("INAT_API_URL", api_url)
     monkeypatch.setenv("INAT_PHOTOS_CACHE", str(cache))
     capsys.readouterr()

@@ -1,0 +1,294 @@
+"""The pure phases in isolation: plan_update, match_day with a fake compare, PictureSource."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import io
+from pathlib import Path
+
+from PIL import Image
+
+import inat_photos as ip
+
+DAY = dt.date(2021, 2, 1)
+OURS = "Coyote (Canis latrans)"
+
+
+def photo(name: str, when: dt.datetime, **changes: object) -> ip.LocalPhoto:
+    base = ip.LocalPhoto(Path(name), when, None, 1, (), None)
+    return dataclasses.replace(base, **changes)
+
+
+def candidate(photo_id: int, when: dt.datetime | None) -> ip.Candidate:
+    upload = ip.InatPhoto(photo_id, photo_id + 1, photo_id * 10, 1, "http://x/photos/1/square.jpg")
+    observation = ip.Observation(
+        photo_id * 10,
+        "u",
+        ip.TaxonName("Canis latrans", "Coyote"),
+        when,
+        True,
+        when.date() if when else DAY,
+        None,
+        False,
+        (upload,),
+    )
+    return ip.Candidate(upload, observation)
+
+
+class FakeCompare:
+    """Scores from a table keyed by (file name, photo id); records what it was asked."""
+
+    def __init__(self, table: dict[tuple[str, int], float], areas: dict | None = None) -> None:
+        self.table = table
+        self.areas = areas or {}
+        self.asked: list[tuple[str, int]] = []
+
+    def __call__(self, photos, candidates):
+        found = {}
+        for i, p in enumerate(photos):
+            for j, c in enumerate(candidates):
+                key = (p.path.name, c.photo.id)
+                self.asked.append(key)
+                if key in self.table:
+                    area = self.areas.get(key)
+                    alignment = ip.Alignment((0.0, 0.0, area, 1.0)) if area else None
+                    found[(i, j)] = ip.Comparison(self.table[key], alignment)
+        return found
+
+    def likely(self, photos, candidates):
+        return {
+            (i, j): self.table.get((p.path.name, c.photo.id), 0) >= 0.9
+            for i, p in enumerate(photos)
+            for j, c in enumerate(candidates)
+        }
+
+
+def never_checked(photo: ip.LocalPhoto, uploads) -> bool:
+    return False
+
+
+def options(**changes: object) -> ip.Options:
+    return dataclasses.replace(ip.Options(user="u", paths=()), **changes)
+
+
+# -- plan_update -------------------------------------------------------------------------
+
+
+def test_plan_update_for_a_new_association_appends_the_caption() -> None:
+    tags = ip.InatTags(1, 2, 3)
+    local = photo("a.jpg", dt.datetime(2021, 2, 1, 10), keywords=("holiday",))
+    update = ip.plan_update(local, tags, (), OURS)
+    assert update == ip.Update(local, tags, ("holiday", OURS), None, OURS)
+    assert update.applied().written_caption == OURS
+    assert update.applied().keywords == ("holiday", OURS)
+
+
+def test_plan_update_leaves_an_unchanged_photo_alone() -> None:
+    tags = ip.InatTags(1, 2, 3)
+    local = photo(
+        "a.jpg",
+        dt.datetime(2021, 2, 1, 10),
+        keywords=("a", OURS, "b"),
+        tags=tags,
+        written_caption=OURS,
+    )
+    assert ip.plan_update(local, tags, (), OURS) is None
+    assert ip.plan_update(local, None, {OURS}, OURS) is None
+
+
+def test_plan_update_replaces_only_our_keyword() -> None:
+    tags = ip.InatTags(1, 2, 3)
+    local = photo(
+        "a.jpg",
+        dt.datetime(2021, 2, 1, 10),
+        keywords=("Elm (Ulmus americana)", OURS, "x"),
+        tags=tags,
+        written_caption=OURS,
+    )
+    fox = "Gray Fox (Urocyon cinereoargenteus)"
+    update = ip.plan_update(local, None, (), fox)
+    assert update is not None and update.tags is None and update.old_caption == OURS
+    assert update.keywords == ("Elm (Ulmus americana)", fox, "x")
+
+
+def test_plan_update_respects_a_keyword_the_user_removed() -> None:
+    local = photo(
+        "a.jpg",
+        dt.datetime(2021, 2, 1, 10),
+        keywords=("mine",),
+        tags=ip.InatTags(1, 2, 3),
+        written_caption=OURS,
+    )
+    assert ip.plan_update(local, None, (), OURS) is None
+
+
+# -- match_day -----------------------------------------------------------------------------
+
+
+def test_match_day_associates_refuses_and_reports_ties() -> None:
+    t = dt.datetime(2021, 2, 1, 10, 0)
+    photos = [
+        photo("a.jpg", t),
+        photo("b1.jpg", t + dt.timedelta(minutes=20)),
+        photo("b2.jpg", t + dt.timedelta(minutes=20, seconds=1)),
+        photo("c.jpg", t + dt.timedelta(minutes=40)),
+        photo("lonely.jpg", t + dt.timedelta(hours=3)),
+    ]
+    uploads = [
+        candidate(1, t),
+        candidate(2, t + dt.timedelta(minutes=20)),
+        candidate(3, t + dt.timedelta(minutes=40)),
+    ]
+    compare = FakeCompare(
+        {("a.jpg", 1): 0.99, ("b1.jpg", 2): 0.981, ("b2.jpg", 2): 0.979, ("c.jpg", 3): 0.80}
+    )
+    outcome = ip.match_day(
+        DAY,
+        photos,
+        uploads,
+        compare,
+        options(),
+        likely=compare.likely,
+        checked_before=never_checked,
+    )
+    assert [(a.photo.path.name, a.candidate.photo.id) for a in outcome.associations] == [
+        ("a.jpg", 1)
+    ]
+    assert [(t.candidate.photo.id, [p.path.name for p in t.photos]) for t in outcome.ties] == [
+        (2, ["b1.jpg", "b2.jpg"])
+    ]
+    reasons = {r.photo.path.name: r.reason for r in outcome.refusals}
+    assert reasons == {"c.jpg": ip.BELOW_THRESHOLD, "lonely.jpg": ip.NO_CANDIDATE}
+    assert [c.photo.id for c in outcome.unmatched] == [2, 3]
+    assert dict(outcome.checked)[Path("c.jpg")] == frozenset({3})
+    assert Path("a.jpg") not in dict(outcome.checked)
+    assert outcome.clock_offset is None
+
+
+def test_match_day_skips_photos_compared_in_vain_before() -> None:
+    t = dt.datetime(2021, 2, 1, 10, 0)
+    photos = [photo("old.jpg", t), photo("new.jpg", t + dt.timedelta(seconds=5))]
+    compare = FakeCompare({("new.jpg", 1): 0.99})
+
+    def checked_before(local: ip.LocalPhoto, uploads) -> bool:
+        return local.path.name == "old.jpg"
+
+    outcome = ip.match_day(
+        DAY,
+        photos,
+        [candidate(1, t)],
+        compare,
+        options(),
+        likely=compare.likely,
+        checked_before=checked_before,
+    )
+    assert ("old.jpg", 1) not in compare.asked
+    assert [r.reason for r in outcome.refusals] == [ip.COMPARED_BEFORE]
+    assert [a.photo.path.name for a in outcome.associations] == ["new.jpg"]
+
+
+def test_match_day_finds_a_camera_clock_offset_and_matches_again() -> None:
+    t = dt.datetime(2021, 2, 1, 10, 0)
+    ahead = dt.timedelta(hours=1)
+    photos = [
+        photo("a.jpg", t + ahead + dt.timedelta(seconds=20)),
+        photo("b.jpg", t + ahead + dt.timedelta(minutes=30)),
+    ]
+    uploads = [candidate(1, t), candidate(2, t + dt.timedelta(minutes=30))]
+    compare = FakeCompare({("a.jpg", 1): 0.99, ("b.jpg", 2): 0.98})
+    outcome = ip.match_day(
+        DAY,
+        photos,
+        uploads,
+        compare,
+        options(),
+        likely=compare.likely,
+        checked_before=never_checked,
+    )
+    assert outcome.clock_offset == ahead
+    assert [(a.photo.path.name, a.candidate.photo.id) for a in outcome.associations] == [
+        ("a.jpg", 1),
+        ("b.jpg", 2),
+    ]
+    assert all(a.photo.clock_error == ahead for a in outcome.associations)
+    # A stated offset is never searched for.
+    stated = ip.match_day(
+        DAY,
+        photos,
+        uploads,
+        FakeCompare({}),
+        options(time_offset=dt.timedelta(0)),
+        likely=compare.likely,
+        checked_before=never_checked,
+    )
+    assert stated.clock_offset is None and not stated.associations
+
+
+def test_match_day_reports_a_crop_as_part_of_the_photo_that_took_the_whole() -> None:
+    t = dt.datetime(2021, 2, 1, 10, 0)
+    compare = FakeCompare({("a.jpg", 1): 1.0, ("a.jpg", 2): 0.984}, areas={("a.jpg", 1): 0.29})
+    outcome = ip.match_day(
+        DAY,
+        [photo("a.jpg", t)],
+        [candidate(1, t), candidate(2, t)],
+        compare,
+        options(),
+        likely=compare.likely,
+        checked_before=never_checked,
+    )
+    assert [a.candidate.photo.id for a in outcome.associations] == [2]
+    assert [p.candidate.photo.id for p in outcome.parts] == [1]
+    assert outcome.unmatched == ()
+
+
+# -- PictureSource -------------------------------------------------------------------------
+
+
+class Console:
+    def __init__(self) -> None:
+        self.errors: list[tuple[Path, str]] = []
+
+    def file_error(self, path: Path, reason: str) -> None:
+        self.errors.append((path, reason))
+
+
+class PhotoCache:
+    """Serves one upload from disk; counts fetches."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fetches = 0
+
+    def fetch(self, photo: ip.InatPhoto, size: str) -> Path | None:
+        self.fetches += 1
+        return self.path if photo.id == 1 else None
+
+    def fetch_all(self, photos, size: str) -> dict:
+        return {p.id: self.fetch(p, size) for p in photos}
+
+
+def test_picture_source_decodes_once_and_reports_an_unreadable_file_once(tmp_path: Path) -> None:
+    good = tmp_path / "good.jpg"
+    buffer = io.BytesIO()
+    Image.new("RGB", (4000, 3000), (10, 200, 30)).save(buffer, "JPEG")
+    good.write_bytes(buffer.getvalue())
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not a jpeg")
+    console = Console()
+    cache = PhotoCache(good)
+    pictures = ip.PictureSource(cache, "large", console)  # type: ignore[arg-type]
+
+    first = pictures.local(photo("good.jpg", dt.datetime(2021, 2, 1), path=good))
+    assert first is not None and max(first.size) < 4000  # decoded reduced (draft mode)
+    assert pictures.local(photo("good.jpg", dt.datetime(2021, 2, 1), path=good)) is first
+    broken = photo("bad.jpg", dt.datetime(2021, 2, 1), path=bad)
+    assert pictures.local(broken) is None and pictures.local_thumbnail(broken) is None
+    assert [p for p, _ in console.errors] == [bad]
+
+    upload = candidate(1, None).photo
+    assert pictures.upload(upload) is pictures.upload(upload)
+    assert cache.fetches == 1
+    assert pictures.upload(candidate(5, None).photo) is None
+    pictures.forget_locals()
+    assert pictures.locals == {} and pictures.thumbnails == {}
