@@ -68,6 +68,16 @@ def never_checked(photo: ip.LocalPhoto, uploads) -> bool:
     return False
 
 
+TAGS = ip.InatTags(1, 2, 3)
+
+
+def tagged(*keywords: str, written: str | None = OURS) -> ip.LocalPhoto:
+    """A photo this tool tagged before, with these keywords, ours recorded as written."""
+    return photo(
+        "a.jpg", dt.datetime(2021, 2, 1, 10), keywords=keywords, tags=TAGS, written_caption=written
+    )
+
+
 def options(**changes: object) -> ip.Options:
     return dataclasses.replace(ip.Options(user="u", paths=()), **changes)
 
@@ -85,27 +95,13 @@ def test_plan_update_for_a_new_association_appends_the_caption() -> None:
 
 
 def test_plan_update_leaves_an_unchanged_photo_alone() -> None:
-    tags = ip.InatTags(1, 2, 3)
-    local = photo(
-        "a.jpg",
-        dt.datetime(2021, 2, 1, 10),
-        keywords=("a", OURS, "b"),
-        tags=tags,
-        written_caption=OURS,
-    )
-    assert ip.plan_update(local, tags, (), OURS) is None
+    local = tagged("a", OURS, "b")
+    assert ip.plan_update(local, TAGS, (), OURS) is None
     assert ip.plan_update(local, None, {OURS}, OURS) is None
 
 
 def test_plan_update_replaces_only_our_keyword() -> None:
-    tags = ip.InatTags(1, 2, 3)
-    local = photo(
-        "a.jpg",
-        dt.datetime(2021, 2, 1, 10),
-        keywords=("Elm (Ulmus americana)", OURS, "x"),
-        tags=tags,
-        written_caption=OURS,
-    )
+    local = tagged("Elm (Ulmus americana)", OURS, "x")
     fox = "Gray Fox (Urocyon cinereoargenteus)"
     update = ip.plan_update(local, None, (), fox)
     assert update is not None and update.tags is None and update.old_caption == OURS
@@ -113,14 +109,7 @@ def test_plan_update_replaces_only_our_keyword() -> None:
 
 
 def test_plan_update_respects_a_keyword_the_user_removed() -> None:
-    local = photo(
-        "a.jpg",
-        dt.datetime(2021, 2, 1, 10),
-        keywords=("mine",),
-        tags=ip.InatTags(1, 2, 3),
-        written_caption=OURS,
-    )
-    assert ip.plan_update(local, None, (), OURS) is None
+    assert ip.plan_update(tagged("mine"), None, (), OURS) is None
 
 
 # -- match_day -----------------------------------------------------------------------------
