@@ -82,6 +82,19 @@ def options(**changes: object) -> ip.Options:
     return dataclasses.replace(ip.Options(user="u", paths=()), **changes)
 
 
+def match(photos, uploads, compare: FakeCompare, checked_before=never_checked, **changes):
+    """match_day on DAY with the fake compare (and its gate) and default options."""
+    return ip.match_day(
+        DAY,
+        photos,
+        uploads,
+        compare,
+        options(**changes),
+        likely=compare.likely,
+        checked_before=checked_before,
+    )
+
+
 # -- plan_update -------------------------------------------------------------------------
 
 
@@ -132,15 +145,7 @@ def test_match_day_associates_refuses_and_reports_ties() -> None:
     compare = FakeCompare(
         {("a.jpg", 1): 0.99, ("b1.jpg", 2): 0.981, ("b2.jpg", 2): 0.979, ("c.jpg", 3): 0.80}
     )
-    outcome = ip.match_day(
-        DAY,
-        photos,
-        uploads,
-        compare,
-        options(),
-        likely=compare.likely,
-        checked_before=never_checked,
-    )
+    outcome = match(photos, uploads, compare)
     assert [(a.photo.path.name, a.candidate.photo.id) for a in outcome.associations] == [
         ("a.jpg", 1)
     ]
@@ -163,15 +168,7 @@ def test_match_day_skips_photos_compared_in_vain_before() -> None:
     def checked_before(local: ip.LocalPhoto, uploads) -> bool:
         return local.path.name == "old.jpg"
 
-    outcome = ip.match_day(
-        DAY,
-        photos,
-        [candidate(1, t)],
-        compare,
-        options(),
-        likely=compare.likely,
-        checked_before=checked_before,
-    )
+    outcome = match(photos, [candidate(1, t)], compare, checked_before=checked_before)
     assert ("old.jpg", 1) not in compare.asked
     assert [r.reason for r in outcome.refusals] == [ip.COMPARED_BEFORE]
     assert [a.photo.path.name for a in outcome.associations] == ["new.jpg"]
@@ -186,15 +183,7 @@ def test_match_day_finds_a_camera_clock_offset_and_matches_again() -> None:
     ]
     uploads = [candidate(1, t), candidate(2, t + dt.timedelta(minutes=30))]
     compare = FakeCompare({("a.jpg", 1): 0.99, ("b.jpg", 2): 0.98})
-    outcome = ip.match_day(
-        DAY,
-        photos,
-        uploads,
-        compare,
-        options(),
-        likely=compare.likely,
-        checked_before=never_checked,
-    )
+    outcome = match(photos, uploads, compare)
     assert outcome.clock_offset == ahead
     assert [(a.photo.path.name, a.candidate.photo.id) for a in outcome.associations] == [
         ("a.jpg", 1),
@@ -202,30 +191,16 @@ def test_match_day_finds_a_camera_clock_offset_and_matches_again() -> None:
     ]
     assert all(a.photo.clock_error == ahead for a in outcome.associations)
     # A stated offset is never searched for.
-    stated = ip.match_day(
-        DAY,
-        photos,
-        uploads,
-        FakeCompare({}),
-        options(time_offset=dt.timedelta(0)),
-        likely=compare.likely,
-        checked_before=never_checked,
-    )
+    blind = FakeCompare({})  # its gate says yes where the first one did; it scores nothing
+    blind.likely = compare.likely  # type: ignore[method-assign]
+    stated = match(photos, uploads, blind, time_offset=dt.timedelta(0))
     assert stated.clock_offset is None and not stated.associations
 
 
 def test_match_day_reports_a_crop_as_part_of_the_photo_that_took_the_whole() -> None:
     t = dt.datetime(2021, 2, 1, 10, 0)
     compare = FakeCompare({("a.jpg", 1): 1.0, ("a.jpg", 2): 0.984}, areas={("a.jpg", 1): 0.29})
-    outcome = ip.match_day(
-        DAY,
-        [photo("a.jpg", t)],
-        [candidate(1, t), candidate(2, t)],
-        compare,
-        options(),
-        likely=compare.likely,
-        checked_before=never_checked,
-    )
+    outcome = match([photo("a.jpg", t)], [candidate(1, t), candidate(2, t)], compare)
     assert [a.candidate.photo.id for a in outcome.associations] == [2]
     assert [p.candidate.photo.id for p in outcome.parts] == [1]
     assert outcome.unmatched == ()
