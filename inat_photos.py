@@ -3128,7 +3128,7 @@ def plan_update(
         )
         record = owned if owned != photo.written_darwin_core else None
     new_tags = tags if tags is not None and tags != photo.tags else None
-    if (new_tags, keywords, hierarchy_list, record) == (None, None, None, None) and not terms:
+    if not terms and all(part is None for part in (new_tags, keywords, hierarchy_list, record)):
         return None
     return Update(
         photo,
