@@ -9,10 +9,13 @@ The data flow, one section of this file per step:
 
     command line -> Options (frozen, built once)
     folders      -> picture files -> LocalPhoto (metadata, via the LocalIndex)
+                 -> prepare_local_photos: sidecars read, RAW+JPEG pairs joined
     iNaturalist  -> ObservationStore (synced) -> Observation -> Candidate
+                 -> lineages (kingdom..taxon), only for --hierarchical-keywords/--darwin-core
     per day:  match_day(photos, candidates, compare, options) -> DayOutcome
                   compare = PairScorer: PictureSource (fetch, decode) + compare_pictures
               plan_update(photo, ...) -> Update -> write_update (atomic, or dry run)
+                  into the photo, or its XMP sidecar; a pair's partners get their own Update
               DayOutcome + updates -> console lines, log rows, Tally
     Tally    -> summary line, HTML log, exit code
 
@@ -24,6 +27,10 @@ Glossary:
   caption      the identification as a keyword, 'Coyote (Canis latrans)', in dc:subject
   part         an upload that shows part of a local photo already associated with a bigger one
   tie          an upload that two local photos fit almost equally; refused, never guessed
+  sidecar      NAME.xmp or NAME.EXT.xmp beside a picture: where RAW and HEIC files (and, with
+               --sidecars, every picture) keep their tags; the picture is never written
+  partner      a RAW+JPEG pair's other file: not compared, tagged like the one that is
+  lineage      a taxon's (rank, name) from kingdom down, for hierarchy and Darwin Core
 """
 
 from __future__ import annotations
@@ -60,13 +67,20 @@ from PIL import Image
 __version__ = "1.1.0"
 
 __all__ = [
+    "DWC_NAMESPACE",
+    "DWC_PREFIX",
     "EXIT_FILE_ERRORS",
     "EXIT_LOCKED",
     "EXIT_OK",
     "EXIT_USAGE",
+    "HEIF_FORMATS",
     "PER_PAGE",
     "PICTURE_SUFFIXES",
+    "RAW_FORMATS",
     "TAG_CAPTION",
+    "TAG_DARWIN_CORE",
+    "TAG_HIERARCHY",
+    "TAG_HIERARCHY_CAPTION",
     "TAG_OBSERVATION",
     "TAG_OBSERVATION_PHOTO",
     "TAG_PHOTO",
@@ -74,9 +88,11 @@ __all__ = [
     "Alignment",
     "Candidate",
     "Comparison",
+    "Console",
     "DayOutcome",
     "InatPhoto",
     "InatTags",
+    "Lineage",
     "LocalPhoto",
     "LogRow",
     "Observation",
@@ -91,14 +107,19 @@ __all__ = [
     "cluster_by_time",
     "coarse_alignment",
     "compare_pictures",
+    "darwin_core_terms",
+    "decode_upright",
     "describe_offset",
     "distance_m",
     "find_clock_offset",
     "grayscale",
+    "hierarchy_entry",
     "main",
     "match_day",
+    "name_sidecars",
     "ordinal",
     "owned_caption",
+    "pair_raw_with_exports",
     "parse_cluster_threshold",
     "parse_exif_datetime",
     "parse_gps",
@@ -106,7 +127,10 @@ __all__ = [
     "parse_positive_int",
     "parse_ssim_threshold",
     "parse_time_offset",
+    "picture_kind",
     "plan_update",
+    "prepare_local_photos",
+    "read_local_photo",
     "refine_alignment",
     "register_namespace",
     "render_log",
@@ -115,7 +139,9 @@ __all__ = [
     "show_path",
     "ssim_score",
     "taxon_name",
+    "updated_darwin_core",
     "updated_keywords",
+    "write_update",
 ]
 
 # ---------------------------------------------------------------------------
@@ -157,13 +183,58 @@ TAG_CAPTION = "Xmp.iNaturalist.caption"  # the dc:subject keyword this tool wrot
 TAG_SUBJECT = "Xmp.dc.subject"
 
 
+TAG_HIERARCHY = "Xmp.lr.hierarchicalSubject"  # Lightroom's, read by digiKam and XnView too
+
+
+# The lr:hierarchicalSubject entry and the Darwin Core terms this tool wrote, recorded like
+# TAG_CAPTION so that only they are ever replaced.
+TAG_HIERARCHY_CAPTION = "Xmp.iNaturalist.hierarchicalSubject"
+
+
+TAG_DARWIN_CORE = "Xmp.iNaturalist.darwinCore"  # 'term=value' for each term written
+
+
+DWC_NAMESPACE = "http://rs.tdwg.org/dwc/terms/"  # Simple Darwin Core, as naturtag writes it
+
+
+DWC_PREFIX = "dwc"
+
+
 INAT_SIZES = ("small", "medium", "large", "original")
 
 
 INAT_PIXELS = {"small": 240, "medium": 500, "large": 1024, "original": 2048}  # longest side
 
 
-PICTURE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".png", ".tif", ".tiff"}
+IN_FILE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".png", ".tif", ".tiff"}  # tags go into the file
+
+
+RAW_FORMATS = {  # suffix -> the name messages use; decoded with LibRaw, never written
+    ".cr2": "Canon CR2",
+    ".cr3": "Canon CR3",
+    ".nef": "Nikon NEF",
+    ".arw": "Sony ARW",
+    ".raf": "Fujifilm RAF",
+    ".orf": "Olympus ORF",
+    ".rw2": "Panasonic RW2",
+    ".pef": "Pentax PEF",
+    ".dng": "DNG",
+}
+
+
+HEIF_FORMATS = {".heic": "HEIC", ".heif": "HEIF", ".hif": "HEIF", ".avif": "AVIF"}  # never written
+
+
+PICTURE_SUFFIXES = IN_FILE_SUFFIXES | set(RAW_FORMATS) | set(HEIF_FORMATS)
+
+
+SIDECAR_SUFFIX = ".xmp"
+
+
+SIDECAR_NAMINGS = ("lightroom", "darktable")  # NAME.xmp or NAME.EXT.xmp; see name_sidecars
+
+
+TAXA_PER_REQUEST = 30  # the most ids iNaturalist's taxa endpoint answers in one request
 
 
 PER_PAGE = 200  # the API's maximum page size
@@ -237,6 +308,10 @@ class Options:
     dry_run: bool = False
     api_url: str = DEFAULT_API_URL
     cache: Path = Path(".")
+    sidecars: bool = False  # JPEG, PNG and TIFF tags go into sidecars too
+    sidecar_names: str = SIDECAR_NAMINGS[0]
+    hierarchical_keywords: bool = False
+    darwin_core: bool = False
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, environ: Mapping[str, str]) -> Options:
@@ -255,7 +330,16 @@ class Options:
             dry_run=args.dry_run,
             api_url=environ.get("INAT_API_URL", DEFAULT_API_URL).rstrip("/"),
             cache=cache_directory(environ),
+            sidecars=args.sidecars,
+            sidecar_names=args.sidecar_names,
+            hierarchical_keywords=args.hierarchical_keywords,
+            darwin_core=args.darwin_core,
         )
+
+    @property
+    def needs_lineages(self) -> bool:
+        """True when the taxonomy above each taxon is written, so it must be fetched."""
+        return self.hierarchical_keywords or self.darwin_core
 
     @property
     def matching_settings(self) -> str:
@@ -531,6 +615,10 @@ class Observation:
     location: tuple[float, float] | None
     obscured: bool
     photos: tuple[InatPhoto, ...]
+    taxon_id: int | None = None
+    taxon_rank: str | None = None
+    taxon_scientific: str | None = None  # the name as iNaturalist spells it, no 'ssp.'/'sp.'
+    ancestor_ids: tuple[int, ...] = ()  # from the root down, without the taxon itself
 
     @property
     def caption(self) -> str | None:
@@ -580,6 +668,7 @@ def parse_observation(record: dict[str, Any]) -> Observation | None:
     # Positions may be missing or repeated; number photos as iNaturalist shows them.
     photos = [dataclasses.replace(p, position=i + 1) for i, p in enumerate(photos)]
     uri = record.get("uri")
+    taxon = record.get("taxon") if isinstance(record.get("taxon"), dict) else {}
     return Observation(
         id=obs_id,
         url=uri
@@ -592,7 +681,27 @@ def parse_observation(record: dict[str, Any]) -> Observation | None:
         location=parse_location(record.get("location")),
         obscured=bool(record.get("obscured")) or record.get("geoprivacy") == "obscured",
         photos=tuple(photos),
+        taxon_id=_int_or_none(taxon.get("id")),
+        taxon_rank=taxon["rank"] if isinstance(taxon.get("rank"), str) else None,
+        taxon_scientific=" ".join(taxon["name"].split())
+        if isinstance(taxon.get("name"), str)
+        else None,
+        ancestor_ids=taxon_ancestor_ids(taxon),
     )
+
+
+def taxon_ancestor_ids(taxon: dict[str, Any]) -> tuple[int, ...]:
+    """A taxon's ancestors from the root down, from 'ancestor_ids' or the 'ancestry' path."""
+    ids: Any = taxon.get("ancestor_ids")
+    if not isinstance(ids, list):
+        ancestry = taxon.get("ancestry")
+        ids = ancestry.split("/") if isinstance(ancestry, str) else []
+    own = _int_or_none(taxon.get("id"))
+    parsed = (parse_positive_int(i) for i in ids)
+    return tuple(i for i in parsed if i is not None and i != own)
+
+
+Lineage = tuple[tuple[str, str], ...]  # (rank, scientific name), kingdom first, taxon last
 
 
 @dataclass(frozen=True)
@@ -616,6 +725,13 @@ class LocalPhoto:
     tags: InatTags | None
     written_caption: str | None = None  # the keyword this tool wrote (TAG_CAPTION)
     clock_error: dt.timedelta = dt.timedelta(0)  # how far the camera clock was ahead
+    hierarchy: tuple[str, ...] = ()  # XMP lr:hierarchicalSubject, in order
+    written_hierarchy: str | None = None  # the entry this tool wrote (TAG_HIERARCHY_CAPTION)
+    darwin_core: tuple[tuple[str, str], ...] = ()  # (Xmp.dwc.* key, value), sorted
+    written_darwin_core: tuple[tuple[str, str], ...] = ()  # the terms this tool wrote, likewise
+    taken_at_from_exif: bool = True  # False: taken_at is the file's modification time
+    sidecar: Path | None = None  # where its tags live when not in the file itself
+    partners: tuple[LocalPhoto, ...] = ()  # RAW+JPEG: the pair's other files, tagged alike
 
     @property
     def corrected_time(self) -> dt.datetime:
@@ -757,7 +873,8 @@ class DayOutcome:
 # ---------------------------------------------------------------------------
 # 4. iNaturalist I/O
 #    The pyinaturalist session that asks the API, the SQLite store that keeps the
-#    user's observations between runs, and the cache of downloaded photos.
+#    user's observations (and the taxa above their identifications) between runs,
+#    and the cache of downloaded photos.
 # ---------------------------------------------------------------------------
 
 
@@ -878,6 +995,17 @@ class InatClient:
             found.extend(r for r in results if isinstance(r, dict))
         return found
 
+    def taxa(self, ids: Sequence[int]) -> list[dict[str, Any]]:
+        """Taxa by id with their ancestors, TAXA_PER_REQUEST a request; unknown ids are absent."""
+        found: list[dict[str, Any]] = []
+        for start in range(0, len(ids), TAXA_PER_REQUEST):
+            batch = ids[start : start + TAXA_PER_REQUEST]
+            results = self._get_json(f"taxa/{','.join(map(str, batch))}").get("results")
+            if not isinstance(results, list):
+                raise InatUnreachable("unexpected answer from taxa")
+            found.extend(r for r in results if isinstance(r, dict))
+        return found
+
 
 def _describe_http_error(error: BaseException) -> str:
     """One plain line for any network or decoding failure."""
@@ -926,7 +1054,7 @@ class ObservationStore:
         if fresh:
             self.db.executescript(
                 "DROP TABLE IF EXISTS observations; DROP TABLE IF EXISTS synced;"
-                " DROP TABLE IF EXISTS checked;"
+                " DROP TABLE IF EXISTS checked; DROP TABLE IF EXISTS taxa;"
             )
         # checked: when iNaturalist last answered for an observation id, in a listing or by
         # id; ids it no longer has stay here too, so they are not asked for on every run.
@@ -939,6 +1067,8 @@ class ObservationStore:
             CREATE TABLE IF NOT EXISTS captions (
                 observation_id INTEGER, caption TEXT, PRIMARY KEY (observation_id, caption));
             CREATE TABLE IF NOT EXISTS checked (id INTEGER PRIMARY KEY, checked_at TEXT NOT NULL);
+            CREATE TABLE IF NOT EXISTS taxa (
+                id INTEGER PRIMARY KEY, name TEXT NOT NULL, rank TEXT, ancestors TEXT);
             """
         )
 
@@ -1083,6 +1213,72 @@ class ObservationStore:
         parsed = (parse_observation(json.loads(r[0])) for r in rows)
         return [o for o in parsed if o and o.day and first_day <= o.day <= last_day]
 
+    def _taxon(self, taxon_id: int) -> tuple[str, str | None, list[int] | None] | None:
+        """(name, rank, ancestor ids or None when not learnt) of a stored taxon."""
+        row = self.db.execute(
+            "SELECT name, rank, ancestors FROM taxa WHERE id = ?", (taxon_id,)
+        ).fetchone()
+        return (row[0], row[1], json.loads(row[2]) if row[2] else None) if row else None
+
+    def _put_taxon(self, record: dict[str, Any], ancestors: Sequence[int] | None) -> None:
+        taxon_id, name = _int_or_none(record.get("id")), record.get("name")
+        if taxon_id is None or not isinstance(name, str) or not name.strip():
+            return
+        known = self._taxon(taxon_id)
+        if ancestors is None and known is not None:  # keep a lineage learnt before
+            ancestors = known[2]
+        rank = record.get("rank") if isinstance(record.get("rank"), str) else None
+        self.db.execute(
+            "INSERT OR REPLACE INTO taxa VALUES (?, ?, ?, ?)",
+            (
+                taxon_id,
+                " ".join(name.split()),
+                rank,
+                json.dumps(list(ancestors)) if ancestors is not None else None,
+            ),
+        )
+
+    def lineages(
+        self, client: InatClient, observations: Iterable[Observation]
+    ) -> dict[int, Lineage]:
+        """Each observed taxon's (rank, name) from kingdom down to itself.
+
+        Ancestor names come from the taxa endpoint, asked once per taxon and batched; they
+        are kept here, so a rerun asks for nothing new.
+        """
+        wanted = {o.taxon_id: o for o in observations if o.taxon_id and o.taxon_scientific}
+
+        def ancestors_of(observation: Observation) -> list[int] | None:
+            stored = self._taxon(observation.taxon_id)  # type: ignore[arg-type]
+            ids = list(observation.ancestor_ids) or (stored[2] if stored else None)
+            if ids is None or any(self._taxon(i) is None for i in ids):
+                return None
+            return ids
+
+        missing = sorted(t for t, o in wanted.items() if ancestors_of(o) is None)
+        if missing:
+            for record in client.taxa(missing):
+                ancestors = record.get("ancestors")
+                for ancestor in ancestors if isinstance(ancestors, list) else []:
+                    if isinstance(ancestor, dict):
+                        self._put_taxon(ancestor, None)
+                self._put_taxon(record, taxon_ancestor_ids(record))
+            self.db.commit()
+        found: dict[int, Lineage] = {}
+        for taxon_id, observation in wanted.items():
+            ids = ancestors_of(observation)
+            if ids is None:  # iNaturalist did not name them all: better no tree than half of one
+                continue
+            levels = [self._taxon(i) for i in ids]
+            above = [
+                (level[1] or "", level[0])
+                for level in levels
+                if level is not None and level[1] not in (None, "stateofmatter")  # not 'Life'
+            ]
+            own = (observation.taxon_rank or "", observation.taxon_scientific or "")
+            found[taxon_id] = (*above, own)
+        return found
+
 
 class PhotoCache:
     """iNaturalist photos on disk, keyed by photo id and size; never a partial file."""
@@ -1202,7 +1398,9 @@ class PhotoCache:
 # 5. Local files
 #    Finding picture files, removing copies a killed run left behind, reading the
 #    metadata this tool uses (through the LocalIndex, so reruns parse only what
-#    changed), and decoding pixels upright at the size a comparison needs.
+#    changed; from XMP sidecars, for RAW and HEIC files always), joining RAW+JPEG
+#    pairs, and decoding pixels upright at the size a comparison needs: Pillow,
+#    pillow-heif for HEIC, LibRaw's preview or demosaic for RAW.
 # ---------------------------------------------------------------------------
 
 
@@ -1229,8 +1427,8 @@ def find_picture_files(arguments: Sequence[str], console: Console) -> FoundFiles
             return
         if path.suffix.lower() not in PICTURE_SUFFIXES:
             if named:
-                console.warn(f"{show_path(path)}: not a JPEG, PNG or TIFF picture; skipped")
-            else:
+                console.warn(f"{show_path(path)}: not a picture format this tool reads; skipped")
+            elif path.suffix.lower() != SIDECAR_SUFFIX:  # sidecars are read with their photo
                 skipped.append(path)
             return
         if (info.st_dev, info.st_ino) not in seen:  # hard links and repeated arguments
@@ -1267,7 +1465,7 @@ def find_picture_files(arguments: Sequence[str], console: Console) -> FoundFiles
     if skipped:
         examples = ", ".join(repr(show_path(p)) for p in skipped[:3])
         console.say(
-            f"Skipped {len(skipped)} file(s) that are not JPEG, PNG or TIFF pictures"
+            f"Skipped {len(skipped)} file(s) that are not pictures this tool reads"
             f" (e.g. {examples})."
         )
     return FoundFiles(tuple(found), tuple(leftovers))
@@ -1280,8 +1478,20 @@ def remove_leftover_copies(leftovers: Iterable[Path]) -> None:
             path.unlink()
 
 
+def picture_kind(path: Path) -> str:
+    """'raw' (LibRaw), 'heif' (HEIC, HEIF, AVIF) or 'plain' (JPEG, PNG, TIFF), by suffix."""
+    suffix = path.suffix.lower()
+    return "raw" if suffix in RAW_FORMATS else "heif" if suffix in HEIF_FORMATS else "plain"
+
+
+def format_name(path: Path) -> str:
+    """The file's format as messages name it: 'Canon CR3', 'HEIC', 'JPEG'..."""
+    suffix = path.suffix.lower()
+    return RAW_FORMATS.get(suffix) or HEIF_FORMATS.get(suffix) or suffix.lstrip(".").upper()
+
+
 def _read_metadata(path: Path) -> tuple[dict[str, str], dict[str, Any]]:
-    """EXIF and XMP of a picture file, via exiv2."""
+    """EXIF and XMP of a picture file (or of an XMP sidecar), via exiv2."""
     import pyexiv2
 
     try:
@@ -1289,6 +1499,47 @@ def _read_metadata(path: Path) -> tuple[dict[str, str], dict[str, Any]]:
         image = pyexiv2.Image(str(path))
     except UnicodeDecodeError:  # exiv2 wants UTF-8 names; read odd names through memory
         image = pyexiv2.ImageData(path.read_bytes())
+    try:
+        return image.read_exif(), image.read_xmp()
+    finally:
+        image.close()
+
+
+def _jpeg_segment(marker: int, payload: bytes) -> bytes:
+    return bytes((0xFF, marker)) + (len(payload) + 2).to_bytes(2, "big") + payload
+
+
+def _decoder_metadata(path: Path) -> tuple[dict[str, str], dict[str, Any]]:
+    """EXIF and XMP as the decoder exposes them, for files whose container exiv2 cannot read.
+
+    HEIF: pillow-heif's EXIF and XMP blocks, read by exiv2 from a stub JPEG that holds only
+    them. RAW: LibRaw's capture time. Raises OSError when the decoder cannot open the file.
+    """
+    import pyexiv2
+
+    if picture_kind(path) == "raw":
+        import rawpy
+
+        try:
+            with _open_raw(path) as raw:
+                taken = raw.other.timestamp
+        except rawpy.LibRawError as error:
+            raise OSError(f"LibRaw cannot open it ({error})") from None
+        when = taken.strftime("%Y:%m:%d %H:%M:%S") if isinstance(taken, dt.datetime) else None
+        return ({"Exif.Photo.DateTimeOriginal": when} if when else {}), {}
+    import pillow_heif
+
+    try:
+        info = pillow_heif.open_heif(path, convert_hdr_to_8bit=False).info
+    except (ValueError, RuntimeError) as error:
+        raise OSError(f"cannot open it as {format_name(path)} ({error})") from None
+    exif, xmp = info.get("exif") or b"", info.get("xmp") or b""
+    stub = b"\xff\xd8"
+    if exif:
+        stub += _jpeg_segment(0xE1, exif if exif.startswith(b"Exif") else b"Exif\0\0" + exif)
+    if xmp:
+        stub += _jpeg_segment(0xE1, b"http://ns.adobe.com/xap/1.0/\0" + xmp)
+    image = pyexiv2.ImageData(stub + b"\xff\xd9")
     try:
         return image.read_exif(), image.read_xmp()
     finally:
@@ -1308,35 +1559,86 @@ def _caption_tag(value: Any) -> str | None:
     return text if text and text.strip() else None
 
 
-def read_local_photo(path: Path, console: Console) -> LocalPhoto | None:
-    """Read one picture's metadata; report the file and return None when it cannot be read."""
-    try:
-        exif, xmp = _read_metadata(path)
-        mtime = path.stat().st_mtime
-    except (OSError, RuntimeError, ValueError) as error:
-        console.file_error(path, f"cannot read metadata ({str(error).strip() or 'unreadable'})")
-        return None
-    taken_at = parse_exif_datetime(
-        exif.get("Exif.Photo.DateTimeOriginal") or exif.get("Exif.Image.DateTimeOriginal")
+def _darwin_core_record(value: Any) -> tuple[tuple[str, str], ...]:
+    """TAG_DARWIN_CORE's 'term=value' entries as sorted (Xmp.dwc.term, value) pairs."""
+    pairs = (entry.partition("=") for entry in _keywords(value))
+    return tuple(
+        sorted((f"Xmp.{DWC_PREFIX}.{term}", text) for term, _, text in pairs if term.isalpha())
     )
-    if taken_at is None:
-        console.warn(f"{show_path(path)}: no usable EXIF date; using the file's modification time")
-    orientation = parse_positive_int(exif.get("Exif.Image.Orientation"))
+
+
+# The LocalPhoto fields that come from XMP, the file's own or its sidecar's.
+XMP_FIELDS = (
+    "tags",
+    "keywords",
+    "written_caption",
+    "hierarchy",
+    "written_hierarchy",
+    "darwin_core",
+    "written_darwin_core",
+)
+
+
+def xmp_facts(xmp: Mapping[str, Any]) -> dict[str, Any]:
+    """The XMP_FIELDS of a LocalPhoto as read from an XMP dictionary."""
     observation = parse_positive_int(xmp.get(TAG_OBSERVATION))
-    return LocalPhoto(
-        path=path,
-        taken_at=taken_at or dt.datetime.fromtimestamp(mtime).replace(microsecond=0),
-        location=parse_gps(exif),
-        orientation=orientation if orientation in range(1, 9) else 1,
-        keywords=tuple(_keywords(xmp.get(TAG_SUBJECT))),
-        written_caption=_caption_tag(xmp.get(TAG_CAPTION)),
-        tags=InatTags(
+    dwc = f"Xmp.{DWC_PREFIX}."
+    return {
+        "tags": InatTags(
             observation=observation,
             observation_photo=parse_positive_int(xmp.get(TAG_OBSERVATION_PHOTO)),
             photo=parse_positive_int(xmp.get(TAG_PHOTO)),
         )
         if observation is not None
         else None,
+        "keywords": tuple(_keywords(xmp.get(TAG_SUBJECT))),
+        "written_caption": _caption_tag(xmp.get(TAG_CAPTION)),
+        "hierarchy": tuple(_keywords(xmp.get(TAG_HIERARCHY))),
+        "written_hierarchy": _caption_tag(xmp.get(TAG_HIERARCHY_CAPTION)),
+        "darwin_core": tuple(
+            sorted((k, v) for k, v in xmp.items() if k.startswith(dwc) and isinstance(v, str))
+        ),
+        "written_darwin_core": _darwin_core_record(xmp.get(TAG_DARWIN_CORE)),
+    }
+
+
+def read_local_photo(path: Path, console: Console) -> LocalPhoto | None:
+    """Read one picture's metadata; report the file and return None when it cannot be read.
+
+    When exiv2 cannot read a RAW or HEIF file, what its decoder gives is used, with a warning.
+    """
+    kind = picture_kind(path)
+    try:
+        mtime = path.stat().st_mtime
+        exif, xmp = _read_metadata(path)
+    except (OSError, RuntimeError, ValueError) as error:
+        reason = str(error).strip() or "unreadable"
+        try:
+            if kind == "plain" or isinstance(error, OSError):
+                raise OSError(reason)
+            exif, xmp = _decoder_metadata(path)
+        except (OSError, RuntimeError, ValueError):
+            console.file_error(path, f"cannot read metadata ({reason})")
+            return None
+        console.warn(
+            f"{show_path(path)}: exiv2 cannot read the metadata of this {format_name(path)}"
+            f" file ({reason}); using what the decoder gives"
+        )
+    taken_at = parse_exif_datetime(
+        exif.get("Exif.Photo.DateTimeOriginal") or exif.get("Exif.Image.DateTimeOriginal")
+    )
+    if taken_at is None:
+        console.warn(f"{show_path(path)}: no usable EXIF date; using the file's modification time")
+    orientation = parse_positive_int(exif.get("Exif.Image.Orientation"))
+    if kind != "plain":  # LibRaw and libheif turn these pictures upright themselves
+        orientation = 1
+    return LocalPhoto(
+        path=path,
+        taken_at=taken_at or dt.datetime.fromtimestamp(mtime).replace(microsecond=0),
+        location=parse_gps(exif),
+        orientation=orientation if orientation in range(1, 9) else 1,
+        taken_at_from_exif=taken_at is not None,
+        **xmp_facts(xmp),
     )
 
 
@@ -1350,12 +1652,21 @@ def _photo_record(photo: LocalPhoto) -> str:
             "keywords": list(photo.keywords),
             "written_caption": photo.written_caption,
             "tags": tags,
+            "hierarchy": list(photo.hierarchy),
+            "written_hierarchy": photo.written_hierarchy,
+            "darwin_core": photo.darwin_core,
+            "written_darwin_core": photo.written_darwin_core,
+            "from_exif": photo.taken_at_from_exif,
         }
     )
 
 
 def _photo_from_record(path: Path, record: str) -> LocalPhoto:
     data = json.loads(record)
+
+    def pairs(key: str) -> tuple[tuple[str, str], ...]:
+        return tuple((str(k), str(v)) for k, v in data.get(key) or ())
+
     return LocalPhoto(
         path=path,
         taken_at=dt.datetime.fromisoformat(data["taken_at"]),
@@ -1364,6 +1675,11 @@ def _photo_from_record(path: Path, record: str) -> LocalPhoto:
         keywords=tuple(data["keywords"]),
         written_caption=data["written_caption"],
         tags=InatTags(**data["tags"]) if data["tags"] else None,
+        hierarchy=tuple(data.get("hierarchy") or ()),
+        written_hierarchy=data.get("written_hierarchy"),
+        darwin_core=pairs("darwin_core"),
+        written_darwin_core=pairs("written_darwin_core"),
+        taken_at_from_exif=bool(data.get("from_exif", True)),
     )
 
 
@@ -1387,6 +1703,8 @@ class LocalIndex:
                 uploads TEXT NOT NULL);
             CREATE TABLE IF NOT EXISTS parts (
                 photo_id INTEGER PRIMARY KEY, path BLOB NOT NULL, area REAL NOT NULL);
+            CREATE TABLE IF NOT EXISTS sidecars (
+                path BLOB PRIMARY KEY, size INTEGER, mtime_ns INTEGER, record TEXT NOT NULL);
             """
         )
 
@@ -1414,12 +1732,44 @@ class LocalIndex:
         return photo
 
     def remember(self, photo: LocalPhoto) -> None:
-        """Store what we know of photo under the file's current size and time."""
-        key = self._key(photo.path)
+        """Store what we know of photo under the file's (or its sidecar's) size and time."""
+        table = "sidecars" if photo.sidecar is not None else "photos"
+        key = self._key(photo.sidecar or photo.path)
         if key is not None:
             self.db.execute(
-                "INSERT OR REPLACE INTO photos VALUES (?, ?, ?, ?)", (*key, _photo_record(photo))
+                f"INSERT OR REPLACE INTO {table} VALUES (?, ?, ?, ?)", (*key, _photo_record(photo))
             )
+
+    def read_sidecar(self, photo: LocalPhoto, console: Console) -> LocalPhoto | None:
+        """photo with the XMP_FIELDS of its sidecar (from the index, if it is unchanged).
+
+        Ids found only in the file itself still count. No sidecar yet: no keywords. None
+        when the sidecar cannot be read (reported).
+        """
+        assert photo.sidecar is not None
+        key = self._key(photo.sidecar)
+        facts = xmp_facts({})
+        if key is not None:
+            row = self.db.execute(
+                "SELECT record FROM sidecars WHERE path = ? AND size = ? AND mtime_ns = ?", key
+            ).fetchone()
+            cached = None
+            if row:
+                with contextlib.suppress(ValueError, KeyError, TypeError):
+                    cached = _photo_from_record(photo.path, row[0])
+            if cached is not None:
+                facts = {name: getattr(cached, name) for name in XMP_FIELDS}
+            else:
+                try:
+                    _, xmp = _read_metadata(photo.sidecar)
+                except (OSError, RuntimeError, ValueError) as error:
+                    reason = str(error).strip() or "unreadable"
+                    console.file_error(photo.sidecar, f"cannot read this XMP sidecar ({reason})")
+                    return None
+                facts = xmp_facts(xmp)
+                self.remember(dataclasses.replace(photo, **facts))
+        facts["tags"] = facts["tags"] or photo.tags
+        return dataclasses.replace(photo, **facts)
 
     def checked_before(self, photo: LocalPhoto, uploads: Iterable[int]) -> bool:
         """True when photo was compared in vain with all of these uploads, unchanged since."""
@@ -1476,6 +1826,121 @@ def load_local_photos(
     return photos
 
 
+def sidecar_names(path: Path) -> tuple[Path, Path]:
+    """(NAME.xmp, NAME.EXT.xmp): Lightroom's and Capture One's name, darktable's and digiKam's."""
+    return path.with_name(path.stem + SIDECAR_SUFFIX), path.with_name(path.name + SIDECAR_SUFFIX)
+
+
+def needs_sidecar(path: Path, all_in_sidecars: bool) -> bool:
+    """RAW and HEIF files are never written: their tags always go into a sidecar."""
+    return all_in_sidecars or path.suffix.lower() not in IN_FILE_SUFFIXES
+
+
+def name_sidecars(
+    files: Sequence[Path], naming: str, all_in_sidecars: bool, console: Console
+) -> dict[Path, Path]:
+    """The sidecar each file's tags live in, for the files that keep them in one.
+
+    An existing sidecar is used whichever its convention (the named one first); a new one gets
+    the name of --sidecar-names. NAME.xmp never serves two files: when several files of a
+    folder share a name stem (IMG_1.CR2, IMG_1.JPG), it belongs to the RAW file (to the first
+    by name if none is RAW) and the others use NAME.EXT.xmp; the run says so in one line.
+    """
+    listings: dict[Path, dict[str, str]] = {}
+
+    def existing(candidate: Path) -> Path | None:
+        """candidate as it exists in its folder, compared without case (IMG_1.XMP)."""
+        if candidate.parent not in listings:
+            try:
+                names = os.listdir(candidate.parent)
+            except OSError:
+                names = []
+            listings[candidate.parent] = {n.lower(): n for n in names}
+        found = listings[candidate.parent].get(candidate.name.lower())
+        return candidate.with_name(found) if found is not None else None
+
+    claimants: dict[tuple[Path, str], list[Path]] = defaultdict(list)
+    for path in files:
+        if needs_sidecar(path, all_in_sidecars):
+            claimants[(path.parent, path.stem.lower())].append(path)
+    homes: dict[Path, Path] = {}
+    displaced: list[tuple[Path, Path]] = []  # (file, the file that owns its NAME.xmp)
+    for group in claimants.values():
+        group.sort(key=lambda p: (p.suffix.lower() not in RAW_FORMATS, p.name))
+        for index, path in enumerate(group):
+            short, long = sidecar_names(path)
+            own_short = existing(short) if index == 0 else None
+            own_long = existing(long)
+            preferred = (own_short, own_long) if naming == "lightroom" else (own_long, own_short)
+            home = next((p for p in preferred if p is not None), None)
+            if home is None:
+                home = short if naming == "lightroom" and index == 0 else long
+            if naming == "lightroom" and index > 0 and home == long:
+                displaced.append((path, group[0]))
+            homes[path] = home
+    if displaced:
+        path, owner = displaced[0]
+        console.say(
+            f"{len(displaced)} file(s) share a name stem with a picture that owns NAME.xmp;"
+            f" their tags go into NAME.EXT.xmp (e.g. {show_path(path)}:"
+            f" {sidecar_names(path)[1].name}, as {sidecar_names(path)[0].name} is"
+            f" {owner.name}'s)."
+        )
+    return homes
+
+
+def pair_raw_with_exports(photos: Sequence[LocalPhoto]) -> list[LocalPhoto]:
+    """RAW+JPEG pairs (same folder, name stem and EXIF capture time) as one photo each.
+
+    The quickest file to decode (JPEG, then HEIF, PNG or TIFF) is compared; the others become
+    its partners and receive the same tags. The archive's order is kept.
+    """
+    groups: dict[tuple[Path, str, dt.datetime], list[LocalPhoto]] = defaultdict(list)
+    for photo in photos:
+        if photo.taken_at_from_exif:  # file times say nothing about being the same shot
+            groups[(photo.path.parent, photo.path.stem.lower(), photo.taken_at)].append(photo)
+    cost = {"plain": 0, "heif": 1, "raw": 2}
+    compared: dict[Path, LocalPhoto] = {}
+    partners: set[Path] = set()
+    for group in groups.values():
+        kinds = {picture_kind(p.path) for p in group}
+        if "raw" not in kinds or kinds == {"raw"}:
+            continue
+        first, *others = sorted(
+            group,
+            key=lambda p: (
+                cost[picture_kind(p.path)],
+                p.path.suffix.lower() not in {".jpg", ".jpeg"},
+            ),
+        )
+        compared[first.path] = dataclasses.replace(first, partners=tuple(others))
+        partners.update(p.path for p in others)
+    return [compared.get(p.path, p) for p in photos if p.path not in partners]
+
+
+def prepare_local_photos(
+    photos: Sequence[LocalPhoto],
+    index: LocalIndex,
+    console: Console,
+    *,
+    naming: str,
+    all_in_sidecars: bool,
+) -> list[LocalPhoto]:
+    """Photos ready for matching: sidecars named and read, RAW+JPEG pairs joined."""
+    homes = name_sidecars([p.path for p in photos], naming, all_in_sidecars, console)
+    ready = []
+    for photo in photos:
+        sidecar = homes.get(photo.path)
+        if sidecar is None:
+            ready.append(photo)
+            continue
+        found = index.read_sidecar(dataclasses.replace(photo, sidecar=sidecar), console)
+        if found is not None:
+            ready.append(found)
+    index.db.commit()
+    return pair_raw_with_exports(ready)
+
+
 _ORIENTATION_FIX = {
     2: Image.Transpose.FLIP_LEFT_RIGHT,
     3: Image.Transpose.ROTATE_180,
@@ -1488,7 +1953,15 @@ _ORIENTATION_FIX = {
 
 
 def decode_upright(path: Path, orientation: int, longest: int) -> Image.Image:
-    """Decode a picture upright and in RGB, reduced but with its longest side >= longest."""
+    """Decode a picture upright and in RGB, reduced but with its longest side >= longest.
+
+    RAW and HEIF files are turned upright by their decoders; orientation is for the others.
+    """
+    kind = picture_kind(path)
+    if kind == "raw":
+        return _decode_raw(path, longest)
+    if kind == "heif":
+        _register_heif_decoder()
     with Image.open(path) as image:
         if image.width * image.height > MAX_PICTURE_PIXELS:  # Pillow only warns up to 2x
             raise Image.DecompressionBombError(
@@ -1498,9 +1971,100 @@ def decode_upright(path: Path, orientation: int, longest: int) -> Image.Image:
             scale = longest / max(image.size)
             image.draft("RGB", (math.ceil(image.width * scale), math.ceil(image.height * scale)))
         picture = image.convert("RGB")
+        if kind == "heif":  # libheif has applied the file's turns; Pillow's AVIF may leave one
+            orientation = image.getexif().get(0x0112, 1)
     if orientation in _ORIENTATION_FIX:
         picture = picture.transpose(_ORIENTATION_FIX[orientation])
     return picture
+
+
+def decodes_reduced(path: Path) -> bool:
+    """True when a small decode costs much less than a big one: JPEGs, and RAW files (their
+    previews are JPEGs). PNG, TIFF and HEIF always decode every pixel."""
+    return picture_kind(path) == "raw" or path.suffix.lower() in {".jpg", ".jpeg", ".jpe"}
+
+
+def _register_heif_decoder() -> None:
+    """Let Pillow open HEIC/HEIF through pillow-heif (Pillow reads AVIF itself)."""
+    import pillow_heif
+
+    pillow_heif.register_heif_opener()
+
+
+# sRGB's tone curve (LibRaw's default is BT.709's): exports are sRGB, so compare like with like
+SRGB_GAMMA = (2.4, 12.92)
+
+
+_LIBRAW_FLIP = {0: 1, 3: 3, 5: 8, 6: 6}  # LibRaw's flip code -> the EXIF orientation it means
+
+
+def _open_raw(path: Path) -> Any:
+    """rawpy's reader for path (names that are not UTF-8 are read through memory)."""
+    import rawpy
+
+    try:
+        os.fsencode(path).decode("utf-8")
+        return rawpy.imread(str(path))
+    except UnicodeDecodeError:
+        return rawpy.imread(io.BytesIO(path.read_bytes()))
+
+
+def _decode_raw(path: Path, longest: int) -> Image.Image:
+    """A RAW picture upright: the camera's preview JPEG when it is large enough (fast, and
+    close to what people export), else a half-size demosaic.
+
+    Large enough: at least longest pixels on its longest side, or as large as the demosaic.
+    """
+    import rawpy
+
+    try:
+        with _open_raw(path) as raw:
+            sizes = raw.sizes
+            if sizes.raw_width * sizes.raw_height > MAX_PICTURE_PIXELS:
+                raise Image.DecompressionBombError(
+                    f"{sizes.raw_width}x{sizes.raw_height} pixels, more than {MAX_PICTURE_PIXELS}"
+                )
+            enough = min(longest, max(sizes.width, sizes.height) // 2)
+            preview = _raw_preview(raw, enough, longest)
+            if preview is not None:
+                orientation = _LIBRAW_FLIP.get(sizes.flip, 1)
+                if orientation in _ORIENTATION_FIX:
+                    preview = preview.transpose(_ORIENTATION_FIX[orientation])
+                return preview
+            # LibRaw applies the flip itself when it demosaics.
+            pixels = raw.postprocess(
+                half_size=True, use_camera_wb=True, output_bps=8, gamma=SRGB_GAMMA
+            )
+    except rawpy.LibRawError as error:
+        raise OSError(
+            f"LibRaw cannot decode this {format_name(path)} file ({type(error).__name__})"
+        ) from None
+    return Image.fromarray(pixels).convert("RGB")
+
+
+def _raw_preview(raw: Any, enough: int, longest: int) -> Image.Image | None:
+    """The embedded preview in RGB, reduced but not below longest, if its longest side has at
+    least enough pixels; else None."""
+    import rawpy
+
+    try:
+        thumb = raw.extract_thumb()
+    except (rawpy.LibRawNoThumbnailError, rawpy.LibRawUnsupportedThumbnailError):
+        return None
+    if thumb.format == rawpy.ThumbFormat.JPEG:
+        try:
+            with Image.open(io.BytesIO(thumb.data)) as image:
+                if max(image.size) < enough:
+                    return None
+                scale = longest / max(image.size)
+                image.draft(
+                    "RGB", (math.ceil(image.width * scale), math.ceil(image.height * scale))
+                )
+                return image.convert("RGB")
+        except (OSError, ValueError):  # a damaged preview: demosaic instead
+            return None
+    picture = Image.fromarray(thumb.data).convert("RGB")
+    return picture if max(picture.size) >= enough else None
 
 
 # ---------------------------------------------------------------------------
@@ -1549,7 +2113,13 @@ class PictureSource:
         return self._decode(photo, side, self.locals)
 
     def local_thumbnail(self, photo: LocalPhoto) -> Image.Image | None:
-        """The local picture upright at about thumbnail size (JPEGs decode at 1/8 cheaply)."""
+        """The local picture upright at about thumbnail size (JPEGs decode at 1/8 cheaply).
+
+        A format that always decodes every pixel (HEIC, PNG, TIFF) is decoded once: its
+        thumbnail is the picture local() returns.
+        """
+        if not decodes_reduced(photo.path):
+            return self.local(photo)
         return self._decode(photo, HTML_THUMBNAIL, self.thumbnails)
 
     def _decode(
@@ -2365,10 +2935,11 @@ def match_day(
 
 # ---------------------------------------------------------------------------
 # 9. Writing
-#    The one place that changes a photo. plan_update decides, purely, what a photo
-#    should hold (ids, and the caption keyword that replaces only the one this tool
-#    wrote); write_update writes it through exiv2 into a copy that then replaces
-#    the original atomically.
+#    The one place that changes a photo or its sidecar. plan_update decides, purely,
+#    what a photo should hold: ids, the caption keyword and, when asked, a hierarchical
+#    keyword and Darwin Core terms, each replacing only what this tool wrote (which it
+#    records beside them). write_update writes that through exiv2 into a copy that then
+#    replaces the photo, or its XMP sidecar, atomically.
 # ---------------------------------------------------------------------------
 
 
@@ -2376,8 +2947,9 @@ def register_namespace() -> None:
     import pyexiv2
 
     pyexiv2.set_log_level(4)  # exiv2's own warnings are noise; we report failures ourselves
-    with contextlib.suppress(Exception):  # already registered in this process
-        pyexiv2.registerNs(INAT_NAMESPACE, INAT_PREFIX)
+    for uri, prefix in ((INAT_NAMESPACE, INAT_PREFIX), (DWC_NAMESPACE, DWC_PREFIX)):
+        with contextlib.suppress(Exception):  # already registered in this process
+            pyexiv2.registerNs(uri, prefix)
 
 
 def updated_keywords(keywords: Sequence[str], old: str | None, new: str) -> list[str]:
@@ -2404,91 +2976,244 @@ def owned_caption(photo: LocalPhoto, history: Collection[str]) -> str | None:
     return next((k for k in photo.keywords if k in history), None)
 
 
+def updated_entries(
+    entries: Sequence[str], ours: str | None, written: str | None, new: str
+) -> tuple[str, ...] | None:
+    """entries with new in place of ours (the entry this tool wrote, still there), or None
+    when nothing must change. One the user removed (written == new) is not put back."""
+    removed_by_user = written == new and ours is None
+    if ours == new or removed_by_user:
+        return None
+    return tuple(updated_keywords(entries, ours, new))
+
+
+def hierarchy_entry(lineage: Lineage) -> str:
+    """'Animalia|Chordata|Mammalia|Carnivora|Canidae|Canis|Canis latrans'."""
+    return "|".join(name for _, name in lineage if name)
+
+
+DWC_RANKS = ("kingdom", "phylum", "class", "order", "family", "genus")
+
+
+def darwin_core_terms(
+    observation: Observation, lineage: Lineage | None, photo_location: tuple[float, float] | None
+) -> dict[str, str]:
+    """The Simple Darwin Core terms naturtag writes for an occurrence, as XMP keys."""
+    terms: dict[str, str | None] = {
+        "occurrenceID": observation.url,
+        "scientificName": observation.taxon_scientific,
+        "taxonRank": observation.taxon_rank,
+        "vernacularName": observation.name.common if observation.name else None,
+        "eventDate": observation.observed_at.isoformat()
+        if observation.observed_at
+        else (observation.observed_on.isoformat() if observation.observed_on else None),
+    }
+    for rank, name in lineage or ():
+        if rank in DWC_RANKS:
+            terms[rank] = name
+    # A photo's own GPS is better than an observation's; an obscured one is a decoy.
+    if photo_location is None and observation.location and not observation.obscured:
+        terms["decimalLatitude"] = f"{observation.location[0]:.6f}"
+        terms["decimalLongitude"] = f"{observation.location[1]:.6f}"
+    return {f"Xmp.{DWC_PREFIX}.{k}": v for k, v in terms.items() if v}
+
+
+def updated_darwin_core(
+    current: Mapping[str, str], written: Mapping[str, str], new: Mapping[str, str]
+) -> dict[str, str | None]:
+    """The Darwin Core terms to change (None: remove): ours are replaced, the user's kept.
+
+    A term is ours while it holds what this tool wrote (written, recorded in the photo). A
+    missing term is added, unless the user removed what we wrote and it would be the same.
+    """
+    changes: dict[str, str | None] = {}
+    for key in sorted(set(new) | set(written)):
+        value, wanted = current.get(key), new.get(key)
+        if value is None:
+            if wanted is not None and written.get(key) != wanted:
+                changes[key] = wanted
+        elif value == written.get(key) and value != wanted:
+            changes[key] = wanted
+    return changes
+
+
 @dataclass(frozen=True)
 class Update:
-    """What to write into one photo: new ids and/or a new keyword list."""
+    """What to write into one photo (or its sidecar); None leaves a property as it is."""
 
     photo: LocalPhoto
     tags: InatTags | None  # None: the ids stay as they are
     keywords: tuple[str, ...] | None  # None: dc:subject stays as it is
     old_caption: str | None  # the keyword of ours that the caption replaces
     caption: str | None
+    hierarchy: tuple[str, ...] | None = None  # lr:hierarchicalSubject, with our entry
+    hierarchy_entry: str | None = None  # our entry in it, recorded in TAG_HIERARCHY_CAPTION
+    darwin_core: tuple[tuple[str, str | None], ...] = ()  # terms to set; None removes one
+    written_darwin_core: tuple[tuple[str, str], ...] | None = None  # TAG_DARWIN_CORE anew
+
+    @property
+    def target(self) -> Path:
+        """The file written: the photo's XMP sidecar when it has one, else the photo."""
+        return self.photo.sidecar or self.photo.path
 
     def applied(self) -> LocalPhoto:
         """The photo as it reads once the update is written."""
-        if self.keywords is None:
-            return dataclasses.replace(self.photo, tags=self.tags or self.photo.tags)
-        return dataclasses.replace(
-            self.photo,
-            tags=self.tags or self.photo.tags,
-            keywords=self.keywords,
-            written_caption=self.caption,
-        )
+        photo = dataclasses.replace(self.photo, tags=self.tags or self.photo.tags)
+        if self.keywords is not None:
+            photo = dataclasses.replace(photo, keywords=self.keywords, written_caption=self.caption)
+        if self.hierarchy is not None:
+            photo = dataclasses.replace(
+                photo, hierarchy=self.hierarchy, written_hierarchy=self.hierarchy_entry
+            )
+        if self.darwin_core:
+            terms = {**dict(photo.darwin_core), **dict(self.darwin_core)}
+            held = tuple(sorted((k, v) for k, v in terms.items() if v is not None))
+            photo = dataclasses.replace(photo, darwin_core=held)
+        if self.written_darwin_core is not None:
+            photo = dataclasses.replace(photo, written_darwin_core=self.written_darwin_core)
+        return photo
+
+    def xmp_changes(self) -> dict[str, Any]:
+        """The update as pyexiv2's modify_xmp takes it (None deletes a property)."""
+        changes: dict[str, Any] = {}
+        if self.tags is not None:
+            changes[TAG_OBSERVATION] = str(self.tags.observation)
+            changes[TAG_OBSERVATION_PHOTO] = (
+                str(self.tags.observation_photo) if self.tags.observation_photo else None
+            )
+            changes[TAG_PHOTO] = str(self.tags.photo) if self.tags.photo else None
+        if self.keywords is not None:
+            changes[TAG_SUBJECT] = list(self.keywords)
+            changes[TAG_CAPTION] = self.caption
+        if self.hierarchy is not None:
+            changes[TAG_HIERARCHY] = list(self.hierarchy)
+            changes[TAG_HIERARCHY_CAPTION] = self.hierarchy_entry
+        changes.update(self.darwin_core)
+        if self.written_darwin_core is not None:
+            prefix = f"Xmp.{DWC_PREFIX}."
+            record = [f"{k.removeprefix(prefix)}={v}" for k, v in self.written_darwin_core]
+            changes[TAG_DARWIN_CORE] = record or None
+        return changes
 
 
 def plan_update(
-    photo: LocalPhoto, tags: InatTags | None, history: Collection[str], caption: str | None
+    photo: LocalPhoto,
+    tags: InatTags | None,
+    history: Collection[str],
+    caption: str | None,
+    *,
+    hierarchy: str | None = None,
+    darwin_core: Mapping[str, str] | None = None,
 ) -> Update | None:
-    """What must change so that photo holds tags and caption; None when nothing must."""
+    """What must change so that photo holds tags, caption and, when given, the hierarchical
+    keyword and Darwin Core terms; None when nothing must."""
     keywords = None
     old_caption = None
     if caption is not None:
         old_caption = owned_caption(photo, history)
-        # The user removed our keyword and the identification is the same: leave it out.
-        removed_by_user = photo.written_caption == caption and old_caption is None
-        if old_caption != caption and not removed_by_user:
-            keywords = tuple(updated_keywords(photo.keywords, old_caption, caption))
+        keywords = updated_entries(photo.keywords, old_caption, photo.written_caption, caption)
+    hierarchy_list = None
+    if hierarchy is not None:
+        ours = photo.written_hierarchy if photo.written_hierarchy in photo.hierarchy else None
+        hierarchy_list = updated_entries(photo.hierarchy, ours, photo.written_hierarchy, hierarchy)
+    terms: dict[str, str | None] = {}
+    record = None
+    if darwin_core is not None:
+        current, written = dict(photo.darwin_core), dict(photo.written_darwin_core)
+        terms = updated_darwin_core(current, written, darwin_core)
+        after = {**current, **terms}
+        # Ours from now on: what holds our value, and what the user removed (kept out).
+        owned = tuple(
+            sorted((k, v) for k, v in darwin_core.items() if after.get(k, written.get(k)) == v)
+        )
+        record = owned if owned != photo.written_darwin_core else None
     new_tags = tags if tags is not None and tags != photo.tags else None
-    if new_tags is None and keywords is None:
+    if not terms and all(part is None for part in (new_tags, keywords, hierarchy_list, record)):
         return None
-    return Update(photo, new_tags, keywords, old_caption, caption)
+    return Update(
+        photo,
+        new_tags,
+        keywords,
+        old_caption,
+        caption,
+        hierarchy_list,
+        hierarchy if hierarchy_list is not None else None,
+        tuple(terms.items()),
+        record,
+    )
+
+
+# Keyword lists are unordered bags in XMP; pyexiv2 writes every new list as an ordered Seq.
+_BAG_PROPERTIES = re.compile(
+    r"(<(dc:subject|lr:hierarchicalSubject)>\s*)<rdf:Seq>(.*?)</rdf:Seq>", re.DOTALL
+)
+
+
+# What a new sidecar starts from: an XMP packet with nothing in it.
+EMPTY_XMP_PACKET = (
+    b'<?xpacket begin="\xef\xbb\xbf" id="W5M0MpCehiHzreSzNTczkc9d"?>'
+    b'<x:xmpmeta xmlns:x="adobe:ns:meta/">'
+    b'<rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#"/>'
+    b'</x:xmpmeta><?xpacket end="w"?>'
+)
 
 
 def write_update(update: Update) -> None:
-    """Write an update into its photo atomically; raises OSError when it cannot be done."""
-    keywords = list(update.keywords) if update.keywords is not None else None
-    write_photo_metadata(update.photo.path, update.tags, keywords, update.caption)
+    """The one way the tool writes: an update into its photo, or into the photo's XMP sidecar
+    (updated in place or created), atomically; raises OSError when it cannot be done."""
+    write_photo_metadata(update.photo.path, update.xmp_changes(), update.photo.sidecar)
 
 
 def write_photo_metadata(
-    path: Path, tags: InatTags | None, keywords: list[str] | None, caption: str | None = None
+    path: Path, changes: Mapping[str, Any], sidecar: Path | None = None
 ) -> None:
-    """Write iNaturalist ids and/or dc:subject (with the caption it now holds) into path
-    atomically; raises OSError on failure."""
+    """Apply XMP changes to the picture at path, or to its sidecar when it has one; the file
+    is replaced (or the sidecar created) atomically. Raises OSError on failure."""
+    if sidecar is None:
+        if picture_kind(path) != "plain":  # RAW and HEIF files are never written
+            raise OSError(f"{format_name(path)} files are not written; their tags go in a sidecar")
+        if not os.access(path, os.W_OK):  # the rename below would replace it all the same
+            raise OSError("the file is read-only")
+        replace_file_atomically(path, _updated_metadata(path.read_bytes(), changes))
+    elif sidecar.exists():
+        # No write bit counts too: photo managers mark sidecars read-only so, and root would
+        # pass os.access.
+        if not os.access(sidecar, os.W_OK) or not sidecar.stat().st_mode & 0o222:
+            raise OSError(f"the sidecar {sidecar.name} is read-only")
+        replace_file_atomically(sidecar, _updated_metadata(sidecar.read_bytes(), changes))
+    else:
+        create_file_atomically(sidecar, _updated_metadata(EMPTY_XMP_PACKET, changes), like=path)
+
+
+def _updated_metadata(original: bytes, changes: Mapping[str, Any]) -> bytes:
+    """original (a picture or an XMP packet) with changes applied and read back; OSError if
+    exiv2 fails, or the result would not read back as written or would lose the EXIF."""
     import pyexiv2
 
-    changes: dict[str, Any] = {}
-    if tags is not None:
-        changes[TAG_OBSERVATION] = str(tags.observation)
-        changes[TAG_OBSERVATION_PHOTO] = (
-            str(tags.observation_photo) if tags.observation_photo else None
-        )
-        changes[TAG_PHOTO] = str(tags.photo) if tags.photo else None
-    if keywords is not None:
-        changes[TAG_SUBJECT] = keywords
-        changes[TAG_CAPTION] = caption
-    if not os.access(path, os.W_OK):  # the rename below would replace it all the same
-        raise OSError("the file is read-only")
-    original = path.read_bytes()
     try:
         image = pyexiv2.ImageData(original)
         try:
-            image.modify_xmp(changes)
+            image.modify_xmp(dict(changes))
+            packet = image.read_raw_xmp()
+            as_bags = _BAG_PROPERTIES.sub(r"\1<rdf:Bag>\3</rdf:Bag>", packet)
+            if as_bags != packet:
+                image.modify_raw_xmp(as_bags)
             updated = image.get_bytes()
         finally:
             image.close()
-        check = pyexiv2.ImageData(updated)  # never replace a photo with something unreadable
+        check = pyexiv2.ImageData(updated)  # never replace a file with something unreadable
         try:
             written = check.read_xmp()
         finally:
             check.close()
     except RuntimeError as error:
         raise OSError(f"exiv2 could not update the metadata ({error})") from None
-    if tags is not None and parse_positive_int(written.get(TAG_OBSERVATION)) != tags.observation:
+    observation = changes.get(TAG_OBSERVATION)
+    if observation is not None and written.get(TAG_OBSERVATION) != observation:
         raise OSError("the metadata did not read back as written")
     if _jpeg_exif(original) is not None and _jpeg_exif(updated) is None:
         raise OSError("exiv2 cannot read the EXIF block and would drop it")
-    replace_file_atomically(path, updated)
+    return updated
 
 
 def _jpeg_exif(data: bytes) -> bytes | None:
@@ -2504,32 +3229,72 @@ def _jpeg_exif(data: bytes) -> bytes | None:
     return None
 
 
-def replace_file_atomically(path: Path, data: bytes) -> None:
-    """Write data beside path, flush it to disk, keep path's permissions, then rename over it."""
-    directory = path.parent
+def _write_beside(path: Path, data: bytes, mode: int, owner: os.stat_result) -> str:
+    """Write data to a hidden temporary file beside path, flushed to disk, with mode and
+    owner's owner and group where allowed; returns its name. Nothing is left on failure."""
     fd, temporary = tempfile.mkstemp(
-        prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX, dir=directory
+        prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX, dir=path.parent
     )
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        original = path.stat()
-        os.chmod(temporary, stat.S_IMODE(original.st_mode))
+        os.chmod(temporary, mode)
         with contextlib.suppress(OSError):  # only root may give a file away
-            os.chown(temporary, original.st_uid, original.st_gid)
-        os.replace(temporary, path)
+            os.chown(temporary, owner.st_uid, owner.st_gid)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(temporary)
         raise
+    return temporary
+
+
+def _sync_directory(directory: Path) -> None:
+    """Flush a directory's entries (a rename) to disk where the system allows it."""
     with contextlib.suppress(OSError):  # directories cannot be fsynced everywhere
         dir_fd = os.open(directory, os.O_RDONLY)
         try:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+def replace_file_atomically(path: Path, data: bytes) -> None:
+    """Write data beside path, flush it to disk, keep path's permissions, then rename over it."""
+    original = path.stat()
+    temporary = _write_beside(path, data, stat.S_IMODE(original.st_mode), original)
+    try:
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+    _sync_directory(path.parent)
+
+
+def create_file_atomically(path: Path, data: bytes, like: Path) -> None:
+    """Create path with data, complete or not at all, with like's permissions (less execute,
+    plus the owner's write: a read-only RAW keeps an updatable sidecar).
+
+    Never replaces a file that appeared meanwhile: FileExistsError then.
+    """
+    model = like.stat()
+    mode = stat.S_IMODE(model.st_mode) & 0o666 | stat.S_IWUSR
+    temporary = _write_beside(path, data, mode, model)
+    try:
+        try:
+            os.link(temporary, path)  # fails if path exists: nothing is ever clobbered
+        except FileExistsError:
+            raise
+        except OSError:  # file systems without hard links (FAT, exFAT on memory cards)
+            if path.exists():
+                raise FileExistsError(f"{path.name} appeared meanwhile") from None
+            os.replace(temporary, path)
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+    _sync_directory(path.parent)
 
 
 def replace_or_create(path: Path, data: bytes) -> None:
@@ -2663,8 +3428,32 @@ def update_line(update: Update, dry_run: bool) -> str:
     prefix = "(dry run) " if dry_run else ""
     return (
         f"{prefix}{show_path(update.photo.path)}: Updating subject from '{update.old_caption}'"
-        f" to '{update.caption}'."
+        f" to '{update.caption}'{_sidecar_note(update)}."
     )
+
+
+def _sidecar_note(update: Update) -> str:
+    sidecar = update.photo.sidecar
+    return f" (sidecar {show_path(Path(sidecar.name))})" if sidecar is not None else ""
+
+
+def update_lines(update: Update, dry_run: bool) -> list[str]:
+    """The console lines for an update: its caption, hierarchical keywords, Darwin Core."""
+    prefix = f"{'(dry run) ' if dry_run else ''}{show_path(update.photo.path)}:"
+    lines = [update_line(update, dry_run)] if update.keywords is not None else []
+    if update.hierarchy is not None:
+        entries = ", ".join(repr(h) for h in update.hierarchy)
+        lines.append(f"{prefix} Hierarchical keywords now {entries}{_sidecar_note(update)}.")
+    if update.darwin_core:
+        terms = ", ".join(key.split(".")[-1] for key, _ in update.darwin_core)
+        lines.append(f"{prefix} Darwin Core terms {terms}{_sidecar_note(update)}.")
+    return lines
+
+
+def pairs_line(photos: Sequence[LocalPhoto]) -> str | None:
+    """The console line saying how many RAW+JPEG pairs were joined; None when none."""
+    pairs = sum(1 for p in photos if p.partners)
+    return f"{pairs} RAW+JPEG pair(s): each compared once, every file tagged." if pairs else None
 
 
 def tie_line(tie: Tie) -> str:
@@ -3017,6 +3806,36 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="do everything but change no file; print what would change",
     )
+    parser.add_argument(
+        "--sidecars",
+        action="store_true",
+        help="write the tags of JPEG, PNG and TIFF files into XMP sidecars too and leave every"
+        " picture byte-identical (RAW and HEIC files always get sidecars)",
+    )
+    parser.add_argument(
+        "--sidecar-names",
+        "--sidecar_names",
+        dest="sidecar_names",
+        choices=SIDECAR_NAMINGS,
+        default=SIDECAR_NAMINGS[0],
+        help="name of new sidecars: IMG_1.xmp as Lightroom and Capture One read them (default),"
+        " or IMG_1.CR2.xmp as darktable and digiKam read them",
+    )
+    parser.add_argument(
+        "--hierarchical-keywords",
+        "--hierarchical_keywords",
+        dest="hierarchical_keywords",
+        action="store_true",
+        help="also write the taxonomy as a hierarchical keyword (lr:hierarchicalSubject),"
+        " e.g. Animalia|Chordata|...|Canis latrans",
+    )
+    parser.add_argument(
+        "--darwin-core",
+        "--darwin_core",
+        dest="darwin_core",
+        action="store_true",
+        help="also write Simple Darwin Core terms (dwc:scientificName, dwc:occurrenceID...)",
+    )
     parser.add_argument("paths", nargs="+", metavar="file/directory", help="pictures or folders")
     return parser
 
@@ -3059,17 +3878,21 @@ class RunState:
     scorer: PairScorer
     tally: Tally
     log_rows: list[LogRow] | None  # None: no log is written, no thumbnail is made
+    lineages: Mapping[int, Lineage] = field(default_factory=dict)  # taxon id -> kingdom..taxon
 
     @property
     def thumbnails(self) -> LogThumbnails:
         return LogThumbnails(self.pictures)
 
 
-def perform_update(state: RunState, update: Update) -> bool:
-    """Say, write (unless dry run) and count one update; False when the write failed."""
+def perform_update(state: RunState, update: Update, counted: bool = True) -> bool:
+    """Say, write (unless dry run) and count one update; False when the write failed.
+
+    counted=False: a RAW+JPEG partner's update, which the summary does not count again.
+    """
     options, console = state.options, state.console
-    if update.keywords is not None:
-        console.say(update_line(update, options.dry_run))
+    for line in update_lines(update, options.dry_run):
+        console.say(line)
     if not options.dry_run:
         try:
             write_update(update)
@@ -3077,8 +3900,44 @@ def perform_update(state: RunState, update: Update) -> bool:
             console.file_error(update.photo.path, f"cannot write metadata ({error})")
             return False
         state.index.remember(update.applied())
-    state.tally.count(update)
+    if counted:
+        state.tally.count(update)
     return True
+
+
+def update_files(
+    state: RunState,
+    photo: LocalPhoto,
+    tags: InatTags | None,
+    observation: Observation,
+    history: Collection[str],
+) -> tuple[bool, Update | None]:
+    """Make photo and each RAW+JPEG partner (the same ids, their own keywords) hold tags and
+    the observation's identification: (every write went through, photo's own update if made).
+    """
+    options = state.options
+    lineage = state.lineages.get(observation.taxon_id or 0)
+    hierarchy = hierarchy_entry(lineage) if lineage and options.hierarchical_keywords else None
+    done, own = True, None
+    for file in (photo, *photo.partners):
+        darwin_core = None
+        if options.darwin_core and observation.taxon_id is not None:
+            darwin_core = darwin_core_terms(observation, lineage, file.location)
+        update = plan_update(
+            file,
+            tags if file is photo else tags or photo.tags,
+            history,
+            observation.caption,
+            hierarchy=hierarchy,
+            darwin_core=darwin_core,
+        )
+        if update is None:
+            continue
+        written = perform_update(state, update, counted=file is photo)
+        done = done and written
+        if written and file is photo:
+            own = update
+    return done, own
 
 
 def refresh_known(
@@ -3091,9 +3950,8 @@ def refresh_known(
     state.tally.associated_locals.add(photo.path)
     if photo.tags is not None and photo.tags.photo is not None:
         state.tally.associated_uploads.add(photo.tags.photo)
-    update = plan_update(photo, None, history, observation.caption)
-    written = update is not None and perform_update(state, update)
-    if written and update is not None and update.keywords and state.log_rows is not None:
+    _, update = update_files(state, photo, None, observation, history)
+    if update is not None and update.keywords and state.log_rows is not None:
         state.log_rows.append(
             changed_identification_row(update.applied(), observation, state.thumbnails)
         )
@@ -3127,8 +3985,7 @@ def apply_day(state: RunState, outcome: DayOutcome, candidates: Sequence[Candida
         photo, candidate = association.photo, association.candidate
         observation = candidate.observation
         tags = InatTags(observation.id, candidate.photo.observation_photo_id, candidate.photo.id)
-        update = plan_update(photo, tags, (), observation.caption)
-        if update is None or perform_update(state, update):
+        if update_files(state, photo, tags, observation, ())[0]:
             tally.associated_locals.add(photo.path)
             tally.associated_uploads.add(candidate.photo.id)
     for part in outcome.parts:
@@ -3230,6 +4087,16 @@ def load_observations(
     )
 
 
+def load_lineages(
+    options: Options,
+    client: InatClient,
+    store: ObservationStore,
+    observations: Iterable[Observation],
+) -> dict[int, Lineage]:
+    """The lineage of each taxon of observations, only when the options write lineages."""
+    return store.lineages(client, observations) if options.needs_lineages else {}
+
+
 def run(options: Options, console: Console) -> Tally:
     """One run from the walk to the summary; raises RunLocked, UserError, InatUnreachable."""
     started = time.monotonic()
@@ -3246,8 +4113,18 @@ def run(options: Options, console: Console) -> Tally:
             )
         )
         photos = load_local_photos(found.pictures, index, console, options.time_offset)
+        photos = prepare_local_photos(
+            photos,
+            index,
+            console,
+            naming=options.sidecar_names,
+            all_in_sidecars=options.sidecars,
+        )
         tally.local_photos = len(photos)
         console.say(f"Loaded {len(photos)} local photos in {time.monotonic() - started:.1f} secs.")
+        pairs = pairs_line(photos)
+        if pairs is not None:
+            console.say(pairs)
         if not photos:
             return tally
         client = InatClient(options.api_url, options.cache)
@@ -3256,6 +4133,7 @@ def run(options: Options, console: Console) -> Tally:
             ObservationStore(options.cache / "observations.sqlite", fresh=options.bypass_cache)
         ) as store:
             observations, known, history = load_observations(options, client, store, photos)
+            lineages = load_lineages(options, client, store, [*observations, *known.values()])
         photo_cache = PhotoCache(
             options.cache, client, refresh=options.bypass_cache, console=console
         )
@@ -3265,7 +4143,14 @@ def run(options: Options, console: Console) -> Tally:
             pictures, options.ssim_threshold, choose_score_function(options.gpu, console)
         )
         state = RunState(
-            options, console, index, pictures, scorer, tally, [] if options.logfile else None
+            options,
+            console,
+            index,
+            pictures,
+            scorer,
+            tally,
+            [] if options.logfile else None,
+            lineages,
         )
         process_days(state, photos, observations, known, history)
         summary = summary_line(tally, time.monotonic() - started, options.dry_run)

@@ -727,6 +727,9 @@ class FakeINaturalist:
         self._observations: dict[int, _Observation] = {}
         self._photos: dict[int, _Photo] = {}
         self._next_observation_photo_id = 90_000_001
+        self._taxa: dict[int, dict] = {}  # the taxonomy behind GET /v1/taxa/{ids}
+        for taxon in data.get("taxa", []):
+            self.add_taxon(taxon)
         for user in data.get("users", []):
             self._add_user(user)
         for obs in data.get("observations", []):
@@ -850,6 +853,15 @@ class FakeINaturalist:
     def add_observation(self, obs: dict) -> None:
         """Add a scenario-format observation (created_at/updated_at default to now)."""
         self._add(obs, fresh=True)
+
+    def add_taxon(self, taxon: dict) -> None:
+        """Add a scenario-format taxon: id, name, rank, optional preferred_common_name and
+        parent_id. Observations whose taxon has this id then list its ancestor_ids."""
+        record = _normalize_taxon(taxon)
+        assert record is not None
+        record["parent_id"] = taxon.get("parent_id")
+        with self._state_lock:
+            self._taxa[record["id"]] = record
 
     def observation_json(self, observation_id: int) -> dict:
         """The observation as the API would answer it."""
@@ -982,6 +994,8 @@ class FakeINaturalist:
         parts = [part for part in route.split("/") if part]
         if len(parts) == 2 and parts[0] == "users":
             return self._user_answer(parts[1])
+        if len(parts) == 2 and parts[0] == "taxa":
+            return self._taxa_answer(parts[1])
         if parts and parts[0] == "observations" and len(parts) <= 2:
             if len(parts) == 2:
                 query = dict(query)
@@ -1084,12 +1098,60 @@ class FakeINaturalist:
                 results = [{"id": o.id} for o in chosen]
             else:
                 results = [o.to_json(self.host_url) for o in chosen]
+        for result in results:
+            self._add_ancestor_ids(result.get("taxon"))
         return {
             "total_results": len(matches),
             "page": page,
             "per_page": per_page,
             "results": results,
         }
+
+    # -- taxa ---------------------------------------------------------------------------------
+    def _lineage(self, taxon_id: int) -> list[int]:
+        """Ids from the root down to taxon_id itself, following parent_id."""
+        chain: list[int] = []
+        current: int | None = taxon_id
+        while current is not None and current in self._taxa and current not in chain:
+            chain.insert(0, current)
+            parent = self._taxa[current].get("parent_id")
+            current = int(parent) if parent is not None else None
+        return chain
+
+    def _add_ancestor_ids(self, taxon: dict | None) -> None:
+        """Observations' taxa carry ancestor_ids (root first, the taxon last), as the real API."""
+        if isinstance(taxon, dict) and taxon.get("id") in self._taxa:
+            with self._state_lock:
+                taxon["ancestor_ids"] = self._lineage(taxon["id"])
+
+    def _taxon_json(self, taxon_id: int) -> dict:
+        out = {k: v for k, v in self._taxa[taxon_id].items() if k != "parent_id"}
+        lineage = self._lineage(taxon_id)
+        out["ancestor_ids"] = lineage
+        out["ancestry"] = "/".join(map(str, lineage[:-1])) or None
+        out["parent_id"] = self._taxa[taxon_id].get("parent_id")
+        return out
+
+    def _taxa_answer(self, ids_text: str) -> dict:
+        """GET /v1/taxa/{id,id,...}: each known taxon with its ancestors (at most 30 ids)."""
+        try:
+            ids = [int(value) for value in ids_text.split(",") if value]
+        except ValueError:
+            raise _HTTPError(422, "id must be a list of integers") from None
+        if len(ids) > 30:
+            raise _HTTPError(422, "too many ids (at most 30)")
+        with self._state_lock:
+            results = []
+            for taxon_id in ids:
+                if taxon_id not in self._taxa:
+                    continue
+                record = self._taxon_json(taxon_id)
+                record["ancestors"] = [
+                    {k: v for k, v in self._taxon_json(a).items() if k != "ancestor_ids"}
+                    for a in self._lineage(taxon_id)[:-1]
+                ]
+                results.append(record)
+        return {"total_results": len(results), "page": 1, "per_page": 30, "results": results}
 
 
 def _int_param(query: dict[str, str], name: str, default: int) -> int:

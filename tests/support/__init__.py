@@ -4,6 +4,7 @@ tool writes, and generated pictures, worlds and archives.
     support.cli       run the tool (a subprocess or in this process), read its summary
     support.files     sha256 of a file, a snapshot of files' bytes and stat fields, temp files
     support.images    generated pictures and readers of their pixels
+    support.formats   camera files written from scratch: DNG (with a preview), HEIC, EXIF
     support.xmp       the one XMP/EXIF reader and writer; the caption the README promises
     support.logpage   the HTML log parsed into its markup and its text
     support.examples  example_pictures/ and what the tool must write into each picture
