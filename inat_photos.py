@@ -24,6 +24,8 @@ Glossary:
   caption      the identification as a keyword, 'Coyote (Canis latrans)', in dc:subject
   part         an upload that shows part of a local photo already associated with a bigger one
   tie          an upload that two local photos fit almost equally; refused, never guessed
+  name match   a local file named as an upload's original file (seen only with the user's
+               token); it decides among look-alikes of its cluster
 """
 
 from __future__ import annotations
@@ -187,6 +189,9 @@ PER_PAGE = 200  # the API's maximum page size
 
 
 ID_BATCH = 100  # observations asked for by id per request: the URL stays near 1 KB
+
+
+DELETED_PER_PAGE = 500  # ids of deleted observations per page, the API's maximum
 
 
 # Renames and common-name edits do not change an observation's updated_at: observations that
@@ -1023,21 +1028,21 @@ class InatClient:
             # It reads INAT_USERNAME, ... itself, then the keyring for what they lack.
             return pyinaturalist.auth.get_access_token()
         except Exception as error:  # refused, unreachable, or no credentials at all
+            if type(error).__name__ == "AuthenticationError":
+                raise UserError(
+                    "no complete iNaturalist login: set INAT_USERNAME, INAT_PASSWORD,"
+                    " INAT_APP_ID and INAT_APP_SECRET, or store them in the keyring"
+                ) from None
             status = getattr(getattr(error, "response", None), "status_code", None)
             if status in (400, 401, 403):
                 raise UserError(
                     f"iNaturalist refused the login (HTTP {status}): check INAT_USERNAME,"
                     " INAT_PASSWORD, INAT_APP_ID and INAT_APP_SECRET (or the keyring)"
                 ) from None
-            if type(error).__name__ == "AuthenticationError":
-                raise UserError("no iNaturalist login found in the keyring") from None
             raise InatUnreachable(_describe_http_error(error)) from None
         finally:
             pyinaturalist.auth.API_V0 = saved
             del pyinaturalist.session.thread_local.session
-
-
-DELETED_PER_PAGE = 500
 
 
 def _describe_http_error(error: BaseException) -> str:

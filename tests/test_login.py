@@ -138,10 +138,8 @@ def login_world(tmp_path: Path) -> LoginWorld:
 
 @pytest.fixture
 def login_fake(login_world: LoginWorld):
-    server = login_world.fake()
-    server.start()
-    yield server
-    server.stop()
+    with login_world.fake() as server:
+        yield server
 
 
 def tagged(world: LoginWorld) -> dict[str, int | None]:
@@ -316,6 +314,14 @@ def test_a_refused_login_in_the_environment_exits_2(login_world: LoginWorld, log
     assert result.returncode == ip.EXIT_USAGE
     assert "iNaturalist refused the login" in result.stdout
     assert snapshot(login_world.pictures) == before
+
+
+def test_a_keyring_without_a_login_is_one_clear_line(login_world: LoginWorld, login_fake) -> None:
+    fail = {"PYTHON_KEYRING_BACKEND": "keyring.backends.fail.Keyring"}
+    result = login_world.run(login_fake.api_url, "--keyring", token=None, **fail)
+    assert result.returncode == ip.EXIT_USAGE
+    assert result.lines[-1].startswith("Error: no complete iNaturalist login")
+    assert "Traceback" not in result.stderr
 
 
 def test_the_cache_is_created_readable_by_its_owner_only(tmp_path: Path) -> None:
