@@ -147,7 +147,8 @@ V2_FIELDS = (
     "location:!t,private_location:!t,obscured:!t,geoprivacy:!t,taxon_geoprivacy:!t,"
     "taxon:(name:!t,rank:!t,preferred_common_name:!t),"
     "observation_photos:(id:!t,position:!t,"
-    "photo:(id:!t,url:!t,original_filename:!t,hidden:!t,flags:(resolved:!t))))"
+    "photo:(id:!t,url:!t,original_filename:!t,hidden:!t,flags:(resolved:!t))),"
+    "photos:(id:!t,original_filename:!t))"  # where pyinaturalist's Photo model finds the name
 )
 
 # A local file with the upload's original file name (only a token shows it) needs only this
@@ -615,10 +616,11 @@ def parse_observation(record: dict[str, Any]) -> Observation | None:
     with contextlib.suppress(TypeError, ValueError):
         observed_on = dt.date.fromisoformat(str(record.get("observed_on"))[:10])
     photos = []
+    legacy = record.get("photos") if isinstance(record.get("photos"), list) else []
+    names = {p.get("id"): p.get("original_filename") for p in legacy if isinstance(p, dict)}
     entries = record.get("observation_photos") or []
     if not entries:  # older answers list photos without observation_photos
-        legacy = record.get("photos")
-        entries = [{"photo": p} for p in legacy] if isinstance(legacy, list) else []
+        entries = [{"photo": p} for p in legacy]
     for index, entry in enumerate(entries if isinstance(entries, list) else []):
         photo = entry.get("photo") if isinstance(entry, dict) else None
         photo_id = _int_or_none(photo.get("id")) if isinstance(photo, dict) else None
@@ -633,7 +635,9 @@ def parse_observation(record: dict[str, Any]) -> Observation | None:
                 position=(position if position is not None else index) + 1,
                 url=photo["url"],
                 unavailable=photo_unavailable(photo),
-                original_filename=_text_or_none(photo.get("original_filename")),
+                original_filename=_text_or_none(
+                    photo.get("original_filename") or names.get(photo_id)
+                ),
             )
         )
     photos.sort(key=lambda p: (p.position, p.id))

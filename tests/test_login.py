@@ -390,6 +390,11 @@ def test_parse_observation_reads_original_names_and_the_true_place() -> None:
     assert [p.original_filename for p in observation.photos] == [None, "IMG_1.JPG"]
     public = ip.parse_observation({**record, "private_location": None})
     assert public is not None and public.obscured and public.location == (37.6, -122.3)
+    # v2 may give the name only in the observation's list of photos
+    photos = [{"id": 2, "original_filename": "IMG_0.JPG"}]
+    listed = ip.parse_observation({**record, "photos": photos})
+    assert listed is not None
+    assert [p.original_filename for p in listed.photos] == ["IMG_0.JPG", "IMG_1.JPG"]
 
 
 def test_assign_uploads_the_name_breaks_a_tie() -> None:
