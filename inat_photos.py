@@ -617,7 +617,9 @@ def parse_observation(record: dict[str, Any]) -> Observation | None:
         observed_on = dt.date.fromisoformat(str(record.get("observed_on"))[:10])
     photos = []
     legacy = record.get("photos") if isinstance(record.get("photos"), list) else []
-    names = {p.get("id"): p.get("original_filename") for p in legacy if isinstance(p, dict)}
+    names = {
+        _int_or_none(p.get("id")): p.get("original_filename") for p in legacy if isinstance(p, dict)
+    }
     entries = record.get("observation_photos") or []
     if not entries:  # older answers list photos without observation_photos
         entries = [{"photo": p} for p in legacy]
