@@ -31,6 +31,8 @@ Glossary:
                --sidecars, every picture) keep their tags; the picture is never written
   partner      a RAW+JPEG pair's other file: not compared, tagged like the one that is
   lineage      a taxon's (rank, name) from kingdom down, for hierarchy and Darwin Core
+  name match   a local file named as an upload's original file (seen only with the user's
+               token); it decides among look-alikes of its cluster
 """
 
 from __future__ import annotations
@@ -74,6 +76,7 @@ __all__ = [
     "EXIT_OK",
     "EXIT_USAGE",
     "HEIF_FORMATS",
+    "NAME_THRESHOLD",
     "PER_PAGE",
     "PICTURE_SUFFIXES",
     "RAW_FORMATS",
@@ -135,6 +138,7 @@ __all__ = [
     "register_namespace",
     "render_log",
     "run",
+    "same_file_name",
     "seconds_apart",
     "show_path",
     "ssim_score",
@@ -160,6 +164,22 @@ SSIM_INATSIZE = "large"  # iNaturalist photo size compared; default of --inat_si
 DEFAULT_API_URL = "https://api.inaturalist.org/v1"  # INAT_API_URL overrides it
 INAT_WEB_URL = "https://www.inaturalist.org"
 USER_AGENT = f"inat_photos/{__version__}"
+TOKEN_PAGE = f"{INAT_WEB_URL}/users/api_token"  # where a signed-in user gets an API token
+
+# With a token, observations come from API v2 with only these fields (RISON, as v2 takes them):
+# what parse_observation, the store and the re-check read, and nothing else.
+V2_FIELDS = (
+    "(id:!t,uri:!t,observed_on:!t,time_observed_at:!t,created_at:!t,updated_at:!t,"
+    "location:!t,private_location:!t,obscured:!t,geoprivacy:!t,taxon_geoprivacy:!t,"
+    "taxon:(name:!t,rank:!t,preferred_common_name:!t),"
+    "observation_photos:(id:!t,position:!t,"
+    "photo:(id:!t,url:!t,original_filename:!t,hidden:!t,flags:(resolved:!t))),"
+    "photos:(id:!t,original_filename:!t))"  # where pyinaturalist's Photo model finds the name
+)
+
+# A local file with the upload's original file name (only a token shows it) needs only this
+# similarity: the name is strong evidence, the score still has to agree.
+NAME_THRESHOLD = 0.80
 
 
 INAT_NAMESPACE = "https://inaturalist.org/ns/1.0/"
@@ -243,6 +263,9 @@ PER_PAGE = 200  # the API's maximum page size
 ID_BATCH = 100  # observations asked for by id per request: the URL stays near 1 KB
 
 
+DELETED_PER_PAGE = 500  # ids of deleted observations per page, the API's maximum
+
+
 # Renames and common-name edits do not change an observation's updated_at: observations that
 # local photos point at are asked for again, by id, when last asked this many days ago.
 RECHECK_DAYS = 7
@@ -281,6 +304,9 @@ EXIT_USAGE = 2  # bad command line, unknown user, or iNaturalist unreachable
 EXIT_LOCKED = 3  # another run holds the lock on the cache directory
 
 
+LOGIN_VARIABLES = ("USERNAME", "PASSWORD", "APP_ID", "APP_SECRET")  # INAT_*, as pyinaturalist
+
+
 def cache_directory(environ: Mapping[str, str]) -> Path:
     """Where the observation store, downloaded photos and the run lock live."""
     override = environ.get("INAT_PHOTOS_CACHE")
@@ -312,6 +338,10 @@ class Options:
     sidecar_names: str = SIDECAR_NAMINGS[0]
     hierarchical_keywords: bool = False
     darwin_core: bool = False
+    token: str | None = field(default=None, repr=False)  # INAT_API_TOKEN; a secret
+    token_file: Path | None = None
+    password_login: bool = False  # INAT_USERNAME, _PASSWORD, _APP_ID and _APP_SECRET are set
+    keyring: bool = False
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, environ: Mapping[str, str]) -> Options:
@@ -334,12 +364,21 @@ class Options:
             sidecar_names=args.sidecar_names,
             hierarchical_keywords=args.hierarchical_keywords,
             darwin_core=args.darwin_core,
+            token=environ.get("INAT_API_TOKEN", "").strip() or None,
+            token_file=Path(args.token_file) if args.token_file else None,
+            password_login=all(environ.get(f"INAT_{name}") for name in LOGIN_VARIABLES),
+            keyring=args.keyring,
         )
 
     @property
     def needs_lineages(self) -> bool:
         """True when the taxonomy above each taxon is written, so it must be fetched."""
         return self.hierarchical_keywords or self.darwin_core
+
+    @property
+    def wants_login(self) -> bool:
+        """True when the run is to use the user's iNaturalist login (a token)."""
+        return bool(self.token or self.token_file or self.password_login or self.keyring)
 
     @property
     def matching_settings(self) -> str:
@@ -502,12 +541,13 @@ def parse_gps(exif: dict[str, str]) -> tuple[float, float] | None:
 
 
 def parse_location(text: Any) -> tuple[float, float] | None:
-    """The API's 'lat,lng' string as a tuple, or None."""
-    if not isinstance(text, str):
+    """The API's 'lat,lng' string (or [lat, lng]) as a tuple, or None."""
+    parts = text.split(",") if isinstance(text, str) else text
+    if not isinstance(parts, (list, tuple)):
         return None
     try:
-        lat, lng = (float(part) for part in text.split(","))
-    except ValueError:
+        lat, lng = (float(part) for part in parts)
+    except (TypeError, ValueError):
         return None
     return (lat, lng) if -90 <= lat <= 90 and -180 <= lng <= 180 else None
 
@@ -523,6 +563,10 @@ def _parse_iso_time(text: Any) -> dt.datetime | None:
 
 def _int_or_none(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _text_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) and value.strip() else None
 
 
 # A photo's own file: /photos/<photo id>/<size>.<ext> on any host (iNaturalist's static and
@@ -566,6 +610,21 @@ def parse_positive_int(value: Any) -> int | None:
     return int(text)
 
 
+def file_stem(name: str) -> str:
+    """A file name without folders and extension, case-folded: 'IMG_1234.JPG' -> 'img_1234'."""
+    base = re.split(r"[/\\]", name.strip())[-1]
+    stem, dot, _ = base.rpartition(".")
+    return (stem if dot and stem else base).casefold()
+
+
+def same_file_name(local_name: str, uploaded_name: str | None) -> bool:
+    """True when a local file and an upload's original file name name the same shot: case and
+    extension aside, so 'IMG_1234.CR2' and its export 'img_1234.jpeg' agree."""
+    if not uploaded_name or not file_stem(uploaded_name):
+        return False
+    return file_stem(local_name) == file_stem(uploaded_name)
+
+
 def show_path(path: Path) -> str:
     """A path as printed in messages: non-printable bytes and newlines made visible."""
     text = str(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
@@ -590,6 +649,7 @@ class InatPhoto:
     position: int  # 1 for the observation's first photo
     url: str  # as the API gives it, usually ending in /square.jpg
     unavailable: str | None = None  # a key of SKIP_REASONS: iNaturalist shows a placeholder
+    original_filename: str | None = None  # the uploaded file's name; only a token shows it
 
     def url_for_size(self, size: str) -> str:
         # Real URLs end in square.jpg, square.jpeg?123, square.JPG, and even square.?123
@@ -644,10 +704,13 @@ def parse_observation(record: dict[str, Any]) -> Observation | None:
     with contextlib.suppress(TypeError, ValueError):
         observed_on = dt.date.fromisoformat(str(record.get("observed_on"))[:10])
     photos = []
+    legacy = record.get("photos") if isinstance(record.get("photos"), list) else []
+    names = {
+        _int_or_none(p.get("id")): p.get("original_filename") for p in legacy if isinstance(p, dict)
+    }
     entries = record.get("observation_photos") or []
     if not entries:  # older answers list photos without observation_photos
-        legacy = record.get("photos")
-        entries = [{"photo": p} for p in legacy] if isinstance(legacy, list) else []
+        entries = [{"photo": p} for p in legacy]
     for index, entry in enumerate(entries if isinstance(entries, list) else []):
         photo = entry.get("photo") if isinstance(entry, dict) else None
         photo_id = _int_or_none(photo.get("id")) if isinstance(photo, dict) else None
@@ -662,6 +725,9 @@ def parse_observation(record: dict[str, Any]) -> Observation | None:
                 position=(position if position is not None else index) + 1,
                 url=photo["url"],
                 unavailable=photo_unavailable(photo),
+                original_filename=_text_or_none(
+                    photo.get("original_filename") or names.get(photo_id)
+                ),
             )
         )
     photos.sort(key=lambda p: (p.position, p.id))
@@ -669,6 +735,8 @@ def parse_observation(record: dict[str, Any]) -> Observation | None:
     photos = [dataclasses.replace(p, position=i + 1) for i, p in enumerate(photos)]
     uri = record.get("uri")
     taxon = record.get("taxon") if isinstance(record.get("taxon"), dict) else {}
+    # The owner's own obscured or private observations carry their true place with a token.
+    private = parse_location(record.get("private_location"))
     return Observation(
         id=obs_id,
         url=uri
@@ -678,8 +746,9 @@ def parse_observation(record: dict[str, Any]) -> Observation | None:
         observed_at=observed_at.replace(tzinfo=None) if observed_at else None,
         minute_precision=bool(observed_at and observed_at.second == 0),
         observed_on=observed_on,
-        location=parse_location(record.get("location")),
-        obscured=bool(record.get("obscured")) or record.get("geoprivacy") == "obscured",
+        location=private or parse_location(record.get("location")),
+        obscured=private is None
+        and (bool(record.get("obscured")) or record.get("geoprivacy") == "obscured"),
         photos=tuple(photos),
         taxon_id=_int_or_none(taxon.get("id")),
         taxon_rank=taxon["rank"] if isinstance(taxon.get("rank"), str) else None,
@@ -814,6 +883,7 @@ class Decision:
     score: float
     kind: str = "associate"
     rivals: tuple[int, ...] = ()
+    by_name: bool = False  # the upload's original file name named this local photo
 
 
 @dataclass(frozen=True)
@@ -823,6 +893,7 @@ class Association:
     photo: LocalPhoto
     candidate: Candidate
     comparison: Comparison
+    by_name: bool = False  # the upload's original file name decided, at NAME_THRESHOLD
 
 
 @dataclass(frozen=True)
@@ -882,17 +953,40 @@ class InatUnreachable(Exception):
     """iNaturalist could not be asked, or answered something unusable."""
 
 
-class InatClient:
-    """Every conversation with iNaturalist: pyinaturalist for the API, a pool for photos."""
+class TokenRefused(InatUnreachable):
+    """iNaturalist refused the API token (401 or 403): expired, revoked or mistyped."""
 
-    def __init__(self, api_url: str, cache: Path) -> None:
+
+def refused_token_message(status: int | str) -> str:
+    """The one line that says the token was refused and how to get a new one."""
+    return (
+        f"iNaturalist refused the API token (HTTP {status}); tokens last 24 hours. Get a new"
+        f" one at {TOKEN_PAGE} and put it in INAT_API_TOKEN or the --token-file, or set"
+        " INAT_USERNAME, INAT_PASSWORD, INAT_APP_ID and INAT_APP_SECRET to have one fetched."
+    )
+
+
+def _v2_url(api_url: str) -> str:
+    """The API v2 root beside a v1 root: .../v1 -> .../v2."""
+    return re.sub(r"/v1$", "", api_url) + "/v2"
+
+
+class InatClient:
+    """Every conversation with iNaturalist: pyinaturalist for the API, a pool for photos.
+
+    With a token (the user's own login) observations come from API v2 with V2_FIELDS, which
+    then include original file names and true locations, and deletions can be listed.
+    """
+
+    def __init__(self, api_url: str, cache: Path, token: str | None = None) -> None:
         from pyinaturalist import ClientSession
         from requests.adapters import HTTPAdapter
         from requests_cache import DO_NOT_CACHE
         from urllib3.util import Retry
 
         self.api_url = api_url
-        cache.mkdir(parents=True, exist_ok=True)
+        self._token = token  # sent only as pyinaturalist's Authorization header
+        cache.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.session = ClientSession(
             cache_file=str(cache / "api_requests.sqlite"),
             ratelimit_path=str(cache / "api_ratelimit.sqlite"),
@@ -931,14 +1025,32 @@ class InatClient:
         # name) every API call failed. Proxies need nothing: send() reads them from the
         # environment itself.
         settings = self.session.merge_environment_settings(url, {}, None, None, None)
+        if self._token:
+            params["access_token"] = self._token
         return get(url, session=self.session, verify=settings["verify"], **params)
 
+    @property
+    def authenticated(self) -> bool:
+        return bool(self._token)
+
+    def authenticate(self, token: str) -> None:
+        """Send token with every later API request (never with photo downloads)."""
+        self._token = token
+
+    def _refused(self, error: BaseException) -> None:
+        """Raise TokenRefused when error is iNaturalist refusing the token."""
+        status = getattr(getattr(error, "response", None), "status_code", None)
+        if self._token and status in (401, 403):
+            raise TokenRefused(refused_token_message(status)) from None
+
     def _get_json(self, path: str, **params: Any) -> dict[str, Any]:
-        """GET an API path through pyinaturalist and return its JSON object."""
+        """GET an API path (relative to v1, or a full URL) and return its JSON object."""
+        url = path if "://" in path else f"{self.api_url}/{path}"
         try:
-            response = self._get(f"{self.api_url}/{path}", **params)
+            response = self._get(url, **params)
             answer = response.json()
         except Exception as error:  # requests, urllib3 and json errors all mean the same here
+            self._refused(error)
             raise InatUnreachable(_describe_http_error(error)) from None
         if not isinstance(answer, dict):
             raise InatUnreachable(f"unexpected answer from {path}")
@@ -966,6 +1078,8 @@ class InatClient:
             response = self._get(f"{self.api_url}/users/{login}", raise_for_status=False)
             if response.status_code in (404, 422):
                 raise UserError(f"unknown iNaturalist user {login!r}")
+            if self._token and response.status_code in (401, 403):
+                raise TokenRefused(refused_token_message(response.status_code))
             response.raise_for_status()
             results = response.json().get("results") or []
             if not isinstance(results, list):
@@ -973,22 +1087,31 @@ class InatClient:
         except (UserError, InatUnreachable):
             raise
         except Exception as error:  # network, HTTP and JSON failures alike
+            self._refused(error)
             raise InatUnreachable(_describe_http_error(error)) from None
         for record in results:
             if isinstance(record, dict) and str(record.get("login", "")).lower() == login.lower():
                 return record
         raise UserError(f"unknown iNaturalist user {login!r}")
 
+    def _observations_path(self) -> tuple[str, dict[str, str]]:
+        """Where observations are asked for, and the fields to ask: v2 with a token."""
+        if self._token:
+            return f"{_v2_url(self.api_url)}/observations", {"fields": V2_FIELDS}
+        return "observations", {}
+
     def observations(self, login: str, **filters: Any) -> list[dict[str, Any]]:
         """The user's observations with photos matching the filters (d1, d2, updated_since)."""
-        return self._paginate("observations", user_id=login, photos="true", **filters)
+        path, fields = self._observations_path()
+        return self._paginate(path, user_id=login, photos="true", **fields, **filters)
 
     def observations_by_id(self, ids: Sequence[int]) -> list[dict[str, Any]]:
         """Observations by id, ID_BATCH a request; deleted ones are simply absent."""
+        path, fields = self._observations_path()
         found: list[dict[str, Any]] = []
         for start in range(0, len(ids), ID_BATCH):
             batch = ids[start : start + ID_BATCH]
-            answer = self._get_json("observations", id=",".join(map(str, batch)), per_page=ID_BATCH)
+            answer = self._get_json(path, id=",".join(map(str, batch)), per_page=ID_BATCH, **fields)
             results = answer.get("results")
             if not isinstance(results, list):  # never read as "all of them were deleted"
                 raise InatUnreachable("unexpected answer from observations")
@@ -1005,6 +1128,55 @@ class InatClient:
                 raise InatUnreachable("unexpected answer from taxa")
             found.extend(r for r in results if isinstance(r, dict))
         return found
+
+    def deleted_since(self, since: str) -> set[int]:
+        """Ids of the token owner's observations deleted since an ISO time (needs a token)."""
+        deleted: set[int] = set()
+        for page in range(1, 101):  # 500 a page; a hundred pages is a lifetime of deletions
+            answer = self._get_json(
+                "observations/deleted", since=since, per_page=DELETED_PER_PAGE, page=page
+            )
+            results = answer.get("results")
+            if not isinstance(results, list):
+                raise InatUnreachable("unexpected answer from observations/deleted")
+            deleted.update(i for i in map(parse_positive_int, results) if i is not None)
+            total = _int_or_none(answer.get("total_results")) or 0
+            if len(results) < DELETED_PER_PAGE or page * DELETED_PER_PAGE >= total:
+                break
+        return deleted
+
+    def access_token(self) -> str:
+        """A fresh token from pyinaturalist's get_access_token: INAT_USERNAME, INAT_PASSWORD,
+        INAT_APP_ID and INAT_APP_SECRET, or the credentials pyinaturalist keeps in a keyring."""
+        import pyinaturalist.auth
+        import pyinaturalist.session
+
+        # get_access_token uses the thread's pyinaturalist session: make it ours (cache off,
+        # so the token is stored nowhere) for this one call. A stand-in API answers it too.
+        origin = re.match(r"^[a-z]+://[^/]+", self.api_url)
+        saved = pyinaturalist.auth.API_V0
+        if self.api_url != DEFAULT_API_URL and origin:
+            pyinaturalist.auth.API_V0 = origin[0]
+        pyinaturalist.session.thread_local.session = self.session
+        try:
+            # It reads INAT_USERNAME, ... itself, then the keyring for what they lack.
+            return pyinaturalist.auth.get_access_token()
+        except Exception as error:  # refused, unreachable, or no credentials at all
+            if type(error).__name__ == "AuthenticationError":
+                raise UserError(
+                    "no complete iNaturalist login: set INAT_USERNAME, INAT_PASSWORD,"
+                    " INAT_APP_ID and INAT_APP_SECRET, or store them in the keyring"
+                ) from None
+            status = getattr(getattr(error, "response", None), "status_code", None)
+            if status in (400, 401, 403):
+                raise UserError(
+                    f"iNaturalist refused the login (HTTP {status}): check INAT_USERNAME,"
+                    " INAT_PASSWORD, INAT_APP_ID and INAT_APP_SECRET (or the keyring)"
+                ) from None
+            raise InatUnreachable(_describe_http_error(error)) from None
+        finally:
+            pyinaturalist.auth.API_V0 = saved
+            del pyinaturalist.session.thread_local.session
 
 
 def _describe_http_error(error: BaseException) -> str:
@@ -1049,7 +1221,7 @@ class ObservationStore:
     and those that local photos point at asked for again by id every RECHECK_DAYS."""
 
     def __init__(self, path: Path, fresh: bool = False) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.db = sqlite3.connect(path)
         if fresh:
             self.db.executescript(
@@ -1109,6 +1281,8 @@ class ObservationStore:
             covered_first, covered_last = map(dt.date.fromisoformat, row[:2])
             changed = client.observations(user, updated_since=row[2])
             self._put(user, changed)
+            if client.authenticated:  # deletions leave no trace in updated_since
+                self.forget(client.deleted_since(row[2]))
             gaps = []
             if first_day < covered_first:
                 gaps.append((first_day, covered_first - dt.timedelta(days=1)))
@@ -1134,6 +1308,13 @@ class ObservationStore:
             (user, first_day.isoformat(), last_day.isoformat(), started.isoformat()),
         )
         self.db.commit()
+
+    def forget(self, ids: Iterable[int]) -> None:
+        """Drop observations deleted on iNaturalist; their ids are not asked for again soon."""
+        now = dt.datetime.now(dt.timezone.utc).isoformat()
+        for obs_id in ids:
+            self.db.execute("DELETE FROM observations WHERE id = ?", (obs_id,))
+            self.db.execute("INSERT OR REPLACE INTO checked VALUES (?, ?)", (obs_id, now))
 
     def _checked_since(self, obs_id: int, moment: dt.datetime) -> bool:
         row = self.db.execute("SELECT checked_at FROM checked WHERE id = ?", (obs_id,)).fetchone()
@@ -1177,10 +1358,7 @@ class ObservationStore:
         records = client.observations_by_id(wanted)
         self._put(user.lower(), records)
         present = {record["id"] for record in records if _int_or_none(record.get("id")) is not None}
-        now = dt.datetime.now(dt.timezone.utc).isoformat()
-        for obs_id in set(wanted) - present:  # deleted (or made private) on iNaturalist
-            self.db.execute("DELETE FROM observations WHERE id = ?", (obs_id,))
-            self.db.execute("INSERT OR REPLACE INTO checked VALUES (?, ?)", (obs_id, now))
+        self.forget(set(wanted) - present)  # deleted (or made private) on iNaturalist
         self.db.commit()
 
     def observations_by_id(self, ids: Iterable[int]) -> dict[int, Observation]:
@@ -2530,7 +2708,8 @@ class PairScorer:
         if gated is None:
             return None
         thumbnail, gate = gated
-        if not gate.passed:
+        named = same_file_name(photo.path.name, candidate.photo.original_filename)
+        if not gate.passed and not named:  # a named pair always gets the full score
             return gated_out(thumbnail, gate, self.score)
         local = self.pictures.local(photo)
         upload = self.pictures.upload(candidate.photo)
@@ -2584,6 +2763,7 @@ COMPARED_BEFORE = "compared in vain with the same uploads before"
 BELOW_THRESHOLD = "below the similarity threshold"
 TAKEN_BY_ANOTHER = "best candidate, associated with another photo"
 NO_CANDIDATE = "no iNaturalist photo within the cluster threshold"
+NAMES_ANOTHER = "best candidate, whose original file name is another photo's"
 
 
 def cluster_by_time(
@@ -2653,18 +2833,32 @@ def assign_uploads(
     areas: Mapping[tuple[int, int], float],
     threshold: float,
     upload_order: Sequence[Any] = (),
+    named: Collection[tuple[int, int]] = (),
+    name_threshold: float = NAME_THRESHOLD,
 ) -> list[Decision]:
     """Pair (local, upload) indices one-to-one, maximising the total score above threshold.
 
     An upload whose two best local photos score within TIE_MARGIN is refused. When one local
     photo is the source of several uploads it takes the one showing most of it (then the
-    higher score, then the first upload); the others are reported as parts of it.
+    higher score, then the first upload); the others are reported as parts of it. named holds
+    the pairs whose file names agree: such a pair needs only name_threshold, and an upload
+    with a named local photo goes to no other (the name decides among look-alikes).
     """
 
     def order(upload: int) -> Any:
         return upload_order[upload] if upload < len(upload_order) else upload
 
-    valid = {pair: score for pair, score in scores.items() if score >= threshold}
+    named_locals: dict[int, set[int]] = defaultdict(set)
+    for local, upload in named:
+        named_locals[upload].add(local)
+
+    def qualifies(pair: tuple[int, int], score: float) -> bool:
+        local, upload = pair
+        if upload in named_locals:
+            return local in named_locals[upload] and score >= min(threshold, name_threshold)
+        return score >= threshold
+
+    valid = {pair: score for pair, score in scores.items() if qualifies(pair, score)}
     decisions: list[Decision] = []
     for upload in sorted({u for _, u in valid}):
         ranked = sorted(
@@ -2676,9 +2870,13 @@ def assign_uploads(
             decisions.append(Decision(upload, local, best, "tie", rivals))
     refused = {d.upload_index for d in decisions}
     valid = {pair: s for pair, s in valid.items() if pair[1] not in refused}
-    taken = _optimal_pairs(valid)
+    by_name = {pair for pair in valid if pair[1] in named_locals}
+    # A named pair outweighs any score, so that a local photo takes the upload that names it.
+    taken = _optimal_pairs({pair: s + 1.0 if pair in by_name else s for pair, s in valid.items()})
 
     def prefer(upload: int, over: int, local: int) -> bool:
+        if ((local, upload) in by_name) != ((local, over) in by_name):
+            return (local, upload) in by_name
         area, rival_area = areas.get((local, upload), 1.0), areas.get((local, over), 1.0)
         if abs(area - rival_area) > SAME_AREA:
             return area > rival_area
@@ -2702,25 +2900,49 @@ def assign_uploads(
             upload_of[local] = upload
         else:
             parts[upload] = local
+    # The name decided an association that the scores alone would not have made.
+    unnamed = (
+        {
+            (d.local_index, d.upload_index)
+            for d in assign_uploads(scores, areas, threshold, upload_order)
+            if d.kind == "associate"
+        }
+        if by_name
+        else set()
+    )
     for local, upload in upload_of.items():
         parts.pop(upload, None)
-        decisions.append(Decision(upload, local, valid[(local, upload)]))
+        decided = (local, upload) in by_name and (local, upload) not in unnamed
+        decisions.append(Decision(upload, local, valid[(local, upload)], by_name=decided))
     for upload, local in parts.items():
         decisions.append(Decision(upload, local, valid[(local, upload)], "part"))
     return sorted(decisions, key=lambda d: (d.upload_index, d.kind))
 
 
-def match_cluster(cluster: Cluster, compare: Compare, threshold: float) -> ClusterOutcome:
+def named_pairs(cluster: Cluster) -> set[tuple[int, int]]:
+    """(local, upload) indices of the cluster whose file name and original file name agree."""
+    return {
+        (i, j)
+        for i, photo in enumerate(cluster.photos)
+        for j, candidate in enumerate(cluster.candidates)
+        if same_file_name(photo.path.name, candidate.photo.original_filename)
+    }
+
+
+def match_cluster(
+    cluster: Cluster, compare: Compare, threshold: float, name_threshold: float = NAME_THRESHOLD
+) -> ClusterOutcome:
     """Compare every pair of the cluster and decide: associations, ties, parts, refusals."""
     comparisons = compare(cluster.photos, cluster.candidates)
     scores = {pair: c.score for pair, c in comparisons.items()}
     areas = {pair: c.alignment.area if c.alignment else 1.0 for pair, c in comparisons.items()}
     order = [c.photo.id for c in cluster.candidates]
+    named = named_pairs(cluster)
     associations: list[Association] = []
     ties: list[Tie] = []
     parts: list[Association] = []
     decided: set[int] = set()
-    for decision in assign_uploads(scores, areas, threshold, order):
+    for decision in assign_uploads(scores, areas, threshold, order, named, name_threshold):
         candidate = cluster.candidates[decision.upload_index]
         comparison = comparisons[(decision.local_index, decision.upload_index)]
         photo = cluster.photos[decision.local_index]
@@ -2738,7 +2960,7 @@ def match_cluster(cluster: Cluster, compare: Compare, threshold: float) -> Clust
         elif decision.kind == "part":
             parts.append(Association(photo, candidate, comparison))
         else:
-            associations.append(Association(photo, candidate, comparison))
+            associations.append(Association(photo, candidate, comparison, decision.by_name))
             decided.add(decision.local_index)
     taken = {a.candidate.photo.id for a in associations}
     associated = {a.photo.path for a in associations}
@@ -2754,6 +2976,8 @@ def match_cluster(cluster: Cluster, compare: Compare, threshold: float) -> Clust
         _, j = max(tried)
         candidate = cluster.candidates[j]
         reason = TAKEN_BY_ANOTHER if candidate.photo.id in taken else BELOW_THRESHOLD
+        if (i, j) not in named and any(upload == j for _, upload in named):
+            reason = NAMES_ANOTHER
         refusals.append(Refusal(photo, candidate, comparisons[(i, j)], reason))
     return ClusterOutcome(
         tuple(associations), tuple(ties), tuple(parts), tuple(refusals), tuple(checked)
@@ -3313,22 +3537,32 @@ def replace_or_create(path: Path, data: bytes) -> None:
 
 
 class Console:
-    """Prints messages and keeps count of the problems reported."""
+    """Prints messages and keeps count of the problems reported; never prints a secret."""
 
     def __init__(self, stream: Any = None) -> None:
         self.stream = stream or sys.stdout
         self.file_errors = 0
+        self.secrets: list[str] = []
+
+    def hide(self, secret: str) -> None:
+        """Blank secret out of every later message, wherever it might turn up."""
+        self.secrets.append(secret)
+
+    def _clean(self, message: str) -> str:
+        for secret in self.secrets:
+            message = message.replace(secret, "[token]")
+        return message
 
     def say(self, message: str) -> None:
-        print(message, file=self.stream, flush=True)
+        print(self._clean(message), file=self.stream, flush=True)
 
     def warn(self, message: str) -> None:
-        print(f"Warning: {message}", file=sys.stderr, flush=True)
+        print(self._clean(f"Warning: {message}"), file=sys.stderr, flush=True)
 
     def file_error(self, path: Path, reason: str) -> None:
         """Report a file that could not be read or written; the run goes on."""
         self.file_errors += 1
-        print(f"Error: {show_path(path)}: {reason}", file=sys.stderr, flush=True)
+        print(self._clean(f"Error: {show_path(path)}: {reason}"), file=sys.stderr, flush=True)
 
 
 def progress(iterable: Iterable[Any], description: str, total: int | None = None) -> Iterable[Any]:
@@ -3414,6 +3648,8 @@ def found_line(association: Association) -> str:
     seconds = seconds_apart(photo, observation)
     described = "without caption" if photo.caption is None else f"with caption '{photo.caption}'"
     how = comparison.alignment.describe() if comparison.alignment else ""
+    if association.by_name:
+        how = ", ".join(filter(None, [how, BY_NAME]))
     return (
         f"'{show_path(photo.path)}' {described} found for photo id {candidate.photo.id};"
         f" {observation.identification}, time from observation "
@@ -3421,6 +3657,9 @@ def found_line(association: Association) -> str:
         f"{_distance_words(describe_distance(photo, observation))}, similarity"
         f" {comparison.score * 100:.1f}%{f' ({how})' if how else ''}."
     )
+
+
+BY_NAME = "matched by file name"  # said of an association the original file name decided
 
 
 def update_line(update: Update, dry_run: bool) -> str:
@@ -3520,6 +3759,7 @@ class LogRow:
     distance: str
     score: float | None
     note: str = ""
+    by_name: bool = False  # associated at NAME_THRESHOLD: the score is not shown as too low
 
 
 def thumbnail_data_url(
@@ -3560,9 +3800,12 @@ def comparison_row(
     comparison: Comparison,
     thumbnails: LogThumbnails,
     note: str = "",
+    by_name: bool = False,
 ) -> LogRow:
     """A log row for a compared pair, saying what the alignment found."""
     alignment = comparison.alignment
+    if by_name:
+        note = "; ".join(filter(None, [BY_NAME, note]))
     if alignment is not None and alignment.describe():
         note = "; ".join(filter(None, [alignment.describe(), note]))
     if comparison.prefiltered:
@@ -3577,13 +3820,15 @@ def comparison_row(
         describe_distance(photo, observation),
         comparison.score,
         note,
+        by_name,
     )
 
 
 def day_log_rows(outcome: DayOutcome, thumbnails: LogThumbnails) -> list[LogRow]:
     """The log rows of a matched day: associations, parts, ties, refusals, lone uploads."""
     rows = [
-        comparison_row(a.photo, a.candidate, a.comparison, thumbnails) for a in outcome.associations
+        comparison_row(a.photo, a.candidate, a.comparison, thumbnails, by_name=a.by_name)
+        for a in outcome.associations
     ]
     for part in outcome.parts:
         area = part.comparison.alignment.area if part.comparison.alignment else 1.0
@@ -3725,7 +3970,7 @@ def render_log(rows: Sequence[LogRow], summary: str, threshold: float) -> str:
         if row.score is None:
             cells.append("")
         else:
-            low = ' class="low"' if row.score < threshold else ""
+            low = ' class="low"' if row.score < threshold and not row.by_name else ""
             cells.append(f"<span{low}>{row.score * 100:.1f}%</span>")
         note = f'<br><span class="note">{html.escape(row.note)}</span>' if row.note else ""
         cells[-1] += note
@@ -3836,6 +4081,19 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also write Simple Darwin Core terms (dwc:scientificName, dwc:occurrenceID...)",
     )
+    parser.add_argument(
+        "--token-file",
+        "--token_file",
+        dest="token_file",
+        metavar="PATH",
+        help="read your iNaturalist API token from PATH (or set INAT_API_TOKEN); it shows "
+        "original file names and true locations of your observations, and deletions",
+    )
+    parser.add_argument(
+        "--keyring",
+        action="store_true",
+        help="fetch a token with the login pyinaturalist keeps in the system keyring",
+    )
     parser.add_argument("paths", nargs="+", metavar="file/directory", help="pictures or folders")
     return parser
 
@@ -3843,7 +4101,7 @@ def build_parser() -> argparse.ArgumentParser:
 @contextlib.contextmanager
 def run_lock(cache: Path) -> Iterator[bool]:
     """Hold an exclusive lock on the cache directory; yields False if another run has it."""
-    cache.mkdir(parents=True, exist_ok=True)
+    cache.mkdir(mode=0o700, parents=True, exist_ok=True)
     handle = open(cache / "run.lock", "a+")  # noqa: SIM115 - held for the whole run
     try:
         try:
@@ -3865,6 +4123,47 @@ def run_lock(cache: Path) -> Iterator[bool]:
 
 class RunLocked(Exception):
     """Another run holds the lock on the cache directory."""
+
+
+def read_token_file(path: Path, console: Console) -> str:
+    """The token in path; warns when others may read the file, UserError when it is unusable."""
+    try:
+        info = path.stat()
+        token = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as error:
+        reason = getattr(error, "strerror", None) or type(error).__name__
+        raise UserError(f"cannot read the token file {show_path(path)} ({reason})") from None
+    if not token or len(token.split()) != 1:
+        raise UserError(f"the token file {show_path(path)} does not hold one token")
+    if os.name == "posix" and info.st_mode & (stat.S_IRGRP | stat.S_IROTH):
+        console.warn(
+            f"{show_path(path)} holds your iNaturalist token and other users may read it;"
+            f" run: chmod 600 {show_path(path)}"
+        )
+    return token
+
+
+def login_token(options: Options, client: InatClient, console: Console) -> str | None:
+    """The run's API token: --token-file, INAT_API_TOKEN, or one fetched with the login in the
+    environment or the keyring; None without any of them (the public view)."""
+    token = None
+    if options.token_file is not None:
+        token = read_token_file(options.token_file, console)
+    elif options.token:
+        token = options.token
+    elif options.password_login or options.keyring:
+        token = client.access_token()
+    if token:
+        console.hide(token)
+    return token
+
+
+def make_private(cache: Path, console: Console) -> None:
+    """The cache will hold true locations: readable by its owner only (it is created so)."""
+    with contextlib.suppress(OSError):
+        if os.name == "posix" and stat.S_IMODE(cache.stat().st_mode) & 0o077:
+            cache.chmod(0o700)
+            console.say(f"Made {show_path(cache)} readable by you only: it holds private data.")
 
 
 @dataclass
@@ -4129,6 +4428,10 @@ def run(options: Options, console: Console) -> Tally:
             return tally
         client = InatClient(options.api_url, options.cache)
         resources.callback(client.session.close)
+        token = login_token(options, client, console) if options.wants_login else None
+        if token:
+            client.authenticate(token)
+            make_private(options.cache, console)
         with contextlib.closing(
             ObservationStore(options.cache / "observations.sqlite", fresh=options.bypass_cache)
         ) as store:
@@ -4184,7 +4487,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"Error: another inat_photos run is using {show_path(options.cache)}; try again later."
         )
         return EXIT_LOCKED
-    except UserError as error:
+    except (UserError, TokenRefused) as error:
         console.say(f"Error: {error}")
         return EXIT_USAGE
     except InatUnreachable as error:

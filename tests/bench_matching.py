@@ -1,6 +1,7 @@
 """Measure inat_photos' matching on a labelled archive (issue 3): found, wrong, missed.
 
     python tests/bench_matching.py [--small] [--out DIR] [--keep] [--seed N] [--extra=--ARG]
+                                   [--token]
 
 Builds the set of tests/make_matching_set.py (or reuses DIR when it already holds one), serves
 its scenario.json with the fake iNaturalist, runs
@@ -11,6 +12,10 @@ as a subprocess with a private INAT_PHOTOS_CACHE, reads the XMP back and prints,
 how many local photos there are, how many should be associated, and how many were associated
 correctly, wrongly (another photo id than the truth, or any where the truth is none) or not at
 all. It is a measurement: the exit code is 0 whatever the tool does.
+
+With --token the tool runs with an API token (issue 12): the fake server then gives each
+upload the original file name of its true local file (the name the camera gave it), as
+iNaturalist does for the owner's own photos.
 
 Without --out the set is built in a temporary folder and removed afterwards (unless --keep).
 A reused DIR is first cleared of the tags an earlier run wrote. The tool's output is kept in
@@ -108,6 +113,21 @@ def print_table(rows: dict[str, Row]) -> Row:
     return total
 
 
+BENCH_TOKEN = "bench-token"
+
+
+def named_scenario(folder: Path) -> dict:
+    """The set's scenario with each upload's original file name: its true local file's."""
+    scenario = json.loads((folder / "scenario.json").read_text(encoding="utf-8"))
+    truth = json.loads((folder / "truth.json").read_text(encoding="utf-8"))
+    names = {photo_id: Path(path).name for path, photo_id in truth.items() if photo_id}
+    for observation in scenario["observations"]:
+        for photo in observation.get("photos") or []:
+            if photo.get("id") in names:
+                photo["original_filename"] = names[photo["id"]]
+    return scenario
+
+
 def run_tool(
     folder: Path,
     extra: list[str],
@@ -115,6 +135,7 @@ def run_tool(
     script: Path = SCRIPT,
     pictures: Path | None = None,
     logfile: Path | None = None,
+    token: bool = False,
 ) -> tuple[int, str, str, float]:
     """Serve the scenario, run the CLI on folder/pictures; (exit code, stdout, stderr, seconds)."""
     cache = folder / "cache"
@@ -130,10 +151,14 @@ def run_tool(
         *extra,
         str(pictures or folder / "pictures"),
     ]
-    with FakeINaturalist(folder / "scenario.json") as fake:
+    scenario = named_scenario(folder) if token else folder / "scenario.json"
+    with FakeINaturalist(scenario, base_dir=folder) as fake:
         env.update(
             INAT_API_URL=fake.api_url, INAT_PHOTOS_CACHE=str(cache), PYTHONIOENCODING="utf-8"
         )
+        if token:
+            fake.add_token(BENCH_TOKEN, USER["login"])
+            env["INAT_API_TOKEN"] = BENCH_TOKEN
         started = time.monotonic()
         try:
             done = subprocess.run(
@@ -175,6 +200,9 @@ def main(argv: list[str] | None = None) -> int:
         default=SCRIPT,
         help="the inat_photos.py to measure (default: the repository's), e.g. an older copy",
     )
+    parser.add_argument(
+        "--token", action="store_true", help="run with an API token: uploads carry file names"
+    )
     args = parser.parse_args(argv)
 
     temporary = args.out is None
@@ -198,7 +226,9 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"Running {args.script} on {len(truth)} local photos ...", flush=True)
         if not args.per_category:
-            code, stdout, stderr, seconds = run_tool(folder, args.extra, args.timeout, args.script)
+            code, stdout, stderr, seconds = run_tool(
+                folder, args.extra, args.timeout, args.script, token=args.token
+            )
         else:  # one run per folder: a crash in one category leaves the others measured
             code, stdout, stderr, seconds = 0, "", "", 0.0
             for category in sorted(p.name for p in (folder / "pictures").iterdir()):
@@ -209,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
                     args.script,
                     pictures=folder / "pictures" / category,
                     logfile=folder / f"log-{category}.html",
+                    token=args.token,
                 )
                 print(f"  {category}: exit code {one[0]}, {one[3]:.1f} s", flush=True)
                 code = code or one[0]

@@ -26,7 +26,16 @@ A photo may carry ``"state"``: ``"processing"`` (just uploaded: the API gives th
 ``/attachment_defaults/local_photos/square.png`` placeholder), ``"hidden"`` (``"hidden": true``
 and the ``media-hidden`` placeholder) or ``"flagged"`` (a copyright flag in ``"flags"`` and the
 ``copyright-infringement`` placeholder). Placeholders are served as small PNGs in every size;
-the photo's own ``/photos/ID/`` files answer 404 meanwhile.
+the photo's own ``/photos/ID/`` files answer 404 meanwhile. A photo may carry
+``"original_filename"``, the name of the file the user uploaded.
+
+Logins (``add_token``, ``add_password_login``): a request with ``Authorization: Bearer TOKEN``
+(or the bare token) is its owner's; an unknown token answers 401. Only the owner's own requests
+see ``original_filename`` and, for obscured or private observations, ``private_location``.
+``GET /v2/observations`` takes ``fields`` in RISON (``(id:!t,taxon:(name:!t))``) or ``all``
+and answers only those (only ``id`` and ``uuid`` without it); ``GET /v1/observations/deleted``
+(token only) lists the ids of the owner's observations deleted ``since``; ``POST /oauth/token``
+and ``GET /users/api_token`` stand in for pyinaturalist's ``get_access_token()``.
 """
 
 from __future__ import annotations
@@ -56,7 +65,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from PIL import Image, ImageDraw, ImageOps
 
-__all__ = ["PHOTO_SIZES", "FakeINaturalist", "render_photo"]
+__all__ = ["PHOTO_SIZES", "FakeINaturalist", "parse_rison_fields", "render_photo", "select_fields"]
 
 #: Longest side (pixels) of each photo size iNaturalist serves; ``square`` is a centre crop.
 PHOTO_SIZES = {"square": 75, "small": 240, "medium": 500, "large": 1024, "original": 2048}
@@ -265,6 +274,7 @@ class _Photo:
         if self.state not in PHOTO_STATES:
             raise ValueError(f"photo {self.id}: state must be one of {', '.join(PHOTO_STATES)}")
         self.license_code = spec.get("license_code", "cc-by-nc")
+        self.original_filename = spec.get("original_filename")
         self.uuid = spec.get("uuid") or _derived_uuid("photo", self.id)
         width, height = _upright_size(self.source)
         box = _crop_box(width, height, self.crop)
@@ -283,7 +293,7 @@ class _Photo:
                 )
             return self.cache[size]
 
-    def to_json(self, host_url: str, user: dict) -> dict:
+    def to_json(self, host_url: str, user: dict, owner_view: bool = False) -> dict:
         owner = user.get("name") or user["login"]
         if self.license_code:
             rights = f"some rights reserved ({self.license_code.upper().replace('CC-', 'CC ')})"
@@ -302,6 +312,8 @@ class _Photo:
             },
             "flags": [],
         }
+        if owner_view and self.original_filename:
+            record["original_filename"] = self.original_filename
         if self.state != "normal":
             record["url"] = host_url + PLACEHOLDERS[self.state].format(size="square")
         if self.state == "processing":  # not yet measured
@@ -407,7 +419,9 @@ class _Observation:
         )
         return round(lat2, 10), round(lng2, 10)
 
-    def to_json(self, host_url: str) -> dict:
+    def to_json(self, host_url: str, viewer: int | None = None) -> dict:
+        """The API's record; viewer: the id of the user whose token asked (None: public)."""
+        owner_view = viewer is not None and viewer == self.user["id"]
         public = self.public_location()
         if public is None:
             location_text, geojson = None, None
@@ -438,7 +452,7 @@ class _Observation:
         species_guess = None
         if self.taxon:
             species_guess = self.taxon.get("preferred_common_name") or self.taxon["name"]
-        photos = [photo.to_json(host_url, self.user) for photo in self.photos]
+        photos = [photo.to_json(host_url, self.user, owner_view) for photo in self.photos]
         user = {
             "id": self.user["id"],
             "login": self.user["login"],
@@ -448,7 +462,15 @@ class _Observation:
         observed_on_string = self.observed_on
         if self.time_dt is not None:
             observed_on_string = self.time_dt.strftime("%Y-%m-%d %H:%M:%S")
+        private: dict[str, Any] = {}
+        if owner_view and self.location is not None and self.location != public:
+            lat, lng = self.location
+            private = {
+                "private_location": f"{lat!r},{lng!r}",
+                "private_geojson": {"type": "Point", "coordinates": [lng, lat]},
+            }
         return {
+            **private,
             "id": self.id,
             "uuid": self.uuid,
             "uri": f"https://www.inaturalist.org/observations/{self.id}",
@@ -595,8 +617,10 @@ class _Handler(BaseHTTPRequestHandler):
     def _answer(self, send_body: bool) -> None:
         fake = self.server.fake
         length = self.headers.get("Content-Length")
+        request_body = b""
         if length and length.isdigit():
-            self.rfile.read(int(length))
+            request_body = self.rfile.read(int(length))
+        authorization = self.headers.get("Authorization")
         split = urlsplit(self.path)
         path = unquote(split.path)
         query = dict(parse_qsl(split.query, keep_blank_values=True))
@@ -615,10 +639,13 @@ class _Handler(BaseHTTPRequestHandler):
                     headers.append(("Retry-After", f"{fault.retry_after:g}"))
             else:
                 truncate = fault is not None
-                if self.command not in ("GET", "HEAD"):
+                login = self.command == "POST" and path == "/oauth/token"
+                if self.command not in ("GET", "HEAD") and not login:
                     headers.append(("Allow", "GET, HEAD"))
                     raise _HTTPError(405)
-                status, content_type, body = fake._dispatch(path, query)
+                status, content_type, body = fake._dispatch(
+                    path, query, authorization, request_body
+                )
                 is_photo = content_type.startswith("image/")
         except _HTTPError as error:
             status, content_type = error.status, "application/json; charset=utf-8"
@@ -640,6 +667,7 @@ class _Handler(BaseHTTPRequestHandler):
             "status": status,
             "bytes": len(body) if send_body else 0,
             "time": time.time(),
+            "auth": authorization is not None,  # whether a token came, never the token
         }
         if truncate:
             entry["truncated"] = True
@@ -724,6 +752,10 @@ class FakeINaturalist:
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._users: dict[int, dict] = {}
+        self._tokens: dict[str, int] = {}  # API token -> user id
+        self._oauth: dict[str, int] = {}  # OAuth access token -> user id
+        self._passwords: dict[tuple[str, str, str, str], int] = {}
+        self._deleted: list[tuple[int, int, datetime]] = []  # (observation, user id, when)
         self._observations: dict[int, _Observation] = {}
         self._photos: dict[int, _Photo] = {}
         self._next_observation_photo_id = 90_000_001
@@ -844,11 +876,29 @@ class FakeINaturalist:
             self._touch(self._observations[int(observation_id)])
 
     def delete_observation(self, observation_id: int) -> None:
-        """Delete an observation; it and its photos vanish from every answer."""
+        """Delete an observation; it and its photos vanish from every answer, and its id is
+        listed by ``/v1/observations/deleted`` to its owner."""
         with self._state_lock:
             obs = self._observations.pop(int(observation_id))
             for photo in obs.photos:
                 self._photos.pop(photo.id, None)
+            self._deleted.append((obs.id, obs.user["id"], datetime.now(timezone.utc)))
+
+    def add_token(self, token: str, login: str) -> None:
+        """Accept ``token`` as the API token of the user ``login``."""
+        with self._state_lock:
+            self._tokens[token] = self._resolve_user(login)["id"]
+
+    def revoke_token(self, token: str) -> None:
+        """Answer 401 to ``token`` from now on (an expired or revoked token)."""
+        with self._state_lock:
+            self._tokens.pop(token, None)
+
+    def add_password_login(self, login: str, password: str, app_id: str, app_secret: str) -> None:
+        """Accept this login at ``POST /oauth/token`` (the password grant)."""
+        with self._state_lock:
+            user = self._resolve_user(login)
+            self._passwords[(login, password, app_id, app_secret)] = user["id"]
 
     def add_observation(self, obs: dict) -> None:
         """Add a scenario-format observation (created_at/updated_at default to now)."""
@@ -876,7 +926,7 @@ class FakeINaturalist:
 
     def api_requests(self) -> list[dict]:
         with self._log_lock:
-            return [entry for entry in self.requests if entry["path"].startswith("/v1/")]
+            return [entry for entry in self.requests if entry["path"].startswith(("/v1/", "/v2/"))]
 
     def photo_requests(self) -> list[dict]:
         with self._log_lock:
@@ -971,13 +1021,61 @@ class FakeINaturalist:
             self._api_times.append(now)
             return True
 
-    def _dispatch(self, path: str, query: dict[str, str]) -> tuple[int, str, bytes]:
+    def _viewer(self, authorization: str | None) -> int | None:
+        """The user whose token came with a request; None without one; 401 for a bad one."""
+        if authorization is None:
+            return None
+        token = authorization.removeprefix("Bearer ").strip()
+        with self._state_lock:
+            if token not in self._tokens:
+                raise _HTTPError(401, "Unauthorized")
+            return self._tokens[token]
+
+    def _login(self, path: str, authorization: str | None, body: bytes) -> dict:
+        """The password grant and the JWT behind it, as www.inaturalist.org answers them."""
+        with self._state_lock:
+            if path == "/oauth/token":
+                try:
+                    given = json.loads(body or b"{}")
+                    key = tuple(
+                        str(given[k])
+                        for k in ("username", "password", "client_id", "client_secret")
+                    )
+                except (ValueError, KeyError):
+                    raise _HTTPError(400, "invalid_request") from None
+                if key not in self._passwords:
+                    raise _HTTPError(401, "invalid_grant")
+                access = f"oauth-{uuid.uuid4().hex}"
+                self._oauth[access] = self._passwords[key]  # type: ignore[index]
+                return {"access_token": access, "token_type": "Bearer", "scope": "write login"}
+            access = (authorization or "").removeprefix("Bearer ").strip()
+            if access not in self._oauth:
+                raise _HTTPError(401, "Unauthorized")
+            token = f"jwt-{uuid.uuid4().hex}"
+            self._tokens[token] = self._oauth[access]
+            return {"api_token": token}
+
+    def _dispatch(
+        self,
+        path: str,
+        query: dict[str, str],
+        authorization: str | None = None,
+        body: bytes = b"",
+    ) -> tuple[int, str, bytes]:
         if len(path) > 1:
             path = path.rstrip("/")
-        if path == "/v1" or path.startswith("/v1/"):
+        if path in ("/oauth/token", "/users/api_token"):
+            payload = self._login(path, authorization, body)
+            return 200, "application/json; charset=utf-8", json.dumps(payload).encode()
+        version = path[1:3]
+        if version in ("v1", "v2") and (path == f"/{version}" or path[3:4] == "/"):
             if not self._admit_api_request():
                 raise _HTTPError(429, "Too Many Requests")
-            payload = self._api(path[len("/v1") :], query)
+            viewer = self._viewer(authorization)
+            if version == "v2":
+                payload = self._api_v2(path[len("/v2") :], query, viewer)
+            else:
+                payload = self._api(path[len("/v1") :], query, viewer)
             return 200, "application/json; charset=utf-8", json.dumps(payload).encode()
         match = _PHOTO_PATH.match(path)
         if match and match.group(2) in PHOTO_SIZES:
@@ -990,23 +1088,54 @@ class FakeINaturalist:
             return 200, "image/png", _placeholder_png(placeholder.group(1))
         raise _HTTPError(404, "Not found")
 
-    def _api(self, route: str, query: dict[str, str]) -> dict:
+    def _api(self, route: str, query: dict[str, str], viewer: int | None = None) -> dict:
         parts = [part for part in route.split("/") if part]
         if len(parts) == 2 and parts[0] == "users":
-            return self._user_answer(parts[1])
+            return self._user_answer(parts[1], viewer)
         if len(parts) == 2 and parts[0] == "taxa":
             return self._taxa_answer(parts[1])
+        if parts == ["observations", "deleted"]:
+            return self._deleted_answer(query, viewer)
         if parts and parts[0] == "observations" and len(parts) <= 2:
             if len(parts) == 2:
                 query = dict(query)
                 query["id"] = parts[1]
                 query.setdefault("per_page", str(len(parts[1].split(","))))
-            return self._search(query)
+            return self._search(query, viewer)
         raise _HTTPError(404, "Not found")
 
-    def _user_answer(self, ref: str) -> dict:
-        if ref == "me":
+    def _api_v2(self, route: str, query: dict[str, str], viewer: int | None) -> dict:
+        if route.strip("/") != "observations":
+            raise _HTTPError(404, "Not found")
+        try:
+            fields = parse_rison_fields(query.get("fields") or "(id:!t,uuid:!t)")
+        except ValueError:
+            raise _HTTPError(422, "fields must be RISON, e.g. (id:!t,taxon:(name:!t))") from None
+        answer = self._search(query, viewer)
+        answer["results"] = [select_fields(r, fields) for r in answer["results"]]
+        return answer
+
+    def _deleted_answer(self, query: dict[str, str], viewer: int | None) -> dict:
+        if viewer is None:
             raise _HTTPError(401, "Unauthorized")
+        if not query.get("since"):
+            raise _HTTPError(422, "since is required")
+        try:
+            since = _parse_datetime(query["since"])
+        except ValueError:
+            raise _HTTPError(422, "since must be an ISO 8601 datetime") from None
+        per_page = max(1, min(_int_param(query, "per_page", 500), 500))
+        page = max(1, _int_param(query, "page", 1))
+        with self._state_lock:
+            ids = [o for o, user, when in self._deleted if user == viewer and when >= since]
+        chosen = ids[(page - 1) * per_page : page * per_page]
+        return {"total_results": len(ids), "page": page, "per_page": per_page, "results": chosen}
+
+    def _user_answer(self, ref: str, viewer: int | None = None) -> dict:
+        if ref == "me":
+            if viewer is None:
+                raise _HTTPError(401, "Unauthorized")
+            ref = str(viewer)
         with self._state_lock:
             for user in self._users.values():
                 if str(user["id"]) == ref or user["login"] == ref:
@@ -1023,7 +1152,7 @@ class FakeINaturalist:
                     return {"total_results": 1, "page": 1, "per_page": 1, "results": [result]}
         raise _HTTPError(404, "Not found")
 
-    def _search(self, query: dict[str, str]) -> dict:
+    def _search(self, query: dict[str, str], viewer: int | None = None) -> dict:
         per_page = _int_param(query, "per_page", DEFAULT_PER_PAGE)
         per_page = max(0, min(per_page, MAX_PER_PAGE))
         page = max(1, _int_param(query, "page", 1))
@@ -1097,7 +1226,7 @@ class FakeINaturalist:
             if query.get("only_id") == "true":
                 results = [{"id": o.id} for o in chosen]
             else:
-                results = [o.to_json(self.host_url) for o in chosen]
+                results = [o.to_json(self.host_url, viewer) for o in chosen]
         for result in results:
             self._add_ancestor_ids(result.get("taxon"))
         return {
@@ -1152,6 +1281,49 @@ class FakeINaturalist:
                 ]
                 results.append(record)
         return {"total_results": len(results), "page": 1, "per_page": 30, "results": results}
+
+
+def parse_rison_fields(text: str) -> dict | str:
+    """API v2's field selection: ``all``, or RISON such as ``(id:!t,taxon:(name:!t))``."""
+    if text.strip() == "all":
+        return "all"
+    at = 0
+
+    def value() -> Any:
+        nonlocal at
+        if text.startswith("!t", at):
+            at += 2
+            return True
+        if text.startswith("(", at):
+            at += 1
+            out: dict[str, Any] = {}
+            while not text.startswith(")", at):
+                match = re.compile(r"[A-Za-z_][A-Za-z0-9_]*:").match(text, at)
+                if not match:
+                    raise ValueError(f"bad field at {at}")
+                at = match.end()
+                out[match.group()[:-1]] = value()
+                if text.startswith(",", at):
+                    at += 1
+            at += 1
+            return out
+        raise ValueError(f"bad value at {at}")
+
+    selection = value()
+    if at != len(text) or not isinstance(selection, dict):
+        raise ValueError("trailing text")
+    return selection
+
+
+def select_fields(record: Any, fields: dict | str | bool) -> Any:
+    """Only the selected fields of a record (lists are selected item by item)."""
+    if fields == "all" or fields is True:
+        return record
+    if isinstance(record, list):
+        return [select_fields(item, fields) for item in record]
+    if not isinstance(record, dict):
+        return record
+    return {k: select_fields(record[k], sub) for k, sub in fields.items() if k in record}
 
 
 def _int_param(query: dict[str, str], name: str, default: int) -> int:
