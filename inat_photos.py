@@ -171,7 +171,7 @@ TOKEN_PAGE = f"{INAT_WEB_URL}/users/api_token"  # where a signed-in user gets an
 V2_FIELDS = (
     "(id:!t,uri:!t,observed_on:!t,time_observed_at:!t,created_at:!t,updated_at:!t,"
     "location:!t,private_location:!t,obscured:!t,geoprivacy:!t,taxon_geoprivacy:!t,"
-    "taxon:(name:!t,rank:!t,preferred_common_name:!t),"
+    "taxon:(id:!t,name:!t,rank:!t,preferred_common_name:!t,ancestor_ids:!t),"
     "observation_photos:(id:!t,position:!t,"
     "photo:(id:!t,url:!t,original_filename:!t,hidden:!t,flags:(resolved:!t))),"
     "photos:(id:!t,original_filename:!t))"  # where pyinaturalist's Photo model finds the name

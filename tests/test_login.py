@@ -453,3 +453,30 @@ def test_a_name_never_reaches_past_its_cluster() -> None:
         checked_before=lambda photo, uploads: False,
     )
     assert outcome.associations == ()
+
+
+def test_the_v2_fields_keep_what_hierarchy_and_darwin_core_need() -> None:
+    """With a token observations come through V2_FIELDS: the taxon's id and ancestors must
+    survive it, or --hierarchical-keywords and --darwin-core would write nothing."""
+    from fake_inat import parse_rison_fields, select_fields
+
+    record = {
+        "id": 7,
+        "time_observed_at": "2021-02-01T10:15:00-08:00",
+        "observed_on": "2021-02-01",
+        "taxon": {
+            "id": 42069,
+            "name": "Canis latrans",
+            "rank": "species",
+            "preferred_common_name": "Coyote",
+            "ancestor_ids": [48460, 1, 2, 355675, 40151, 848317, 41573, 42048, 42069],
+            "iconic_taxon_name": "Mammalia",
+        },
+        "observation_photos": [],
+    }
+    lean = select_fields(record, parse_rison_fields(ip.V2_FIELDS))
+    assert "iconic_taxon_name" not in lean["taxon"]
+    full, kept = ip.parse_observation(record), ip.parse_observation(lean)
+    assert kept is not None and full is not None
+    assert (kept.taxon_id, kept.ancestor_ids) == (full.taxon_id, full.ancestor_ids)
+    assert kept.ancestor_ids and kept.taxon_id == 42069
