@@ -42,6 +42,7 @@ import base64
 import contextlib
 import dataclasses
 import datetime as dt
+import functools
 import html
 import io
 import json
@@ -75,11 +76,17 @@ __all__ = [
     "EXIT_LOCKED",
     "EXIT_OK",
     "EXIT_USAGE",
+    "FEW_FEATURES",
     "HEIF_FORMATS",
+    "INAT_PIXELS",
+    "MAX_MISFIT",
+    "MIN_INLIERS",
     "NAME_THRESHOLD",
     "PER_PAGE",
     "PICTURE_SUFFIXES",
     "RAW_FORMATS",
+    "SMALLEST_CROP",
+    "SSIM_THRESHOLD",
     "TAG_CAPTION",
     "TAG_DARWIN_CORE",
     "TAG_HIERARCHY",
@@ -93,6 +100,7 @@ __all__ = [
     "Comparison",
     "Console",
     "DayOutcome",
+    "Features",
     "InatPhoto",
     "InatTags",
     "Lineage",
@@ -103,22 +111,28 @@ __all__ = [
     "OpenCLUnavailable",
     "Options",
     "PictureSource",
+    "Registration",
     "TaxonName",
     "Update",
     "assign_uploads",
     "build_parser",
     "cluster_by_time",
     "coarse_alignment",
+    "compare_by_correlation",
     "compare_pictures",
+    "curves_like",
     "darwin_core_terms",
     "decode_upright",
     "describe_offset",
     "distance_m",
     "find_clock_offset",
+    "find_features",
     "grayscale",
     "hierarchy_entry",
+    "likely_same_pictures",
     "main",
     "match_day",
+    "match_tones",
     "name_sidecars",
     "ordinal",
     "owned_caption",
@@ -135,6 +149,7 @@ __all__ = [
     "prepare_local_photos",
     "read_local_photo",
     "refine_alignment",
+    "register",
     "register_namespace",
     "render_log",
     "run",
@@ -143,6 +158,7 @@ __all__ = [
     "show_path",
     "ssim_score",
     "taxon_name",
+    "thumbnail_data_url",
     "updated_darwin_core",
     "updated_keywords",
     "write_update",
@@ -830,7 +846,10 @@ class Cluster:
 
 
 Box = tuple[float, float, float, float]  # left, top, right, bottom as fractions of a picture
+Point = tuple[float, float]  # x, y as fractions of a picture's width and height
 WHOLE_AREA = 0.97  # a box covering this much of a picture is the whole picture
+STRAIGHT_MIN = 0.1  # degrees: a smaller angle is estimation noise, not a straightened upload
+MAX_MISFIT = 0.5  # pixels; parts of an upload moving more than this: another shot of the scene
 
 
 @dataclass(frozen=True)
@@ -839,22 +858,37 @@ class Alignment:
 
     box: Box
     turns: int = 0  # quarter turns counter-clockwise that bring the iNaturalist photo upright
+    angle: float = 0.0  # degrees the user straightened it by, beyond the quarter turns
+    # The corners of the upright upload (top left, top right, bottom right, bottom left) in the
+    # local picture; empty when they are those of box.
+    corners: tuple[Point, ...] = ()
+
+    @property
+    def outline(self) -> tuple[Point, ...]:
+        """The four corners of the matched region, rotated when the upload was straightened."""
+        if self.corners:
+            return self.corners
+        left, top, right, bottom = self.box
+        return ((left, top), (right, top), (right, bottom), (left, bottom))
 
     @property
     def area(self) -> float:
-        left, top, right, bottom = self.box
-        return (right - left) * (bottom - top)
+        """The fraction of the local picture the upload shows (shoelace formula)."""
+        xs, ys = zip(*self.outline, strict=True)
+        return abs(sum(xs[i - 1] * ys[i] - xs[i] * ys[i - 1] for i in range(len(xs)))) / 2
 
     @property
     def whole(self) -> bool:
-        """True when the upload is the whole picture as it is (no crop, no turn)."""
-        return self.area >= WHOLE_AREA and self.turns == 0
+        """True when the upload is the whole picture as it is (no crop, no turn, no angle)."""
+        return self.area >= WHOLE_AREA and self.turns == 0 and abs(self.angle) < STRAIGHT_MIN
 
     def describe(self) -> str:
-        """'cropped to 64% of the area, rotated 90°' or '' when neither."""
+        """'cropped to 64% of the area, straightened 2.1°, rotated 90°' or '' when none."""
         parts = []
         if self.area < WHOLE_AREA:
             parts.append(f"cropped to {self.area * 100:.0f}% of the area")
+        if abs(self.angle) >= STRAIGHT_MIN:
+            parts.append(f"straightened {abs(self.angle):.1f}°")
         if self.turns:
             parts.append(f"rotated {self.turns * 90}°")
         return ", ".join(parts)
@@ -866,7 +900,30 @@ class Comparison:
 
     score: float
     alignment: Alignment | None = None  # None: whole pictures compared as they are
-    prefiltered: bool = False  # True: rejected by the thumbnail check, score is that check's
+    prefiltered: bool = False  # True: rejected by the cheap check, score is a thumbnail score
+    tones: bool = False  # True: the upload's tones were mapped onto the local picture's first
+    inliers: int = 0  # matching keypoints consistent with the alignment (0: not by keypoints)
+    misfit: float = 0.0  # how far parts of the pictures move against each other, pixels
+
+    @property
+    def same_shot(self) -> bool:
+        """False when parts of the picture moved against each other: another shot of the
+        scene (parallax), not this file edited."""
+        return self.misfit <= MAX_MISFIT
+
+    @property
+    def eligible(self) -> bool:
+        """Whether the pair may be associated: lined up in full, and the same shot (the
+        thumbnail score of a pair that did not line up can be high for a look-alike)."""
+        return not self.prefiltered and self.same_shot
+
+    def describe(self) -> str:
+        """What was compensated ('cropped to 48% of the area, straightened 2.1°, tones
+        adjusted') and why the pair cannot be the same shot; '' when nothing."""
+        parts = [self.alignment.describe() if self.alignment else "", self.tones * "tones adjusted"]
+        if not self.same_shot:
+            parts.append(f"parts moved by {self.misfit:.1f} px: another shot")
+        return ", ".join(part for part in parts if part)
 
 
 @dataclass(frozen=True)
@@ -2248,8 +2305,9 @@ def _raw_preview(raw: Any, enough: int, longest: int) -> Image.Image | None:
 # ---------------------------------------------------------------------------
 # 6. Pictures
 #    PictureSource holds every decoded picture of a run, local and uploaded: it
-#    fetches uploads through the photo cache, decodes each picture once while it is
-#    needed, and is the one place that reports a picture it could not decode.
+#    fetches uploads through the photo cache, decodes each picture and finds its
+#    keypoints once while it is needed, and is the one place that reports a picture
+#    it could not decode.
 # ---------------------------------------------------------------------------
 
 
@@ -2263,8 +2321,28 @@ class PictureSource:
         self.uploads: dict[int, Image.Image] = {}
         self.locals: dict[Path, Image.Image] = {}
         self.thumbnails: dict[Path, Image.Image] = {}
+        self.full: dict[Path, Image.Image] = {}
+        self.upload_features: dict[int, Features] = {}
+        self.local_features: dict[Path, Features] = {}
         self.unreadable: set[Path] = set()
         self.lock = threading.Lock()
+        self._busy: dict[tuple[int, Any], threading.Lock] = defaultdict(threading.Lock)
+
+    def _once(self, cache: dict[Any, Any], key: Any, make: Callable[[], Any]) -> Any:
+        """cache[key], made by the first thread that asks (the others wait for it); None,
+        uncached, when it cannot be made."""
+        if key in cache:
+            return cache[key]
+        with self.lock:
+            busy = self._busy[(id(cache), key)]
+        with busy:
+            if key not in cache:
+                value = make()
+                if value is None:
+                    return None
+                with self.lock:
+                    cache[key] = value
+        return cache[key]
 
     def fetch(self, candidates: Sequence[Candidate]) -> None:
         """Download the uploads of these candidates in parallel, ahead of comparing them."""
@@ -2300,6 +2378,32 @@ class PictureSource:
             return self.local(photo)
         return self._decode(photo, HTML_THUMBNAIL, self.thumbnails)
 
+    def full_picture(self, photo: LocalPhoto) -> Image.Image | None:
+        """The local picture upright at full size, for the rare crop tighter than local()'s."""
+        if photo.path in self.unreadable:
+            return None
+
+        def decode() -> Image.Image | None:
+            try:
+                return decode_upright(photo.path, photo.orientation, 1 << 16)
+            except (OSError, ValueError, Image.DecompressionBombError):
+                return None  # local() decoded it: a failure here is memory, not the file
+
+        return self._once(self.full, photo.path, decode)
+
+    def features(
+        self, photo: LocalPhoto, upload: InatPhoto
+    ) -> tuple[Image.Image, Features, Image.Image, Features] | None:
+        """Both pictures and their keypoints (local, its features, upload, its features),
+        each found once while the picture is held; None when either cannot be had."""
+        picture = self.upload(upload)
+        local = self.local(photo) if picture is not None else None
+        if picture is None or local is None:
+            return None
+        found = self._once(self.upload_features, upload.id, lambda: find_features(picture))
+        local_found = self._once(self.local_features, photo.path, lambda: find_features(local))
+        return local, local_found, picture, found
+
     def _decode(
         self, photo: LocalPhoto, side: int, cache: dict[Path, Image.Image]
     ) -> Image.Image | None:
@@ -2320,20 +2424,26 @@ class PictureSource:
 
     def forget_locals(self) -> None:
         """Drop decoded local pictures once their cluster is done (memory stays flat)."""
-        self.locals.clear()
-        self.thumbnails.clear()
+        with self.lock:
+            for cache in (self.locals, self.thumbnails, self.full, self.local_features):
+                cache.clear()
 
     def forget_uploads(self) -> None:
-        """Drop decoded uploads once their day is done and reported."""
-        self.uploads.clear()
+        """Drop decoded uploads and their keypoints once their day is done and reported."""
+        with self.lock:
+            self.uploads.clear()
+            self.upload_features.clear()
+            self._busy.clear()
 
 
 # ---------------------------------------------------------------------------
 # 7. Similarity
-#    The score (SSIM-PIL's structural similarity, numpy or OpenCL with --gpu), the
-#    search for an upload inside a local picture (crops, quarter turns), the cheap
-#    thumbnail gate, and compare_pictures: decoded pictures in, a Comparison out.
-#    PairScorer, at the end, is the compare function matching is given.
+#    The score (SSIM-PIL's structural similarity, numpy or OpenCL with --gpu), finding
+#    an upload inside a local picture (keypoints and RANSAC for crops, any angle and
+#    quarter turns; correlation for pictures without keypoints), tone matching, the
+#    cheap gate (likely_same_pictures) and compare_pictures: decoded pictures and their
+#    keypoints in, a Comparison out. PairScorer, at the end, is the compare function
+#    matching is given.
 # ---------------------------------------------------------------------------
 
 
@@ -2623,51 +2733,474 @@ def refine_alignment(local: Image.Image, upload: Image.Image, rough: Alignment) 
     return Alignment(box, rough.turns)
 
 
-@dataclass(frozen=True)
-class Gate:
-    """The cheap thumbnail check of a pair: where the upload may sit and how well it fits."""
+# -- Registration from local features: crops, scale and any angle, whatever the tones -------
 
-    alignment: Alignment
-    correlation: float
-    upload_small: Image.Image
+FEATURE_SIDE = 1000  # longest side of the picture keypoints are found in, pixels
+FEATURE_COUNT = 1000  # the strongest this many keypoints of a picture are kept
+FEW_FEATURES = 60  # a picture with fewer keypoints is compared the old way (correlation)
+MATCH_RATIO = 0.8  # a match counts when clearly closer than the second best (Lowe's test)
+RANSAC_ERROR = 0.004  # inlier distance as a fraction of the local picture's longest side
+MIN_INLIERS = 20  # fewer geometrically consistent matches: not the same picture
+MIN_SPREAD = 3 / 16  # ... and lie in at least this fraction of a 4 x 4 grid (or be many)
+MIN_AREA = 0.15  # an upload showing less of the local picture is not searched for
+EDGE_SLACK = 0.004  # an upload may reach this far past the local picture (estimation error)
+_ORB_SCALE = 1.2  # size ratio of neighbouring levels of ORB's pyramid
+
+
+@dataclass(frozen=True)
+class Features:
+    """A picture's keypoints, found once per run; points in its own continuous pixels."""
+
+    points: np.ndarray  # N x 2 float32; (0, 0) is the top left corner of the top left pixel
+    descriptors: np.ndarray  # N x 32 uint8, ORB's binary descriptors
+    size: tuple[int, int]  # width and height of the picture the points refer to
+
+
+@dataclass(frozen=True)
+class Registration:
+    """How an upload maps onto a local picture, fitted to its matching keypoints."""
+
+    matrix: np.ndarray  # 2 x 3 similarity: upload pixel (x, y, 1) -> local pixel
+    inliers: np.ndarray  # K x 2 x 2: matched (upload, local) points consistent with matrix
+    spread: float  # fraction of a 4 x 4 grid over the upload that holds an inlier
+    area: float  # fraction of the local picture the upload covers
+    overshoot: float  # how far the upload reaches past the local picture's edges, a fraction
 
     @property
-    def passed(self) -> bool:
-        return self.correlation >= ALIGN_GATE
+    def convincing(self) -> bool:
+        """Enough consistent matches, spread over the upload, for a region inside the local
+        picture: a crop of this very picture. Another shot of the scene, framed a little
+        differently, reaches past its edges."""
+        enough = len(self.inliers) >= MIN_INLIERS
+        spread = self.spread >= MIN_SPREAD or len(self.inliers) >= 3 * MIN_INLIERS
+        return enough and spread and MIN_AREA <= self.area <= 1.05 and self.overshoot <= EDGE_SLACK
 
 
-def gate_pair(local_thumbnail: Image.Image, upload: Image.Image) -> Gate:
-    """The best crop and quarter turn at thumbnail size, with its correlation."""
+def _cv2() -> Any:
+    """OpenCV, imported on first use (it takes a while), single-threaded: scoring already
+    runs one thread per core."""
+    import cv2
+
+    cv2.setNumThreads(1)
+    return cv2
+
+
+def find_features(picture: Image.Image) -> Features:
+    """ORB keypoints of picture, found at about FEATURE_SIDE pixels."""
+    cv2 = _cv2()
+    gray = np.asarray(picture.convert("L"))
+    scale = FEATURE_SIDE / max(picture.size)
+    if scale < 1:
+        size = (max(1, round(picture.width * scale)), max(1, round(picture.height * scale)))
+        gray = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
+    orb = cv2.ORB_create(nfeatures=FEATURE_COUNT, scaleFactor=_ORB_SCALE, fastThreshold=12)
+    keypoints, descriptors = orb.detectAndCompute(gray, None)
+    if descriptors is None or not keypoints:
+        return Features(np.zeros((0, 2), np.float32), np.zeros((0, 32), np.uint8), picture.size)
+    # ORB reports a keypoint found in pyramid level L at its pixel index times 1.2^L; the centre
+    # of that pixel lies half a level-L pixel further. Otherwise a turned upload, whose
+    # pyramid runs the other way, comes out a pixel off.
+    points = np.array([(*k.pt, _ORB_SCALE**k.octave) for k in keypoints], np.float32)
+    points = points[:, :2] + 0.5 * points[:, 2:]
+    points *= np.array([picture.width / gray.shape[1], picture.height / gray.shape[0]], np.float32)
+    return Features(points, descriptors, picture.size)
+
+
+def register(local: Features, upload: Features) -> Registration | None:
+    """The similarity transform (crop, scale, rotation) from upload to local, or None."""
+    cv2 = _cv2()
+    if min(len(local.points), len(upload.points)) < MIN_INLIERS:
+        return None
+    # The two nearest local descriptors of each upload descriptor, as arrays (no Python
+    # objects per match: the matching runs without holding the interpreter).
+    distances, nearest = cv2.batchDistance(
+        upload.descriptors, local.descriptors, cv2.CV_32S, normType=cv2.NORM_HAMMING, K=2
+    )
+    good = np.nonzero(distances[:, 0] < MATCH_RATIO * distances[:, 1])[0]
+    if len(good) < MIN_INLIERS:
+        return None
+    source = upload.points[good]
+    target = local.points[nearest[good, 0]]
+    matrix, mask = cv2.estimateAffinePartial2D(
+        source,
+        target,
+        method=cv2.RANSAC,
+        ransacReprojThreshold=RANSAC_ERROR * max(local.size),
+        maxIters=4000,
+        confidence=0.999,
+        refineIters=20,
+    )
+    if matrix is None or mask is None:
+        return None
+    keep = mask.ravel().astype(bool)
+    cells = np.floor(source[keep] / np.array(upload.size, np.float32) * 4).clip(0, 3)
+    spread = len({(int(x), int(y)) for x, y in cells}) / 16
+    (w, h), (local_w, local_h) = upload.size, local.size
+    corners = np.array([[0, 0, 1], [w, 0, 1], [w, h, 1], [0, h, 1]], np.float64) @ matrix.T
+    area = abs(np.linalg.det(matrix[:, :2])) * w * h / (local_w * local_h)
+    past = np.maximum(-corners, corners - [local_w, local_h]).max()
+    return Registration(
+        matrix,
+        np.stack([source[keep], target[keep]], axis=1),
+        spread,
+        float(area),
+        max(0.0, float(past)) / max(local.size),
+    )
+
+
+def _upright_to_upload(turns: int, width: int, height: int) -> np.ndarray:
+    """3 x 3 map from the pixels of turned(upload, turns) back to those of the upload."""
+    return np.array(
+        [
+            [[1, 0, 0], [0, 1, 0]],
+            [[0, -1, width], [1, 0, 0]],  # ROTATE_90 took (x, y) to (y, width - x)
+            [[-1, 0, width], [0, -1, height]],
+            [[0, 1, 0], [-1, 0, height]],  # ROTATE_270 took (x, y) to (height - y, x)
+        ][turns]
+        + [[0, 0, 1]],
+        np.float64,
+    )
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where the upright upload lies in the local picture, in the local picture's pixels."""
+
+    alignment: Alignment
+    matrix: np.ndarray  # 2 x 3 upright upload pixel -> local pixel
+    box: Box  # local pixels (left, top, right, bottom); around the corners when rotated
+
+    @property
+    def scale(self) -> float:
+        """Local pixels per upload pixel (below 1: the local picture is the coarser)."""
+        return math.sqrt(abs(np.linalg.det(self.matrix[:, :2])))
+
+    def resized(self, fx: float, fy: float) -> Placement:
+        """The same placement in the local picture resized by fx and fy."""
+        stretch = np.array([[fx, 0.0], [0.0, fy]])
+        left, top, right, bottom = self.box
+        box = (left * fx, top * fy, right * fx, bottom * fy)
+        return Placement(self.alignment, stretch @ self.matrix, box)
+
+
+def place_upload(
+    registration: Registration, upload_size: tuple[int, int], local_size: tuple[int, int]
+) -> Placement:
+    """The quarter turns, straightening angle and region of the local picture an upload shows.
+
+    Below STRAIGHT_MIN degrees the region is refitted as an axis-parallel box (scale and shift
+    per axis), which is what iNaturalist's resizing of an unrotated upload preserves exactly.
+    """
+    m = np.vstack([registration.matrix, [0, 0, 1]])
+    turns = -round(math.degrees(math.atan2(m[1, 0], m[0, 0])) / 90) % 4
+    width, height = upload_size
+    to_upload = _upright_to_upload(turns, width, height)
+    upright = (m @ to_upload)[:2]
+    size = (height, width) if turns % 2 else (width, height)
+    if abs(math.degrees(math.atan2(upright[1, 0], upright[0, 0]))) < STRAIGHT_MIN:
+        # Least squares per axis on the inliers, brought into the upright upload's frame.
+        inliers = registration.inliers
+        points = np.c_[inliers[:, 0], np.ones(len(inliers))] @ np.linalg.inv(to_upload).T
+        upright = np.zeros((2, 3))
+        for axis in (0, 1):
+            design = np.c_[points[:, axis], np.ones(len(points))]
+            (scale, shift), *_ = np.linalg.lstsq(design, inliers[:, 1, axis], rcond=None)
+            upright[axis, axis], upright[axis, 2] = scale, shift
+    return _placement_from(upright, turns, size, local_size)
+
+
+def _placement_from(
+    matrix: np.ndarray, turns: int, size: tuple[int, int], local_size: tuple[int, int]
+) -> Placement:
+    """The placement of a 2 x 3 map from the upright upload (size) into the local picture;
+    one without rotation terms is an axis-parallel box."""
+    (up_w, up_h), (local_w, local_h) = size, local_size
+    if matrix[0, 1] != 0 or matrix[1, 0] != 0:
+        angle = math.degrees(math.atan2(matrix[1, 0], matrix[0, 0]))
+        corners = np.array([[0, 0, 1], [up_w, 0, 1], [up_w, up_h, 1], [0, up_h, 1]]) @ matrix.T
+        fractions = tuple((float(x / local_w), float(y / local_h)) for x, y in corners)
+        xs, ys = corners[:, 0], corners[:, 1]
+        box_px = (float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max()))
+        box = (box_px[0] / local_w, box_px[1] / local_h, box_px[2] / local_w, box_px[3] / local_h)
+        box = tuple(float(min(max(v, 0.0), 1.0)) for v in box)  # type: ignore[assignment]
+        return Placement(Alignment(box, turns, angle, fractions), matrix, box_px)
+    sx, tx, sy, ty = matrix[0, 0], matrix[0, 2], matrix[1, 1], matrix[1, 2]
+    box_px = [tx, ty, tx + sx * up_w, ty + sy * up_h]
+    # An upload of the whole frame: its size was rounded from exactly the local picture's.
+    whole = [0.0, 0.0, float(local_w), float(local_h)]
+    if all(abs(a - b) <= 0.5 * max(sx, sy) for a, b in zip(box_px, whole, strict=True)):
+        box_px = whole
+        matrix = np.array([[local_w / up_w, 0, 0], [0, local_h / up_h, 0]], np.float64)
+    left, top, right, bottom = box_px
+    fractions_box = (left / local_w, top / local_h, right / local_w, bottom / local_h)
+    clipped = tuple(float(min(max(v, 0.0), 1.0)) for v in fractions_box)
+    alignment = Alignment(clipped, turns)  # type: ignore[arg-type]
+    return Placement(alignment, matrix, tuple(float(v) for v in box_px))  # type: ignore[arg-type]
+
+
+def region_of(local: Image.Image, placement: Placement, size: tuple[int, int]) -> np.ndarray:
+    """The part of local the upright upload shows, resampled to its size (HxWx3 uint8).
+
+    An axis-parallel region inside the picture is resized as the score has always been
+    computed; a rotated one (or one reaching past the edges, which then repeat) is first
+    shrunk with an antialiasing filter, then turned at about its final scale.
+    """
+    left, top, right, bottom = placement.box
+    inside = left > -0.01 and top > -0.01 and right < local.width + 0.01
+    inside = inside and bottom < local.height + 0.01
+    if placement.alignment.angle == 0.0 and inside:
+        box = (max(left, 0.0), max(top, 0.0), min(right, local.width), min(bottom, local.height))
+        return np.asarray(local.resize(size, Image.Resampling.BILINEAR, box=box))
+    cv2 = _cv2()
+    matrix = np.vstack([placement.matrix, [0, 0, 1]])
+    corners = np.array([[0, 0, 1], [size[0], 0, 1], [size[0], size[1], 1], [0, size[1], 1]])
+    spots = corners @ matrix[:2].T
+    scale = math.sqrt(abs(np.linalg.det(matrix[:2, :2])))
+    source = local
+    if scale > 1.05:  # shrink the surrounding box first, so the warp does not alias
+        x0 = max(0, math.floor(spots[:, 0].min()) - 4)
+        y0 = max(0, math.floor(spots[:, 1].min()) - 4)
+        x1 = min(local.width, math.ceil(spots[:, 0].max()) + 4)
+        y1 = min(local.height, math.ceil(spots[:, 1].max()) + 4)
+        if x1 - x0 >= 2 and y1 - y0 >= 2:
+            shrunk = (max(1, round((x1 - x0) / scale)), max(1, round((y1 - y0) / scale)))
+            source = local.resize(shrunk, Image.Resampling.BILINEAR, box=(x0, y0, x1, y1))
+            fx, fy = shrunk[0] / (x1 - x0), shrunk[1] / (y1 - y0)
+            matrix = np.array([[fx, 0, -x0 * fx], [0, fy, -y0 * fy], [0, 0, 1]]) @ matrix
+    # OpenCV samples at pixel centres: shift into and out of continuous coordinates.
+    centres = np.array([[1, 0, -0.5], [0, 1, -0.5], [0, 0, 1]]) @ matrix
+    centres = centres @ np.array([[1, 0, 0.5], [0, 1, 0.5], [0, 0, 1]])
+    return cv2.warpAffine(
+        np.asarray(source),
+        centres[:2],
+        size,
+        flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP,
+        borderMode=cv2.BORDER_REPLICATE,
+    )
+
+
+REFINE_PATCH = 128  # side of the patches whose shifts sharpen a registration, pixels
+REFINE_RESPONSE = 0.15  # phase-correlation peaks below this come from flat or mismatched patches
+
+
+@dataclass(frozen=True)
+class Refinement:
+    """What the patches of a registered pair say: a sharper placement, and how well they fit."""
+
+    placement: Placement | None  # None: the patches found nothing to correct
+    misfit: float  # median distance of the patches from one rigid placement, upload pixels
+
+
+def refine_placement(
+    placement: Placement, region: np.ndarray, upload: np.ndarray, local_size: tuple[int, int]
+) -> Refinement:
+    """The shifts of 3 x 3 patches of region against upload: a sharper placement, and misfit.
+
+    Keypoints place an upload to about a pixel; SSIM needs a fraction of one. Phase
+    correlation measures each patch's residual shift to a twentieth of a pixel, whatever the
+    tones; a similarity (or, for an unrotated upload, a scale and shift per axis) fitted to
+    the shifts corrects the placement. What the fit leaves over is the misfit: nearly nothing
+    for a crop of this very picture, a pixel or more for another shot, where the scene moved
+    by parallax between two frames.
+    """
+    cv2 = _cv2()
+    height, width = upload.shape[:2]
+    side = min(REFINE_PATCH, min(height, width) // 3) // 2 * 2
+    if side < 32:
+        return Refinement(None, 0.0)
+    window = cv2.createHanningWindow((side, side), cv2.CV_32F)
+    gray = [cv2.cvtColor(p, cv2.COLOR_RGB2GRAY).astype(np.float32) for p in (upload, region)]
+    centres, shifts = [], []
+    for fy in (1 / 6, 1 / 2, 5 / 6):
+        for fx in (1 / 6, 1 / 2, 5 / 6):
+            x0 = min(max(round(fx * width) - side // 2, 0), width - side)
+            y0 = min(max(round(fy * height) - side // 2, 0), height - side)
+            patches = [g[y0 : y0 + side, x0 : x0 + side] for g in gray]
+            (dx, dy), response = cv2.phaseCorrelate(patches[0], patches[1], window)
+            if response >= REFINE_RESPONSE and abs(dx) < side / 4 and abs(dy) < side / 4:
+                centres.append((x0 + side / 2, y0 + side / 2))
+                shifts.append((dx, dy))
+    if len(centres) < 4:
+        return Refinement(None, 0.0)
+    points, moved = np.array(centres), np.array(centres) + np.array(shifts)
+    axis_parallel = placement.alignment.angle == 0.0
+    fit = _fit_motion(points, moved, axis_parallel)
+    misfit = float(np.median(np.linalg.norm(points @ fit[:, :2].T + fit[:, 2] - moved, axis=1)))
+    for _ in range(2):  # drop the patches that disagree (a moving subject), fit again
+        errors = np.linalg.norm(points @ fit[:, :2].T + fit[:, 2] - moved, axis=1)
+        keep = errors <= max(0.3, 3 * float(np.median(errors)))
+        if keep.all() or keep.sum() < 4:
+            break
+        points, moved = points[keep], moved[keep]
+        fit = _fit_motion(points, moved, axis_parallel)
+    corners = np.array([[0, 0], [width, 0], [width, height], [0, height]], np.float64)
+    if np.abs(corners @ fit[:, :2].T + fit[:, 2] - corners).max() < 0.05:
+        return Refinement(None, misfit)  # already within a twentieth of a pixel
+    matrix = np.vstack([placement.matrix, [0, 0, 1]]) @ np.vstack([fit, [0, 0, 1]])
+    turns = placement.alignment.turns
+    return Refinement(_placement_from(matrix[:2], turns, (width, height), local_size), misfit)
+
+
+def _fit_motion(points: np.ndarray, moved: np.ndarray, axis_parallel: bool) -> np.ndarray:
+    """Least-squares 2 x 3 map taking points to moved: a similarity, or scale and shift per
+    axis when axis_parallel."""
+    n = len(points)
+    if axis_parallel:
+        fit = np.zeros((2, 3))
+        for axis in (0, 1):
+            design = np.c_[points[:, axis], np.ones(n)]
+            (scale, shift), *_ = np.linalg.lstsq(design, moved[:, axis], rcond=None)
+            fit[axis, axis], fit[axis, 2] = scale, shift
+        return fit
+    # x' = a x - b y + tx, y' = b x + a y + ty
+    design = np.zeros((2 * n, 4))
+    design[0::2] = np.c_[points[:, 0], -points[:, 1], np.ones(n), np.zeros(n)]
+    design[1::2] = np.c_[points[:, 1], points[:, 0], np.zeros(n), np.ones(n)]
+    (a, b, tx, ty), *_ = np.linalg.lstsq(design, moved.reshape(-1), rcond=None)
+    return np.array([[a, -b, tx], [b, a, ty]])
+
+
+# -- Tones: the upload's exposure, contrast, curves and saturation mapped onto the local ------
+
+TONE_MIN = 1.5  # mean change in levels below which an upload's tones count as unedited
+TONE_SURE = 6.0  # ... above which the tones certainly were edited (no score without matching)
+CLIPPED_MIN = 0.02  # fraction of clipped values above which an edit counts as clipping
+_TONE_SAMPLE = 4  # tones are fitted on every fourth pixel in each direction
+
+
+def _tone_curve(source: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """A monotone 256-entry curve taking source levels (uint8) to the mean target level."""
+    counts = np.bincount(source, minlength=256).astype(np.float64)
+    sums = np.bincount(source, weights=target, minlength=256)
+    window = np.ones(5)  # pool neighbouring levels: single levels are noisy
+    counts, sums = np.convolve(counts, window, "same"), np.convolve(sums, window, "same")
+    levels = np.arange(256, dtype=np.float64)
+    known = counts >= 8
+    if known.sum() < 2:
+        return levels
+    curve = np.interp(levels, levels[known], sums[known] / counts[known])
+    # Monotone, without the upward bias of a running maximum alone.
+    return (np.maximum.accumulate(curve) + np.minimum.accumulate(curve[::-1])[::-1]) / 2
+
+
+def curves_like(picture: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """picture (uint8) through a monotone curve per channel fitted towards target (uint8)."""
+    sample, wanted = picture[::_TONE_SAMPLE, ::_TONE_SAMPLE], target[::_TONE_SAMPLE, ::_TONE_SAMPLE]
+    curves = [
+        _tone_curve(sample[..., c].ravel(), wanted[..., c].ravel().astype(np.float64))
+        for c in range(3)
+    ]
+    table = np.clip(np.rint(np.stack(curves, axis=-1)), 0, 255).astype(np.uint8)
+    return _cv2().LUT(picture, table.reshape(256, 1, 3))
+
+
+def match_tones(picture: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """picture with the tones of reference (a registered picture of the same size).
+
+    A curve per channel follows exposure, gamma and curves; a 3 x 3 colour matrix (fitted by
+    least squares where neither picture clips) follows saturation and colour balance; a second
+    curve per channel takes up what is left.
+    """
+    curved = curves_like(picture, reference)
+    sample = curved[::_TONE_SAMPLE, ::_TONE_SAMPLE].reshape(-1, 3).astype(np.float64)
+    wanted = reference[::_TONE_SAMPLE, ::_TONE_SAMPLE].reshape(-1, 3).astype(np.float64)
+    usable = ((sample > 2) & (sample < 253)).all(1) & ((wanted > 2) & (wanted < 253)).all(1)
+    if usable.sum() < 100:
+        return curved
+    design = np.c_[sample[usable], np.ones(int(usable.sum()))]
+    try:  # normal equations: four unknowns per channel, tens of thousands of pixels
+        colour = np.linalg.solve(design.T @ design, design.T @ wanted[usable])
+    except np.linalg.LinAlgError:
+        return curved
+    mixed = _cv2().transform(curved, colour.T.astype(np.float32))  # rounds and saturates
+    return curves_like(mixed, reference)
+
+
+# -- Scoring pairs ------------------------------------------------------------------------
+
+
+def compare_pictures(
+    local: Image.Image,
+    local_features: Features,
+    upload: Image.Image,
+    upload_features: Features,
+    score_pair: ScoreFunction = ssim_score,
+    sharper: Callable[[], Image.Image | None] | None = None,
+    named: bool = False,
+) -> Comparison:
+    """Register upload onto local by keypoints, then score it: SSIM after tone matching.
+
+    local is the upright local picture the features were found in; sharper, if given, returns
+    it at full resolution for a crop so tight that local has fewer pixels there than the
+    upload. A pair whose keypoints do not line up is marked prefiltered, with a cheap score,
+    unless named (the upload's original file name is the local file's): that one is always
+    scored in full, by correlation.
+    """
+    if min(len(local_features.points), len(upload_features.points)) < FEW_FEATURES:
+        return compare_by_correlation(local, upload, score_pair, gate=not named)
+    registration = register(local_features, upload_features)
+    if registration is None or not registration.convincing:
+        if named:
+            return compare_by_correlation(local, upload, score_pair, gate=False)
+        return quick_comparison(local, upload, score_pair)
+    inliers = len(registration.inliers)
+    placement = place_upload(registration, upload.size, local.size)
+    if sharper is not None and placement.scale < 1 and (finer := sharper()) is not None:
+        placement = placement.resized(finer.width / local.width, finer.height / local.height)
+        local = finer
+    upright = np.asarray(turned(upload, placement.alignment.turns))
+    size = (upright.shape[1], upright.shape[0])
+    region = region_of(local, placement, size)
+    refined = refine_placement(placement, region, upright, local.size)
+    # The whole frame, unturned, is exact as it is: the upload's size was rounded from it.
+    whole = placement.box == (0.0, 0.0, float(local.width), float(local.height))
+    if refined.placement is not None and not whole:
+        placement = refined.placement
+        region = region_of(local, placement, size)
+    # The upload with the local picture's tones recovers exposure, curves and saturation best;
+    # where the edit clipped shadows or highlights, the local picture with the upload's tones
+    # (clipped alike) does. The score is the better of those tried.
+    toned = match_tones(upright, region)
+    change = float(np.abs(toned.astype(np.int16) - upright).mean())
+    evidence = {"inliers": inliers, "misfit": refined.misfit}
+    if change < TONE_MIN:
+        return Comparison(score_pair(region, upright), placement.alignment, **evidence)
+    scores = [score_pair(region, toned)]
+    if np.mean((upright <= 1) | (upright >= 254)) >= CLIPPED_MIN:
+        scores.append(score_pair(curves_like(region, upright), upright))
+    raw = score_pair(region, upright) if change < TONE_SURE else -1.0
+    score = max(scores)
+    return Comparison(max(score, raw), placement.alignment, tones=score > raw, **evidence)
+
+
+def quick_comparison(
+    local: Image.Image, upload: Image.Image, score_pair: ScoreFunction
+) -> Comparison:
+    """A pair that is not the same picture: a cheap score of both at ALIGN_SIDE, for the log."""
+    scale = ALIGN_SIDE / max(upload.size)
+    size = (max(1, round(upload.width * scale)), max(1, round(upload.height * scale)))
+    small = upload.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
+    quick = local.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
+    return Comparison(score_pair(np.asarray(quick), np.asarray(small)), None, prefiltered=True)
+
+
+def compare_by_correlation(
+    local: Image.Image, upload: Image.Image, score_pair: ScoreFunction, gate: bool = True
+) -> Comparison:
+    """Pictures with too few keypoints (fog, a smooth sky): normalised correlation over crops
+    and quarter turns on thumbnails, sharpened to a fraction of a pixel, then SSIM."""
     scale = ALIGN_SIDE / max(upload.size)
     upload_small = upload.resize(
         (max(1, round(upload.width * scale)), max(1, round(upload.height * scale))),
         Image.Resampling.BILINEAR,
     )
-    rough, correlation = coarse_alignment(grayscale(local_thumbnail, ALIGN_SIDE), upload_small)
-    return Gate(rough, correlation, upload_small)
-
-
-def gated_out(local_thumbnail: Image.Image, gate: Gate, score: ScoreFunction) -> Comparison:
-    """The score shown for a pair the gate rejected: thumbnails compared as they are."""
-    quick = local_thumbnail.resize(gate.upload_small.size, Image.Resampling.BILINEAR)
-    value = score(np.asarray(quick), np.asarray(gate.upload_small.convert("RGB")))
-    return Comparison(value, None, prefiltered=True)
-
-
-def compare_pictures(
-    local: Image.Image,
-    upload: Image.Image,
-    rough: Alignment,
-    threshold: float,
-    score: ScoreFunction,
-) -> Comparison:
-    """Score an upload against the upright local picture, as a whole or where it sits in it."""
+    rough, correlation = coarse_alignment(grayscale(local, ALIGN_SIDE), upload_small)
+    if gate and correlation < ALIGN_GATE:
+        return quick_comparison(local, upload, score_pair)
     best = Comparison(-1.0)
     if rough.whole:
         whole = local.resize(upload.size, Image.Resampling.BILINEAR)
-        best = Comparison(score(np.asarray(whole), np.asarray(upload)))
-        if best.score >= threshold:
-            return best
+        best = Comparison(score_pair(np.asarray(whole), np.asarray(upload)))
     alignment = refine_alignment(local, upload, rough)
     upright = turned(upload, alignment.turns)
     left, top, right, bottom = alignment.box
@@ -2676,8 +3209,23 @@ def compare_pictures(
         Image.Resampling.BILINEAR,
         box=(left * local.width, top * local.height, right * local.width, bottom * local.height),
     )
-    aligned = Comparison(score(np.asarray(region), np.asarray(upright)), alignment)
+    aligned = Comparison(score_pair(np.asarray(region), np.asarray(upright)), alignment)
     return aligned if aligned.score > best.score else best
+
+
+def likely_same_pictures(
+    local: Image.Image, local_features: Features, upload: Image.Image, upload_features: Features
+) -> bool:
+    """The cheap test alone: could upload show (part of) local? Keypoints, else correlation."""
+    if min(len(local_features.points), len(upload_features.points)) < FEW_FEATURES:
+        scale = ALIGN_SIDE / max(upload.size)
+        small = upload.resize(
+            (max(1, round(upload.width * scale)), max(1, round(upload.height * scale))),
+            Image.Resampling.BILINEAR,
+        )
+        return coarse_alignment(grayscale(local, ALIGN_SIDE), small)[1] >= ALIGN_GATE
+    registration = register(local_features, upload_features)
+    return registration is not None and registration.convincing
 
 
 Pairs = dict[tuple[int, int], Comparison]  # (photo index, candidate index) -> comparison
@@ -2687,7 +3235,8 @@ class PairScorer:
     """The compare function matching is given: pictures from a PictureSource, scored in parallel.
 
     Calling it with photos and candidates returns a Comparison for every pair whose pictures
-    could be had; likely() returns the gate's verdict alone, for the clock-offset search.
+    could be had; likely() returns the cheap gate's verdict alone (keypoints line up), for the
+    clock-offset search.
     """
 
     def __init__(self, pictures: PictureSource, threshold: float, score: ScoreFunction) -> None:
@@ -2695,27 +3244,15 @@ class PairScorer:
         self.threshold = threshold
         self.score = score
 
-    def _gate(self, photo: LocalPhoto, candidate: Candidate) -> tuple[Image.Image, Gate] | None:
-        upload = self.pictures.upload(candidate.photo)
-        thumbnail = self.pictures.local_thumbnail(photo) if upload is not None else None
-        if upload is None or thumbnail is None:
-            return None
-        return thumbnail, gate_pair(thumbnail, upload)
-
     def compare(self, photo: LocalPhoto, candidate: Candidate) -> Comparison | None:
-        """One pair: the gate first, the full comparison only for pairs that pass it."""
-        gated = self._gate(photo, candidate)
-        if gated is None:
+        """One pair: registration by keypoints first, the full score only for pairs that line
+        up, and always for a pair named by the upload's original file name."""
+        pictures = self.pictures.features(photo, candidate.photo)
+        if pictures is None:
             return None
-        thumbnail, gate = gated
         named = same_file_name(photo.path.name, candidate.photo.original_filename)
-        if not gate.passed and not named:  # a named pair always gets the full score
-            return gated_out(thumbnail, gate, self.score)
-        local = self.pictures.local(photo)
-        upload = self.pictures.upload(candidate.photo)
-        if local is None or upload is None:
-            return None
-        return compare_pictures(local, upload, gate.alignment, self.threshold, self.score)
+        sharper = functools.partial(self.pictures.full_picture, photo)
+        return compare_pictures(*pictures, self.score, sharper, named=named)
 
     def _each_pair(
         self, photos: Sequence[LocalPhoto], candidates: Sequence[Candidate], work: Callable
@@ -2742,8 +3279,8 @@ class PairScorer:
         self.pictures.fetch(candidates)
 
         def verdict(photo: LocalPhoto, candidate: Candidate) -> bool | None:
-            gated = self._gate(photo, candidate)
-            return None if gated is None else gated[1].passed
+            pictures = self.pictures.features(photo, candidate.photo)
+            return None if pictures is None else likely_same_pictures(*pictures)
 
         return self._each_pair(photos, candidates, verdict)
 
@@ -2934,7 +3471,8 @@ def match_cluster(
 ) -> ClusterOutcome:
     """Compare every pair of the cluster and decide: associations, ties, parts, refusals."""
     comparisons = compare(cluster.photos, cluster.candidates)
-    scores = {pair: c.score for pair, c in comparisons.items()}
+    # Another shot of the scene, or a pair that did not line up, may score high: never taken.
+    scores = {pair: c.score for pair, c in comparisons.items() if c.eligible}
     areas = {pair: c.alignment.area if c.alignment else 1.0 for pair, c in comparisons.items()}
     order = [c.photo.id for c in cluster.candidates]
     named = named_pairs(cluster)
@@ -2976,9 +3514,12 @@ def match_cluster(
         _, j = max(tried)
         candidate = cluster.candidates[j]
         reason = TAKEN_BY_ANOTHER if candidate.photo.id in taken else BELOW_THRESHOLD
+        refused = comparisons[(i, j)]
+        if reason == BELOW_THRESHOLD and not refused.eligible and refused.score >= threshold:
+            reason = ""  # not below it: the log's note says why (another shot, thumbnail only)
         if (i, j) not in named and any(upload == j for _, upload in named):
             reason = NAMES_ANOTHER
-        refusals.append(Refusal(photo, candidate, comparisons[(i, j)], reason))
+        refusals.append(Refusal(photo, candidate, refused, reason))
     return ClusterOutcome(
         tuple(associations), tuple(ties), tuple(parts), tuple(refusals), tuple(checked)
     )
@@ -3031,7 +3572,9 @@ def find_clock_offset(
         confirmed = [
             (p.path, c.photo.id)
             for p, c in supporting
-            if (found := compare([p], [c]).get((0, 0))) and found.score >= threshold
+            if (found := compare([p], [c]).get((0, 0)))
+            and found.score >= threshold
+            and found.eligible
         ]
         if (
             min(len({a for a, _ in confirmed}), len({b for _, b in confirmed}))
@@ -3647,7 +4190,7 @@ def found_line(association: Association) -> str:
     observation = candidate.observation
     seconds = seconds_apart(photo, observation)
     described = "without caption" if photo.caption is None else f"with caption '{photo.caption}'"
-    how = comparison.alignment.describe() if comparison.alignment else ""
+    how = comparison.describe()
     if association.by_name:
         how = ", ".join(filter(None, [how, BY_NAME]))
     return (
@@ -3762,18 +4305,18 @@ class LogRow:
     by_name: bool = False  # associated at NAME_THRESHOLD: the score is not shown as too low
 
 
-def thumbnail_data_url(
-    picture: Image.Image, outline: tuple[float, float, float, float] | None = None
-) -> str:
-    """A small JPEG of picture (with a box outlined) as a data: URL, for the HTML log."""
+def thumbnail_data_url(picture: Image.Image, outline: Sequence[Point] | None = None) -> str:
+    """A small JPEG of picture, with a region outlined (corners as fractions of its width and
+    height; rotated for a straightened upload), as a data: URL for the HTML log."""
     from PIL import ImageDraw
 
     small = picture.convert("RGB")  # always a copy, so drawing leaves picture alone
     small.thumbnail((HTML_THUMBNAIL, HTML_THUMBNAIL))
-    if outline is not None:
-        left, top, right, bottom = outline
-        box = (left * small.width, top * small.height, right * small.width, bottom * small.height)
-        ImageDraw.Draw(small).rectangle(box, outline=(255, 40, 40), width=2)
+    if outline:
+        corners = [(x * small.width, y * small.height) for x, y in outline]
+        ImageDraw.Draw(small).line(
+            [*corners, corners[0]], fill=(255, 40, 40), width=2, joint="curve"
+        )
     buffer = io.BytesIO()
     small.save(buffer, "JPEG", quality=80)
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
@@ -3785,7 +4328,7 @@ class LogThumbnails:
     def __init__(self, pictures: PictureSource) -> None:
         self.pictures = pictures
 
-    def local(self, photo: LocalPhoto, outline: Box | None = None) -> str | None:
+    def local(self, photo: LocalPhoto, outline: Sequence[Point] | None = None) -> str | None:
         picture = self.pictures.local_thumbnail(photo)
         return thumbnail_data_url(picture, outline) if picture is not None else None
 
@@ -3806,14 +4349,13 @@ def comparison_row(
     alignment = comparison.alignment
     if by_name:
         note = "; ".join(filter(None, [BY_NAME, note]))
-    if alignment is not None and alignment.describe():
-        note = "; ".join(filter(None, [alignment.describe(), note]))
+    note = "; ".join(filter(None, [comparison.describe(), note]))
     if comparison.prefiltered:
         note = "; ".join(filter(None, [note, "thumbnail check only"]))
     observation = candidate.observation
     return LogRow(
         photo,
-        thumbnails.local(photo, alignment.box if alignment else None),
+        thumbnails.local(photo, alignment.outline if alignment else None),
         candidate,
         thumbnails.upload(candidate.photo),
         seconds_apart(photo, observation),

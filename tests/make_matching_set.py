@@ -26,6 +26,22 @@ Categories (folders under pictures/):
               several minutes
 ``twice``     one local photo uploaded to two observations: the first-created one counts
 
+Edited uploads (issue 10): the user's editor works on the camera file and the export is what
+goes to iNaturalist (written to ``OUT_DIR/edited/``), which then resizes and recompresses it.
+
+``tone``      exposure 0.85-1.2x, contrast 0.85-1.3x, saturation 0.9-1.4x, gamma 0.85-1.15,
+              alone or combined, whole frame
+``croptone``  an off-centre crop to 55-90 % of the area, plus tone
+``straight``  straightened by 0.5-3 degrees either way, corners cropped away; alone, or with a
+              crop, tone and sharpening
+``export``    sharpened, more saturated, downsized to 2048 px before the upload
+``heavy``     a crop to 40-55 % of the area, straightened by about 2 degrees, exposure 1.25x,
+              contrast 1.3x, saturation 1.3x
+``second``    a second shot of the same subject 15-40 s later (3-6 % shift, 0.5-1.5 degrees,
+              the subject moved, the scene warped a little by parallax); one of the two uploaded
+``handheld``  a hand-held burst, frames about 1 s apart (+-1 % shift, +-0.3 degrees, subject
+              motion, parallax, own sensor noise); one frame uploaded cropped, toned, sharpened
+
 Everything is drawn procedurally (seeded), so a given --seed, --small and the same
 numpy/Pillow/pyexiv2 versions give the same files. Different scenes differ in background kind,
 colours, texture and subject; frames of one burst are near-identical on purpose.
@@ -34,6 +50,7 @@ colours, texture and subject; frames of one burst are near-identical on purpose.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import io
 import json
@@ -48,6 +65,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import pyexiv2
 from PIL import Image, ImageChops, ImageDraw, ImageFilter
@@ -68,7 +86,24 @@ from make_example_pictures import (
 )
 
 USER = {"id": 7301, "login": "bench_naturalist", "name": "Bench Naturalist"}
-CATEGORIES = ("plain", "crop", "burst", "rotation", "offset", "several", "twice")
+CATEGORIES = (
+    "plain",
+    "crop",
+    "burst",
+    "rotation",
+    "offset",
+    "several",
+    "twice",
+    "tone",
+    "croptone",
+    "straight",
+    "export",
+    "heavy",
+    "second",
+    "handheld",
+)
+EDITED = ("tone", "croptone", "straight", "export", "heavy")  # the edited-upload categories
+LOOK_ALIKES = ("second", "handheld")
 JPEG_QUALITY = 90
 DESIGN_SIDE = 1100  # scenes are drawn at this size (longest side), then scaled to the file
 LENS_BLUR = 1.0  # design pixels: the lens is not perfectly sharp
@@ -100,6 +135,8 @@ class View:
     subject_move: tuple[float, float] = (0.0, 0.0)  # fractions of the frame
     pose: float = 0.0  # small change of the subject's shape (wings, petals), -1..1
     brightness: float = 1.0
+    warp: float = 0.0  # parallax: the scene bends by up to this fraction of the frame
+    warp_seed: int = 0
 
 
 def _jitter(rng: np.random.Generator, color: tuple, amount: float = 18) -> tuple:
@@ -864,6 +901,8 @@ def render(
     frame = (w * k, h * k)
     canvas = (round(frame[0] * (1 + 2 * MARGIN)), round(frame[1] * (1 + 2 * MARGIN)))
     picture = draw_canvas(scene, view, frame, canvas)
+    if view.warp:
+        picture = parallax(picture, view.warp * frame[0], view.warp_seed)
     centre_x = canvas[0] / 2 + view.shift[0] * frame[0]
     centre_y = canvas[1] / 2 + view.shift[1] * frame[1]
     half_w, half_h = frame[0] / 2 / view.zoom, frame[1] / 2 / view.zoom
@@ -879,6 +918,66 @@ def render(
         picture = picture.transform(size, Image.Transform.AFFINE, coeffs, Image.Resampling.BICUBIC)
     picture = ImageChops.multiply(picture, _vignette(size))
     return ImageChops.add(picture, _grain(size, np.random.default_rng(noise_seed)), 1.0, -128)
+
+
+def parallax(picture: Image.Image, amount: float, seed: int) -> Image.Image:
+    """The scene seen from a slightly moved camera: a smooth displacement of up to amount px."""
+    w, h = picture.size
+    rng = np.random.default_rng([seed, 7])
+    dx = (value_noise(rng, h, w, 2.5) - 0.5) * 2 * amount
+    dy = (value_noise(rng, h, w, 2.5) - 0.5) * 2 * amount
+    xs, ys = grid(h, w)
+    out = cv2.remap(
+        np.asarray(picture), xs + dx, ys + dy, cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT
+    )
+    return Image.fromarray(out, "RGB")
+
+
+# -- edits the user makes before uploading -------------------------------------------------------
+
+
+def straightened_box(width: int, height: int, degrees: float) -> tuple[float, float]:
+    """Width and height of the largest centred same-aspect box inside the turned picture."""
+    c, s = math.cos(math.radians(abs(degrees))), math.sin(math.radians(abs(degrees)))
+    k = min(width / (width * c + height * s), height / (width * s + height * c))
+    return width * k, height * k
+
+
+def tone(picture: Image.Image, edit: dict) -> Image.Image:
+    """Exposure, gamma, contrast (about mid grey) and saturation, as a raw developer does."""
+    x = np.asarray(picture, np.float32) / 255
+    x = x * edit.get("exposure", 1.0)
+    x = np.clip(x, 0, 1) ** edit.get("gamma", 1.0)
+    x = 0.5 + (x - 0.5) * edit.get("contrast", 1.0)
+    luma = (x @ np.array([0.299, 0.587, 0.114], np.float32))[..., None]
+    x = luma + (x - luma) * edit.get("saturation", 1.0)
+    return Image.fromarray(np.clip(x * 255 + 0.5, 0, 255).astype(np.uint8), "RGB")
+
+
+def edit_picture(picture: Image.Image, edit: dict) -> Image.Image:
+    """The export of an edit: tones, straightening (corners cropped), crop, sharpening, size."""
+    if any(k in edit for k in ("exposure", "gamma", "contrast", "saturation")):
+        picture = tone(picture, edit)
+    if edit.get("angle"):
+        w, h = picture.size
+        turned = picture.rotate(edit["angle"], Image.Resampling.BICUBIC)
+        bw, bh = straightened_box(w, h, edit["angle"])
+        box = ((w - bw) / 2, (h - bh) / 2, (w + bw) / 2, (h + bh) / 2)
+        picture = turned.crop(tuple(round(v) for v in box))
+    if edit.get("crop"):
+        left, top, right, bottom = edit["crop"]
+        w, h = picture.size
+        picture = picture.crop(
+            (round(left * w), round(top * h), round(right * w), round(bottom * h))
+        )
+    if edit.get("sharpen"):
+        radius, percent = edit["sharpen"]
+        picture = picture.filter(ImageFilter.UnsharpMask(radius, percent, 2))
+    if edit.get("side") and max(picture.size) > edit["side"]:
+        scale = edit["side"] / max(picture.size)
+        size = (round(picture.width * scale), round(picture.height * scale))
+        picture = picture.resize(size, Image.Resampling.LANCZOS)
+    return picture
 
 
 # -- files --------------------------------------------------------------------------------------
@@ -907,6 +1006,7 @@ class Job:
     design_side: int
     orientation: int = 1
     tags: dict[str, str] = field(default_factory=dict)  # EXIF; empty for inat_only pictures
+    exports: tuple[tuple[str, str], ...] = ()  # (path, edit as JSON): edited copies to write
 
 
 def write_job(job: Job, out: Path) -> str:
@@ -916,6 +1016,15 @@ def write_job(job: Job, out: Path) -> str:
     buffer = io.BytesIO()
     picture.save(buffer, "JPEG", quality=JPEG_QUALITY)
     data = buffer.getvalue()
+    for path, spec in job.exports:  # edited from the camera file, as the user did
+        edit = json.loads(spec)
+        with Image.open(io.BytesIO(data)) as camera_file:
+            upright = camera_file.convert("RGB")
+        if _SHOW[job.orientation] is not None:
+            upright = upright.transpose(_SHOW[job.orientation])
+        target = out / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        edit_picture(upright, edit).save(target, "JPEG", quality=edit.get("quality", 95))
     if job.tags:
         image = pyexiv2.ImageData(data)
         try:
@@ -1071,6 +1180,7 @@ class Planner:
         self.size = (1600, 1200) if small else (4000, 3000)
         self.design_side = DESIGN_SIDE
         self.jobs: list[Job] = []
+        self.job_index: dict[str, int] = {}  # local path -> its job
         self.truth: dict[str, int | None] = {}
         self.notes: dict[str, dict[str, str]] = {}
         self.unassociated: dict[int, str] = {}  # iNat photo id -> why it has no local twin
@@ -1138,6 +1248,7 @@ class Planner:
         tags["Exif.Image.Software"] = f"{model} Ver.1.10"
         if subsec is not None:
             tags["Exif.Photo.SubSecTimeOriginal"] = f"{subsec:02d}"
+        self.job_index[path] = len(self.jobs)
         self.jobs.append(Job(path, scene, view, size, self.design_side, orientation, tags))
         self.truth[path] = truth
         self.notes[path] = {"category": category, "note": note}
@@ -1151,6 +1262,15 @@ class Planner:
         if portrait:
             size = (size[1], size[0])
         self.jobs.append(Job(path, scene, view, size, self.design_side, 1, {}))
+        return path
+
+    def edited(self, local: Local, edit: dict) -> str:
+        """An edited export of local (written beside the set in edited/); returns its path."""
+        i = self.job_index[local.path]
+        job = self.jobs[i]
+        path = f"edited/{Path(local.path).stem}_{len(job.exports) + 1}.jpg"
+        exports = (*job.exports, (path, json.dumps(edit, sort_keys=True)))
+        self.jobs[i] = dataclasses.replace(job, exports=exports)
         return path
 
     # -- iNaturalist ---------------------------------------------------------------------------
@@ -1224,6 +1344,20 @@ class Planner:
         """One observation with one photo of ``local``; fills in the truth."""
         (photo_id,) = self.observation(
             true_time, place, subject, [{"source": local.path, **photo}], location=local.gps
+        )
+        self.truth[local.path] = photo_id
+        return photo_id
+
+    def upload_edited(
+        self, local: Local, source: str, subject: str, place: tuple, true_time: dt.datetime
+    ) -> int:
+        """One observation with one photo: an edited export of ``local``."""
+        (photo_id,) = self.observation(
+            true_time,
+            place,
+            subject,
+            [{"source": source, "quality": self.quality()}],
+            location=local.gps,
         )
         self.truth[local.path] = photo_id
         return photo_id
@@ -1640,7 +1774,217 @@ def plan(seed: int, small: bool) -> Planner:
                 camera=2,
             )
             p.upload(local, scene.subject, place, later, quality=p.quality())
+    plan_edited(p)
     return p
+
+
+# -- edited uploads and look-alikes (issue 10) --------------------------------------------------
+SHAPES = [("same", None), ("square", 1.0), ("4:5", 0.8), ("16:9", 16 / 9), ("5:4", 1.25)]
+
+
+def tone_edit(rng: random.Random) -> dict:
+    """One to four tone changes, as a user pulls the sliders."""
+    ranges = {
+        "exposure": (0.85, 1.2),
+        "contrast": (0.85, 1.3),
+        "saturation": (0.9, 1.4),
+        "gamma": (0.85, 1.15),
+    }
+    chosen = rng.sample(sorted(ranges), rng.randint(1, 4))
+    return {k: round(rng.uniform(*ranges[k]), 3) for k in sorted(chosen)}
+
+
+def crop_edit(rng: random.Random, low: float, high: float, image_aspect: float) -> dict:
+    """An off-centre crop covering low..high of the area, often with another aspect."""
+    name, aspect = SHAPES[0] if rng.random() < 0.5 else rng.choice(SHAPES[1:])
+    aspect = image_aspect if aspect is None else aspect
+    return {"crop": crop_box(rng, rng.uniform(low, high), aspect, image_aspect), "shape": name}
+
+
+def sharpen_edit(rng: random.Random) -> dict:
+    return {"sharpen": [round(rng.uniform(0.8, 2.0), 2), rng.randint(50, 150)]}
+
+
+def describe_edit(edit: dict) -> str:
+    parts = []
+    tones = [f"{k} {edit[k]}" for k in ("exposure", "contrast", "saturation", "gamma") if k in edit]
+    if tones:
+        parts.append(", ".join(tones))
+    if edit.get("angle"):
+        parts.append(f"straightened {edit['angle']:+.2f}°")
+    if edit.get("crop"):
+        left, top, right, bottom = edit["crop"]
+        parts.append(f"cropped to {(right - left) * (bottom - top):.0%} ({edit['shape']})")
+    if edit.get("sharpen"):
+        parts.append(f"sharpened {edit['sharpen']}")
+    if edit.get("side"):
+        parts.append(f"exported at {edit['side']} px")
+    return "; ".join(parts)
+
+
+def plan_edited(p: Planner) -> None:
+    """The categories of issue 10: uploads edited before upload, and look-alikes beside them."""
+    rng, small = p.rng, p.small
+    landscape = p.size[0] / p.size[1]
+
+    def edits_for(category: str) -> dict:
+        aspect = landscape  # crops are drawn for the landscape frame; portrait flips below
+        if category == "tone":
+            return tone_edit(rng)
+        if category == "croptone":
+            return {**crop_edit(rng, 0.55, 0.9, aspect), **tone_edit(rng)}
+        if category == "straight":
+            edit: dict = {"angle": round(rng.choice([-1, 1]) * rng.uniform(0.5, 3.0), 2)}
+            roll = rng.random()
+            if roll < 0.4:  # with a crop, tones and sharpening
+                edit |= crop_edit(rng, 0.55, 0.9, aspect) | tone_edit(rng) | sharpen_edit(rng)
+            elif roll < 0.6:
+                edit |= crop_edit(rng, 0.55, 0.9, aspect)
+            elif roll < 0.8:
+                edit |= tone_edit(rng)
+            return edit
+        if category == "export":
+            return {
+                **sharpen_edit(rng),
+                "saturation": round(rng.uniform(1.1, 1.3), 3),
+                "side": 2048,
+                "quality": rng.choice([88, 92, 95]),
+            }
+        assert category == "heavy"
+        return {
+            **crop_edit(rng, 0.4, 0.55, aspect),
+            "angle": round(rng.choice([-1, 1]) * rng.uniform(1.7, 2.3), 2),
+            "exposure": 1.25,
+            "contrast": 1.3,
+            "saturation": 1.3,
+        }
+
+    counts = {"tone": 34, "croptone": 34, "straight": 34, "export": 34, "heavy": 20}
+    first = dt.date(2023, 10, 1)
+    for c, category in enumerate(EDITED):
+        place = PLACES[c % len(PLACES)]
+        count = 1 if small else counts[category]
+        days = p.days(first + dt.timedelta(days=20 * c), 1 if small else 3)
+        neighbours = 0 if small else 6 if category in ("tone", "croptone") else 2
+        for d, day in enumerate(days):
+            todo = len(range(d, count, len(days)))
+            for k, when in enumerate(p.times(day, todo, start=(8, 0), gap=(6, 20))):
+                portrait = p.portrait() and not small
+                scene = p.scene()
+                edit = edits_for(category)
+                if portrait and edit.get("crop"):  # the same crop, drawn for a portrait frame
+                    left, top, right, bottom = edit["crop"]
+                    edit["crop"] = [top, left, bottom, right]
+                local = p.local(
+                    category,
+                    scene,
+                    when,
+                    place,
+                    None,
+                    f"uploaded after editing: {describe_edit(edit)}",
+                    camera=c % len(CAMERAS),
+                    portrait=portrait,
+                )
+                source = p.edited(local, edit)
+                p.upload_edited(local, source, scene.subject, place, when)
+                if d == 0 and k < neighbours:  # a local photo nearby that was not uploaded
+                    near = when + dt.timedelta(seconds=rng.randint(40, 150))
+                    p.local(category, p.scene(), near, place, None, "not uploaded", camera=c % 4)
+
+    # -- second shots: the same subject again, 15-40 s later, framed a little differently -------
+    place = PLACES[5]
+    days = p.days(dt.date(2023, 12, 1), 1 if small else 2)
+    pairs = 1 if small else 12
+    for g in range(pairs):
+        day = days[g % len(days)]
+        when = p.times(day, 1, start=(8 + g, 0))[0]
+        scene = p.scene()
+        a = rng.uniform(0, 2 * math.pi)
+        m = rng.uniform(0.03, 0.06)
+        t = rng.uniform(0, 2 * math.pi)
+        second = View(
+            shift=(m * math.cos(a), m * math.sin(a)),
+            tilt=rng.choice([-1, 1]) * rng.uniform(0.5, 1.5),
+            subject_move=(0.01 * math.cos(t), 0.01 * math.sin(t)),
+            pose=rng.uniform(-1, 1),
+            warp=rng.uniform(0.003, 0.006),
+            warp_seed=rng.randint(0, 2**31),
+        )
+        views = [View(), second]
+        uploaded = rng.randrange(2)
+        edit = {} if g % 2 == 0 else {**crop_edit(rng, 0.6, 0.9, landscape), **tone_edit(rng)}
+        locals_ = []
+        for k, view in enumerate(views):
+            later = k * rng.randint(15, 40)
+            note = "first shot" if k == 0 else f"second shot {later} s later"
+            note += " (uploaded" + (f": {describe_edit(edit)}" if edit else "") + ")"
+            if k != uploaded:
+                note = note.split(" (")[0] + ", not uploaded; the other shot was"
+            locals_.append(
+                p.local(
+                    "second",
+                    scene,
+                    when + dt.timedelta(seconds=later),
+                    place,
+                    None,
+                    note,
+                    view=view,
+                    camera=1,
+                )
+            )
+        chosen = locals_[uploaded]
+        if edit:
+            source = p.edited(chosen, edit)
+            p.upload_edited(chosen, source, scene.subject, place, chosen.when)
+        else:
+            p.upload(chosen, scene.subject, place, chosen.when, quality=p.quality())
+
+    # -- hand-held bursts: frames 1 s apart; one uploaded cropped, toned and sharpened ----------
+    place = PLACES[6]
+    days = p.days(dt.date(2023, 12, 12), 1 if small else 2)
+    bursts = 1 if small else 10
+    for b in range(bursts):
+        day = days[b % len(days)]
+        start = p.times(day, 1, start=(8 + b, 0))[0]
+        frames = 3 if small else rng.randint(3, 6)
+        scene = p.scene()
+        views, move = [], [0.0, 0.0]
+        for k in range(frames):
+            if k:
+                step, t = rng.uniform(0.003, 0.01), rng.uniform(0, 2 * math.pi)
+                move = [move[0] + step * math.cos(t), move[1] + step * math.sin(t)]
+            views.append(
+                View(
+                    shift=(rng.uniform(-0.01, 0.01), rng.uniform(-0.01, 0.01)),
+                    tilt=rng.uniform(-0.3, 0.3),
+                    subject_move=(move[0], move[1]),
+                    pose=rng.uniform(-1, 1),
+                    warp=rng.uniform(0.001, 0.003),
+                    warp_seed=rng.randint(0, 2**31),
+                )
+            )
+        chosen = rng.randrange(frames)
+        edit = {**crop_edit(rng, 0.55, 0.9, landscape), **tone_edit(rng), **sharpen_edit(rng)}
+        locals_ = []
+        for k, view in enumerate(views):
+            note = f"hand-held burst {b + 1}, frame {k + 1} of {frames}"
+            if k == chosen:
+                note += f" (uploaded: {describe_edit(edit)})"
+            locals_.append(
+                p.local(
+                    "handheld",
+                    scene,
+                    start + dt.timedelta(seconds=k),
+                    place,
+                    None,
+                    note,
+                    view=view,
+                    camera=3,
+                    subsec=rng.randint(0, 99),
+                )
+            )
+        source = p.edited(locals_[chosen], edit)
+        p.upload_edited(locals_[chosen], source, scene.subject, place, locals_[chosen].when)
 
 
 # =============================================================================================
@@ -1658,7 +2002,7 @@ def build(
     """Write the whole set under ``out``; returns counts and the time it took."""
     started = time.monotonic()
     out = Path(out)
-    for name in ("pictures", "inat_only"):
+    for name in ("pictures", "inat_only", "edited"):
         if (out / name).exists():
             shutil.rmtree(out / name)
     out.mkdir(parents=True, exist_ok=True)

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from fake_inat import FakeINaturalist
-from make_matching_set import CATEGORIES, USER, build
+from make_matching_set import CATEGORIES, EDITED, LOOK_ALIKES, USER, build
 from support.cli import CliResult, run_cli
 from support.xmp import read_exif, read_photo_id
 
@@ -74,10 +75,15 @@ def test_no_wrong_association(outcome: Outcome, category: str) -> None:
     assert not wrong, "\n".join(wrong)
 
 
-@pytest.mark.parametrize("category", ["plain", "crop", "burst", "rotation", "several", "twice"])
+@pytest.mark.parametrize(
+    "category",
+    ["plain", "crop", "burst", "rotation", "several", "twice", *EDITED, *LOOK_ALIKES],
+)
 def test_every_upload_is_found(outcome: Outcome, category: str) -> None:
     """Resized, cropped, turned, stored sideways or mirrored, in a burst, several in a minute,
-    spread over minutes, uploaded twice (the first-created observation's photo): all found."""
+    spread over minutes, uploaded twice (the first-created observation's photo); edited (tones,
+    crop and tones, straightened, exported, heavily), and the uploaded one of two shots or of a
+    hand-held burst: all found."""
     missed = [
         outcome.describe(path)
         for path in outcome.in_category(category)
@@ -91,6 +97,28 @@ def test_only_the_uploaded_frame_of_a_burst_is_tagged(outcome: Outcome) -> None:
     assert len(frames) >= 3
     tagged = [path for path in frames if outcome.found[path] is not None]
     assert tagged == [path for path in frames if outcome.truth[path] is not None]
+
+
+@pytest.mark.parametrize("category", LOOK_ALIKES)
+def test_only_the_uploaded_shot_of_look_alikes_is_tagged(outcome: Outcome, category: str) -> None:
+    """A second shot moments later, or another frame of a hand-held burst, never gets the tag."""
+    shots = outcome.in_category(category)
+    assert len(shots) >= 2
+    tagged = [path for path in shots if outcome.found[path] is not None]
+    assert tagged == [path for path in shots if outcome.truth[path] is not None]
+
+
+def test_what_was_compensated_is_said(outcome: Outcome) -> None:
+    """The console line of the heavily edited upload names the crop, the angle and the tones."""
+    (path,) = [p for p in outcome.in_category("heavy") if outcome.truth[p] is not None]
+    line = next(
+        line for line in outcome.result.lines if Path(path).name in line and "found" in line
+    )
+    assert re.search(
+        r"similarity \d+\.\d% \(cropped to \d+% of the area, straightened \d\.\d°, tones"
+        r" adjusted\)\.$",
+        line,
+    ), line
 
 
 def test_a_photo_uploaded_twice_gets_the_first_created_observation(outcome: Outcome) -> None:
