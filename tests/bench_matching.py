@@ -1,7 +1,8 @@
-"""Measure inat_photos' matching on a labelled archive (issue 3): found, wrong, missed.
+"""Measure inat_photos' matching on a labelled archive (issues 3, 10): found, wrong, missed.
 
     python tests/bench_matching.py [--small] [--out DIR] [--keep] [--seed N] [--extra=--ARG]
-                                   [--token]
+                                   [--token] [--per-category] [--script FILE]
+                                   [--no-prerender]
 
 Builds the set of tests/make_matching_set.py (or reuses DIR when it already holds one), serves
 its scenario.json with the fake iNaturalist, runs
@@ -11,7 +12,13 @@ its scenario.json with the fake iNaturalist, runs
 as a subprocess with a private INAT_PHOTOS_CACHE, reads the XMP back and prints, per category,
 how many local photos there are, how many should be associated, and how many were associated
 correctly, wrongly (another photo id than the truth, or any where the truth is none) or not at
-all. It is a measurement: the exit code is 0 whatever the tool does.
+all (and of those, how many the tool refused as a tie), then the wall time and the CPU time
+(user + system, of the tool's process) per local photo. It is a measurement: the exit code is 0
+whatever the tool does.
+
+The fake server renders every upload (resizing a 12-megapixel source) before the tool starts,
+as a real server has its renditions ready: that work would otherwise share the cores with the
+tool and count in its wall time. --no-prerender leaves it in, as measured before issue 10.
 
 With --token the tool runs with an API token (issue 12): the fake server then gives each
 upload the original file name of its true local file (the name the camera gave it), as
@@ -27,11 +34,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import resource
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -64,11 +74,25 @@ class Row:
     correct: int = 0
     wrong: int = 0
     missed: int = 0
+    ties: int = 0  # of the missed: the tool reported a tie for the upload
+    wall: float | None = None  # seconds, when the category ran on its own
+    cpu: float | None = None
     failures: list[str] = field(default_factory=list)
 
 
+TIE = re.compile(r"^Not associated: photo id (\d+) fits .* too close to choose\.$")
+
+
+def tied_uploads(stdout: str) -> set[int]:
+    """The iNaturalist photo ids the tool refused to associate because of a tie."""
+    return {int(m.group(1)) for line in stdout.splitlines() if (m := TIE.match(line))}
+
+
 def score(
-    truth: dict[str, int | None], found: dict[str, int | None], notes: dict[str, dict]
+    truth: dict[str, int | None],
+    found: dict[str, int | None],
+    notes: dict[str, dict],
+    ties: set[int] = frozenset(),  # type: ignore[assignment]
 ) -> dict[str, Row]:
     """Per category: correct, wrong (another id, or any id where none is expected), missed."""
     rows = {category: Row() for category in CATEGORIES}
@@ -86,30 +110,40 @@ def score(
             row.failures.append(f"WRONG  {path}: got {got}, expected {expected}  [{note}]")
         elif expected is not None:
             row.missed += 1
-            row.failures.append(f"MISSED {path}: expected {expected}  [{note}]")
+            tie = expected in ties
+            row.ties += tie
+            kind = "TIE   " if tie else "MISSED"
+            row.failures.append(f"{kind} {path}: expected {expected}  [{note}]")
     return rows
 
 
-def print_table(rows: dict[str, Row]) -> Row:
-    header = (
-        f"{'category':<10} {'local photos':>12} {'expected':>9} {'correct':>8}"
-        f" {'wrong':>6} {'missed':>7}"
+def _line(name: str, row: Row) -> str:
+    found = f"{row.correct / row.expected:.0%}" if row.expected else "-"
+    times = ""
+    if row.wall is not None and row.cpu is not None and row.locals:
+        times = f" {row.wall / row.locals:>7.3f} {row.cpu / row.locals:>7.3f}"
+    return (
+        f"{name:<10} {row.locals:>6} {row.expected:>9} {row.correct:>8} {row.wrong:>6}"
+        f" {row.missed:>7} {row.ties:>5} {found:>6}{times}"
     )
+
+
+def print_table(rows: dict[str, Row]) -> Row:
+    timed = any(row.wall is not None for row in rows.values())
+    header = (
+        f"{'category':<10} {'locals':>6} {'expected':>9} {'correct':>8} {'wrong':>6}"
+        f" {'missed':>7} {'ties':>5} {'found':>6}"
+    ) + (f" {'wall/ph':>7} {'cpu/ph':>7}" if timed else "")
     print(header)
     print("-" * len(header))
-    total = Row()
+    total = Row(wall=0.0 if timed else None, cpu=0.0 if timed else None)
     for category, row in rows.items():
-        print(
-            f"{category:<10} {row.locals:>12} {row.expected:>9} {row.correct:>8}"
-            f" {row.wrong:>6} {row.missed:>7}"
-        )
-        for name in ("locals", "expected", "correct", "wrong", "missed"):
-            setattr(total, name, getattr(total, name) + getattr(row, name))
+        print(_line(category, row))
+        for name in ("locals", "expected", "correct", "wrong", "missed", "ties", "wall", "cpu"):
+            if getattr(row, name) is not None and getattr(total, name) is not None:
+                setattr(total, name, getattr(total, name) + getattr(row, name))
     print("-" * len(header))
-    print(
-        f"{'total':<10} {total.locals:>12} {total.expected:>9} {total.correct:>8}"
-        f" {total.wrong:>6} {total.missed:>7}"
-    )
+    print(_line("total", total))
     return total
 
 
@@ -128,6 +162,26 @@ def named_scenario(folder: Path) -> dict:
     return scenario
 
 
+def serve(folder: Path, token: bool) -> FakeINaturalist:
+    """A fake iNaturalist for the set (not started); with token, uploads carry file names and
+    the bench token is accepted."""
+    scenario = named_scenario(folder) if token else folder / "scenario.json"
+    fake = FakeINaturalist(scenario, base_dir=folder)
+    if token:
+        fake.add_token(BENCH_TOKEN, USER["login"])
+    return fake
+
+
+def prerender(fake: FakeINaturalist, scenario: Path, size: str) -> float:
+    """Let the fake server render every upload at size before the tool runs; seconds taken."""
+    started = time.monotonic()
+    data = json.loads(scenario.read_text(encoding="utf-8"))
+    ids = [photo["id"] for obs in data["observations"] for photo in obs["photos"]]
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        list(pool.map(lambda photo_id: fake.photo_bytes(photo_id, size), ids))
+    return time.monotonic() - started
+
+
 def run_tool(
     folder: Path,
     extra: list[str],
@@ -135,9 +189,16 @@ def run_tool(
     script: Path = SCRIPT,
     pictures: Path | None = None,
     logfile: Path | None = None,
+    fake: FakeINaturalist | None = None,
     token: bool = False,
-) -> tuple[int, str, str, float]:
-    """Serve the scenario, run the CLI on folder/pictures; (exit code, stdout, stderr, seconds)."""
+) -> tuple[int, str, str, float, float]:
+    """Run the CLI on folder/pictures against fake (or a fresh one serving the scenario).
+
+    Returns (exit code, stdout, stderr, wall seconds, CPU seconds of the tool's process).
+    """
+    if fake is None:
+        with serve(folder, token) as fresh:
+            return run_tool(folder, extra, timeout, script, pictures, logfile, fresh, token)
     cache = folder / "cache"
     shutil.rmtree(cache, ignore_errors=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("INAT_")}
@@ -151,27 +212,35 @@ def run_tool(
         *extra,
         str(pictures or folder / "pictures"),
     ]
-    scenario = named_scenario(folder) if token else folder / "scenario.json"
-    with FakeINaturalist(scenario, base_dir=folder) as fake:
-        env.update(
-            INAT_API_URL=fake.api_url, INAT_PHOTOS_CACHE=str(cache), PYTHONIOENCODING="utf-8"
+    env.update(INAT_API_URL=fake.api_url, INAT_PHOTOS_CACHE=str(cache), PYTHONIOENCODING="utf-8")
+    if token:
+        env["INAT_API_TOKEN"] = BENCH_TOKEN
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.monotonic()
+    try:
+        done = subprocess.run(
+            args, capture_output=True, text=True, env=env, timeout=timeout, errors="replace"
         )
-        if token:
-            fake.add_token(BENCH_TOKEN, USER["login"])
-            env["INAT_API_TOKEN"] = BENCH_TOKEN
-        started = time.monotonic()
-        try:
-            done = subprocess.run(
-                args, capture_output=True, text=True, env=env, timeout=timeout, errors="replace"
-            )
-            code, stdout, stderr = done.returncode, done.stdout, done.stderr
-        except subprocess.TimeoutExpired as expired:
-            code = -1
-            stdout = expired.stdout if isinstance(expired.stdout, str) else ""
-            stderr = f"timed out after {timeout} s"
-        seconds = time.monotonic() - started
+        code, stdout, stderr = done.returncode, done.stdout, done.stderr
+    except subprocess.TimeoutExpired as expired:
+        code = -1
+        stdout = expired.stdout if isinstance(expired.stdout, str) else ""
+        stderr = f"timed out after {timeout} s"
+    seconds = time.monotonic() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     shutil.rmtree(cache, ignore_errors=True)
-    return code, stdout, stderr, seconds
+    return code, stdout, stderr, seconds, cpu
+
+
+def inat_size(extra: list[str]) -> str:
+    """The --inat_size the tool is given in extra, else its default."""
+    for i, arg in enumerate(extra):
+        if arg.startswith("--inat_size="):
+            return arg.split("=", 1)[1]
+        if arg == "--inat_size" and i + 1 < len(extra):
+            return extra[i + 1]
+    return "large"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -203,6 +272,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--token", action="store_true", help="run with an API token: uploads carry file names"
     )
+    parser.add_argument(
+        "--no-prerender",
+        action="store_true",
+        help="let the fake server render uploads while the tool runs (timed, as before issue 10)",
+    )
     args = parser.parse_args(argv)
 
     temporary = args.out is None
@@ -224,39 +298,55 @@ def main(argv: list[str] | None = None) -> int:
         if cleared:
             print(f"Cleared the tags of {cleared} picture(s) from an earlier run.")
 
+        fake = serve(folder, args.token)
+        if not args.no_prerender:
+            took = prerender(fake, folder / "scenario.json", inat_size(args.extra))
+            print(f"The fake server rendered the uploads in {took:.1f} s (not timed).")
         print(f"Running {args.script} on {len(truth)} local photos ...", flush=True)
-        if not args.per_category:
-            code, stdout, stderr, seconds = run_tool(
-                folder, args.extra, args.timeout, args.script, token=args.token
-            )
-        else:  # one run per folder: a crash in one category leaves the others measured
-            code, stdout, stderr, seconds = 0, "", "", 0.0
-            for category in sorted(p.name for p in (folder / "pictures").iterdir()):
-                one = run_tool(
-                    folder,
-                    args.extra,
-                    args.timeout,
-                    args.script,
-                    pictures=folder / "pictures" / category,
-                    logfile=folder / f"log-{category}.html",
-                    token=args.token,
+        times: dict[str, tuple[float, float]] = {}
+        with fake:
+            if not args.per_category:
+                code, stdout, stderr, seconds, cpu = run_tool(
+                    folder, args.extra, args.timeout, args.script, fake=fake, token=args.token
                 )
-                print(f"  {category}: exit code {one[0]}, {one[3]:.1f} s", flush=True)
-                code = code or one[0]
-                stdout += f"=== {category}\n{one[1]}"
-                stderr += f"=== {category}\n{one[2]}" if one[2] else ""
-                seconds += one[3]
+            else:  # one run per folder: a crash in one category leaves the others measured
+                code, stdout, stderr, seconds, cpu = 0, "", "", 0.0, 0.0
+                for category in sorted(p.name for p in (folder / "pictures").iterdir()):
+                    one = run_tool(
+                        folder,
+                        args.extra,
+                        args.timeout,
+                        args.script,
+                        pictures=folder / "pictures" / category,
+                        logfile=folder / f"log-{category}.html",
+                        fake=fake,
+                        token=args.token,
+                    )
+                    print(
+                        f"  {category}: exit code {one[0]}, {one[3]:.1f} s, CPU {one[4]:.1f} s",
+                        flush=True,
+                    )
+                    times[category] = (one[3], one[4])
+                    code = code or one[0]
+                    stdout += f"=== {category}\n{one[1]}"
+                    stderr += f"=== {category}\n{one[2]}" if one[2] else ""
+                    seconds += one[3]
+                    cpu += one[4]
         (folder / "stdout.txt").write_text(stdout, encoding="utf-8")
         (folder / "stderr.txt").write_text(stderr, encoding="utf-8")
         found = {path: read_photo_id(folder / path) for path in truth}
-        rows = score(truth, found, manifest.get("pictures", {}))
+        rows = score(truth, found, manifest.get("pictures", {}), tied_uploads(stdout))
+        for category, (wall, cpu_seconds) in times.items():
+            if category in rows:
+                rows[category].wall, rows[category].cpu = wall, cpu_seconds
 
         print()
         total = print_table(rows)
         print()
         print(
             f"inat_photos.py exit code {code}; wall time {seconds:.1f} s,"
-            f" {seconds / max(1, total.locals):.2f} s per local photo."
+            f" {seconds / max(1, total.locals):.3f} s per local photo; CPU time {cpu:.1f} s,"
+            f" {cpu / max(1, total.locals):.3f} s per local photo ({os.cpu_count()} cores)."
         )
         category = ""
         for line in stdout.splitlines():
