@@ -6,7 +6,8 @@ The CLI tests run against the fake iNaturalist with a generated world of one day
     09:00  a burst: b1.jpg and b2.jpg, one picture saved twice; b2 was uploaded as
            'B2.JPEG' (another case and extension). Without the name the two tie.
     09:30  a second shot: s1.jpg, then s2.jpg a few percent to the side; s2 was uploaded after
-           editing (contrast, gamma), so it scores below 95 % without the name.
+           editing (contrast, gamma and a vignette: tone matching undoes the first two, not
+           the darkened corners), so it scores below 95 % without the name.
     10:00  p.jpg, with GPS, uploaded to an obscured observation 11 m away.
     10:30  d.jpg, uploaded as it is; its observation is deleted between two runs.
 """
@@ -19,6 +20,7 @@ import os
 import stat
 from pathlib import Path
 
+import numpy as np
 import pytest
 from fake_inat import FakeINaturalist
 from PIL import Image, ImageEnhance
@@ -74,6 +76,17 @@ class LoginWorld:
         return next(line for line in result.lines if f"/{name}' " in line)
 
 
+def vignette(picture: Image.Image, strength: float) -> Image.Image:
+    """picture with its corners darkened by strength (a local edit no tone curve undoes)."""
+    height, width = picture.height, picture.width
+    y, x = np.mgrid[0:height, 0:width]
+    falloff = 1 - strength * (
+        ((x - width / 2) / (width / 2)) ** 2 + ((y - height / 2) / (height / 2)) ** 2
+    )
+    darker = np.asarray(picture.convert("RGB"), np.float64) * falloff[..., None]
+    return Image.fromarray(np.clip(darker, 0, 255).astype(np.uint8))
+
+
 def make_login_world(root: Path) -> LoginWorld:
     sources, pictures = root / "sources", root / "pictures"
     sources.mkdir(parents=True)
@@ -117,7 +130,7 @@ def make_login_world(root: Path) -> LoginWorld:
     shot = scene.crop((24, 12, 504, 372))
     local("s2.jpg", shot, 30)
     edited = ImageEnhance.Contrast(shot).enhance(1.5).point(lambda v: int(255 * (v / 255) ** 0.7))
-    edited.save(sources / "s2.jpg", "JPEG", quality=92)
+    vignette(edited, 0.3).save(sources / "s2.jpg", "JPEG", quality=92)
     observation("s2.jpg", sources / "s2.jpg", 30, "s2.jpg")
 
     p = local("p.jpg", texture(23), 60, **gps_tags(*GPS))
@@ -186,7 +199,7 @@ def test_with_a_token_the_file_name_picks_the_exact_frame(
     assert found["s2.jpg"] == PHOTO_IDS["s2.jpg"] and found["s1.jpg"] is None
     assert found["p.jpg"] == PHOTO_IDS["p.jpg"] and found["d.jpg"] == PHOTO_IDS["d.jpg"]
     assert login_world.line(result, "b2.jpg").endswith("(matched by file name).")
-    assert login_world.line(result, "s2.jpg").endswith("(matched by file name).")
+    assert login_world.line(result, "s2.jpg").endswith("(tones adjusted, matched by file name).")
     assert "matched by file name" not in login_world.line(result, "d.jpg")  # no rival there
     assert "too close to choose" not in result.stdout
     assert (login_world.root / "log.html").read_text().count("matched by file name") == 2

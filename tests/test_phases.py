@@ -7,6 +7,7 @@ import datetime as dt
 import io
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 import inat_photos as ip
@@ -256,3 +257,32 @@ def test_picture_source_decodes_once_and_reports_an_unreadable_file_once(tmp_pat
     assert pictures.upload(candidate(5, None).photo) is None
     pictures.forget_locals()
     assert pictures.locals == {} and pictures.thumbnails == {}
+
+
+def test_picture_source_finds_keypoints_once_per_picture_while_held(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 10: each picture's keypoints are found once, whichever pair asks; local ones are
+    dropped with the cluster's pictures, an upload's with the day's."""
+    path = tmp_path / "good.jpg"
+    Image.new("RGB", (800, 600), (10, 200, 30)).save(path, "JPEG")
+    pictures = ip.PictureSource(PhotoCache(path), "large", Console())  # type: ignore[arg-type]
+    found: list[tuple[int, int]] = []
+    real = ip.find_features
+
+    def counting(picture: Image.Image) -> ip.Features:
+        found.append(picture.size)
+        return real(picture)
+
+    monkeypatch.setattr(ip, "find_features", counting)
+    local = photo("good.jpg", dt.datetime(2021, 2, 1), path=path)
+    upload = candidate(1, None).photo
+    first = pictures.features(local, upload)
+    assert first is not None and pictures.features(local, upload) is not None
+    assert len(found) == 2  # one local picture, one upload
+    assert pictures.features(local, candidate(5, None).photo) is None  # no upload to be had
+    pictures.forget_locals()
+    pictures.features(local, upload)
+    assert len(found) == 3  # the local picture again, not the upload
+    pictures.forget_uploads()
+    assert pictures.upload_features == {} and pictures.uploads == {}
