@@ -67,6 +67,7 @@ __all__ = [
     "PER_PAGE",
     "PICTURE_SUFFIXES",
     "TAG_CAPTION",
+    "TAG_DISSOCIATED",
     "TAG_OBSERVATION",
     "TAG_OBSERVATION_PHOTO",
     "TAG_PHOTO",
@@ -106,6 +107,7 @@ __all__ = [
     "parse_positive_int",
     "parse_ssim_threshold",
     "parse_time_offset",
+    "plan_dissociation",
     "plan_update",
     "refine_alignment",
     "register_namespace",
@@ -152,6 +154,12 @@ TAG_PHOTO = "Xmp.iNaturalist.photo"
 
 
 TAG_CAPTION = "Xmp.iNaturalist.caption"  # the dc:subject keyword this tool wrote
+
+
+# Set by --dissociate: the user took this file's association back; runs leave it alone until
+# --recompute. In the file, not only the cache, so that the choice survives a cache wipe and
+# a move of the file.
+TAG_DISSOCIATED = "Xmp.iNaturalist.dissociated"
 
 
 TAG_SUBJECT = "Xmp.dc.subject"
@@ -616,6 +624,7 @@ class LocalPhoto:
     tags: InatTags | None
     written_caption: str | None = None  # the keyword this tool wrote (TAG_CAPTION)
     clock_error: dt.timedelta = dt.timedelta(0)  # how far the camera clock was ahead
+    dissociated: bool = False  # TAG_DISSOCIATED: the user took its association back
 
     @property
     def corrected_time(self) -> dt.datetime:
@@ -1330,6 +1339,7 @@ def read_local_photo(path: Path, console: Console) -> LocalPhoto | None:
         orientation=orientation if orientation in range(1, 9) else 1,
         keywords=tuple(_keywords(xmp.get(TAG_SUBJECT))),
         written_caption=_caption_tag(xmp.get(TAG_CAPTION)),
+        dissociated=bool(_caption_tag(xmp.get(TAG_DISSOCIATED))),
         tags=InatTags(
             observation=observation,
             observation_photo=parse_positive_int(xmp.get(TAG_OBSERVATION_PHOTO)),
@@ -1350,6 +1360,7 @@ def _photo_record(photo: LocalPhoto) -> str:
             "keywords": list(photo.keywords),
             "written_caption": photo.written_caption,
             "tags": tags,
+            "dissociated": photo.dissociated,
         }
     )
 
@@ -1364,6 +1375,7 @@ def _photo_from_record(path: Path, record: str) -> LocalPhoto:
         keywords=tuple(data["keywords"]),
         written_caption=data["written_caption"],
         tags=InatTags(**data["tags"]) if data["tags"] else None,
+        dissociated=bool(data.get("dissociated")),
     )
 
 
@@ -2406,24 +2418,28 @@ def owned_caption(photo: LocalPhoto, history: Collection[str]) -> str | None:
 
 @dataclass(frozen=True)
 class Update:
-    """What to write into one photo: new ids and/or a new keyword list."""
+    """What to write into one photo: new ids and/or a new keyword list, or (dissociate=True)
+    the removal of this tool's ids and caption note, marking the file dissociated."""
 
     photo: LocalPhoto
     tags: InatTags | None  # None: the ids stay as they are
     keywords: tuple[str, ...] | None  # None: dc:subject stays as it is
-    old_caption: str | None  # the keyword of ours that the caption replaces
+    old_caption: str | None  # the keyword of ours that the caption replaces (or removes)
     caption: str | None
+    dissociate: bool | None = None  # True: remove our ids, mark; False: clear the mark
 
     def applied(self) -> LocalPhoto:
         """The photo as it reads once the update is written."""
+        photo = self.photo
+        if self.dissociate is not None:
+            photo = dataclasses.replace(photo, dissociated=self.dissociate)
+        if self.dissociate:
+            photo = dataclasses.replace(photo, tags=None, written_caption=None)
+        elif self.tags is not None:
+            photo = dataclasses.replace(photo, tags=self.tags)
         if self.keywords is None:
-            return dataclasses.replace(self.photo, tags=self.tags or self.photo.tags)
-        return dataclasses.replace(
-            self.photo,
-            tags=self.tags or self.photo.tags,
-            keywords=self.keywords,
-            written_caption=self.caption,
-        )
+            return photo
+        return dataclasses.replace(photo, keywords=self.keywords, written_caption=self.caption)
 
 
 def plan_update(
@@ -2439,25 +2455,52 @@ def plan_update(
         if old_caption != caption and not removed_by_user:
             keywords = tuple(updated_keywords(photo.keywords, old_caption, caption))
     new_tags = tags if tags is not None and tags != photo.tags else None
-    if new_tags is None and keywords is None:
+    # Associated again (--associate, or matched under --recompute): the user's earlier
+    # --dissociate no longer holds.
+    undo = False if tags is not None and photo.dissociated else None
+    if new_tags is None and keywords is None and undo is None:
         return None
-    return Update(photo, new_tags, keywords, old_caption, caption)
+    return Update(photo, new_tags, keywords, old_caption, caption, undo)
+
+
+def plan_dissociation(photo: LocalPhoto, history: Collection[str]) -> Update | None:
+    """What removes this tool's ids and caption from photo, keeping every keyword of the user's;
+    None when the photo is already dissociated and holds nothing of ours."""
+    owned = owned_caption(photo, history)
+    keywords = tuple(k for k in photo.keywords if k != owned) if owned is not None else None
+    if photo.dissociated and photo.tags is None and keywords is None:
+        return None
+    return Update(photo, None, keywords, owned, None, dissociate=True)
 
 
 def write_update(update: Update) -> None:
     """Write an update into its photo atomically; raises OSError when it cannot be done."""
     keywords = list(update.keywords) if update.keywords is not None else None
-    write_photo_metadata(update.photo.path, update.tags, keywords, update.caption)
+    write_photo_metadata(
+        update.photo.path, update.tags, keywords, update.caption, dissociated=update.dissociate
+    )
 
 
 def write_photo_metadata(
-    path: Path, tags: InatTags | None, keywords: list[str] | None, caption: str | None = None
+    path: Path,
+    tags: InatTags | None,
+    keywords: list[str] | None,
+    caption: str | None = None,
+    *,
+    dissociated: bool | None = None,
 ) -> None:
     """Write iNaturalist ids and/or dc:subject (with the caption it now holds) into path
-    atomically; raises OSError on failure."""
+    atomically; dissociated=True deletes the ids and the caption note and marks the file,
+    False clears the mark. Raises OSError on failure."""
     import pyexiv2
 
     changes: dict[str, Any] = {}
+    if dissociated:
+        for tag in (TAG_OBSERVATION, TAG_OBSERVATION_PHOTO, TAG_PHOTO, TAG_CAPTION):
+            changes[tag] = None  # pyexiv2 deletes a property set to None
+        changes[TAG_DISSOCIATED] = "True"
+    elif dissociated is not None:
+        changes[TAG_DISSOCIATED] = None
     if tags is not None:
         changes[TAG_OBSERVATION] = str(tags.observation)
         changes[TAG_OBSERVATION_PHOTO] = (
@@ -2465,7 +2508,7 @@ def write_photo_metadata(
         )
         changes[TAG_PHOTO] = str(tags.photo) if tags.photo else None
     if keywords is not None:
-        changes[TAG_SUBJECT] = keywords
+        changes[TAG_SUBJECT] = keywords or None  # no keyword left: no empty dc:subject
         changes[TAG_CAPTION] = caption
     if not os.access(path, os.W_OK):  # the rename below would replace it all the same
         raise OSError("the file is read-only")
@@ -2485,6 +2528,8 @@ def write_photo_metadata(
     except RuntimeError as error:
         raise OSError(f"exiv2 could not update the metadata ({error})") from None
     if tags is not None and parse_positive_int(written.get(TAG_OBSERVATION)) != tags.observation:
+        raise OSError("the metadata did not read back as written")
+    if dissociated and (TAG_OBSERVATION in written or TAG_DISSOCIATED not in written):
         raise OSError("the metadata did not read back as written")
     if _jpeg_exif(original) is not None and _jpeg_exif(updated) is None:
         raise OSError("exiv2 cannot read the EXIF block and would drop it")
@@ -3185,7 +3230,7 @@ def process_days(
                     refresh_known(
                         state, photo, observation, history.get(photo.tags.observation, set())
                     )
-        open_photos = [p for p in day_photos if options.recompute or not p.tags]
+        open_photos = [p for p in day_photos if options.recompute or not (p.tags or p.dissociated)]
         open_candidates = [c for c in day_candidates if c.photo.id not in tagged]
         if len(open_photos) < len(day_photos) and day_candidates:
             console.say(
@@ -3204,7 +3249,7 @@ def process_days(
             options,
             likely=state.scorer.likely,
             checked_before=state.index.checked_before,
-            known_today=len(open_photos) < len(day_photos),
+            known_today=not options.recompute and any(p.tags for p in day_photos),
         )
         apply_day(state, outcome, open_candidates)
         state.pictures.forget_locals()
