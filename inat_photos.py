@@ -3748,65 +3748,78 @@ def near_miss(
     return uploads[verdict["upload"]], Comparison(score, alignment), bool(verdict.get("tie"))
 
 
-def log_day(
-    state: RunState, log: LogBook, outcome: DayOutcome, lonely: Sequence[Candidate]
-) -> None:
-    """A matched day's log rows. What this run found is listed; what an earlier log showed
-    unchanged is listed with the known photos (near misses: again in Refusals and Ties) or
-    only counted. What the log shows is remembered, except in a dry run."""
-    index, thumbnails, threshold = state.index, state.thumbnails, state.options.ssim_threshold
-    remember = not state.options.dry_run
-    if outcome.clock_offset is not None:
-        note = offset_line(outcome.day, outcome.clock_offset)
-        log.rows.append(LogRow("offset", note=note, day=outcome.day))
-    open_uploads = {c.photo.id: c for c in lonely}
+def sort_refusals(
+    index: LocalIndex,
+    log: LogBook,
+    refusals: Sequence[Refusal],
+    uploads: Mapping[int, Candidate],
+    threshold: float,
+) -> tuple[list[Refusal], list[Refusal], list[Tie]]:
+    """A day's refusals as the log shows them: (this run's, near misses and ties of earlier
+    runs still open); what an earlier log showed and is not open is counted in log.unlisted."""
     fresh: list[Refusal] = []
     earlier: list[Refusal] = []
-    earlier_ties: dict[int, list[tuple[LocalPhoto, Comparison]]] = defaultdict(list)
-    for refusal in outcome.refusals:
+    tied: dict[int, list[tuple[LocalPhoto, Comparison]]] = defaultdict(list)
+    for refusal in refusals:
         verdict = index.verdict(refusal.photo)
         if refusal.reason == COMPARED_BEFORE:
-            found = near_miss(verdict, open_uploads, threshold)
+            found = near_miss(verdict, uploads, threshold)
             if found is None:
                 log.unlisted[UNLISTED_COMPARED] += 1
             elif found[2]:
-                earlier_ties[found[0].photo.id].append((refusal.photo, found[1]))
+                tied[found[0].photo.id].append((refusal.photo, found[1]))
             else:
                 earlier.append(Refusal(refusal.photo, found[0], found[1], BELOW_THRESHOLD))
         elif refusal.reason == NO_CANDIDATE and verdict and verdict.get("reason") == NO_CANDIDATE:
             log.unlisted[UNLISTED_NO_CANDIDATE] += 1
         else:
             fresh.append(refusal)
-            if remember:
-                verdict = verdict_of(refusal.reason, refusal.candidate, refusal.comparison)
-                index.record_verdict(refusal.photo.path, verdict)
-    for tie in outcome.ties:
-        for photo, comparison in zip(tie.photos, tie.comparisons, strict=True):
-            if remember:
-                index.record_verdict(photo.path, verdict_of("tie", tie.candidate, comparison, True))
     ties = []
-    for upload, pairs in earlier_ties.items():
+    for upload, pairs in tied.items():
         if len(pairs) == 1:  # the other photo of the tie has changed since: a plain refusal
             photo, comparison = pairs[0]
-            earlier.append(Refusal(photo, open_uploads[upload], comparison, BELOW_THRESHOLD))
+            earlier.append(Refusal(photo, uploads[upload], comparison, BELOW_THRESHOLD))
         else:
-            score = max(c.score for _, c in pairs)
             photos, comparisons = zip(*pairs, strict=True)
-            ties.append(Tie(open_uploads[upload], photos, comparisons, score))
-    user = state.options.user or ""
+            ties.append(Tie(uploads[upload], photos, comparisons, max(c.score for _, c in pairs)))
+    return fresh, earlier, ties
+
+
+def log_day(
+    state: RunState, log: LogBook, outcome: DayOutcome, lonely: Sequence[Candidate]
+) -> None:
+    """A matched day's log rows. What this run found is listed; what an earlier log showed
+    unchanged is listed with the known photos (near misses still with their command) or only
+    counted. What the log shows is remembered, except in a dry run."""
+    index, thumbnails, user = state.index, state.thumbnails, state.options.user or ""
+    if outcome.clock_offset is not None:
+        note = offset_line(outcome.day, outcome.clock_offset)
+        log.rows.append(LogRow("offset", note=note, day=outcome.day))
+    uploads = {c.photo.id: c for c in lonely}
+    fresh, earlier, ties = sort_refusals(
+        index, log, outcome.refusals, uploads, state.options.ssim_threshold
+    )
     log.rows += day_log_rows(dataclasses.replace(outcome, refusals=tuple(fresh)), thumbnails, user)
     recalled = DayOutcome(outcome.day, ties=tuple(ties), refusals=tuple(earlier))
     for row in day_log_rows(recalled, thumbnails, user, "found by an earlier run"):
         row.section = "known"  # still open, no longer news: listed with the known photos
         log.rows.append(row)
     tied = {t.candidate.photo.id for t in (*outcome.ties, *ties)}
-    reported = index.reported_uploads(open_uploads)
+    reported = index.reported_uploads(uploads)
     for candidate in lonely:
         if candidate.photo.id not in tied:
             section = "known" if candidate.photo.id in reported else "lone"
             log.rows.append(unassociated_row(candidate, thumbnails, section))
-    if remember:
-        index.record_reported_uploads(set(open_uploads) - reported - tied)
+    if state.options.dry_run:
+        return
+    index.record_reported_uploads(set(uploads) - reported - tied)
+    verdicts = [(r.photo, verdict_of(r.reason, r.candidate, r.comparison)) for r in fresh]
+    for tie in outcome.ties:
+        for photo, comparison in zip(tie.photos, tie.comparisons, strict=True):
+            verdicts.append((photo, verdict_of("tie", tie.candidate, comparison, True)))
+    for photo, verdict in verdicts:
+        if photo.path not in state.pictures.unreadable:  # listed and reported again next run
+            index.record_verdict(photo.path, verdict)
 
 
 def process_days(

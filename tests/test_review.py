@@ -136,6 +136,21 @@ def test_a_changed_file_gets_a_new_thumbnail(tmp_path: Path) -> None:
     assert ip.thumbnail_data_url(fresh) in row
 
 
+def test_a_file_that_cannot_be_decoded_stays_among_the_errors(tmp_path: Path) -> None:
+    world = make_world(tmp_path, 1)
+    broken = world.pictures / "half.jpg"  # its EXIF reads, its pixels do not
+    data = world.twins[0].path.read_bytes()
+    broken.write_bytes(data[: len(data) // 2])
+    log = tmp_path / "log.html"
+    with world.fake() as fake:
+        for _ in range(2):
+            result = run_world(world, fake.api_url, "--logfile", str(log))
+            assert result.returncode == ip.EXIT_FILE_ERRORS, result.stdout + result.stderr
+            assert "half.jpg" in result.stderr
+            (row,) = rows_of(page_of(log), "error")
+            assert "half.jpg: cannot decode picture" in html.unescape(row)
+
+
 # -- --associate --------------------------------------------------------------------------------
 
 
