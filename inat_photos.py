@@ -2864,9 +2864,10 @@ UNLISTED_COMPARED = "Compared in vain before with the same uploads"
 UNLISTED_NO_CANDIDATE = "Still without an iNaturalist photo near its time"
 
 
-# A refusal this close below the threshold (or a tie) is a near miss: it stays in the log's
-# Refusals and Ties, run after run, until the user confirms it (--associate) or sets the file
-# aside (--dissociate). Farther ones are listed once, then counted.
+# A refusal this close below the threshold (or a tie) is a near miss: after the run that found
+# it, it is listed with the known rows, with its command, run after run, until the user
+# confirms it (--associate) or sets the file aside (--dissociate). Farther ones are listed
+# once, then counted.
 NEAR_MISS = 0.10
 
 
@@ -3114,6 +3115,7 @@ def known_row(
 def changed_identification_row(
     photo: LocalPhoto, observation: Observation, thumbnails: LogThumbnails
 ) -> LogRow:
+    """A row for a tagged photo whose caption was rewritten."""
     row = known_row(photo, observation, thumbnails, "identification changed on iNaturalist")
     row.section = "changed"
     row.seconds = seconds_apart(photo, observation)
@@ -3163,8 +3165,8 @@ _HTML_SCRIPT = """
     known.dataset.built = "1";
     const data = JSON.parse(document.getElementById("known-data").textContent);
     const body = document.getElementById("known-rows");
-    for (const [day, file, name, thumb, photo, upThumb, obs, position, common, sci, note, score,
-        command] of data.rows) {
+    for (const [day, file, name, thumb, photo, upThumb, obs, common, sci, note, score, command]
+        of data.rows) {
       const row = element("tr", {"data-section": "known", "data-date": day});
       const local = file ? [element("a", {href: data.files + file},
         thumb ? picture(data.thumbs + thumb) : ""), element("div", {class: "file"}, name)]
@@ -3347,7 +3349,6 @@ def _known_json(rows: Sequence[LogRow], threshold: float) -> str:
                 (observation.id if observation.url == default_url else observation.url)
                 if observation
                 else 0,
-                photo.position if photo else 0,
                 (name.common or "") if name else "",
                 name.scientific if name else "",
                 row.note,

@@ -10,15 +10,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as dt
-import json
 import os
-import re
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
-from support.logpage import parse_log
+from support.logpage import known_rows, parse_log
 
 import inat_photos as ip
 
@@ -422,12 +420,6 @@ def defanged(rows, summary: str):
     return out, x(summary)
 
 
-def known_records(page: str) -> list[list]:
-    """The known rows as the page's script receives them."""
-    found = re.search(r'<script type="application/json" id="known-data">(.*?)</script>', page)
-    return json.loads(found.group(1))["rows"] if found else []
-
-
 @FEW
 @given(log_pages())
 @example(
@@ -466,7 +458,6 @@ def test_log_shows_any_text_as_text(page_input) -> None:
         if row.candidate is not None and row.candidate.observation.name is not None:
             assert row.candidate.observation.name.scientific in shown
     # The known rows travel as JSON to the page's script, which inserts them as text.
-    records = known_records(page)
     known = [row for row in rows if row.section == "known"]
 
     def texts(row) -> tuple:
@@ -474,7 +465,9 @@ def test_log_shows_any_text_as_text(page_input) -> None:
         scientific, common = (name.scientific, name.common or "") if name else ("", "")
         return (row.note, row.command, scientific, common)
 
-    assert sorted(tuple(r[i] for i in (10, 12, 9, 8)) for r in records) == sorted(map(texts, known))
+    fields = ("note", "command", "scientific", "common")
+    sent = sorted(tuple(r[f] for f in fields) for r in known_rows(page))
+    assert sent == sorted(map(texts, known))
     # Every '<' in the page is the tool's own: none of the input's got through unescaped.
     assert page.count("<") == reference_page.count("<")
 

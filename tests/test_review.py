@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import html
-import json
 import os
 import re
 import shlex
@@ -23,6 +22,7 @@ from urllib.parse import urlsplit
 import pytest
 from support.cli import CliResult, run_cli, summary_numbers
 from support.files import digest
+from support.logpage import known_data, known_rows
 from support.world import USER, World, assert_tagged, make_world, save_picture
 from support.xmp import inat_tags, read_xmp, write_xmp
 
@@ -39,7 +39,7 @@ def commands(page: str) -> list[str]:
     """The confirm commands the log shows, as a user would copy them: in the Refusals and Ties,
     and (for near misses of earlier runs) among the known rows."""
     listed = [html.unescape(c) for c in re.findall(r'<code class="cmd">(.*?)</code>', page)]
-    return listed + [row[12] for row in known_rows(page) if row[12]]
+    return listed + [row["command"] for row in known_rows(page) if row["command"]]
 
 
 def command_for(page: str, path: Path, photo_id: int) -> list[str]:
@@ -53,11 +53,6 @@ def command_for(page: str, path: Path, photo_id: int) -> list[str]:
 
 def rows_of(page: str, section: str) -> list[str]:
     return re.findall(rf'<tr data-section="{section}"[^>]*>.*?</tr>', page)
-
-
-def known_rows(page: str) -> list[list]:
-    found = re.search(r'<script type="application/json" id="known-data">(.*?)</script>', page)
-    return json.loads(found.group(1))["rows"] if found else []
 
 
 def run_world(world: World, api_url: str, *options: str) -> CliResult:
@@ -101,16 +96,15 @@ def test_unchanged_rerun_makes_no_thumbnail_and_lists_what_is_known_collapsed(
     # The three tagged photos and the lonely upload are listed, collapsed; the stray photo
     # compared in vain before is counted.
     known = known_rows(page)
-    assert sorted(r[2] for r in known if r[2]) == [t.path.name for t in world.twins]
-    assert sum(1 for r in known if not r[1]) == 1
+    assert sorted(r["name"] for r in known if r["name"]) == [t.path.name for t in world.twins]
+    assert sum(1 for r in known if not r["file"]) == 1
     assert f"{ip.UNLISTED_COMPARED} (counted, not listed): 1" in page
     assert '<details id="known-details">' in page and '<details id="known-details" open' not in page
     # Their thumbnails are the cached files, shown when the section is opened.
-    data = json.loads(re.search(r'id="known-data">(.*?)</script>', page).group(1))
-    thumbs = Path(urlsplit(data["thumbs"]).path)
+    thumbs = Path(urlsplit(known_data(page)["thumbs"]).path)
     for record in known:
-        if record[3]:
-            assert (thumbs / record[3]).is_file()
+        if record["thumb"]:
+            assert (thumbs / record["thumb"]).is_file()
     assert "Summary: 0 iNaturalist annotations added" in page
 
 
@@ -172,9 +166,11 @@ def test_associate_confirms_a_refused_near_miss_from_the_log(tmp_path: Path) -> 
         assert again.returncode == 0
         page = page_of(log)
         assert rows_of(page, "refused") == []
-        open_rows = [r for r in known_rows(page) if r[12]]
+        open_rows = [r for r in known_rows(page) if r["command"]]
         assert len(open_rows) == 2 and known_rows(page)[:2] == open_rows
-        assert all("found by an earlier run" in r[10] and 0.9 < r[11] < 0.9999 for r in open_rows)
+        assert all(
+            "found by an earlier run" in r["note"] and 0.9 < r["score"] < 0.9999 for r in open_rows
+        )
 
         args = command_for(page, first.path, first.photo)
         assert args[:2] == ["--user", USER] and args[2] == "--associate"
@@ -192,8 +188,8 @@ def test_associate_confirms_a_refused_near_miss_from_the_log(tmp_path: Path) -> 
 
         after = run_world(world, fake.api_url, "--ssim_threshold", STRICT, "--logfile", str(log))
     page = page_of(log)
-    assert [r[2] for r in known_rows(page) if r[12]] == [second.path.name]
-    assert any(r[2] == first.path.name and not r[12] for r in known_rows(page))
+    assert [r["name"] for r in known_rows(page) if r["command"]] == [second.path.name]
+    assert any(r["name"] == first.path.name and not r["command"] for r in known_rows(page))
     assert after.returncode == 0
 
 
@@ -298,7 +294,7 @@ def test_dissociate_keeps_the_users_keywords_and_later_runs_leave_the_file_alone
         assert rerun.returncode == 0
         assert digest(mine.path) == left
         assert not any(mine.path.name in line for line in rerun.lines if "found" in line)
-        note = next(r[10] for r in known_rows(page_of(log)) if r[2] == mine.path.name)
+        note = next(r["note"] for r in known_rows(page_of(log)) if r["name"] == mine.path.name)
         assert "--dissociate" in note
 
         shutil.rmtree(world.cache)  # the choice is in the file: it survives a cache wipe
