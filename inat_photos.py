@@ -3771,8 +3771,12 @@ def sort_refusals(
                 tied[found[0].photo.id].append((refusal.photo, found[1]))
             else:
                 earlier.append(Refusal(refusal.photo, found[0], found[1], BELOW_THRESHOLD))
-        elif refusal.reason == NO_CANDIDATE and verdict and verdict.get("reason") == NO_CANDIDATE:
-            log.unlisted[UNLISTED_NO_CANDIDATE] += 1
+        elif refusal.reason == NO_CANDIDATE and verdict:
+            # An earlier log showed it: still nothing near its time, or the uploads it was
+            # compared with in vain have gone to other photos since (and left the day's open
+            # candidates).
+            same = verdict.get("reason") == NO_CANDIDATE
+            log.unlisted[UNLISTED_NO_CANDIDATE if same else UNLISTED_COMPARED] += 1
         else:
             fresh.append(refusal)
     ties = []
