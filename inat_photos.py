@@ -43,12 +43,14 @@ import contextlib
 import dataclasses
 import datetime as dt
 import functools
+import hashlib
 import html
 import io
 import json
 import math
 import os
 import re
+import shlex
 import sqlite3
 import stat
 import sys
@@ -56,7 +58,7 @@ import tempfile
 import threading
 import time
 import warnings
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -79,6 +81,7 @@ __all__ = [
     "FEW_FEATURES",
     "HEIF_FORMATS",
     "INAT_PIXELS",
+    "LOG_SECTIONS",
     "MAX_MISFIT",
     "MIN_INLIERS",
     "NAME_THRESHOLD",
@@ -89,12 +92,15 @@ __all__ = [
     "SSIM_THRESHOLD",
     "TAG_CAPTION",
     "TAG_DARWIN_CORE",
+    "TAG_DISSOCIATED",
     "TAG_HIERARCHY",
     "TAG_HIERARCHY_CAPTION",
     "TAG_OBSERVATION",
     "TAG_OBSERVATION_PHOTO",
     "TAG_PHOTO",
     "TAG_SUBJECT",
+    "UNLISTED_COMPARED",
+    "UNLISTED_NO_CANDIDATE",
     "Alignment",
     "Candidate",
     "Comparison",
@@ -105,6 +111,7 @@ __all__ = [
     "InatTags",
     "Lineage",
     "LocalPhoto",
+    "LogBook",
     "LogRow",
     "Observation",
     "OpenCLSimilarity",
@@ -113,6 +120,7 @@ __all__ = [
     "PictureSource",
     "Registration",
     "TaxonName",
+    "Thumbnail",
     "Update",
     "assign_uploads",
     "build_parser",
@@ -120,6 +128,7 @@ __all__ = [
     "coarse_alignment",
     "compare_by_correlation",
     "compare_pictures",
+    "confirm_command",
     "curves_like",
     "darwin_core_terms",
     "decode_upright",
@@ -145,6 +154,7 @@ __all__ = [
     "parse_ssim_threshold",
     "parse_time_offset",
     "picture_kind",
+    "plan_dissociation",
     "plan_update",
     "prepare_local_photos",
     "read_local_photo",
@@ -214,6 +224,12 @@ TAG_PHOTO = "Xmp.iNaturalist.photo"
 
 
 TAG_CAPTION = "Xmp.iNaturalist.caption"  # the dc:subject keyword this tool wrote
+
+
+# Set by --dissociate: the user took this file's association back; runs leave it alone until
+# --recompute. In the file, not only the cache, so that the choice survives a cache wipe and
+# a move of the file.
+TAG_DISSOCIATED = "Xmp.iNaturalist.dissociated"
 
 
 TAG_SUBJECT = "Xmp.dc.subject"
@@ -299,6 +315,9 @@ TEMPORARY_SUFFIX = ".inat-tmp"  # the copy being written beside a photo before i
 HTML_THUMBNAIL = 240  # longest side of thumbnails embedded in the HTML log, pixels
 
 
+HTML_THUMBNAIL_QUALITY = 70  # JPEG quality of those thumbnails: small pages, still legible
+
+
 MINUTE_SPAN = 59  # seconds an observation time without seconds stands for, after its start
 HTTP_TIMEOUT = 30  # seconds to wait for an API answer
 DOWNLOAD_TIMEOUT = 60  # seconds to wait for a photo
@@ -358,6 +377,8 @@ class Options:
     token_file: Path | None = None
     password_login: bool = False  # INAT_USERNAME, _PASSWORD, _APP_ID and _APP_SECRET are set
     keyring: bool = False
+    associate: tuple[Path, int] | None = None  # --associate FILE PHOTO_ID
+    dissociate: Path | None = None  # --dissociate FILE
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, environ: Mapping[str, str]) -> Options:
@@ -384,6 +405,8 @@ class Options:
             token_file=Path(args.token_file) if args.token_file else None,
             password_login=all(environ.get(f"INAT_{name}") for name in LOGIN_VARIABLES),
             keyring=args.keyring,
+            associate=(Path(args.associate[0]), int(args.associate[1])) if args.associate else None,
+            dissociate=Path(args.dissociate) if args.dissociate else None,
         )
 
     @property
@@ -817,6 +840,7 @@ class LocalPhoto:
     taken_at_from_exif: bool = True  # False: taken_at is the file's modification time
     sidecar: Path | None = None  # where its tags live when not in the file itself
     partners: tuple[LocalPhoto, ...] = ()  # RAW+JPEG: the pair's other files, tagged alike
+    dissociated: bool = False  # TAG_DISSOCIATED: the user took its association back
 
     @property
     def corrected_time(self) -> dt.datetime:
@@ -1811,6 +1835,7 @@ XMP_FIELDS = (
     "written_hierarchy",
     "darwin_core",
     "written_darwin_core",
+    "dissociated",
 )
 
 
@@ -1834,6 +1859,7 @@ def xmp_facts(xmp: Mapping[str, Any]) -> dict[str, Any]:
             sorted((k, v) for k, v in xmp.items() if k.startswith(dwc) and isinstance(v, str))
         ),
         "written_darwin_core": _darwin_core_record(xmp.get(TAG_DARWIN_CORE)),
+        "dissociated": bool(_caption_tag(xmp.get(TAG_DISSOCIATED))),
     }
 
 
@@ -1892,6 +1918,7 @@ def _photo_record(photo: LocalPhoto) -> str:
             "darwin_core": photo.darwin_core,
             "written_darwin_core": photo.written_darwin_core,
             "from_exif": photo.taken_at_from_exif,
+            "dissociated": photo.dissociated,
         }
     )
 
@@ -1915,6 +1942,7 @@ def _photo_from_record(path: Path, record: str) -> LocalPhoto:
         darwin_core=pairs("darwin_core"),
         written_darwin_core=pairs("written_darwin_core"),
         taken_at_from_exif=bool(data.get("from_exif", True)),
+        dissociated=bool(data.get("dissociated")),
     )
 
 
@@ -1922,7 +1950,8 @@ class LocalIndex:
     """What was read from each local file, keyed by path, size and modification time.
 
     A rerun parses only new or changed files. It also remembers which uploads a photo was
-    already compared with in vain, so it is compared again only when new uploads appear.
+    already compared with in vain, so it is compared again only when new uploads appear, and
+    what the HTML log last said about it (a verdict), so a rerun's log lists only what changed.
     """
 
     def __init__(self, path: Path, settings: str) -> None:
@@ -1940,6 +1969,10 @@ class LocalIndex:
                 photo_id INTEGER PRIMARY KEY, path BLOB NOT NULL, area REAL NOT NULL);
             CREATE TABLE IF NOT EXISTS sidecars (
                 path BLOB PRIMARY KEY, size INTEGER, mtime_ns INTEGER, record TEXT NOT NULL);
+            CREATE TABLE IF NOT EXISTS verdicts (
+                path BLOB PRIMARY KEY, size INTEGER, mtime_ns INTEGER, settings TEXT,
+                verdict TEXT NOT NULL);
+            CREATE TABLE IF NOT EXISTS reported_uploads (photo_id INTEGER PRIMARY KEY);
             """
         )
 
@@ -2006,26 +2039,36 @@ class LocalIndex:
         facts["tags"] = facts["tags"] or photo.tags
         return dataclasses.replace(photo, **facts)
 
-    def checked_before(self, photo: LocalPhoto, uploads: Iterable[int]) -> bool:
-        """True when photo was compared in vain with all of these uploads, unchanged since."""
-        key = self._key(photo.path)
+    def _stored(self, table: str, path: Path) -> Any:
+        """The JSON value table ("checked", "verdicts") holds for the file at path as it is
+        now and under these settings; None when there is none."""
+        key = self._key(path)
         if key is None:
-            return False
+            return None
         row = self.db.execute(
-            "SELECT uploads FROM checked WHERE path = ? AND size = ? AND mtime_ns = ?"
-            " AND settings = ?",
+            f"SELECT * FROM {table} WHERE path = ? AND size = ? AND mtime_ns = ? AND settings = ?",
             (*key, self.settings),
         ).fetchone()
-        return bool(row) and set(uploads) <= set(json.loads(row[0]))
+        with contextlib.suppress(ValueError, TypeError):
+            return json.loads(row[4]) if row else None
+        return None
 
-    def record_checked(self, path: Path, uploads: Iterable[int]) -> None:
-        """Remember that the file at path was compared in vain with these uploads."""
+    def _store(self, table: str, path: Path, value: Any) -> None:
         key = self._key(path)
         if key is not None:
             self.db.execute(
-                "INSERT OR REPLACE INTO checked VALUES (?, ?, ?, ?, ?)",
-                (*key, self.settings, json.dumps(sorted(set(uploads)))),
+                f"INSERT OR REPLACE INTO {table} VALUES (?, ?, ?, ?, ?)",
+                (*key, self.settings, json.dumps(value)),
             )
+
+    def checked_before(self, photo: LocalPhoto, uploads: Iterable[int]) -> bool:
+        """True when photo was compared in vain with all of these uploads, unchanged since."""
+        found = self._stored("checked", photo.path)
+        return isinstance(found, list) and set(uploads) <= set(found)
+
+    def record_checked(self, path: Path, uploads: Iterable[int]) -> None:
+        """Remember that the file at path was compared in vain with these uploads."""
+        self._store("checked", path, sorted(set(uploads)))
 
     def record_part(self, photo_id: int, photo: LocalPhoto, area: float) -> None:
         """Remember that upload photo_id shows part of photo (reported again on reruns)."""
@@ -2043,6 +2086,40 @@ class LocalIndex:
             ).fetchone()
             if row:
                 found[photo_id] = (Path(os.fsdecode(row[0])), row[1])
+        return found
+
+    def record_verdict(self, path: Path, verdict: Mapping[str, Any]) -> None:
+        """Remember what the log said of the file at path, as it is now, left unassociated."""
+        self._store("verdicts", path, dict(verdict))
+
+    def verdict(self, photo: LocalPhoto) -> dict[str, Any] | None:
+        """The verdict recorded for photo, if the file and the settings are unchanged since."""
+        found = self._stored("verdicts", photo.path)
+        return found if isinstance(found, dict) else None
+
+    def reported_uploads(self, photo_ids: Iterable[int]) -> set[int]:
+        """Those of photo_ids an earlier log already listed as without a local photo."""
+        return {
+            photo_id
+            for photo_id in photo_ids
+            if self.db.execute(
+                "SELECT 1 FROM reported_uploads WHERE photo_id = ?", (photo_id,)
+            ).fetchone()
+        }
+
+    def record_reported_uploads(self, photo_ids: Iterable[int]) -> None:
+        self.db.executemany(
+            "INSERT OR IGNORE INTO reported_uploads VALUES (?)", [(i,) for i in photo_ids]
+        )
+
+    def paths_with_photo(self, photo_id: int) -> list[Path]:
+        """Files whose last reading held photo_id in their iNaturalist ids."""
+        found = []
+        for path, record in self.db.execute("SELECT path, record FROM photos"):
+            with contextlib.suppress(ValueError, TypeError, AttributeError):
+                tags = json.loads(record).get("tags")
+                if tags and tags.get("photo") == photo_id:
+                    found.append(Path(os.fsdecode(path)))
         return found
 
     def close(self) -> None:
@@ -2362,6 +2439,19 @@ class PictureSource:
             with self.lock:
                 self.uploads[photo.id] = picture
         return self.uploads[photo.id]
+
+    def downloaded_upload(self, photo: InatPhoto) -> Image.Image | None:
+        """The upload if this run decoded it or it is already downloaded; never a download."""
+        if photo.id in self.uploads:
+            return self.uploads[photo.id]
+        path = self.photos.path(photo, self.size)
+        if photo.unavailable or not path.exists():
+            return None
+        try:
+            with Image.open(path) as image:
+                return image.convert("RGB")
+        except (OSError, ValueError):
+            return None
 
     def local(self, photo: LocalPhoto) -> Image.Image | None:
         """The local picture upright, big enough to cut the smallest searched crop from it."""
@@ -3806,17 +3896,19 @@ def updated_darwin_core(
 
 @dataclass(frozen=True)
 class Update:
-    """What to write into one photo (or its sidecar); None leaves a property as it is."""
+    """What to write into one photo (or its sidecar); None leaves a property as it is.
+    dissociate=True removes this tool's ids and caption note and marks the file."""
 
     photo: LocalPhoto
     tags: InatTags | None  # None: the ids stay as they are
     keywords: tuple[str, ...] | None  # None: dc:subject stays as it is
-    old_caption: str | None  # the keyword of ours that the caption replaces
+    old_caption: str | None  # the keyword of ours that the caption replaces (or removes)
     caption: str | None
     hierarchy: tuple[str, ...] | None = None  # lr:hierarchicalSubject, with our entry
     hierarchy_entry: str | None = None  # our entry in it, recorded in TAG_HIERARCHY_CAPTION
     darwin_core: tuple[tuple[str, str | None], ...] = ()  # terms to set; None removes one
     written_darwin_core: tuple[tuple[str, str], ...] | None = None  # TAG_DARWIN_CORE anew
+    dissociate: bool | None = None  # True: remove our ids, mark; False: clear the mark
 
     @property
     def target(self) -> Path:
@@ -3825,7 +3917,13 @@ class Update:
 
     def applied(self) -> LocalPhoto:
         """The photo as it reads once the update is written."""
-        photo = dataclasses.replace(self.photo, tags=self.tags or self.photo.tags)
+        photo = self.photo
+        if self.dissociate is not None:
+            photo = dataclasses.replace(photo, dissociated=self.dissociate)
+        if self.dissociate:
+            photo = dataclasses.replace(photo, tags=None, written_caption=None)
+        elif self.tags is not None:
+            photo = dataclasses.replace(photo, tags=self.tags)
         if self.keywords is not None:
             photo = dataclasses.replace(photo, keywords=self.keywords, written_caption=self.caption)
         if self.hierarchy is not None:
@@ -3843,6 +3941,12 @@ class Update:
     def xmp_changes(self) -> dict[str, Any]:
         """The update as pyexiv2's modify_xmp takes it (None deletes a property)."""
         changes: dict[str, Any] = {}
+        if self.dissociate:
+            for tag in (TAG_OBSERVATION, TAG_OBSERVATION_PHOTO, TAG_PHOTO, TAG_CAPTION):
+                changes[tag] = None  # pyexiv2 deletes a property set to None
+            changes[TAG_DISSOCIATED] = "True"
+        elif self.dissociate is not None:
+            changes[TAG_DISSOCIATED] = None
         if self.tags is not None:
             changes[TAG_OBSERVATION] = str(self.tags.observation)
             changes[TAG_OBSERVATION_PHOTO] = (
@@ -3850,7 +3954,7 @@ class Update:
             )
             changes[TAG_PHOTO] = str(self.tags.photo) if self.tags.photo else None
         if self.keywords is not None:
-            changes[TAG_SUBJECT] = list(self.keywords)
+            changes[TAG_SUBJECT] = list(self.keywords) or None  # none left: no empty bag
             changes[TAG_CAPTION] = self.caption
         if self.hierarchy is not None:
             changes[TAG_HIERARCHY] = list(self.hierarchy)
@@ -3895,7 +3999,11 @@ def plan_update(
         )
         record = owned if owned != photo.written_darwin_core else None
     new_tags = tags if tags is not None and tags != photo.tags else None
-    if not terms and all(part is None for part in (new_tags, keywords, hierarchy_list, record)):
+    # Associated again (--associate, or matched under --recompute): the user's earlier
+    # --dissociate no longer holds.
+    undo = False if tags is not None and photo.dissociated else None
+    unchanged = all(part is None for part in (new_tags, keywords, hierarchy_list, record, undo))
+    if not terms and unchanged:
         return None
     return Update(
         photo,
@@ -3907,7 +4015,18 @@ def plan_update(
         hierarchy if hierarchy_list is not None else None,
         tuple(terms.items()),
         record,
+        dissociate=undo,
     )
+
+
+def plan_dissociation(photo: LocalPhoto, history: Collection[str]) -> Update | None:
+    """What removes this tool's ids and caption from photo, keeping every keyword of the user's;
+    None when the photo is already dissociated and holds nothing of ours."""
+    owned = owned_caption(photo, history)
+    keywords = tuple(k for k in photo.keywords if k != owned) if owned is not None else None
+    if photo.dissociated and photo.tags is None and keywords is None:
+        return None
+    return Update(photo, None, keywords, owned, None, dissociate=True)
 
 
 # Keyword lists are unordered bags in XMP; pyexiv2 writes every new list as an ordered Seq.
@@ -3978,6 +4097,9 @@ def _updated_metadata(original: bytes, changes: Mapping[str, Any]) -> bytes:
     observation = changes.get(TAG_OBSERVATION)
     if observation is not None and written.get(TAG_OBSERVATION) != observation:
         raise OSError("the metadata did not read back as written")
+    dissociated = changes.get(TAG_DISSOCIATED) == "True"
+    if dissociated and (TAG_OBSERVATION in written or TAG_DISSOCIATED not in written):
+        raise OSError("the metadata did not read back as written")
     if _jpeg_exif(original) is not None and _jpeg_exif(updated) is None:
         raise OSError("exiv2 cannot read the EXIF block and would drop it")
     return updated
@@ -3996,7 +4118,9 @@ def _jpeg_exif(data: bytes) -> bytes | None:
     return None
 
 
-def _write_beside(path: Path, data: bytes, mode: int, owner: os.stat_result) -> str:
+def _write_beside(
+    path: Path, data: bytes | Iterable[bytes], mode: int, owner: os.stat_result
+) -> str:
     """Write data to a hidden temporary file beside path, flushed to disk, with mode and
     owner's owner and group where allowed; returns its name. Nothing is left on failure."""
     fd, temporary = tempfile.mkstemp(
@@ -4004,7 +4128,8 @@ def _write_beside(path: Path, data: bytes, mode: int, owner: os.stat_result) -> 
     )
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            for piece in [data] if isinstance(data, bytes) else data:
+                handle.write(piece)
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(temporary, mode)
@@ -4027,7 +4152,7 @@ def _sync_directory(directory: Path) -> None:
             os.close(dir_fd)
 
 
-def replace_file_atomically(path: Path, data: bytes) -> None:
+def replace_file_atomically(path: Path, data: bytes | Iterable[bytes]) -> None:
     """Write data beside path, flush it to disk, keep path's permissions, then rename over it."""
     original = path.stat()
     temporary = _write_beside(path, data, stat.S_IMODE(original.st_mode), original)
@@ -4064,7 +4189,7 @@ def create_file_atomically(path: Path, data: bytes, like: Path) -> None:
     _sync_directory(path.parent)
 
 
-def replace_or_create(path: Path, data: bytes) -> None:
+def replace_or_create(path: Path, data: bytes | Iterable[bytes]) -> None:
     """Write a file we own (the log) atomically whether or not it exists yet."""
     if not path.exists():
         path.write_bytes(b"")
@@ -4085,6 +4210,7 @@ class Console:
     def __init__(self, stream: Any = None) -> None:
         self.stream = stream or sys.stdout
         self.file_errors = 0
+        self.errors: list[tuple[Path, str]] = []  # for the HTML log's Errors section
         self.secrets: list[str] = []
 
     def hide(self, secret: str) -> None:
@@ -4105,6 +4231,7 @@ class Console:
     def file_error(self, path: Path, reason: str) -> None:
         """Report a file that could not be read or written; the run goes on."""
         self.file_errors += 1
+        self.errors.append((path, reason))
         print(self._clean(f"Error: {show_path(path)}: {reason}"), file=sys.stderr, flush=True)
 
 
@@ -4290,59 +4417,160 @@ def offset_line(day: dt.date, offset: dt.timedelta) -> str:
     return f"{day}: camera clock appears {describe_offset(offset)}; matched with that offset"
 
 
+LOG_SECTIONS = {  # key -> heading, in the order the page shows them
+    "new": "New associations",
+    "changed": "Changed captions",
+    "refused": "Refusals",
+    "tie": "Ties",
+    "part": "Uploads that show part of an associated photo",
+    "lone": "iNaturalist photos without a local photo",
+    "error": "Errors",
+    "offset": "Clock offsets",
+    "known": "Known, unchanged",
+}
+
+
+# Why a photo is counted, not listed, in a rerun's log: an earlier log showed it, unchanged.
+UNLISTED_COMPARED = "Compared in vain before with the same uploads"
+UNLISTED_NO_CANDIDATE = "Still without an iNaturalist photo near its time"
+
+
+# A refusal this close below the threshold (or a tie) is a near miss: after the run that found
+# it, it is listed with the known rows, with its command, run after run, until the user
+# confirms it (--associate) or sets the file aside (--dissociate). Farther ones are listed
+# once, then counted.
+NEAR_MISS = 0.10
+
+
+@dataclass(frozen=True)
+class Thumbnail:
+    """A thumbnail JPEG in the thumbnail cache, and the box (a crop) to outline on it."""
+
+    file: Path
+    outline: Sequence[Point] | None = None
+
+
 @dataclass
 class LogRow:
-    """One line of the HTML log."""
+    """One line of the HTML log, in one of LOG_SECTIONS."""
 
-    local: LocalPhoto | None
-    local_thumbnail: str | None
-    candidate: Candidate | None
-    inat_thumbnail: str | None
-    seconds: int | None
-    distance: str
-    score: float | None
+    section: str
+    local: LocalPhoto | None = None
+    local_thumbnail: Thumbnail | None = None
+    candidate: Candidate | None = None
+    inat_thumbnail: Thumbnail | None = None
+    seconds: int | None = None
+    distance: str = "n/a"
+    score: float | None = None
     note: str = ""
+    day: dt.date | None = None
+    command: str = ""  # the command line that confirms this pairing (refusals, ties)
     by_name: bool = False  # associated at NAME_THRESHOLD: the score is not shown as too low
 
 
-def thumbnail_data_url(picture: Image.Image, outline: Sequence[Point] | None = None) -> str:
-    """A small JPEG of picture, with a region outlined (corners as fractions of its width and
-    height; rotated for a straightened upload), as a data: URL for the HTML log."""
-    from PIL import ImageDraw
+@dataclass
+class LogBook:
+    """What the HTML log will show, collected while the run goes on."""
 
-    small = picture.convert("RGB")  # always a copy, so drawing leaves picture alone
-    small.thumbnail((HTML_THUMBNAIL, HTML_THUMBNAIL))
-    if outline:
-        corners = [(x * small.width, y * small.height) for x, y in outline]
-        ImageDraw.Draw(small).line(
-            [*corners, corners[0]], fill=(255, 40, 40), width=2, joint="curve"
-        )
-    buffer = io.BytesIO()
-    small.save(buffer, "JPEG", quality=80)
-    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    rows: list[LogRow] = field(default_factory=list)
+    unlisted: Counter[str] = field(default_factory=Counter)  # reason -> photos, not listed
+
+
+class ThumbnailCache:
+    """The log's thumbnails on disk: local photos keyed by path, size and modification time,
+    uploads by photo id and size. A rerun makes thumbnails only for what is new."""
+
+    def __init__(self, cache: Path) -> None:
+        self.folder = cache / "thumbnails"
+
+    def local_file(self, photo: LocalPhoto) -> Path | None:
+        key = LocalIndex._key(photo.path)
+        if key is None:
+            return None
+        digest = hashlib.sha1(repr(key).encode()).hexdigest()[:24]
+        return self.folder / "local" / digest[:2] / f"{digest}.jpg"
+
+    def upload_file(self, photo_id: int, size: str) -> Path:
+        return self.folder / "inat" / size / f"{photo_id}.jpg"
+
+    def save(self, target: Path, picture: Image.Image) -> bool:
+        """Store picture reduced to a thumbnail (a new JPEG; the photo itself is only read)."""
+        small = picture.convert("RGB")  # always a copy: the caller's picture stays as it is
+        small.thumbnail((HTML_THUMBNAIL, HTML_THUMBNAIL))
+        buffer = io.BytesIO()
+        small.save(buffer, "JPEG", quality=HTML_THUMBNAIL_QUALITY)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, temporary = tempfile.mkstemp(dir=target.parent, suffix=".part")
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(buffer.getvalue())
+            os.replace(temporary, target)
+        except OSError:  # a full or read-only cache costs the log a picture, nothing more
+            return False
+        return True
 
 
 class LogThumbnails:
-    """Thumbnails for log rows, from the pictures the run decoded (no download for the log)."""
+    """Thumbnails for log rows: from the thumbnail cache, else made from the pictures the run
+    decoded or the uploads already downloaded (never a download for the log)."""
 
-    def __init__(self, pictures: PictureSource) -> None:
+    def __init__(self, pictures: PictureSource, store: ThumbnailCache) -> None:
         self.pictures = pictures
+        self.store = store
 
-    def local(self, photo: LocalPhoto, outline: Sequence[Point] | None = None) -> str | None:
-        picture = self.pictures.local_thumbnail(photo)
-        return thumbnail_data_url(picture, outline) if picture is not None else None
+    def local(self, photo: LocalPhoto, outline: Sequence[Point] | None = None) -> Thumbnail | None:
+        target = self.store.local_file(photo)
+        if target is None:
+            return None
+        if not target.exists():
+            picture = self.pictures.local_thumbnail(photo)
+            if picture is None or not self.store.save(target, picture):
+                return None
+        return Thumbnail(target, outline)
 
-    def upload(self, photo: InatPhoto) -> str | None:
-        picture = self.pictures.uploads.get(photo.id)
-        return thumbnail_data_url(picture) if picture is not None else None
+    def upload(self, photo: InatPhoto) -> Thumbnail | None:
+        target = self.store.upload_file(photo.id, self.pictures.size)
+        if not target.exists():
+            picture = self.pictures.downloaded_upload(photo)
+            if picture is None or not self.store.save(target, picture):
+                return None
+        return Thumbnail(target)
+
+
+def shell_word(text: str) -> str:
+    """text quoted for a POSIX shell; names with control characters or bytes that are not
+    UTF-8 in bash's $'...' form, so that a copied command names the very file."""
+    try:
+        text.encode("utf-8")
+        plain = text.isprintable()
+    except UnicodeEncodeError:
+        plain = False
+    if plain:
+        return shlex.quote(text)
+    escaped = "".join(
+        chr(byte) if 0x20 <= byte < 0x7F and chr(byte) not in "'\\" else f"\\x{byte:02x}"
+        for byte in os.fsencode(text)
+    )
+    return f"$'{escaped}'"
+
+
+def confirm_command(user: str, path: Path, photo_id: int) -> str:
+    """The command line that associates path with photo_id as the user confirms it."""
+    script = Path(__file__).resolve()
+    return (
+        f"{shell_word(str(script))} --user {shell_word(user)} --associate"
+        f" {shell_word(str(path.absolute()))} {photo_id}"
+    )
 
 
 def comparison_row(
+    section: str,
     photo: LocalPhoto,
     candidate: Candidate,
     comparison: Comparison,
     thumbnails: LogThumbnails,
     note: str = "",
+    command: str = "",
     by_name: bool = False,
 ) -> LogRow:
     """A log row for a compared pair, saying what the alignment found."""
@@ -4354,6 +4582,7 @@ def comparison_row(
         note = "; ".join(filter(None, [note, "thumbnail check only"]))
     observation = candidate.observation
     return LogRow(
+        section,
         photo,
         thumbnails.local(photo, alignment.outline if alignment else None),
         candidate,
@@ -4362,84 +4591,111 @@ def comparison_row(
         describe_distance(photo, observation),
         comparison.score,
         note,
+        photo.corrected_time.date(),
+        command,
         by_name,
     )
 
 
-def day_log_rows(outcome: DayOutcome, thumbnails: LogThumbnails) -> list[LogRow]:
-    """The log rows of a matched day: associations, parts, ties, refusals, lone uploads."""
+def day_log_rows(
+    outcome: DayOutcome, thumbnails: LogThumbnails, user: str, note: str = ""
+) -> list[LogRow]:
+    """The log rows of a matched day: associations and parts, ties, refusals (ties and
+    refusals with the command that confirms them); note is added to each tie and refusal."""
     rows = [
-        comparison_row(a.photo, a.candidate, a.comparison, thumbnails, by_name=a.by_name)
+        comparison_row("new", a.photo, a.candidate, a.comparison, thumbnails, by_name=a.by_name)
         for a in outcome.associations
     ]
     for part in outcome.parts:
         area = part.comparison.alignment.area if part.comparison.alignment else 1.0
         rows.append(
             comparison_row(
-                part.photo, part.candidate, part.comparison, thumbnails, _part_note(area)
+                "part", part.photo, part.candidate, part.comparison, thumbnails, _part_note(area)
             )
         )
     for tie in outcome.ties:
         for photo, comparison in zip(tie.photos, tie.comparisons, strict=True):
-            note = "tie: another local photo fits as well"
-            rows.append(comparison_row(photo, tie.candidate, comparison, thumbnails, note))
-    for refusal in outcome.refusals:
-        if refusal.candidate is not None and refusal.comparison is not None:
             rows.append(
                 comparison_row(
-                    refusal.photo, refusal.candidate, refusal.comparison, thumbnails, refusal.reason
+                    "tie",
+                    photo,
+                    tie.candidate,
+                    comparison,
+                    thumbnails,
+                    "; ".join(filter(None, ["tie: another local photo fits as well", note])),
+                    confirm_command(user, photo.path, tie.candidate.photo.id),
+                )
+            )
+    for refusal in outcome.refusals:
+        reason = "; ".join(filter(None, [refusal.reason, note]))
+        if refusal.candidate is not None and refusal.comparison is not None:
+            command = confirm_command(user, refusal.photo.path, refusal.candidate.photo.id)
+            rows.append(
+                comparison_row(
+                    "refused",
+                    refusal.photo,
+                    refusal.candidate,
+                    refusal.comparison,
+                    thumbnails,
+                    reason,
+                    command,
                 )
             )
         else:
             rows.append(
                 LogRow(
+                    "refused",
                     refusal.photo,
                     thumbnails.local(refusal.photo),
-                    None,
-                    None,
-                    None,
-                    "n/a",
-                    None,
-                    refusal.reason,
+                    note=reason,
+                    day=refusal.photo.corrected_time.date(),
                 )
             )
     return rows
 
 
-def unassociated_row(candidate: Candidate, thumbnails: LogThumbnails) -> LogRow:
+def unassociated_row(candidate: Candidate, thumbnails: LogThumbnails, section: str) -> LogRow:
+    """A row for an upload no local photo took: section "lone", or "known" when an earlier
+    log listed it already."""
     return LogRow(
-        None,
-        None,
-        candidate,
-        thumbnails.upload(candidate.photo),
-        None,
-        "n/a",
-        None,
+        section,
+        candidate=candidate,
+        inat_thumbnail=thumbnails.upload(candidate.photo),
         note="not associated with a local picture",
+        day=candidate.observation.day,
+    )
+
+
+def known_row(
+    photo: LocalPhoto, observation: Observation | None, thumbnails: LogThumbnails, note: str = ""
+) -> LogRow:
+    """A row for a photo the run left as it was: tagged and current, or dissociated."""
+    candidate = None
+    if observation is not None and photo.tags is not None:
+        candidate = next(
+            (Candidate(p, observation) for p in observation.photos if p.id == photo.tags.photo),
+            None,
+        )
+    return LogRow(
+        "known",
+        photo,
+        thumbnails.local(photo),
+        candidate,
+        thumbnails.upload(candidate.photo) if candidate else None,
+        note=note,
+        day=photo.corrected_time.date(),
     )
 
 
 def changed_identification_row(
     photo: LocalPhoto, observation: Observation, thumbnails: LogThumbnails
 ) -> LogRow:
-    candidate = next(
-        (
-            Candidate(p, observation)
-            for p in observation.photos
-            if photo.tags and p.id == photo.tags.photo
-        ),
-        None,
-    )
-    return LogRow(
-        photo,
-        thumbnails.local(photo),
-        candidate,
-        None,
-        seconds_apart(photo, observation),
-        describe_distance(photo, observation),
-        None,
-        note="identification changed on iNaturalist",
-    )
+    """A row for a tagged photo whose caption was rewritten."""
+    row = known_row(photo, observation, thumbnails, "identification changed on iNaturalist")
+    row.section = "changed"
+    row.seconds = seconds_apart(photo, observation)
+    row.distance = describe_distance(photo, observation)
+    return row
 
 
 _HTML_STYLE = """
@@ -4447,10 +4703,86 @@ body { font-family: serif; margin: 1em; }
 table { border-collapse: collapse; }
 th { padding: 0 0.4em; }
 td { text-align: center; padding: 3px; vertical-align: middle; }
-td.name { max-width: 18em; }
-img { max-width: 240px; max-height: 240px; display: block; margin: auto; }
+td.name { min-width: 8em; max-width: 18em; }
+img { max-width: 200px; max-height: 200px; display: block; margin: auto; }
+.thumb { position: relative; display: inline-block; }
+.crop { position: absolute; border: 2px solid #ff2828; box-sizing: border-box; }
+.file { font-size: smaller; word-break: break-all; }
 .low { color: red; }
-.note { color: #555; font-size: smaller; }
+.note { color: #555; font-size: smaller; min-width: 16em; max-width: 26em; }
+code.cmd { display: block; margin-top: 0.3em; padding: 0.2em; background: #f1f1f1;
+  color: #000; font-size: smaller; user-select: all; word-break: break-all; text-align: left; }
+ul.counts { list-style: none; padding: 0; margin: 0.6em 0; }
+ul.counts li { display: inline-block; margin: 0 0.8em 0.4em 0; padding: 0.15em 0.5em;
+  background: #eef3ee; border-radius: 4px; }
+form#filters { margin: 0.6em 0; padding: 0.4em; background: #f6f6f6; }
+form#filters label { margin-right: 1em; }
+details summary { cursor: pointer; }
+"""
+
+
+# Filters by section, date and text (also read from and written to the page's #hash), and the
+# known rows, built from their JSON when their section is first opened: text goes in as text.
+_HTML_SCRIPT = """
+(function () {
+  const form = document.getElementById("filters");
+  const field = (name) => form.elements.namedItem(name);
+  const known = document.getElementById("known-details");
+  function add(parent, ...children) { parent.append(...children); return parent; }
+  function element(tag, attributes, ...children) {
+    const node = document.createElement(tag);
+    for (const [name, value] of Object.entries(attributes)) node.setAttribute(name, value);
+    return add(node, ...children);
+  }
+  function picture(src) { return element("img", {src: src, alt: "", loading: "lazy"}); }
+  function fill() {
+    if (!known || known.dataset.built) return;
+    known.dataset.built = "1";
+    const data = JSON.parse(document.getElementById("known-data").textContent);
+    const body = document.getElementById("known-rows");
+    for (const [day, file, name, thumb, photo, upThumb, obs, common, sci, note, score, command]
+        of data.rows) {
+      const row = element("tr", {"data-section": "known", "data-date": day});
+      const local = file ? [element("a", {href: data.files + file},
+        thumb ? picture(data.thumbs + thumb) : ""), element("div", {class: "file"}, name)]
+        : [element("i", {}, "no local picture")];
+      const upload = photo ? [element("a", {href: data.inat + "/photos/" + photo},
+        upThumb ? picture(data.thumbs + upThumb) : "photo " + photo)] : [];
+      const href = typeof obs === "number" ? data.inat + "/observations/" + obs : obs;
+      const taxon = sci ? (common ? [common + " (", element("i", {}, sci), ")"]
+        : [element("i", {}, sci)]) : [element("i", {}, "no identification")];
+      const shown = score === null ? "" : element("span",
+        score < data.threshold ? {class: "low"} : {}, (score * 100).toFixed(1) + "%");
+      add(row, element("td", {}, ...local), element("td", {}, ...upload),
+        element("td", {class: "name"}, obs ? element("a", {href: href}, ...taxon) : ""),
+        element("td", {}, shown), element("td", {class: "note"}, note,
+          command ? element("code", {class: "cmd"}, command) : ""));
+      body.append(row);
+    }
+  }
+  function apply() {
+    const section = field("section").value, day = field("date").value;
+    const text = field("text").value.trim().toLowerCase();
+    if (section === "known" && known && !known.open) known.open = true;
+    for (const row of document.querySelectorAll("tr[data-section]")) {
+      row.hidden = Boolean((day && row.dataset.date !== day)
+        || (text && !row.textContent.toLowerCase().includes(text)));
+    }
+    for (const part of document.querySelectorAll("section[data-section]")) {
+      part.hidden = Boolean(section && part.dataset.section !== section);
+    }
+    const state = new URLSearchParams({section: section, date: day, text: text});
+    try { history.replaceState(null, "", "#" + state); } catch (error) { /* file: URLs */ }
+  }
+  const wanted = new URLSearchParams(location.hash.slice(1));
+  for (const name of ["section", "date", "text"]) {
+    if (wanted.has(name)) field(name).value = wanted.get(name);
+  }
+  form.addEventListener("input", apply);
+  form.addEventListener("submit", (event) => event.preventDefault());
+  if (known) known.addEventListener("toggle", () => { if (known.open) { fill(); apply(); } });
+  apply();
+})();
 """
 
 
@@ -4467,63 +4799,246 @@ def _taxon_html(name: TaxonName | None) -> str:
     return f"{html.escape(name.common)} ({scientific})" if name.common else scientific
 
 
-def render_log(rows: Sequence[LogRow], summary: str, threshold: float) -> str:
-    """The HTML page for rows and the summary line."""
-    out = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>inat_photos {html.escape(__version__)} log</title>",
-        f"<style>{_HTML_STYLE}</style></head><body>",
-        "<table><tr><th>Local File</th><th>iNaturalist Photo</th><th>Observation</th>"
-        "<th>Time from<br>Observation<br>[seconds]</th>"
-        "<th>Distance to<br>Observation<br>[meters]</th>"
-        "<th>Structural<br>Similarity<br>Score</th></tr>",
-    ]
-    for row in rows:
-        cells = []
-        if row.local is not None:
-            link = html.escape(_file_url(row.local.path), quote=True)
-            image = (
-                f'<a href="{link}"><img src="{row.local_thumbnail}" alt=""></a>'
-                if row.local_thumbnail
-                else f'<a href="{link}">{html.escape(show_path(row.local.path))}</a>'
-            )
-            caption = html.escape(row.local.caption) if row.local.caption else "<i>no caption</i>"
-            cells.append(f"{image}{caption}")
-        else:
-            cells.append("<i>no local picture</i>")
-        if row.candidate is not None:
-            photo, observation = row.candidate.photo, row.candidate.observation
-            page = html.escape(photo.page_url, quote=True)
-            obs_url = html.escape(observation.url, quote=True)
-            image = (
-                f'<a href="{page}"><img src="{row.inat_thumbnail}" alt=""></a>'
-                if row.inat_thumbnail
-                else f'<a href="{page}">photo {photo.id}</a>'
-            )
-            cells.append(
-                f'{image}{ordinal(photo.position)} photo of <a href="{obs_url}">observation</a>'
-            )
-            cells.append(f'<a href="{obs_url}">{_taxon_html(observation.name)}</a>')
-        else:
-            cells += ["", ""]
-        cells.append("n/a" if row.seconds is None else str(row.seconds))
-        cells.append(html.escape(row.distance))
-        if row.score is None:
-            cells.append("")
-        else:
-            low = ' class="low"' if row.score < threshold and not row.by_name else ""
-            cells.append(f"<span{low}>{row.score * 100:.1f}%</span>")
-        note = f'<br><span class="note">{html.escape(row.note)}</span>' if row.note else ""
-        cells[-1] += note
-        classes = ["", "", ' class="name"', "", "", ""]
-        out.append(
-            "<tr>"
-            + "".join(f"<td{c}>{cell}</td>" for c, cell in zip(classes, cells, strict=True))
-            + "</tr>"
+def thumbnail_data_url(file: Path) -> str | None:
+    """A cached thumbnail as a data: URL, to embed in the page; None when it is gone."""
+    try:
+        data = file.read_bytes()
+    except OSError:
+        return None
+    return "data:image/jpeg;base64," + base64.b64encode(data).decode("ascii")
+
+
+def _picture_html(thumbnail: Thumbnail | None, embed: Callable[[Path], str | None]) -> str:
+    source = embed(thumbnail.file) if thumbnail is not None else None
+    if thumbnail is None or source is None:
+        return ""
+    image = f'<img src="{html.escape(source, quote=True)}" alt="">'
+    if thumbnail.outline is None:
+        return image
+    # The box around the matched region (its corners; a straightened upload's are rotated):
+    # plain CSS over the picture, so no thumbnail is re-encoded and no markup but spans.
+    xs, ys = [x for x, _ in thumbnail.outline], [y for _, y in thumbnail.outline]
+    left, top, right, bottom = (100 * v for v in (min(xs), min(ys), max(xs), max(ys)))
+    box = f"left:{left:.1f}%;top:{top:.1f}%;width:{right - left:.1f}%;height:{bottom - top:.1f}%"
+    return f'<span class="thumb">{image}<span class="crop" style="{box}"></span></span>'
+
+
+def _row_html(row: LogRow, threshold: float, embed: Callable[[Path], str | None]) -> str:
+    cells = []
+    if row.local is not None:
+        link = html.escape(_file_url(row.local.path), quote=True)
+        shown = html.escape(show_path(row.local.path))
+        image = _picture_html(row.local_thumbnail, embed)
+        caption = html.escape(row.local.caption) if row.local.caption else "<i>no caption</i>"
+        cells.append(
+            f'<a href="{link}" title="{shown}">{image or shown}</a>'
+            f'<div class="file">{html.escape(show_path(Path(row.local.path.name)))}</div>{caption}'
         )
-    out.append(f"</table><p>{html.escape(summary)}</p></body></html>")
-    return "\n".join(out) + "\n"
+    else:
+        cells.append("<i>no local picture</i>")
+    if row.candidate is not None:
+        photo, observation = row.candidate.photo, row.candidate.observation
+        page = html.escape(photo.page_url, quote=True)
+        obs_url = html.escape(observation.url, quote=True)
+        image = _picture_html(row.inat_thumbnail, embed) or f"photo {photo.id}"
+        cells.append(
+            f'<a href="{page}">{image}</a>{ordinal(photo.position)} photo of'
+            f' <a href="{obs_url}">observation</a>'
+        )
+        cells.append(f'<a href="{obs_url}">{_taxon_html(observation.name)}</a>')
+    else:
+        cells += ["", ""]
+    cells.append("n/a" if row.seconds is None else str(row.seconds))
+    cells.append(html.escape(row.distance))
+    if row.score is None:
+        cells.append("")
+    else:
+        low = ' class="low"' if row.score < threshold and not row.by_name else ""
+        cells.append(f"<span{low}>{row.score * 100:.1f}%</span>")
+    command = f'<code class="cmd">{html.escape(row.command)}</code>' if row.command else ""
+    cells.append(f"{html.escape(row.note)}{command}")
+    classes = ["", "", ' class="name"', "", "", "", ' class="note"']
+    day = row.day.isoformat() if row.day else ""
+    return (
+        f'<tr data-section="{row.section}" data-date="{day}">'
+        + "".join(f"<td{c}>{cell}</td>" for c, cell in zip(classes, cells, strict=True))
+        + "</tr>"
+    )
+
+
+_TABLE_HEAD = (
+    "<table><thead><tr><th>Local File</th><th>iNaturalist Photo</th><th>Observation</th>"
+    "<th>Time from<br>Observation<br>[seconds]</th><th>Distance to<br>Observation<br>[meters]</th>"
+    "<th>Structural<br>Similarity<br>Score</th><th>Note</th></tr></thead><tbody>"
+)
+
+
+def _sort_key(row: LogRow) -> tuple:
+    """Refusals and ties best score first (near misses on top); the rest by date and time."""
+    when = row.local.corrected_time if row.local else dt.datetime.min
+    upload = row.candidate.photo.id if row.candidate else 0
+    if row.section in ("refused", "tie"):
+        return (row.score is None, -(row.score or 0.0), upload, row.day or dt.date.min, when)
+    return (row.day or dt.date.min, when, upload)
+
+
+def _url_base(urls: Iterable[str]) -> str:
+    """The longest common folder of URLs, ending in '/'; '' when they share none."""
+    listed = [u for u in urls if u]
+    if not listed:
+        return ""
+    first, last = min(listed), max(listed)  # the common prefix of all is theirs
+    size = next(
+        (i for i, (a, b) in enumerate(zip(first, last, strict=False)) if a != b),
+        min(len(first), len(last)),
+    )
+    return first[: first[:size].rfind("/") + 1]
+
+
+def _known_json(rows: Sequence[LogRow], threshold: float) -> str:
+    """The known rows as compact JSON for the page's script, safe inside <script>."""
+    files = {id(r): _file_url(r.local.path) if r.local else "" for r in rows}
+    thumbs = {
+        id(t): t.file.absolute().as_uri()
+        for r in rows
+        for t in (r.local_thumbnail, r.inat_thumbnail)
+        if t is not None
+    }
+    files_base, thumbs_base = _url_base(files.values()), _url_base(thumbs.values())
+
+    def thumb(t: Thumbnail | None) -> str:
+        return thumbs[id(t)][len(thumbs_base) :] if t is not None else ""
+
+    records = []
+    for row in rows:
+        photo, observation = (
+            (row.candidate.photo, row.candidate.observation) if row.candidate else (None, None)
+        )
+        name = observation.name if observation else None
+        default_url = f"{INAT_WEB_URL}/observations/{observation.id}" if observation else ""
+        records.append(
+            [
+                row.day.isoformat() if row.day else "",
+                files[id(row)][len(files_base) :],
+                show_path(Path(row.local.path.name)) if row.local else "",
+                thumb(row.local_thumbnail),
+                photo.id if photo else 0,
+                thumb(row.inat_thumbnail),
+                (observation.id if observation.url == default_url else observation.url)
+                if observation
+                else 0,
+                (name.common or "") if name else "",
+                name.scientific if name else "",
+                row.note,
+                round(row.score, 4) if row.score is not None else None,
+                row.command,
+            ]
+        )
+    data = {
+        "files": files_base,
+        "thumbs": thumbs_base,
+        "inat": INAT_WEB_URL,
+        "threshold": threshold,
+        "rows": records,
+    }
+    text = json.dumps(data, ensure_ascii=True, separators=(",", ":"))
+    # Nothing in the data can close the script element or start markup.
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def _count_line(section: str, count: int) -> str:
+    title = html.escape(LOG_SECTIONS[section])
+    if not count:
+        return f"<li>{title}: 0</li>"
+    return f'<li><a href="#{section}">{title}</a>: {count}</li>'
+
+
+def log_page(
+    rows: Sequence[LogRow],
+    summary: str,
+    threshold: float,
+    *,
+    unlisted: Mapping[str, int] | None = None,
+    embed: Callable[[Path], str | None] = thumbnail_data_url,
+) -> Iterator[str]:
+    """The HTML page, piece by piece: summary and counts, filters, then one section per kind
+    of row, the known rows last and collapsed (their thumbnails load when it is opened)."""
+    by_section: dict[str, list[LogRow]] = {key: [] for key in LOG_SECTIONS}
+    for row in rows:
+        by_section[row.section].append(row)
+    unlisted = unlisted or {}
+    # Near misses of earlier runs first, best score first; then by date.
+    known = sorted(
+        by_section.pop("known"), key=lambda r: (r.score is None, -(r.score or 0.0), *_sort_key(r))
+    )
+    days = sorted({row.day.isoformat() for row in rows if row.day})
+    yield (
+        "<!DOCTYPE html>\n"
+        '<html lang="en"><head><meta charset="utf-8">\n'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        f"<title>inat_photos {html.escape(__version__)} log</title>\n"
+        f"<style>{_HTML_STYLE}</style></head><body>\n"
+        f'<h1>inat_photos log</h1>\n<p class="summary">{html.escape(summary)}</p>\n'
+        '<ul class="counts">\n'
+    )
+    for section, section_rows in by_section.items():
+        yield _count_line(section, len(section_rows)) + "\n"
+    yield _count_line("known", len(known) + sum(unlisted.values())) + "\n</ul>\n"
+    options = "".join(
+        f'<option value="{key}">{html.escape(title)}</option>'
+        for key, title in LOG_SECTIONS.items()
+    )
+    dates = "".join(f'<option value="{day}">{day}</option>' for day in days)
+    yield (
+        '<form id="filters"><label>Section <select name="section"><option value="">all</option>'
+        f'{options}</select></label><label>Date <select name="date"><option value="">all'
+        f'</option>{dates}</select></label><label>Text <input name="text" type="search"'
+        ' placeholder="file, name, note"></label></form>\n'
+    )
+    for section, section_rows in by_section.items():
+        if not section_rows:
+            continue
+        yield (
+            f'<section id="{section}" data-section="{section}">'
+            f"<h2>{html.escape(LOG_SECTIONS[section])} ({len(section_rows)})</h2>\n{_TABLE_HEAD}\n"
+        )
+        for row in sorted(section_rows, key=_sort_key):
+            yield _row_html(row, threshold, embed) + "\n"
+        yield "</tbody></table></section>\n"
+    if known or unlisted:
+        open_ = sum(1 for r in known if r.command)
+        tagged = sum(1 for r in known if r.local and r.local.tags and not r.command)
+        aside = sum(1 for r in known if r.local and not r.local.tags and not r.command)
+        counts = [
+            (open_, "Near misses and ties of earlier runs, not yet confirmed (with the command)"),
+            (tagged, "Already tagged, caption current"),
+            (aside, "Set aside with --dissociate"),
+            (len(known) - open_ - tagged - aside, "iNaturalist photos an earlier log listed"),
+            *((n, f"{reason} (counted, not listed)") for reason, n in sorted(unlisted.items())),
+        ]
+        items = "".join(f"<li>{html.escape(text)}: {n}</li>" for n, text in counts if n)
+        yield (
+            '<section id="known" data-section="known">'
+            f"<h2>{html.escape(LOG_SECTIONS['known'])} ({len(known) + sum(unlisted.values())})"
+            f"</h2>\n<ul>{items}</ul>\n"
+        )
+        if known:
+            yield (
+                f'<details id="known-details"><summary>Show the {len(known)} listed'
+                " (thumbnails load when opened)</summary>\n<table><thead><tr>"
+                "<th>Local File</th><th>iNaturalist Photo</th><th>Observation</th><th>Score</th>"
+                '<th>Note</th></tr></thead><tbody id="known-rows"></tbody></table></details>\n'
+                '<script type="application/json" id="known-data">'
+                f"{_known_json(known, threshold)}</script>\n"
+            )
+        yield "</section>\n"
+    yield f'<p class="summary">{html.escape(summary)}</p>\n<script>{_HTML_SCRIPT}</script>\n'
+    yield "</body></html>\n"
+
+
+def render_log(rows: Sequence[LogRow], summary: str, threshold: float, **options: Any) -> str:
+    """The HTML page for rows and the summary line, as one string (options: log_page's)."""
+    return "".join(log_page(rows, summary, threshold, **options))
 
 
 # ---------------------------------------------------------------------------
@@ -4541,7 +5056,9 @@ def build_parser() -> argparse.ArgumentParser:
         "iNaturalist ids and the current identification into their XMP metadata.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument("--user", "-u", required=True, help="iNaturalist user login")
+    parser.add_argument(
+        "--user", "-u", help="iNaturalist user login (required, except with --dissociate)"
+    )
     parser.add_argument("--logfile", metavar="LOGFILE", help="write an HTML log to LOGFILE")
     parser.add_argument(
         "--cluster_threshold",
@@ -4636,8 +5153,36 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="fetch a token with the login pyinaturalist keeps in the system keyring",
     )
-    parser.add_argument("paths", nargs="+", metavar="file/directory", help="pictures or folders")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--associate",
+        nargs=2,
+        metavar=("FILE", "PHOTO_ID"),
+        help="associate FILE with the iNaturalist photo PHOTO_ID, as you confirm it: compared"
+        " and written even below the similarity threshold",
+    )
+    mode.add_argument(
+        "--dissociate",
+        metavar="FILE",
+        help="remove this tool's ids and caption from FILE and leave it alone on later runs"
+        " (until --recompute)",
+    )
+    parser.add_argument("paths", nargs="*", metavar="file/directory", help="pictures or folders")
     return parser
+
+
+def usage_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with a parsed command line beyond what argparse checks; None if nothing."""
+    if args.associate and parse_positive_int(args.associate[1]) is None:
+        return f"argument --associate: not a photo id: {args.associate[1]!r}"
+    if not args.user and not args.dissociate:
+        return "the following arguments are required: --user/-u"
+    single = args.associate or args.dissociate
+    if single and args.paths:
+        return "--associate and --dissociate take one file; give no other file or folder"
+    if not single and not args.paths:
+        return "the following arguments are required: file/directory"
+    return None
 
 
 @contextlib.contextmanager
@@ -4718,12 +5263,12 @@ class RunState:
     pictures: PictureSource
     scorer: PairScorer
     tally: Tally
-    log_rows: list[LogRow] | None  # None: no log is written, no thumbnail is made
+    log: LogBook | None = None  # None: no log is written, no thumbnail is made
     lineages: Mapping[int, Lineage] = field(default_factory=dict)  # taxon id -> kingdom..taxon
 
     @property
     def thumbnails(self) -> LogThumbnails:
-        return LogThumbnails(self.pictures)
+        return LogThumbnails(self.pictures, ThumbnailCache(self.options.cache))
 
 
 def perform_update(state: RunState, update: Update, counted: bool = True) -> bool:
@@ -4787,15 +5332,22 @@ def refresh_known(
     """A photo already tagged: refresh its caption if the identification changed."""
     if observation is None:
         state.console.say(gone_line(photo))
+        if state.log is not None:
+            row = known_row(photo, None, state.thumbnails, gone_line(photo))
+            state.log.rows.append(dataclasses.replace(row, section="changed"))
         return
     state.tally.associated_locals.add(photo.path)
     if photo.tags is not None and photo.tags.photo is not None:
         state.tally.associated_uploads.add(photo.tags.photo)
     _, update = update_files(state, photo, None, observation, history)
-    if update is not None and update.keywords and state.log_rows is not None:
-        state.log_rows.append(
+    if state.log is None:
+        return
+    if update is not None and update.keywords:
+        state.log.rows.append(
             changed_identification_row(update.applied(), observation, state.thumbnails)
         )
+    else:
+        state.log.rows.append(known_row(photo, observation, state.thumbnails))
 
 
 def recall_parts(state: RunState, candidates: Sequence[Candidate]) -> list[Candidate]:
@@ -4809,6 +5361,10 @@ def recall_parts(state: RunState, candidates: Sequence[Candidate]) -> list[Candi
         if path is not None:
             state.tally.part_uploads.add(candidate.photo.id)
             state.console.say(part_message(candidate, path, area))
+            if state.log is not None:
+                row = unassociated_row(candidate, state.thumbnails, "known")
+                row.note = f"shows part of {show_path(Path(path.name))}"
+                state.log.rows.append(row)
         else:
             left.append(candidate)
     return left
@@ -4821,14 +5377,18 @@ def apply_day(state: RunState, outcome: DayOutcome, candidates: Sequence[Candida
         console.say(offset_line(outcome.day, outcome.clock_offset))
     for tie in outcome.ties:
         console.say(tie_line(tie))
+    written: dict[Path, LocalPhoto] = {}  # as the log shows them: with the new caption
     for association in outcome.associations:
         console.say(found_line(association))
         photo, candidate = association.photo, association.candidate
         observation = candidate.observation
         tags = InatTags(observation.id, candidate.photo.observation_photo_id, candidate.photo.id)
-        if update_files(state, photo, tags, observation, ())[0]:
+        done, update = update_files(state, photo, tags, observation, ())
+        if done:
             tally.associated_locals.add(photo.path)
             tally.associated_uploads.add(candidate.photo.id)
+            if update is not None:
+                written[photo.path] = update.applied()
     for part in outcome.parts:
         if part.photo.path not in tally.associated_locals:
             continue  # its photo could not be written: the upload stays unassociated
@@ -4841,13 +5401,131 @@ def apply_day(state: RunState, outcome: DayOutcome, candidates: Sequence[Candida
         for path, uploads in outcome.checked:
             if path not in state.pictures.unreadable:
                 state.index.record_checked(path, uploads)
-    if state.log_rows is not None:
-        state.log_rows.extend(day_log_rows(outcome, state.thumbnails))
-    for candidate in candidates:
-        if candidate.photo.id not in tally.associated_uploads | tally.part_uploads:
-            console.say(unassociated_line(candidate))
-            if state.log_rows is not None:
-                state.log_rows.append(unassociated_row(candidate, state.thumbnails))
+    taken = tally.associated_uploads | tally.part_uploads
+    lonely = [c for c in candidates if c.photo.id not in taken]
+    for candidate in lonely:
+        console.say(unassociated_line(candidate))
+    if state.log is not None:
+        shown = {
+            kind: tuple(
+                dataclasses.replace(a, photo=written.get(a.photo.path, a.photo))
+                for a in getattr(outcome, kind)
+            )
+            for kind in ("associations", "parts")
+        }
+        log_day(state, state.log, dataclasses.replace(outcome, **shown), lonely)
+
+
+def verdict_of(
+    reason: str, candidate: Candidate | None, comparison: Comparison | None, tie: bool = False
+) -> dict[str, Any]:
+    """What the log said about a photo left unassociated, as the LocalIndex stores it."""
+    alignment = comparison.alignment if comparison else None
+    return {
+        "reason": reason,
+        "upload": candidate.photo.id if candidate else None,
+        "score": comparison.score if comparison else None,
+        "box": list(alignment.box) if alignment else None,
+        "turns": alignment.turns if alignment else 0,
+        "prefiltered": comparison.prefiltered if comparison else False,
+        "tie": tie,
+    }
+
+
+def near_miss(
+    verdict: Mapping[str, Any] | None, uploads: Mapping[int, Candidate], threshold: float
+) -> tuple[Candidate, Comparison, bool] | None:
+    """An earlier verdict that still awaits the user: a tie or a refusal within NEAR_MISS of
+    the threshold, fully compared, with an upload still open. (candidate, comparison, tie)."""
+    if not verdict or verdict.get("prefiltered") or verdict.get("upload") not in uploads:
+        return None
+    score, box = verdict.get("score"), verdict.get("box")
+    if not isinstance(score, (int, float)) or not (
+        verdict.get("tie") or score >= threshold - NEAR_MISS
+    ):
+        return None
+    alignment = None
+    if isinstance(box, list) and len(box) == 4:
+        alignment = Alignment(tuple(map(float, box)), int(verdict.get("turns") or 0))  # type: ignore[arg-type]
+    return uploads[verdict["upload"]], Comparison(score, alignment), bool(verdict.get("tie"))
+
+
+def sort_refusals(
+    index: LocalIndex,
+    log: LogBook,
+    refusals: Sequence[Refusal],
+    uploads: Mapping[int, Candidate],
+    threshold: float,
+) -> tuple[list[Refusal], list[Refusal], list[Tie]]:
+    """A day's refusals as the log shows them: (this run's, near misses and ties of earlier
+    runs still open); what an earlier log showed and is not open is counted in log.unlisted."""
+    fresh: list[Refusal] = []
+    earlier: list[Refusal] = []
+    tied: dict[int, list[tuple[LocalPhoto, Comparison]]] = defaultdict(list)
+    for refusal in refusals:
+        verdict = index.verdict(refusal.photo)
+        if refusal.reason == COMPARED_BEFORE:
+            found = near_miss(verdict, uploads, threshold)
+            if found is None:
+                log.unlisted[UNLISTED_COMPARED] += 1
+            elif found[2]:
+                tied[found[0].photo.id].append((refusal.photo, found[1]))
+            else:
+                earlier.append(Refusal(refusal.photo, found[0], found[1], BELOW_THRESHOLD))
+        elif refusal.reason == NO_CANDIDATE and verdict:
+            # An earlier log showed it: still nothing near its time, or the uploads it was
+            # compared with in vain have gone to other photos since (and left the day's open
+            # candidates).
+            same = verdict.get("reason") == NO_CANDIDATE
+            log.unlisted[UNLISTED_NO_CANDIDATE if same else UNLISTED_COMPARED] += 1
+        else:
+            fresh.append(refusal)
+    ties = []
+    for upload, pairs in tied.items():
+        if len(pairs) == 1:  # the other photo of the tie has changed since: a plain refusal
+            photo, comparison = pairs[0]
+            earlier.append(Refusal(photo, uploads[upload], comparison, BELOW_THRESHOLD))
+        else:
+            photos, comparisons = zip(*pairs, strict=True)
+            ties.append(Tie(uploads[upload], photos, comparisons, max(c.score for _, c in pairs)))
+    return fresh, earlier, ties
+
+
+def log_day(
+    state: RunState, log: LogBook, outcome: DayOutcome, lonely: Sequence[Candidate]
+) -> None:
+    """A matched day's log rows. What this run found is listed; what an earlier log showed
+    unchanged is listed with the known photos (near misses still with their command) or only
+    counted. What the log shows is remembered, except in a dry run."""
+    index, thumbnails, user = state.index, state.thumbnails, state.options.user or ""
+    if outcome.clock_offset is not None:
+        note = offset_line(outcome.day, outcome.clock_offset)
+        log.rows.append(LogRow("offset", note=note, day=outcome.day))
+    uploads = {c.photo.id: c for c in lonely}
+    fresh, earlier, ties = sort_refusals(
+        index, log, outcome.refusals, uploads, state.options.ssim_threshold
+    )
+    log.rows += day_log_rows(dataclasses.replace(outcome, refusals=tuple(fresh)), thumbnails, user)
+    recalled = DayOutcome(outcome.day, ties=tuple(ties), refusals=tuple(earlier))
+    for row in day_log_rows(recalled, thumbnails, user, "found by an earlier run"):
+        row.section = "known"  # still open, no longer news: listed with the known photos
+        log.rows.append(row)
+    tied = {t.candidate.photo.id for t in (*outcome.ties, *ties)}
+    reported = index.reported_uploads(uploads)
+    for candidate in lonely:
+        if candidate.photo.id not in tied:
+            section = "known" if candidate.photo.id in reported else "lone"
+            log.rows.append(unassociated_row(candidate, thumbnails, section))
+    if state.options.dry_run:
+        return
+    index.record_reported_uploads(set(uploads) - reported - tied)
+    verdicts = [(r.photo, verdict_of(r.reason, r.candidate, r.comparison)) for r in fresh]
+    for tie in outcome.ties:
+        for photo, comparison in zip(tie.photos, tie.comparisons, strict=True):
+            verdicts.append((photo, verdict_of("tie", tie.candidate, comparison, True)))
+    for photo, verdict in verdicts:
+        if photo.path not in state.pictures.unreadable:  # listed and reported again next run
+            index.record_verdict(photo.path, verdict)
 
 
 def process_days(
@@ -4883,7 +5561,10 @@ def process_days(
                     refresh_known(
                         state, photo, observation, history.get(photo.tags.observation, set())
                     )
-        open_photos = [p for p in day_photos if options.recompute or not p.tags]
+                elif photo.dissociated and state.log is not None:
+                    note = "set aside with --dissociate; compared again only with --recompute"
+                    state.log.rows.append(known_row(photo, None, state.thumbnails, note))
+        open_photos = [p for p in day_photos if options.recompute or not (p.tags or p.dissociated)]
         open_candidates = [c for c in day_candidates if c.photo.id not in tagged]
         if len(open_photos) < len(day_photos) and day_candidates:
             console.say(
@@ -4902,7 +5583,7 @@ def process_days(
             options,
             likely=state.scorer.likely,
             checked_before=state.index.checked_before,
-            known_today=len(open_photos) < len(day_photos),
+            known_today=not options.recompute and any(p.tags for p in day_photos),
         )
         apply_day(state, outcome, open_candidates)
         state.pictures.forget_locals()
@@ -4994,20 +5675,195 @@ def run(options: Options, console: Console) -> Tally:
             pictures,
             scorer,
             tally,
-            [] if options.logfile else None,
+            LogBook() if options.logfile else None,
             lineages,
         )
         process_days(state, photos, observations, known, history)
         summary = summary_line(tally, time.monotonic() - started, options.dry_run)
         console.say("")
         console.say(summary)
-        if options.logfile is not None and state.log_rows is not None:
-            page = render_log(state.log_rows, summary, options.ssim_threshold)
-            try:
-                replace_or_create(options.logfile, page.encode("utf-8"))
-            except OSError as error:
-                console.file_error(options.logfile, f"cannot write log ({error})")
+        if options.logfile is not None and state.log is not None:
+            write_log(options.logfile, state.log, summary, options.ssim_threshold, console)
     return tally
+
+
+def write_log(path: Path, log: LogBook, summary: str, threshold: float, console: Console) -> None:
+    """Write the HTML log (the errors reported so far included) piece by piece, atomically."""
+    errors = [LogRow("error", note=f"{show_path(p)}: {reason}") for p, reason in console.errors]
+    pieces = log_page([*log.rows, *errors], summary, threshold, unlisted=log.unlisted)
+    try:
+        # backslashreplace: an API text with a lone surrogate must not stop the page.
+        replace_or_create(path, (piece.encode("utf-8", "backslashreplace") for piece in pieces))
+    except OSError as error:
+        console.file_error(path, f"cannot write log ({error})")
+
+
+def check_named_picture(path: Path) -> None:
+    """The file --associate or --dissociate names must be a picture this tool reads."""
+    if not path.is_file():
+        raise UserError(f"{show_path(path)}: no such file")
+    if path.suffix.lower() not in PICTURE_SUFFIXES:
+        raise UserError(f"{show_path(path)}: not a picture format this tool reads")
+
+
+def open_named_photo(
+    resources: contextlib.ExitStack, options: Options, path: Path, console: Console
+) -> tuple[LocalIndex, LocalPhoto | None]:
+    """For --associate and --dissociate: take the run lock, open the index, read the file."""
+    if not resources.enter_context(run_lock(options.cache)):
+        raise RunLocked(options.cache)
+    check_named_picture(path)
+    index = resources.enter_context(
+        contextlib.closing(
+            LocalIndex(options.cache / "local_index.sqlite", options.matching_settings)
+        )
+    )
+    return index, index.read(path, console)
+
+
+def other_owner(index: LocalIndex, photo_id: int, path: Path, console: Console) -> Path | None:
+    """Another file that holds photo_id in its iNaturalist ids, as far as the index knows."""
+    here = os.path.realpath(path)
+    for other in index.paths_with_photo(photo_id):
+        if os.path.realpath(other) == here or not other.is_file():
+            continue
+        current = index.read(other, console)
+        if current is not None and current.tags is not None and current.tags.photo == photo_id:
+            return other
+    return None
+
+
+def find_upload(
+    options: Options, client: InatClient, store: ObservationStore, day: dt.date, photo_id: int
+) -> Candidate:
+    """The user's upload photo_id and its observation, looked for around day and on every day
+    synced before; UserError when it is not one of the user's photos."""
+    if not store.has_synced(options.user):
+        client.user(options.user)  # an unknown login stops here
+    one_day = dt.timedelta(days=1)
+    store.sync(client, options.user, day - one_day, day + one_day)
+    for observation in store.observations_between(options.user, dt.date.min, dt.date.max):
+        for upload in observation.photos:
+            if upload.id == photo_id:
+                return Candidate(upload, observation)
+    raise UserError(
+        f"photo id {photo_id} is not a photo of one of {options.user}'s observations (looked"
+        f" around {day} and on the days of earlier runs)"
+    )
+
+
+def compared_line(
+    photo: LocalPhoto, candidate: Candidate, comparison: Comparison | None, threshold: float
+) -> str:
+    """The console line that gives the score of a pairing the user asked for."""
+    start = f"'{show_path(photo.path)}' compared with photo id {candidate.photo.id}:"
+    if comparison is None:
+        return f"{start} the pictures could not be compared; associating them as you asked."
+    how = comparison.alignment.describe() if comparison.alignment else ""
+    score = f"similarity {comparison.score * 100:.1f}%{f' ({how})' if how else ''}"
+    if comparison.score < threshold:
+        return (
+            f"{start} {score}, below the threshold of {threshold * 100:.4g}%; associating"
+            " them as you asked."
+        )
+    return f"{start} {score}."
+
+
+def associate_file(options: Options, console: Console) -> Tally:
+    """--associate FILE PHOTO_ID: the user's pairing, compared and written even below the
+    threshold; never when another file holds that photo id."""
+    assert options.associate is not None
+    path, photo_id = options.associate
+    tally = Tally()
+    with contextlib.ExitStack() as resources:
+        index, photo = open_named_photo(resources, options, path, console)
+        if photo is None:
+            return tally
+        owner = other_owner(index, photo_id, path, console)
+        if owner is not None:
+            raise UserError(
+                f"photo id {photo_id} is already associated with '{show_path(owner)}'; to move"
+                " it, run --dissociate on that file first"
+            )
+        client = InatClient(options.api_url, options.cache)
+        resources.callback(client.session.close)
+        store = resources.enter_context(
+            contextlib.closing(ObservationStore(options.cache / "observations.sqlite"))
+        )
+        candidate = find_upload(options, client, store, photo.corrected_time.date(), photo_id)
+        observation = candidate.observation
+        ids = [observation.id] + ([photo.tags.observation] if photo.tags else [])
+        history = set().union(*store.caption_history(ids).values())
+        photo_cache = PhotoCache(options.cache, client, console=console)
+        resources.callback(photo_cache.http.close)
+        pictures = PictureSource(photo_cache, options.inat_size, console)
+        scorer = PairScorer(
+            pictures, options.ssim_threshold, choose_score_function(options.gpu, console)
+        )
+        comparison = scorer.compare(photo, candidate)
+        console.say(compared_line(photo, candidate, comparison, options.ssim_threshold))
+        tags = InatTags(observation.id, candidate.photo.observation_photo_id, photo_id)
+        update = plan_update(photo, tags, history, observation.caption)
+        state = RunState(options, console, index, pictures, scorer, tally)
+        if update is None:
+            console.say(f"{show_path(path)}: already associated with photo id {photo_id}.")
+        elif perform_update(state, update):
+            console.say(
+                f"{'(dry run) ' if options.dry_run else ''}{show_path(path)}: associated with"
+                f" photo id {photo_id}, {ordinal(candidate.photo.position)} photo of observation"
+                f" {observation.url}, {observation.identification}."
+            )
+    return tally
+
+
+def dissociation_line(update: Update, dry_run: bool) -> str:
+    """The console line for --dissociate: what was removed, what happens next."""
+    photo = update.photo
+    removed = []
+    if photo.tags is not None:
+        removed.append(
+            f"the iNaturalist ids (observation {photo.tags.observation}, photo {photo.tags.photo})"
+        )
+    if update.old_caption is not None:
+        removed.append(f"the keyword '{update.old_caption}'")
+    what = f"removed {' and '.join(removed)}" if removed else "nothing of this tool's to remove"
+    prefix = "(dry run) " if dry_run else ""
+    return (
+        f"{prefix}{show_path(photo.path)}: {what}; your keywords stay. Later runs leave this"
+        " file alone until --recompute or --associate."
+    )
+
+
+def dissociate_file(options: Options, console: Console) -> Tally:
+    """--dissociate FILE: remove this tool's ids and caption, keep the user's keywords, and mark
+    the file so that later runs leave it alone (until --recompute)."""
+    assert options.dissociate is not None
+    path = options.dissociate
+    with contextlib.ExitStack() as resources:
+        index, photo = open_named_photo(resources, options, path, console)
+        if photo is None:
+            return Tally()
+        history: set[str] = set()
+        if photo.tags is not None:
+            with contextlib.closing(
+                ObservationStore(options.cache / "observations.sqlite")
+            ) as store:
+                history = store.caption_history([photo.tags.observation]).get(
+                    photo.tags.observation, set()
+                )
+        update = plan_dissociation(photo, history)
+        if update is None:
+            console.say(f"{show_path(path)}: already set aside with --dissociate; nothing to do.")
+            return Tally()
+        console.say(dissociation_line(update, options.dry_run))
+        if not options.dry_run:
+            try:
+                write_update(update)
+            except OSError as error:
+                console.file_error(path, f"cannot write metadata ({error})")
+                return Tally()
+            index.remember(update.applied())
+    return Tally()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -5015,6 +5871,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
+        problem = usage_problem(args)
+        if problem:
+            parser.error(problem)
     except SystemExit as exit_request:  # argparse has printed its message
         return EXIT_USAGE if exit_request.code else EXIT_OK
     options = Options.from_args(args, os.environ)
@@ -5022,8 +5881,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings.simplefilter("ignore", Image.DecompressionBombWarning)
     register_namespace()
     console = Console()
+    flow = associate_file if options.associate else dissociate_file if options.dissociate else run
     try:
-        run(options, console)
+        flow(options, console)
     except RunLocked:
         console.say(
             f"Error: another inat_photos run is using {show_path(options.cache)}; try again later."

@@ -9,17 +9,19 @@ with a phone and not in the archive, plus a few hundred observations on days wit
 photos, inside and outside the archive's date range.
 
 The fake server then answers like iNaturalist from far away: LATENCY s per answer, photos at
-BANDWIDTH bytes/s, at most RATE API requests per second (429 above). The CLI runs three times
-on a copy of the archive, with its own cache and no --logfile:
+BANDWIDTH bytes/s, at most RATE API requests per second (429 above). The CLI runs four times
+on a copy of the archive, with its own cache:
 
-1. first run (empty cache),
-2. unchanged rerun,
-3. rerun after one observation's identification changed (FakeINaturalist.set_taxon).
+1. first run (empty cache), writing the HTML log (--logfile),
+2. unchanged rerun, without a log,
+3. unchanged rerun with --logfile (issue 13: its thumbnails come from the cache),
+4. rerun after one observation's identification changed (FakeINaturalist.set_taxon).
 
-For each run it prints the wall time, API requests, photo downloads and bytes (from the fake's
-request log), the CLI's peak memory (its ru_maxrss, taken by a small launcher process), the
-files written (sha256 of every picture before and after), the network floor and wall/floor,
-then PASS/FAIL for the targets of the issue.
+For each run it prints the wall time, the CPU time (user + system), API requests, photo
+downloads and bytes (from the fake's request log), the CLI's peak memory (its ru_maxrss,
+taken by a small launcher process), the files written (sha256 of every picture before and
+after), the size of the HTML log, the network floor and wall/floor, then PASS/FAIL for the
+targets of issues 4 and 13.
 
     python tests/bench_archive.py [--photos N] [--size WxH] [--out DIR] [--keep] [--jobs J]
 
@@ -63,6 +65,13 @@ BANDWIDTH = 20e6  # bytes per second, photo bodies
 RATE = 1.0  # API requests per second
 PER_PAGE = 200
 
+STAGES = [  # (name, with --logfile)
+    ("first run", True),
+    ("unchanged rerun", False),
+    ("unchanged rerun with --logfile", True),
+    ("identification changed", False),
+]
+
 
 # -- measuring ------------------------------------------------------------------------------
 # Runs the CLI and reports its own wall time and peak RSS. A small go-between: a child forked
@@ -72,9 +81,11 @@ import json, resource, subprocess, sys, time
 started = time.perf_counter()
 code = subprocess.run(sys.argv[2:], timeout=float(sys.argv[1])).returncode
 wall = time.perf_counter() - started
-peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-peak_mb = peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes there, KiB here
-print(json.dumps({"returncode": code, "wall": wall, "peak_mb": peak_mb}), file=sys.stderr)
+usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+peak_mb = usage.ru_maxrss / (2**20 if sys.platform == "darwin" else 1024)  # bytes / KiB
+cpu = usage.ru_utime + usage.ru_stime
+print(json.dumps({"returncode": code, "wall": wall, "cpu": cpu, "peak_mb": peak_mb}),
+      file=sys.stderr)
 """
 
 
@@ -244,19 +255,26 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     fake.start()
-    cli_args = ["-u", USER["login"], str(pictures)]
     stages: list[dict] = []
     try:
         state = snapshot(pictures)
-        for name in ("first run", "unchanged rerun", "identification changed"):
+        for name, with_log in STAGES:
             changed_obs = None
             if name == "identification changed":
                 changed_obs = choose_observation(pictures, plan)
                 fake.set_taxon(changed_obs["observation"], CHANGED_TAXON)
             fake.reset_log()
+            html_log = run_dir / f"log_{name.replace(' ', '_')}.html"  # kept with --keep
+            cli_args = ["-u", USER["login"], *(["--logfile", str(html_log)] if with_log else [])]
             result = run_measured(
-                cli_args, fake.api_url, cache, logs, name.replace(" ", "_"), script=args.script
+                [*cli_args, str(pictures)],
+                fake.api_url,
+                cache,
+                logs,
+                name.replace(" ", "_"),
+                script=args.script,
             )
+            log_bytes = html_log.stat().st_size if with_log and html_log.exists() else None
             net = network_figures(fake)
             after = snapshot(pictures)
             written, touched = changed_files(state, after)
@@ -269,10 +287,13 @@ def main(argv: list[str] | None = None) -> int:
                     "written": written,
                     "touched": touched,
                     "changed_obs": changed_obs,
+                    "log_bytes": log_bytes,
                 }
             )
             print(
-                f"  {name}: exit {result['returncode']}, {result['wall']:.1f} s."
+                f"  {name}: exit {result['returncode']}, {result['wall']:.1f} s"
+                f" ({result['cpu']:.1f} s CPU)."
+                f"{f' Log {log_bytes / 1e6:.2f} MB.' if log_bytes is not None else ''}"
                 f" {result['summary']}",
                 flush=True,
             )
@@ -333,17 +354,18 @@ def choose_observation(pictures: Path, plan: dict) -> dict:
 def report(stages: list[dict], plan: dict, accuracy: dict, n: int, pictures: Path) -> bool:
     print()
     header = (
-        f"{'stage':<24}{'wall s':>8}{'API req':>9}{'429s':>6}{'photo req':>11}{'downl.':>8}"
-        f"{'MB down':>9}{'peak MB':>9}{'written':>9}{'rewritten':>11}{'floor s':>9}"
-        f"{'wall/floor':>12}"
+        f"{'stage':<32}{'wall s':>8}{'CPU s':>7}{'API req':>9}{'429s':>6}{'photo req':>11}"
+        f"{'downl.':>8}{'MB down':>9}{'peak MB':>9}{'written':>9}{'rewritten':>11}"
+        f"{'log MB':>8}{'floor s':>9}{'wall/floor':>12}"
     )
     print(header)
     print("-" * len(header))
     for s in stages:
+        log_mb = f"{s['log_bytes'] / 1e6:.2f}" if s["log_bytes"] is not None else "-"
         print(
-            f"{s['name']:<24}{s['wall']:>8.1f}{s['api']:>9}{s['api_429']:>6}"
+            f"{s['name']:<32}{s['wall']:>8.1f}{s['cpu']:>7.1f}{s['api']:>9}{s['api_429']:>6}"
             f"{s['photo_requests']:>11}{s['downloads']:>8}{s['photo_bytes'] / 1e6:>9.1f}"
-            f"{s['peak_mb']:>9.0f}{len(s['written']):>9}{len(s['touched']):>11}"
+            f"{s['peak_mb']:>9.0f}{len(s['written']):>9}{len(s['touched']):>11}{log_mb:>8}"
             f"{s['floor']:>9.1f}{s['wall'] / s['floor'] if s['floor'] else float('inf'):>12.2f}"
         )
     print(
@@ -353,7 +375,7 @@ def report(stages: list[dict], plan: dict, accuracy: dict, n: int, pictures: Pat
     )
     for s in stages:
         print(f"API requests, {s['name']}: {' '.join(s['calls'])}")
-    first, rerun, changed = stages
+    first, rerun, rerun_log, changed = stages
     print(
         f"First run tags: {len(accuracy['right'])} of {len(plan['expected'])} uploaded photos"
         f" tagged right, {len(accuracy['missing'])} missed, {len(accuracy['wrong'])} wrong,"
@@ -405,6 +427,21 @@ def report(stages: list[dict], plan: dict, accuracy: dict, n: int, pictures: Pat
             f"unchanged rerun: files written {len(rerun['written'])}, rewritten"
             f" {len(rerun['touched'])} == 0",
             not rerun["written"] and not rerun["touched"],
+        ),
+        (
+            f"unchanged rerun with --logfile: wall {rerun_log['wall']:.2f} s <="
+            f" {rerun_limit:.1f} s",
+            rerun_log["wall"] <= rerun_limit,
+        ),
+        (
+            f"unchanged rerun with --logfile: log {(rerun_log['log_bytes'] or 0) / 1e6:.2f} MB"
+            f" < 1 MB (first run's log: {(first['log_bytes'] or 0) / 1e6:.1f} MB)",
+            rerun_log["log_bytes"] is not None and rerun_log["log_bytes"] < 1e6,
+        ),
+        (
+            f"unchanged rerun with --logfile: files written {len(rerun_log['written'])},"
+            f" rewritten {len(rerun_log['touched'])} == 0",
+            not rerun_log["written"] and not rerun_log["touched"],
         ),
         (
             f"identification changed (observation {change['observation']}, its"

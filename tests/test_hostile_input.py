@@ -97,10 +97,15 @@ def parse_page(path: Path) -> LogPage:
     return parse_log(path.read_bytes().decode("utf-8"))  # strict: the page must be valid UTF-8
 
 
-INJECTED_ELEMENTS = {"script", "iframe", "svg", "b", "object", "embed", "frame"}
+INJECTED_ELEMENTS = {"iframe", "svg", "b", "object", "embed", "frame"}
+# The page's own scripts: the filters, and the known rows as JSON data.
+TOOL_SCRIPTS = [[], [("type", "application/json"), ("id", "known-data")]]
+SECTION_LINKS = {f"#{key}" for key in ip.LOG_SECTIONS}
 
 
 def assert_only_the_tools_markup(page: LogPage) -> None:
+    scripts = [attrs for tag, attrs in page.tags if tag == "script"]
+    assert sorted(scripts) == sorted(TOOL_SCRIPTS[: len(scripts)]) and len(scripts) <= 2, scripts
     for tag, attrs in page.tags:
         assert tag not in INJECTED_ELEMENTS, (tag, attrs)
         for name, value in attrs:
@@ -109,7 +114,9 @@ def assert_only_the_tools_markup(page: LogPage) -> None:
                 assert value and value.startswith("data:image/"), (tag, attrs)
             if name == "href":
                 assert value is not None
-                assert value.startswith(("file:", "https://www.inaturalist.org/")), (tag, attrs)
+                assert value in SECTION_LINKS or value.startswith(
+                    ("file:", "https://www.inaturalist.org/")
+                ), (tag, attrs)
                 assert not value.lower().startswith("javascript:")
 
 
@@ -315,8 +322,9 @@ def test_html_in_names_is_escaped_in_the_log(tmp_path: Path, monkeypatch, capsys
     for injected in (SCRIPT_NAME, IMG_COMMON, IFRAME_NAME, SVG_COMMON, USER_KEYWORD):
         assert injected in text, f"{injected!r} is not shown as text"
     raw = log.read_text(encoding="utf-8")
-    for injected in ("<script", "<iframe", "<svg", "<img src=x"):
+    for injected in (SCRIPT_NAME, "<iframe", "<svg", "<img src=x"):
         assert injected not in raw, injected
+    assert raw.count("<script") == len([t for t, _ in page.tags if t == "script"]) <= 2
     assert "&lt;script&gt;" in raw
 
 

@@ -8,6 +8,7 @@ raise argparse.ArgumentTypeError; nothing else. The HTML log shows any text as t
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import os
 from pathlib import Path
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
-from support.logpage import parse_log
+from support.logpage import known_rows, parse_log
 
 import inat_photos as ip
 
@@ -318,13 +319,19 @@ def test_taxon_names_never_raise_and_are_tidy(taxon) -> None:
 
 
 path_texts = st.text(max_size=30) | st.binary(max_size=30).map(os.fsdecode)
+THUMBNAIL = Path("/cache/thumbnails/local/ab/ab12.jpg")
+
+
+def embed(file: Path) -> str:
+    """Stands in for reading a cached thumbnail: the page gets a data: URL all the same."""
+    return "data:image/jpeg;base64,/9j/"
 
 
 @st.composite
-def log_pages(draw, benign: bool = False):
-    """Rows of every kind, with arbitrary text wherever text goes."""
+def log_pages(draw):
+    """Rows of every section, with arbitrary text wherever text goes."""
     rows = []
-    for _ in range(draw(st.integers(min_value=1, max_value=3))):
+    for _ in range(draw(st.integers(min_value=1, max_value=4))):
         keywords = draw(st.lists(st.text(max_size=20), max_size=3))
         local = ip.LocalPhoto(
             path=Path(draw(path_texts) or "x"),
@@ -332,7 +339,7 @@ def log_pages(draw, benign: bool = False):
             location=None,
             orientation=1,
             keywords=tuple(keywords),
-            tags=None,
+            tags=draw(st.none() | st.just(ip.InatTags(1, 2, 3))),
         )
         common = draw(st.none() | st.text(max_size=20))
         observation = ip.Observation(
@@ -353,19 +360,28 @@ def log_pages(draw, benign: bool = False):
             photos=(),
         )
         photo = ip.InatPhoto(draw(ids), draw(ids), observation.id, 1, "https://x/square.jpg")
+        outline = draw(st.none() | st.just(((0.1, 0.2), (0.7, 0.25), (0.65, 0.9), (0.05, 0.85))))
         rows.append(
             ip.LogRow(
+                section=draw(st.sampled_from(list(ip.LOG_SECTIONS))),
                 local=draw(st.none() | st.just(local)),
-                local_thumbnail=None,
+                local_thumbnail=draw(st.none() | st.just(ip.Thumbnail(THUMBNAIL, outline))),
                 candidate=draw(st.none() | st.just(ip.Candidate(photo, observation))),
-                inat_thumbnail=None,
+                inat_thumbnail=draw(st.none() | st.just(ip.Thumbnail(THUMBNAIL))),
                 seconds=draw(st.none() | st.integers(0, 10**6)),
                 distance=draw(st.text(max_size=20)),
                 score=draw(st.none() | st.floats(0, 1)),
                 note=draw(st.text(max_size=30)),
+                day=draw(st.none() | st.dates()),
+                command=draw(st.text(max_size=30)),
             )
         )
-    return rows, draw(st.text(max_size=40))
+    unlisted = draw(
+        st.dictionaries(
+            st.sampled_from([ip.UNLISTED_COMPARED, ip.UNLISTED_NO_CANDIDATE]), st.integers(1, 9)
+        )
+    )
+    return rows, draw(st.text(max_size=40)), unlisted
 
 
 def defanged(rows, summary: str):
@@ -379,29 +395,26 @@ def defanged(rows, summary: str):
     for row in rows:
         local = row.local
         if local is not None:
-            local = ip.LocalPhoto(
-                Path("x"), local.taken_at, None, 1, tuple(x(k) for k in local.keywords), None
+            local = dataclasses.replace(
+                local, path=Path("x"), keywords=tuple(x(k) for k in local.keywords)
             )
         candidate = row.candidate
         if candidate is not None:
             name = candidate.observation.name
             if name is not None:
                 name = ip.TaxonName(x(name.scientific), x(name.common))
-            observation = ip.Observation(
-                candidate.observation.id,
-                "https://www.inaturalist.org/observations/1",
-                name,
-                None,
-                True,
-                None,
-                None,
-                False,
-                (),
+            observation = dataclasses.replace(
+                candidate.observation, url="https://www.inaturalist.org/observations/1", name=name
             )
             candidate = ip.Candidate(candidate.photo, observation)
         out.append(
-            ip.LogRow(
-                local, None, candidate, None, row.seconds, x(row.distance), row.score, x(row.note)
+            dataclasses.replace(
+                row,
+                local=local,
+                candidate=candidate,
+                distance=x(row.distance),
+                note=x(row.note),
+                command=x(row.command),
             )
         )
     return out, x(summary)
@@ -413,37 +426,50 @@ def defanged(rows, summary: str):
     (
         [
             ip.LogRow(
-                None,
-                None,
-                None,
-                None,
-                None,
-                "<script>alert(1)</script>",
-                None,
-                "<img src=x onerror=alert(2)>",
-            )
+                "refused",
+                distance="<script>alert(1)</script>",
+                note="<img src=x onerror=alert(2)>",
+                command="'; rm -rf / #</code><b>",
+            ),
+            ip.LogRow("known", note="</script><script>alert(3)</script>"),
         ],
         "</table><iframe src=//e>",
+        {},
     )
 )
 def test_log_shows_any_text_as_text(page_input) -> None:
-    rows, summary = page_input
-    page = ip.render_log(rows, summary, 0.95)
-    page.encode("utf-8")  # the page is written as UTF-8: nothing unencodable may reach it
+    rows, summary, unlisted = page_input
+    page = ip.render_log(rows, summary, 0.95, unlisted=unlisted, embed=embed)
+    page.encode("utf-8", "backslashreplace")  # as the tool writes it
     parsed = parse_log(page)
-    reference = parse_log(ip.render_log(*defanged(rows, summary), 0.95))
+    safe_rows, safe_summary = defanged(rows, summary)
+    reference_page = ip.render_log(safe_rows, safe_summary, 0.95, unlisted=unlisted, embed=embed)
+    reference = parse_log(reference_page)
     assert parsed.markup == reference.markup, "text from the input changed the markup"
     shown = "".join(parsed.text)
     assert summary in shown
-    for row in rows:
+    listed = [row for row in rows if row.section != "known"]
+    for row in listed:
         assert row.distance in shown
         assert row.note in shown
+        assert row.command in shown
         if row.local is not None and row.local.caption:
             assert row.local.caption in shown
         if row.candidate is not None and row.candidate.observation.name is not None:
             assert row.candidate.observation.name.scientific in shown
+    # The known rows travel as JSON to the page's script, which inserts them as text.
+    known = [row for row in rows if row.section == "known"]
+
+    def texts(row) -> tuple:
+        name = row.candidate.observation.name if row.candidate else None
+        scientific, common = (name.scientific, name.common or "") if name else ("", "")
+        return (row.note, row.command, scientific, common)
+
+    fields = ("note", "command", "scientific", "common")
+    sent = sorted(tuple(r[f] for f in fields) for r in known_rows(page))
+    assert sent == sorted(map(texts, known))
     # Every '<' in the page is the tool's own: none of the input's got through unescaped.
-    assert page.count("<") == ip.render_log(*defanged(rows, summary), 0.95).count("<")
+    assert page.count("<") == reference_page.count("<")
 
 
 def test_log_escapes_quotes_in_links() -> None:
@@ -461,7 +487,7 @@ def test_log_escapes_quotes_in_links() -> None:
     )
     photo = ip.InatPhoto(2, 3, 1, 1, "https://x/square.jpg")
     page = ip.render_log(
-        [ip.LogRow(None, None, ip.Candidate(photo, observation), None, None, "n/a", None)], "", 0.95
+        [ip.LogRow("lone", candidate=ip.Candidate(photo, observation))], "", 0.95, embed=embed
     )
     parsed = parse_log(page)
     assert not any(name.startswith("on") for _, names in parsed.markup for name in names)

@@ -11,6 +11,7 @@ tool writes, and generated pictures, worlds and archives.
     support.world     a small generated world: pictures, their iNaturalist twins, a scenario
     support.archive   a big generated camera archive and its scenario (test_incremental.py,
                       bench_archive.py)
+    support.browser   headless Chromium: the HTML log's DOM after its script ran, screenshots
 
 The pytest fixtures built on these live in tests/conftest.py. Importing this package puts the
 repository root (inat_photos.py) and tests/ (fake_inat.py, make_*.py) on sys.path, so that the

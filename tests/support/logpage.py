@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from html.parser import HTMLParser
 
 
@@ -33,3 +35,33 @@ def parse_log(page: str) -> LogPage:
     parser.feed(page)
     parser.close()
     return parser
+
+
+# The known rows travel as JSON arrays to the page's script (inat_photos._known_json).
+KNOWN_FIELDS = (
+    "day",
+    "file",
+    "name",
+    "thumb",
+    "photo",
+    "upload_thumb",
+    "observation",
+    "common",
+    "scientific",
+    "note",
+    "score",
+    "command",
+)
+
+
+def known_data(page: str) -> dict:
+    """The JSON the page's script builds the known rows from; {} when there are none."""
+    found = re.search(r'<script type="application/json" id="known-data">(.*?)</script>', page)
+    return json.loads(found.group(1)) if found else {}
+
+
+def known_rows(page: str) -> list[dict]:
+    """The known rows of a log, each a dict keyed by KNOWN_FIELDS."""
+    rows = known_data(page).get("rows", [])
+    assert all(len(row) == len(KNOWN_FIELDS) for row in rows)
+    return [dict(zip(KNOWN_FIELDS, row, strict=True)) for row in rows]
