@@ -3329,9 +3329,8 @@ class PairScorer:
     clock-offset search.
     """
 
-    def __init__(self, pictures: PictureSource, threshold: float, score: ScoreFunction) -> None:
+    def __init__(self, pictures: PictureSource, score: ScoreFunction) -> None:
         self.pictures = pictures
-        self.threshold = threshold
         self.score = score
 
     def compare(self, photo: LocalPhoto, candidate: Candidate) -> Comparison | None:
@@ -4199,8 +4198,8 @@ def replace_or_create(path: Path, data: bytes | Iterable[bytes]) -> None:
 # ---------------------------------------------------------------------------
 # 10. Reporting
 #    The console, the lines it prints, the Tally of what changed, and the HTML log:
-#    rows built from outcomes (thumbnails only when a log is written), one
-#    self-contained page with every piece of text escaped.
+#    rows built from outcomes, thumbnails made (and cached on disk) only when a log is
+#    written, one page in sections with inline filters and every piece of text escaped.
 # ---------------------------------------------------------------------------
 
 
@@ -5665,9 +5664,7 @@ def run(options: Options, console: Console) -> Tally:
         )
         resources.callback(photo_cache.http.close)
         pictures = PictureSource(photo_cache, options.inat_size, console)
-        scorer = PairScorer(
-            pictures, options.ssim_threshold, choose_score_function(options.gpu, console)
-        )
+        scorer = PairScorer(pictures, choose_score_function(options.gpu, console))
         state = RunState(
             options,
             console,
@@ -5797,9 +5794,7 @@ def associate_file(options: Options, console: Console) -> Tally:
         photo_cache = PhotoCache(options.cache, client, console=console)
         resources.callback(photo_cache.http.close)
         pictures = PictureSource(photo_cache, options.inat_size, console)
-        scorer = PairScorer(
-            pictures, options.ssim_threshold, choose_score_function(options.gpu, console)
-        )
+        scorer = PairScorer(pictures, choose_score_function(options.gpu, console))
         comparison = scorer.compare(photo, candidate)
         console.say(compared_line(photo, candidate, comparison, options.ssim_threshold))
         tags = InatTags(observation.id, candidate.photo.observation_photo_id, photo_id)
