@@ -309,6 +309,11 @@ DOWNLOAD_WORKERS = 4  # parallel photo downloads; iNaturalist's media host allow
 COMPARE_WORKERS = os.cpu_count() or 2  # decoding and scoring release the GIL: use every core
 
 
+# Local photos whose pairs are compared ahead of the matching, in the background; each holds
+# its decoded picture (about 3 MB) until its cluster is matched.
+PREFETCH_AHEAD = 4
+
+
 TEMPORARY_SUFFIX = ".inat-tmp"  # the copy being written beside a photo before it replaces it
 
 
@@ -1558,6 +1563,7 @@ class PhotoCache:
         self.refresh = refresh
         self.refreshed: set[Path] = set()
         self.failed: set[Path] = set()  # asked for once in vain: not again in this run
+        self.busy: dict[Path, threading.Lock] = {}  # one lock per photo being downloaded
         self.http = requests.Session()
         self.http.headers["User-Agent"] = USER_AGENT
         adapter = HTTPAdapter(max_retries=client.photo_retries, pool_maxsize=DOWNLOAD_WORKERS)
@@ -1611,6 +1617,14 @@ class PhotoCache:
             self._skip(photo)
             return None
         target = self.path(photo, size)
+        if target.exists() and (not self.refresh or target in self.refreshed):
+            return target
+        with self.lock:
+            busy = self.busy.setdefault(target, threading.Lock())
+        with busy:  # a second thread asking for the same photo waits for the first download
+            return self._fetch(photo, size, target)
+
+    def _fetch(self, photo: InatPhoto, size: str, target: Path) -> Path | None:
         if target.exists() and (not self.refresh or target in self.refreshed):
             return target
         if target in self.failed:
@@ -2388,6 +2402,41 @@ def _raw_preview(raw: Any, enough: int, longest: int) -> Image.Image | None:
 # ---------------------------------------------------------------------------
 
 
+class Memo(dict):
+    """A dict whose values are made once, by the first thread that asks for them (the others
+    wait for it); a value that cannot be made (None) is not kept."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lock = threading.Lock()
+        self._making: dict[Any, threading.Lock] = {}
+
+    def make(self, key: Any, make: Callable[[], Any]) -> Any:
+        value = self.get(key)
+        if value is not None:
+            return value
+        with self._lock:
+            busy = self._making.setdefault(key, threading.Lock())
+        with busy:
+            # Read with get: another thread may forget the value meanwhile.
+            value = self.get(key)
+            if value is None:
+                value = make()
+                if value is not None:
+                    self[key] = value
+        return value
+
+    def forget(self, keys: Iterable[Any] | None = None) -> None:
+        """Drop these keys' values, or every value."""
+        with self._lock:
+            if keys is None:
+                self.clear()
+                self._making.clear()
+            for key in keys or ():
+                self.pop(key, None)
+                self._making.pop(key, None)
+
+
 class PictureSource:
     """Decoded pictures for comparisons: uploads per day, local photos per cluster."""
 
@@ -2395,31 +2444,14 @@ class PictureSource:
         self.photos = photos
         self.size = size
         self.console = console
-        self.uploads: dict[int, Image.Image] = {}
-        self.locals: dict[Path, Image.Image] = {}
-        self.thumbnails: dict[Path, Image.Image] = {}
-        self.full: dict[Path, Image.Image] = {}
-        self.upload_features: dict[int, Features] = {}
-        self.local_features: dict[Path, Features] = {}
+        self.uploads = Memo()  # photo id -> picture
+        self.locals = Memo()  # path -> picture
+        self.thumbnails = Memo()
+        self.full = Memo()
+        self.upload_features = Memo()  # photo id -> Features
+        self.local_features = Memo()  # path -> Features
         self.unreadable: set[Path] = set()
         self.lock = threading.Lock()
-        self._busy: dict[tuple[int, Any], threading.Lock] = defaultdict(threading.Lock)
-
-    def _once(self, cache: dict[Any, Any], key: Any, make: Callable[[], Any]) -> Any:
-        """cache[key], made by the first thread that asks (the others wait for it); None,
-        uncached, when it cannot be made."""
-        if key in cache:
-            return cache[key]
-        with self.lock:
-            busy = self._busy[(id(cache), key)]
-        with busy:
-            if key not in cache:
-                value = make()
-                if value is None:
-                    return None
-                with self.lock:
-                    cache[key] = value
-        return cache[key]
 
     def fetch(self, candidates: Sequence[Candidate]) -> None:
         """Download the uploads of these candidates in parallel, ahead of comparing them."""
@@ -2427,18 +2459,12 @@ class PictureSource:
 
     def upload(self, photo: InatPhoto) -> Image.Image | None:
         """The upload at the compared size; None when it cannot be had."""
-        if photo.id not in self.uploads:
+
+        def decode() -> Image.Image | None:
             path = self.photos.fetch(photo, self.size)
-            if path is None:
-                return None
-            try:
-                with Image.open(path) as image:
-                    picture = image.convert("RGB")
-            except (OSError, ValueError):
-                return None
-            with self.lock:
-                self.uploads[photo.id] = picture
-        return self.uploads[photo.id]
+            return None if path is None else _open_rgb(path)
+
+        return self.uploads.make(photo.id, decode)
 
     def downloaded_upload(self, photo: InatPhoto) -> Image.Image | None:
         """The upload if this run decoded it or it is already downloaded; never a download."""
@@ -2447,11 +2473,7 @@ class PictureSource:
         path = self.photos.path(photo, self.size)
         if photo.unavailable or not path.exists():
             return None
-        try:
-            with Image.open(path) as image:
-                return image.convert("RGB")
-        except (OSError, ValueError):
-            return None
+        return _open_rgb(path)
 
     def local(self, photo: LocalPhoto) -> Image.Image | None:
         """The local picture upright, big enough to cut the smallest searched crop from it."""
@@ -2479,7 +2501,7 @@ class PictureSource:
             except (OSError, ValueError, Image.DecompressionBombError):
                 return None  # local() decoded it: a failure here is memory, not the file
 
-        return self._once(self.full, photo.path, decode)
+        return self.full.make(photo.path, decode)
 
     def features(
         self, photo: LocalPhoto, upload: InatPhoto
@@ -2490,40 +2512,45 @@ class PictureSource:
         local = self.local(photo) if picture is not None else None
         if picture is None or local is None:
             return None
-        found = self._once(self.upload_features, upload.id, lambda: find_features(picture))
-        local_found = self._once(self.local_features, photo.path, lambda: find_features(local))
+        found = self.upload_features.make(upload.id, lambda: find_features(picture))
+        local_found = self.local_features.make(photo.path, lambda: find_features(local))
         return local, local_found, picture, found
 
-    def _decode(
-        self, photo: LocalPhoto, side: int, cache: dict[Path, Image.Image]
-    ) -> Image.Image | None:
+    def _decode(self, photo: LocalPhoto, side: int, cache: Memo) -> Image.Image | None:
         if photo.path in self.unreadable:
             return None
-        if photo.path not in cache:
+
+        def decode() -> Image.Image | None:
             try:
-                picture = decode_upright(photo.path, photo.orientation, side)
+                return decode_upright(photo.path, photo.orientation, side)
             except (OSError, ValueError, Image.DecompressionBombError) as error:
                 with self.lock:
                     if photo.path not in self.unreadable:
                         self.unreadable.add(photo.path)
                         self.console.file_error(photo.path, f"cannot decode picture ({error})")
                 return None
-            with self.lock:
-                cache[photo.path] = picture
-        return cache[photo.path]
 
-    def forget_locals(self) -> None:
-        """Drop decoded local pictures once their cluster is done (memory stays flat)."""
-        with self.lock:
-            for cache in (self.locals, self.thumbnails, self.full, self.local_features):
-                cache.clear()
+        return cache.make(photo.path, decode)
+
+    def forget_locals(self, photos: Iterable[LocalPhoto] | None = None) -> None:
+        """Drop these decoded local pictures, or all, once compared (memory stays flat)."""
+        paths = None if photos is None else [p.path for p in photos]
+        for cache in (self.locals, self.thumbnails, self.full, self.local_features):
+            cache.forget(paths)
 
     def forget_uploads(self) -> None:
         """Drop decoded uploads and their keypoints once their day is done and reported."""
-        with self.lock:
-            self.uploads.clear()
-            self.upload_features.clear()
-            self._busy.clear()
+        self.uploads.forget()
+        self.upload_features.forget()
+
+
+def _open_rgb(path: Path) -> Image.Image | None:
+    """A downloaded upload decoded, or None when the file is not a picture."""
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (OSError, ValueError):
+        return None
 
 
 # ---------------------------------------------------------------------------
@@ -3326,16 +3353,27 @@ class PairScorer:
 
     Calling it with photos and candidates returns a Comparison for every pair whose pictures
     could be had; likely() returns the cheap gate's verdict alone (keypoints line up), for the
-    clock-offset search.
+    clock-offset search. Each pair is compared once per day, perhaps ahead, in the background,
+    when expect() was told which pairs come.
     """
 
     def __init__(self, pictures: PictureSource, score: ScoreFunction) -> None:
         self.pictures = pictures
         self.score = score
+        self.comparisons = Memo()  # (local path, upload id) -> Comparison, for this day
+        self._ahead = threading.Condition()  # the background waits on it for room
+        self._started: set[Path] = set()  # local photos the background has begun on
+        self._finished: set[Path] = set()  # local photos whose cluster matching is done with
+        self._background: tuple[list[threading.Thread], threading.Event] | None = None
 
     def compare(self, photo: LocalPhoto, candidate: Candidate) -> Comparison | None:
-        """One pair: registration by keypoints first, the full score only for pairs that line
-        up, and always for a pair named by the upload's original file name."""
+        """One pair, compared once per day: see _compare."""
+        key = (photo.path, candidate.photo.id)
+        return self.comparisons.make(key, lambda: self._compare(photo, candidate))
+
+    def _compare(self, photo: LocalPhoto, candidate: Candidate) -> Comparison | None:
+        """Registration by keypoints first, the full score only for pairs that line up, and
+        always for a pair named by the upload's original file name."""
         pictures = self.pictures.features(photo, candidate.photo)
         if pictures is None:
             return None
@@ -3359,7 +3397,10 @@ class PairScorer:
         try:
             return self._each_pair(photos, candidates, self.compare)
         finally:
-            self.pictures.forget_locals()
+            with self._ahead:
+                self._finished.update(p.path for p in photos)
+                self._ahead.notify_all()
+            self.pictures.forget_locals(photos)
 
     def likely(
         self, photos: Sequence[LocalPhoto], candidates: Sequence[Candidate]
@@ -3371,7 +3412,76 @@ class PairScorer:
             pictures = self.pictures.features(photo, candidate.photo)
             return None if pictures is None else likely_same_pictures(*pictures)
 
-        return self._each_pair(photos, candidates, verdict)
+        try:
+            return self._each_pair(photos, candidates, verdict)
+        finally:
+            self.pictures.forget_locals(photos)
+
+    def expect(self, pairs: Sequence[tuple[LocalPhoto, Candidate]]) -> None:
+        """Compare these pairs in the background, in this order, at most PREFETCH_AHEAD local
+        photos ahead of the matching: clusters are small, so their own pairs rarely keep
+        every core busy, and downloading and decoding wait for no one."""
+        self.stop()
+        if len(pairs) < 2:
+            return
+        stop = threading.Event()
+        queue = iter(list(pairs))
+        threads = [
+            threading.Thread(
+                target=self._compare_ahead, args=(queue, stop), name="compare-ahead", daemon=True
+            )
+            for _ in range(COMPARE_WORKERS)
+        ]
+        self._background = (threads, stop)
+        for thread in threads:
+            thread.start()
+
+    def _compare_ahead(
+        self, queue: Iterator[tuple[LocalPhoto, Candidate]], stop: threading.Event
+    ) -> None:
+        while not stop.is_set():
+            with self._ahead:  # the threads take the pairs in turn, in order
+                pair = next(queue, None)
+                if pair is None:
+                    return
+                photo, candidate = pair
+                if photo.path in self._finished:
+                    continue
+                while not stop.is_set() and self._no_room_for(photo):
+                    self._ahead.wait(0.5)
+                self._started.add(photo.path)
+            if stop.is_set():
+                return
+            try:
+                self.compare(photo, candidate)
+            except Exception:  # matching compares the pair itself and meets the error there
+                return
+
+    def _no_room_for(self, photo: LocalPhoto) -> bool:
+        """Whether the background is PREFETCH_AHEAD photos ahead already (lock held)."""
+        if photo.path in self._started:
+            return False
+        return len(self._started - self._finished) >= PREFETCH_AHEAD
+
+    def stop(self) -> None:
+        """Stop comparing ahead; returns once the background threads have ended."""
+        if self._background is not None:
+            threads, stop = self._background
+            stop.set()
+            with self._ahead:
+                self._ahead.notify_all()
+            for thread in threads:
+                thread.join()
+            self._background = None
+
+    def finish_day(self) -> None:
+        """Stop comparing ahead and drop the day's pictures, keypoints and comparisons."""
+        self.stop()
+        self.comparisons.forget()
+        self._started.clear()
+        self._finished.clear()
+        self.pictures.forget_locals()
+        self.pictures.forget_uploads()
 
 
 # ---------------------------------------------------------------------------
@@ -3673,6 +3783,30 @@ def find_clock_offset(
     return None
 
 
+def fresh_photos(cluster: Cluster, checked_before: CheckedBefore | None) -> tuple[LocalPhoto, ...]:
+    """The cluster's photos not compared in vain with the same uploads before."""
+    uploads = [c.photo.id for c in cluster.candidates]
+    return tuple(
+        p for p in cluster.photos if checked_before is None or not checked_before(p, uploads)
+    )
+
+
+def planned_pairs(
+    photos: Sequence[LocalPhoto],
+    candidates: Sequence[Candidate],
+    options: Options,
+    checked_before: CheckedBefore,
+) -> list[tuple[LocalPhoto, Candidate]]:
+    """The pairs match_day compares first, in its order, so that they can be compared ahead."""
+    skip = None if options.recompute else checked_before
+    return [
+        (photo, candidate)
+        for cluster in cluster_by_time(photos, candidates, options.cluster_threshold)
+        for photo in (fresh_photos(cluster, skip) if cluster.candidates else ())
+        for candidate in cluster.candidates
+    ]
+
+
 def _match_clusters(
     photos: Sequence[LocalPhoto],
     candidates: Sequence[Candidate],
@@ -3685,12 +3819,9 @@ def _match_clusters(
     skipped: list[Refusal] = []
 
     def match(cluster: Cluster) -> None:
-        uploads = [c.photo.id for c in cluster.candidates]
-        if not cluster.photos or not uploads:
+        if not cluster.photos or not cluster.candidates:
             return
-        fresh = tuple(
-            p for p in cluster.photos if checked_before is None or not checked_before(p, uploads)
-        )
+        fresh = fresh_photos(cluster, checked_before)
         skipped.extend(
             Refusal(p, None, None, COMPARED_BEFORE) for p in cluster.photos if p not in fresh
         )
@@ -5574,6 +5705,9 @@ def process_days(
             continue
         if not options.recompute:
             open_candidates = recall_parts(state, open_candidates)
+        state.scorer.expect(
+            planned_pairs(open_photos, open_candidates, options, state.index.checked_before)
+        )
         outcome = match_day(
             day,
             open_photos,
@@ -5584,9 +5718,9 @@ def process_days(
             checked_before=state.index.checked_before,
             known_today=not options.recompute and any(p.tags for p in day_photos),
         )
+        state.scorer.stop()
         apply_day(state, outcome, open_candidates)
-        state.pictures.forget_locals()
-        state.pictures.forget_uploads()
+        state.scorer.finish_day()
 
 
 def load_observations(
@@ -5665,6 +5799,7 @@ def run(options: Options, console: Console) -> Tally:
         resources.callback(photo_cache.http.close)
         pictures = PictureSource(photo_cache, options.inat_size, console)
         scorer = PairScorer(pictures, choose_score_function(options.gpu, console))
+        resources.callback(scorer.stop)  # an error mid-day leaves no thread comparing ahead
         state = RunState(
             options,
             console,
