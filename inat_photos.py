@@ -2403,8 +2403,8 @@ def _raw_preview(raw: Any, enough: int, longest: int) -> Image.Image | None:
 
 
 class Memo(dict):
-    """A dict whose values are made once, by the first thread that asks for them (the others
-    wait for it); a value that cannot be made (None) is not kept."""
+    """A dict whose values are made once, by the first thread that asks for them; the others
+    wait for it. None (cannot be had) is kept like any value."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -2412,18 +2412,16 @@ class Memo(dict):
         self._making: dict[Any, threading.Lock] = {}
 
     def make(self, key: Any, make: Callable[[], Any]) -> Any:
-        value = self.get(key)
-        if value is not None:
+        value = self.get(key, _NOT_MADE)
+        if value is not _NOT_MADE:
             return value
         with self._lock:
             busy = self._making.setdefault(key, threading.Lock())
         with busy:
             # Read with get: another thread may forget the value meanwhile.
-            value = self.get(key)
-            if value is None:
-                value = make()
-                if value is not None:
-                    self[key] = value
+            value = self.get(key, _NOT_MADE)
+            if value is _NOT_MADE:
+                value = self[key] = make()
         return value
 
     def forget(self, keys: Iterable[Any] | None = None) -> None:
@@ -2437,13 +2435,23 @@ class Memo(dict):
                 self._making.pop(key, None)
 
 
+_NOT_MADE = object()
+
+
 class PictureSource:
     """Decoded pictures for comparisons: uploads per day, local photos per cluster."""
 
-    def __init__(self, photos: PhotoCache, size: str, console: Console) -> None:
+    def __init__(
+        self,
+        photos: PhotoCache,
+        size: str,
+        console: Console,
+        log_thumbnails: ThumbnailCache | None = None,
+    ) -> None:
         self.photos = photos
         self.size = size
         self.console = console
+        self.log_thumbnails = log_thumbnails  # when given, each decoded local photo's is made
         self.uploads = Memo()  # photo id -> picture
         self.locals = Memo()  # path -> picture
         self.thumbnails = Memo()
@@ -2468,8 +2476,9 @@ class PictureSource:
 
     def downloaded_upload(self, photo: InatPhoto) -> Image.Image | None:
         """The upload if this run decoded it or it is already downloaded; never a download."""
-        if photo.id in self.uploads:
-            return self.uploads[photo.id]
+        decoded = self.uploads.get(photo.id)
+        if decoded is not None:
+            return decoded
         path = self.photos.path(photo, self.size)
         if photo.unavailable or not path.exists():
             return None
@@ -2478,7 +2487,12 @@ class PictureSource:
     def local(self, photo: LocalPhoto) -> Image.Image | None:
         """The local picture upright, big enough to cut the smallest searched crop from it."""
         side = round(max(INAT_PIXELS[self.size], HTML_THUMBNAIL) / SMALLEST_CROP)
-        return self._decode(photo, side, self.locals)
+        picture = self._decode(photo, side, self.locals)
+        if picture is not None and self.log_thumbnails is not None:
+            # The log's thumbnail, while the picture is decoded: the log comes after the
+            # cluster's pictures are forgotten, and would decode the file again.
+            self.log_thumbnails.local(photo, lambda: picture)
+        return picture
 
     def local_thumbnail(self, photo: LocalPhoto) -> Image.Image | None:
         """The local picture upright at about thumbnail size (JPEGs decode at 1/8 cheaply).
@@ -4623,6 +4637,27 @@ class ThumbnailCache:
     def upload_file(self, photo_id: int, size: str) -> Path:
         return self.folder / "inat" / size / f"{photo_id}.jpg"
 
+    def carry_over(self, made: Path, photo: LocalPhoto) -> None:
+        """Keep the thumbnail made before this tool wrote into the photo (its pixels are the
+        same; its modification time and size are not)."""
+        target = self.local_file(photo)
+        if target is not None and target != made and made.exists():
+            with contextlib.suppress(OSError):
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(made, target)
+
+    def local(self, photo: LocalPhoto, picture: Callable[[], Image.Image | None]) -> Path | None:
+        """The photo's thumbnail file, made from picture() unless there already; None when
+        it cannot be had."""
+        target = self.local_file(photo)
+        if target is None:
+            return None
+        if not target.exists():
+            made = picture()
+            if made is None or not self.save(target, made):
+                return None
+        return target
+
     def save(self, target: Path, picture: Image.Image) -> bool:
         """Store picture reduced to a thumbnail (a new JPEG; the photo itself is only read)."""
         small = picture.convert("RGB")  # always a copy: the caller's picture stays as it is
@@ -4649,14 +4684,8 @@ class LogThumbnails:
         self.store = store
 
     def local(self, photo: LocalPhoto, outline: Sequence[Point] | None = None) -> Thumbnail | None:
-        target = self.store.local_file(photo)
-        if target is None:
-            return None
-        if not target.exists():
-            picture = self.pictures.local_thumbnail(photo)
-            if picture is None or not self.store.save(target, picture):
-                return None
-        return Thumbnail(target, outline)
+        target = self.store.local(photo, lambda: self.pictures.local_thumbnail(photo))
+        return None if target is None else Thumbnail(target, outline)
 
     def upload(self, photo: InatPhoto) -> Thumbnail | None:
         target = self.store.upload_file(photo.id, self.pictures.size)
@@ -5410,12 +5439,16 @@ def perform_update(state: RunState, update: Update, counted: bool = True) -> boo
     for line in update_lines(update, options.dry_run):
         console.say(line)
     if not options.dry_run:
+        thumbnails = ThumbnailCache(options.cache) if state.log is not None else None
+        made = thumbnails.local_file(update.photo) if thumbnails else None
         try:
             write_update(update)
         except OSError as error:
             console.file_error(update.photo.path, f"cannot write metadata ({error})")
             return False
         state.index.remember(update.applied())
+        if thumbnails is not None and made is not None:
+            thumbnails.carry_over(made, update.photo)
     if counted:
         state.tally.count(update)
     return True
@@ -5752,6 +5785,14 @@ def load_lineages(
     return store.lineages(client, observations) if options.needs_lineages else {}
 
 
+def make_scorer(options: Options, photos: PhotoCache, console: Console) -> PairScorer:
+    """The compare function for these options: the score on the CPU or with OpenCL, and the
+    log's thumbnails made as local photos are decoded when a log is written."""
+    thumbnails = ThumbnailCache(options.cache) if options.logfile else None
+    pictures = PictureSource(photos, options.inat_size, console, thumbnails)
+    return PairScorer(pictures, choose_score_function(options.gpu, console))
+
+
 def run(options: Options, console: Console) -> Tally:
     """One run from the walk to the summary; raises RunLocked, UserError, InatUnreachable."""
     started = time.monotonic()
@@ -5797,14 +5838,13 @@ def run(options: Options, console: Console) -> Tally:
             options.cache, client, refresh=options.bypass_cache, console=console
         )
         resources.callback(photo_cache.http.close)
-        pictures = PictureSource(photo_cache, options.inat_size, console)
-        scorer = PairScorer(pictures, choose_score_function(options.gpu, console))
+        scorer = make_scorer(options, photo_cache, console)
         resources.callback(scorer.stop)  # an error mid-day leaves no thread comparing ahead
         state = RunState(
             options,
             console,
             index,
-            pictures,
+            scorer.pictures,
             scorer,
             tally,
             LogBook() if options.logfile else None,
@@ -5928,13 +5968,12 @@ def associate_file(options: Options, console: Console) -> Tally:
         history = set().union(*store.caption_history(ids).values())
         photo_cache = PhotoCache(options.cache, client, console=console)
         resources.callback(photo_cache.http.close)
-        pictures = PictureSource(photo_cache, options.inat_size, console)
-        scorer = PairScorer(pictures, choose_score_function(options.gpu, console))
+        scorer = make_scorer(options, photo_cache, console)
         comparison = scorer.compare(photo, candidate)
         console.say(compared_line(photo, candidate, comparison, options.ssim_threshold))
         tags = InatTags(observation.id, candidate.photo.observation_photo_id, photo_id)
         update = plan_update(photo, tags, history, observation.caption)
-        state = RunState(options, console, index, pictures, scorer, tally)
+        state = RunState(options, console, index, scorer.pictures, scorer, tally)
         if update is None:
             console.say(f"{show_path(path)}: already associated with photo id {photo_id}.")
         elif perform_update(state, update):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import io
+import time
 from pathlib import Path
 
 import pytest
@@ -207,6 +208,80 @@ def test_match_day_reports_a_crop_as_part_of_the_photo_that_took_the_whole() -> 
     assert outcome.unmatched == ()
 
 
+def test_planned_pairs_are_the_pairs_match_day_compares_first_in_its_order() -> None:
+    """The pairs compared ahead in the background are those matching then asks for."""
+    t = dt.datetime(2021, 2, 1, 10, 0)
+    photos = [
+        photo("a.jpg", t),
+        photo("b.jpg", t + dt.timedelta(seconds=30)),
+        photo("old.jpg", t + dt.timedelta(seconds=40)),
+        photo("c.jpg", t + dt.timedelta(minutes=20)),
+        photo("lonely.jpg", t + dt.timedelta(hours=3)),
+    ]
+    uploads = [candidate(1, t), candidate(2, t), candidate(3, t + dt.timedelta(minutes=20))]
+    compare = FakeCompare({("a.jpg", 1): 0.99, ("b.jpg", 2): 0.99, ("c.jpg", 3): 0.99})
+
+    def checked_before(local: ip.LocalPhoto, uploads) -> bool:
+        return local.path.name == "old.jpg"
+
+    match(photos, uploads, compare, checked_before=checked_before)
+    planned = ip.planned_pairs(photos, uploads, options(), checked_before)
+    assert [(p.path.name, c.photo.id) for p, c in planned] == compare.asked
+    assert ("old.jpg", 1) not in compare.asked and len(compare.asked) == 5
+    again = ip.planned_pairs(photos, uploads, options(recompute=True), checked_before)
+    assert ("old.jpg", 1) in [(p.path.name, c.photo.id) for p, c in again]
+
+
+class Pictures:
+    """A PictureSource stand-in for PairScorer: counts the pairs it was asked for."""
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[str, int]] = []
+        self.forgotten: list[str] = []
+
+    def features(self, local: ip.LocalPhoto, upload: ip.InatPhoto):
+        self.asked.append((local.path.name, upload.id))
+        return None  # no pictures: the comparison is None
+
+    def fetch(self, candidates) -> None:
+        pass
+
+    def forget_locals(self, photos=None) -> None:
+        self.forgotten += ["*"] if photos is None else [p.path.name for p in photos]
+
+    def forget_uploads(self) -> None:
+        pass
+
+
+def test_pair_scorer_compares_the_expected_pairs_ahead_once_each() -> None:
+    t = dt.datetime(2021, 2, 1, 10, 0)
+    locals_ = [photo(f"{n}.jpg", t) for n in range(8)]
+    uploads = [candidate(1, t), candidate(2, t)]
+    pictures = Pictures()
+    scorer = ip.PairScorer(pictures, ip.ssim_score)  # type: ignore[arg-type]
+    pairs = [(p, c) for p in locals_ for c in uploads]
+    scorer.expect(pairs)
+    for p in locals_:  # the matching asks cluster by cluster, as the background compares
+        scorer([p], uploads)
+    scorer.finish_day()
+    assert sorted(pictures.asked) == sorted((p.path.name, c.photo.id) for p, c in pairs)
+    assert pictures.forgotten[:8] == [p.path.name for p in locals_]
+
+
+def test_pair_scorer_compares_at_most_a_few_photos_ahead() -> None:
+    t = dt.datetime(2021, 2, 1, 10, 0)
+    locals_ = [photo(f"{n}.jpg", t) for n in range(ip.PREFETCH_AHEAD + 5)]
+    pictures = Pictures()
+    scorer = ip.PairScorer(pictures, ip.ssim_score)  # type: ignore[arg-type]
+    scorer.expect([(p, candidate(1, t)) for p in locals_])
+    deadline = time.monotonic() + 5
+    while len(pictures.asked) < ip.PREFETCH_AHEAD and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.2)  # room for a thread that would run further ahead
+    assert len({name for name, _ in pictures.asked}) == ip.PREFETCH_AHEAD
+    scorer.stop()
+
+
 # -- PictureSource -------------------------------------------------------------------------
 
 
@@ -286,3 +361,34 @@ def test_picture_source_finds_keypoints_once_per_picture_while_held(
     assert len(found) == 3  # the local picture again, not the upload
     pictures.forget_uploads()
     assert pictures.upload_features == {} and pictures.uploads == {}
+
+
+def test_a_local_photo_decoded_for_comparing_gives_the_log_its_thumbnail(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The log's thumbnail is made from the picture decoded for comparing, not decoded again
+    after the cluster forgot it; a photo never compared gets one decoded for the log."""
+    compared, other = tmp_path / "compared.jpg", tmp_path / "other.jpg"
+    for path in (compared, other):
+        Image.new("RGB", (1600, 1200), (10, 200, 30)).save(path, "JPEG")
+    store = ip.ThumbnailCache(tmp_path / "cache")
+    pictures = ip.PictureSource(None, "large", Console(), store)  # type: ignore[arg-type]
+    decoded: list[tuple[str, int]] = []
+    real = ip.decode_upright
+
+    def counting(path: Path, orientation: int, longest: int) -> Image.Image:
+        decoded.append((path.name, longest))
+        return real(path, orientation, longest)
+
+    monkeypatch.setattr(ip, "decode_upright", counting)
+    seen = photo("compared.jpg", dt.datetime(2021, 2, 1), path=compared)
+    assert pictures.local(seen) is not None
+    pictures.forget_locals()
+    thumbnails = ip.LogThumbnails(pictures, store)
+    made = thumbnails.local(seen)
+    assert made is not None and made.file.exists()
+    assert [name for name, _ in decoded] == ["compared.jpg"]
+    with Image.open(made.file) as thumbnail:
+        assert max(thumbnail.size) == ip.HTML_THUMBNAIL
+    unseen = thumbnails.local(photo("other.jpg", dt.datetime(2021, 2, 1), path=other))
+    assert unseen is not None and decoded[-1] == ("other.jpg", ip.HTML_THUMBNAIL)
