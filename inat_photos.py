@@ -2690,6 +2690,9 @@ class OpenCLSimilarity:
             raise OpenCLUnavailable(reason) from error
         self._real = np.float64 if self.fp64 else np.float32
         self._kernel.set_scalar_arg_dtypes([None, None, np.int32, self._real, self._real, None])
+        # Comparing threads share the kernel, and setting a kernel's arguments is not
+        # thread-safe in OpenCL: one call at a time sets them and runs it.
+        self._lock = threading.Lock()
 
     def score(self, first: np.ndarray, second: np.ndarray) -> float:
         """SSIM-PIL's compare_ssim value for two equal-size HxWx3 uint8 arrays."""
@@ -2702,10 +2705,18 @@ class OpenCLSimilarity:
         tiles = np.empty((rows, cols * 3), dtype=self._real)
         out = cl.Buffer(self._context, cl.mem_flags.WRITE_ONLY, tiles.nbytes)
         # Pixels past the last whole tile are never read, which matches SSIM-PIL's cropping.
-        self._kernel(
-            self._queue, tiles.shape[::-1], None, *inputs, first.shape[1] * 3, _C1_N2, _C2_N2, out
-        )
-        cl.enqueue_copy(self._queue, tiles, out)
+        with self._lock:
+            self._kernel(
+                self._queue,
+                tiles.shape[::-1],
+                None,
+                *inputs,
+                first.shape[1] * 3,
+                _C1_N2,
+                _C2_N2,
+                out,
+            )
+            cl.enqueue_copy(self._queue, tiles, out)
         return float(tiles.sum(dtype=np.float64) / tiles.size)
 
 

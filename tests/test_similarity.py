@@ -2,6 +2,7 @@
 
 import sys
 import types
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -89,6 +90,15 @@ def test_opencl_matches_numpy(opencl: OpenCLSimilarity, pairs: dict, kind: str) 
     first, second = arrays(pairs[kind])
     assert opencl.device_name
     assert opencl.score(first, second) == pytest.approx(ssim_score(first, second), abs=1e-6)
+
+
+def test_opencl_scores_from_many_threads_at_once(opencl: OpenCLSimilarity, pairs: dict) -> None:
+    """The comparing threads share one kernel: each score must still be its own pair's."""
+    work = [arrays(pairs[kind]) for kind in ("identical", "recompressed", "unrelated")] * 20
+    expected = [ssim_score(*pair) for pair in work]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        scores = list(pool.map(lambda pair: opencl.score(*pair), work))
+    assert scores == pytest.approx(expected, abs=1e-6)
 
 
 def test_opencl_unavailable_without_pyopencl(monkeypatch: pytest.MonkeyPatch) -> None:
