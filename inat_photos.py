@@ -1102,18 +1102,22 @@ class InatClient:
         # A photo host that refuses connections has usually moved: ask for the new URL soon.
         self.photo_retries = retries.new(connect=1)
 
+    def _verify(self, url: str) -> bool | str:
+        """The TLS trust requests itself would use for url: REQUESTS_CA_BUNDLE and the like.
+
+        pyinaturalist hands send() verify=True, which skips the step where requests reads
+        REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE: behind a TLS-inspecting proxy (whose CA those
+        name) every API call failed. Proxies need nothing: send() reads them itself.
+        """
+        return self.session.merge_environment_settings(url, {}, None, None, None)["verify"]
+
     def _get(self, url: str, **params: Any) -> Any:
         """GET through pyinaturalist with the TLS trust requests itself would use."""
         from pyinaturalist.session import get
 
-        # pyinaturalist hands send() verify=True, which skips the step where requests reads
-        # REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE: behind a TLS-inspecting proxy (whose CA those
-        # name) every API call failed. Proxies need nothing: send() reads them from the
-        # environment itself.
-        settings = self.session.merge_environment_settings(url, {}, None, None, None)
         if self._token:
             params["access_token"] = self._token
-        return get(url, session=self.session, verify=settings["verify"], **params)
+        return get(url, session=self.session, verify=self._verify(url), **params)
 
     @property
     def authenticated(self) -> bool:
@@ -1244,6 +1248,10 @@ class InatClient:
         if self.api_url != DEFAULT_API_URL and origin:
             pyinaturalist.auth.API_V0 = origin[0]
         pyinaturalist.session.thread_local.session = self.session
+        # Its requests go through session.request, with verify=True unless told otherwise.
+        self.session.request = functools.partial(  # type: ignore[method-assign]
+            type(self.session).request, self.session, verify=self._verify(self.api_url)
+        )
         try:
             # It reads INAT_USERNAME, ... itself, then the keyring for what they lack.
             return pyinaturalist.auth.get_access_token()
@@ -1263,6 +1271,7 @@ class InatClient:
         finally:
             pyinaturalist.auth.API_V0 = saved
             del pyinaturalist.session.thread_local.session
+            del self.session.request
 
 
 def _describe_http_error(error: BaseException) -> str:

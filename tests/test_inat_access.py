@@ -154,16 +154,23 @@ def _pump(source: socket.socket, target: socket.socket) -> None:
         target.shutdown(socket.SHUT_WR)
 
 
+def private_authority(folder: Path) -> tuple[ssl.SSLContext, Path]:
+    """A server TLS context for 127.0.0.1 signed by a new private CA, and that CA's
+    certificate in folder/company-ca.pem (as a TLS-inspecting proxy re-signs iNaturalist's)."""
+    authority = trustme.CA()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    authority.issue_cert("127.0.0.1").configure_cert(context)
+    bundle = folder / "company-ca.pem"
+    authority.cert_pem.write_to_path(str(bundle))
+    return context, bundle
+
+
 @pytest.mark.parametrize("route", ["direct", "through a proxy"])
 def test_https_api_trusts_the_ca_bundle_named_in_the_environment(tmp_path: Path, route) -> None:
     """The fake server speaks HTTPS with a certificate of a private CA, as a TLS-inspecting
     proxy re-signs iNaturalist's; REQUESTS_CA_BUNDLE names that CA: API calls and downloads
     must both trust it (and go through HTTPS_PROXY when one is set)."""
-    authority = trustme.CA()
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    authority.issue_cert("127.0.0.1").configure_cert(context)
-    bundle = tmp_path / "company-ca.pem"
-    authority.cert_pem.write_to_path(str(bundle))
+    context, bundle = private_authority(tmp_path)
     world = make_world(tmp_path, 1)
     env = {
         "REQUESTS_CA_BUNDLE": str(bundle),
@@ -190,10 +197,32 @@ def test_https_api_trusts_the_ca_bundle_named_in_the_environment(tmp_path: Path,
         assert proxy.tunnels and set(proxy.tunnels) == {f"127.0.0.1:{fake.port}"}
 
 
+def test_a_password_login_trusts_the_ca_bundle_named_in_the_environment(tmp_path: Path) -> None:
+    """The token for a login in the environment is fetched through the same trust as every
+    other API call (behind a TLS-inspecting proxy, iNaturalist's certificate is re-signed)."""
+    context, bundle = private_authority(tmp_path)
+    world = make_world(tmp_path, 1)
+    env = {
+        "REQUESTS_CA_BUNDLE": str(bundle),
+        "CURL_CA_BUNDLE": "",
+        "INAT_USERNAME": USER,
+        "INAT_PASSWORD": "pass word",
+        "INAT_APP_ID": "app-id",
+        "INAT_APP_SECRET": "app-secret",
+    }
+    with world.fake(tls=context) as fake:
+        fake.add_password_login(USER, "pass word", "app-id", "app-secret")
+        result = run_cli(
+            ["-u", USER, str(world.pictures)], fake.api_url, world.cache, extra_env=env
+        )
+        logins = [entry for entry in fake.requests if entry["path"] == "/oauth/token"]
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert len(logins) == 1
+    assert_tagged(world.twins[0])
+
+
 def test_untrusted_certificate_is_named_as_such(tmp_path: Path) -> None:
-    authority = trustme.CA()
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    authority.issue_cert("127.0.0.1").configure_cert(context)
+    context, _ = private_authority(tmp_path)
     world = make_world(tmp_path, 1)
     with world.fake(tls=context) as fake:
         result = run_cli(["-u", USER, str(world.pictures)], fake.api_url, world.cache)
