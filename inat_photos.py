@@ -3583,12 +3583,12 @@ SAME_AREA = 0.03  # uploads whose areas of one local photo differ less show the 
 
 def _optimal_pairs(valid: Mapping[tuple[int, int], float]) -> dict[int, int]:
     """local -> upload maximising the total score over valid pairs (one-to-one)."""
-    from scipy.optimize import linear_sum_assignment
-
-    if not valid:
-        return {}
     locals_ = sorted({local for local, _ in valid})
     uploads = sorted({upload for _, upload in valid})
+    if len(locals_) == len(valid) == len(uploads):  # no two pairs share a photo or an upload
+        return {local: upload for (local, upload), score in valid.items() if score > 0}
+    from scipy.optimize import linear_sum_assignment  # a quarter second to import: when needed
+
     row = {local: i for i, local in enumerate(locals_)}
     column = {upload: j for j, upload in enumerate(uploads)}
     matrix = np.zeros((len(locals_), len(uploads)))

@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as dt
+import itertools
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import inat_photos as ip
 
@@ -238,6 +241,30 @@ def test_assign_is_optimal_where_greedy_is_wrong() -> None:
     # and leave upload 1 unmatched; the optimal assignment pairs each with its own.
     scores = {(0, 0): 0.970, (1, 0): 0.985, (1, 1): 0.975}
     assert _pairs(_assign(scores)) == [(0, 0, 0.970, ()), (1, 1, 0.975, ())]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.dictionaries(
+        st.tuples(st.integers(0, 3), st.integers(0, 3)),
+        st.floats(0.9, 1.0),
+        max_size=10,
+    )
+)
+def test_optimal_pairs_reach_the_best_total_of_any_one_to_one_pairing(valid) -> None:
+    """Against every one-to-one choice of the valid pairs (the fast path for pairs that share
+    nothing, and scipy's assignment for the rest)."""
+    chosen = ip._optimal_pairs(valid)
+    assert len(set(chosen.values())) == len(chosen)
+    assert all((local, upload) in valid for local, upload in chosen.items())
+    pairs = list(valid)
+    best = max(
+        sum(valid[p] for p in subset)
+        for size in range(len(pairs) + 1)
+        for subset in itertools.combinations(pairs, size)
+        if len({a for a, _ in subset}) == size == len({b for _, b in subset})
+    )
+    assert sum(valid[p] for p in chosen.items()) == pytest.approx(best)
 
 
 def test_assign_refuses_a_burst_tie() -> None:
