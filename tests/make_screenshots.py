@@ -8,7 +8,7 @@ does) and photographs its log:
 
   log_summary.png   the top of a first run's page: summary, counts, filters, associations
   log_refusal.png   a near miss in Refusals with the command that confirms it (a run with
-                    --ssim_threshold 97%, which the demo's poppy misses by a hair)
+                    --ssim_threshold 97.5%, which the demo's poppy misses by a hair)
   log_known.png     a rerun's page: nothing new, the known photos collapsed
 
 Needs Chromium (apt-get install chromium). The PNGs are reduced to 256 colours to stay small.
@@ -67,7 +67,7 @@ def main() -> int:
             copy_examples(folder / "pictures")
         first = run_tool(plain, server.api_url)
         shoot(first.as_uri(), args.out / "log_summary.png", 1200, 720)
-        near = run_tool(strict, server.api_url, "--ssim_threshold", "97%")
+        near = run_tool(strict, server.api_url, "--ssim_threshold", "97.5%")
         shoot(near.as_uri() + "#section=refused&text=dscf0119", args.out / "log_refusal.png",
               1200, 640)  # fmt: skip
         rerun = run_tool(plain, server.api_url)
