@@ -4612,6 +4612,7 @@ class Thumbnail:
 
     file: Path
     outline: Sequence[Point] | None = None
+    aspect: float = 4 / 3  # the picture's width / height: a rotated box needs it
 
 
 @dataclass
@@ -4705,7 +4706,15 @@ class LogThumbnails:
 
     def local(self, photo: LocalPhoto, outline: Sequence[Point] | None = None) -> Thumbnail | None:
         target = self.store.local(photo, lambda: self.pictures.local_thumbnail(photo))
-        return None if target is None else Thumbnail(target, outline)
+        if target is None:
+            return None
+        if outline is None:
+            return Thumbnail(target)
+        try:
+            with Image.open(target) as picture:  # reads the header only
+                return Thumbnail(target, outline, picture.width / picture.height)
+        except OSError:
+            return Thumbnail(target)
 
     def upload(self, photo: InatPhoto) -> Thumbnail | None:
         target = self.store.upload_file(photo.id, self.pictures.size)
@@ -4994,12 +5003,31 @@ def _picture_html(thumbnail: Thumbnail | None, embed: Callable[[Path], str | Non
     image = f'<img src="{html.escape(source, quote=True)}" alt="">'
     if thumbnail.outline is None:
         return image
-    # The box around the matched region (its corners; a straightened upload's are rotated):
-    # plain CSS over the picture, so no thumbnail is re-encoded and no markup but spans.
-    xs, ys = [x for x, _ in thumbnail.outline], [y for _, y in thumbnail.outline]
-    left, top, right, bottom = (100 * v for v in (min(xs), min(ys), max(xs), max(ys)))
-    box = f"left:{left:.1f}%;top:{top:.1f}%;width:{right - left:.1f}%;height:{bottom - top:.1f}%"
+    # Plain CSS over the picture, so no thumbnail is re-encoded and no markup but spans.
+    box = outline_style(thumbnail.outline, thumbnail.aspect)
     return f'<span class="thumb">{image}<span class="crop" style="{box}"></span></span>'
+
+
+def outline_style(outline: Sequence[Point], aspect: float) -> str:
+    """CSS that puts a box on outline's corners over a picture aspect (width / height) wide,
+    turned by the angle of its top edge when the upload was straightened."""
+    (x0, y0), (x1, y1), (x2, y2), _ = outline
+    angle = math.degrees(math.atan2(y1 - y0, (x1 - x0) * aspect))  # in square pixels
+    if abs(angle) < STRAIGHT_MIN:
+        xs, ys = [x for x, _ in outline], [y for _, y in outline]
+        left, top, right, bottom = (100 * v for v in (min(xs), min(ys), max(xs), max(ys)))
+        return (
+            f"left:{left:.1f}%;top:{top:.1f}%;width:{right - left:.1f}%;height:{bottom - top:.1f}%"
+        )
+    # Percentages of width and height measure the sides; the box is centred, then turned.
+    width = math.hypot(x1 - x0, (y1 - y0) / aspect)
+    height = math.hypot((x2 - x1) * aspect, y2 - y1)
+    centre_x = sum(x for x, _ in outline) / 4
+    centre_y = sum(y for _, y in outline) / 4
+    return (
+        f"left:{100 * centre_x:.1f}%;top:{100 * centre_y:.1f}%;width:{100 * width:.1f}%;"
+        f"height:{100 * height:.1f}%;transform:translate(-50%,-50%) rotate({angle:.1f}deg)"
+    )
 
 
 def _row_html(row: LogRow, threshold: float, embed: Callable[[Path], str | None]) -> str:

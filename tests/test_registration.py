@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -183,9 +184,33 @@ def test_describe_and_outline_of_a_straightened_crop() -> None:
     assert ip.Comparison(0.97).describe() == ""
 
 
-def test_the_log_boxes_a_rotated_region() -> None:
-    """The log draws the box around a straightened upload's corners over the thumbnail."""
-    corners = ((0.3, 0.2), (0.9, 0.3), (0.8, 0.9), (0.2, 0.8))
+def test_the_log_boxes_a_straightened_region_turned_with_it() -> None:
+    """The CSS box drawn over a 4:3 thumbnail has the corners of the straightened upload:
+    its centre, sides and turn, read back from the style, give them again."""
+    width, height, angle = 4.0, 3.0, math.radians(7.5)
+    centre, sides = np.array([2.2, 1.4]), np.array([2.0, 1.2])  # in pixels of a 4 x 3 picture
+    turn = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
+    unit = np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]]) / 2
+    corners = [tuple(p) for p in (centre + (unit * sides) @ turn.T) / [width, height]]
+    shown = ip._picture_html(
+        ip.Thumbnail(Path("t.jpg"), corners, width / height), lambda _: "data:image/jpeg,"
+    )
+    style = re.search(r'class="crop" style="([^"]*)"', shown)[1]
+    values = dict(part.split(":", 1) for part in style.split(";"))
+    turned = re.fullmatch(r"translate\(-50%,-50%\) rotate\((-?[\d.]+)deg\)", values["transform"])
+    assert turned is not None
+    drawn_angle = math.radians(float(turned[1]))
+    left, top, w, h = (
+        float(values[k].rstrip("%")) / 100 for k in ("left", "top", "width", "height")
+    )
+    cos, sin = math.cos(drawn_angle), math.sin(drawn_angle)
+    box = (unit * [w * width, h * height]) @ np.array([[cos, -sin], [sin, cos]]).T
+    drawn = (np.array([left * width, top * height]) + box) / [width, height]
+    assert drawn == pytest.approx(np.array(corners), abs=0.002)
+
+
+def test_the_log_boxes_an_unturned_crop_as_it_is() -> None:
+    corners = ((0.2, 0.2), (0.9, 0.2), (0.9, 0.9), (0.2, 0.9))
     shown = ip._picture_html(ip.Thumbnail(Path("t.jpg"), corners), lambda _: "data:image/jpeg,")
     assert 'class="crop" style="left:20.0%;top:20.0%;width:70.0%;height:70.0%"' in shown
 
