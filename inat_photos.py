@@ -3418,23 +3418,37 @@ class PairScorer:
     def _each_pair(
         self, photos: Sequence[LocalPhoto], candidates: Sequence[Candidate], work: Callable
     ) -> dict[tuple[int, int], Any]:
-        pairs = [(i, j) for i in range(len(photos)) for j in range(len(candidates))]
-        with ThreadPoolExecutor(max_workers=COMPARE_WORKERS) as pool:
-            results = pool.map(lambda pair: work(photos[pair[0]], candidates[pair[1]]), pairs)
-            done = list(progress(results, "Comparing", len(pairs)))
-        return {
-            pair: result for pair, result in zip(pairs, done, strict=True) if result is not None
-        }
+        """work(photo, candidate) for every pair, PREFETCH_AHEAD photos at a time: each group's
+        pictures are dropped once its pairs are done (a burst may put hundreds in a cluster)."""
+
+        def results() -> Iterator[tuple[tuple[int, int], Any]]:
+            with ThreadPoolExecutor(max_workers=COMPARE_WORKERS) as pool:
+                for start in range(0, len(photos), PREFETCH_AHEAD):
+                    group = photos[start : start + PREFETCH_AHEAD]
+                    pairs = [
+                        (start + i, j) for i in range(len(group)) for j in range(len(candidates))
+                    ]
+                    try:
+                        done = pool.map(
+                            lambda pair: work(photos[pair[0]], candidates[pair[1]]), pairs
+                        )
+                        yield from zip(pairs, done, strict=True)
+                    finally:
+                        self._done_with(group)
+
+        found = progress(results(), "Comparing", len(photos) * len(candidates))
+        return {pair: result for pair, result in found if result is not None}
+
+    def _done_with(self, photos: Sequence[LocalPhoto]) -> None:
+        """Let the background go further ahead, and drop these photos' pictures."""
+        with self._ahead:
+            self._finished.update(p.path for p in photos)
+            self._ahead.notify_all()
+        self.pictures.forget_locals(photos)
 
     def __call__(self, photos: Sequence[LocalPhoto], candidates: Sequence[Candidate]) -> Pairs:
         self.pictures.fetch(candidates)
-        try:
-            return self._each_pair(photos, candidates, self.compare)
-        finally:
-            with self._ahead:
-                self._finished.update(p.path for p in photos)
-                self._ahead.notify_all()
-            self.pictures.forget_locals(photos)
+        return self._each_pair(photos, candidates, self.compare)
 
     def likely(
         self, photos: Sequence[LocalPhoto], candidates: Sequence[Candidate]
@@ -3446,10 +3460,7 @@ class PairScorer:
             pictures = self.pictures.features(photo, candidate.photo)
             return None if pictures is None else likely_same_pictures(*pictures)
 
-        try:
-            return self._each_pair(photos, candidates, verdict)
-        finally:
-            self.pictures.forget_locals(photos)
+        return self._each_pair(photos, candidates, verdict)
 
     def expect(self, pairs: Sequence[tuple[LocalPhoto, Candidate]]) -> None:
         """Compare these pairs in the background, in this order, at most PREFETCH_AHEAD local

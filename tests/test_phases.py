@@ -268,6 +268,32 @@ def test_pair_scorer_compares_the_expected_pairs_ahead_once_each() -> None:
     assert pictures.forgotten[:8] == [p.path.name for p in locals_]
 
 
+def test_pair_scorer_holds_a_few_pictures_of_a_big_cluster_at_a_time() -> None:
+    """A long burst puts hundreds of photos in one cluster: their pictures are dropped group
+    by group, not when the cluster is done (1.1 GB for 80 camera-size photos before)."""
+    t = dt.datetime(2021, 2, 1, 10, 0)
+    burst = [photo(f"{n}.jpg", t) for n in range(5 * ip.PREFETCH_AHEAD + 1)]
+    uploads = [candidate(1, t), candidate(2, t)]
+    pictures = Pictures()
+    held: list[int] = []
+    asked = pictures.features
+
+    def features(local: ip.LocalPhoto, upload: ip.InatPhoto):
+        names = {name for name, _ in pictures.asked} | {local.path.name}
+        held.append(len(names - set(pictures.forgotten)))
+        return asked(local, upload)
+
+    pictures.features = features  # type: ignore[method-assign]
+    scorer = ip.PairScorer(pictures, ip.ssim_score)  # type: ignore[arg-type]
+    for check in (scorer, scorer.likely):
+        held.clear()
+        check(burst, uploads)
+        assert len(held) == len(burst) * len(uploads)
+        assert max(held) <= ip.PREFETCH_AHEAD
+        pictures.asked.clear()
+        pictures.forgotten.clear()
+
+
 def test_pair_scorer_compares_at_most_a_few_photos_ahead() -> None:
     t = dt.datetime(2021, 2, 1, 10, 0)
     locals_ = [photo(f"{n}.jpg", t) for n in range(ip.PREFETCH_AHEAD + 5)]
