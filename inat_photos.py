@@ -12,7 +12,8 @@ The data flow, one section of this file per step:
                  -> prepare_local_photos: sidecars read, RAW+JPEG pairs joined
     iNaturalist  -> ObservationStore (synced) -> Observation -> Candidate
                  -> lineages (kingdom..taxon), only for --hierarchical-keywords/--darwin-core
-    per day:  match_day(photos, candidates, compare, options) -> DayOutcome
+    per day:  planned_pairs(...) -> PairScorer.expect: those pairs compared ahead
+              match_day(photos, candidates, compare, options) -> DayOutcome
                   compare = PairScorer: PictureSource (fetch, decode) + compare_pictures
               plan_update(photo, ...) -> Update -> write_update (atomic, or dry run)
                   into the photo, or its XMP sidecar; a pair's partners get their own Update
@@ -258,7 +259,8 @@ INAT_SIZES = ("small", "medium", "large", "original")
 INAT_PIXELS = {"small": 240, "medium": 500, "large": 1024, "original": 2048}  # longest side
 
 
-IN_FILE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".png", ".tif", ".tiff"}  # tags go into the file
+JPEG_SUFFIXES = {".jpg", ".jpeg", ".jpe"}
+IN_FILE_SUFFIXES = JPEG_SUFFIXES | {".png", ".tif", ".tiff"}  # tags go into the file
 
 
 RAW_FORMATS = {  # suffix -> the name messages use; decoded with LibRaw, never written
@@ -318,6 +320,9 @@ TEMPORARY_SUFFIX = ".inat-tmp"  # the copy being written beside a photo before i
 
 
 HTML_THUMBNAIL = 240  # longest side of thumbnails embedded in the HTML log, pixels
+
+
+MAX_OFFSET = dt.timedelta(hours=26)  # the largest camera-clock error, stated or looked for
 
 
 HTML_THUMBNAIL_QUALITY = 70  # JPEG quality of those thumbnails: small pages, still legible
@@ -481,7 +486,8 @@ def parse_time_offset(text: str) -> dt.timedelta:
     else:
         offset = dt.timedelta(seconds=float(amount) * {"h": 3600, "m": 60, "min": 60, "s": 1}[unit])
     if offset > MAX_OFFSET:
-        raise argparse.ArgumentTypeError(f"time offset {text!r} is more than 26 hours")
+        hours = MAX_OFFSET // dt.timedelta(hours=1)
+        raise argparse.ArgumentTypeError(f"time offset {text!r} is more than {hours} hours")
     return -offset if sign == "-" else offset
 
 
@@ -1150,11 +1156,8 @@ class InatClient:
         """All results of a listing, paged by id_above as iNaturalist asks for big sets."""
         from pyinaturalist.paginator import paginate_all
 
-        def request(url: str, **kwargs: Any) -> dict[str, Any]:
-            return self._get_json(url, **kwargs)
-
         try:
-            answer = paginate_all(request, path, method="id", per_page=PER_PAGE, **params)
+            answer = paginate_all(self._get_json, path, method="id", per_page=PER_PAGE, **params)
         except (TypeError, ValueError, KeyError, AttributeError):  # an answer of the wrong shape
             raise InatUnreachable(f"unexpected answer from {path}") from None
         results = answer.get("results") if isinstance(answer, dict) else None
@@ -1168,9 +1171,7 @@ class InatClient:
             response = self._get(f"{self.api_url}/users/{login}", raise_for_status=False)
             if response.status_code in (404, 422):
                 raise UserError(f"unknown iNaturalist user {login!r}")
-            if self._token and response.status_code in (401, 403):
-                raise TokenRefused(refused_token_message(response.status_code))
-            response.raise_for_status()
+            response.raise_for_status()  # a refused token: _refused below
             results = response.json().get("results") or []
             if not isinstance(results, list):
                 raise InatUnreachable(f"unexpected answer from users/{login}")
@@ -1652,9 +1653,8 @@ class PhotoCache:
                     raise error
                 data = self._download(fresh.url_for_size(size))
             except Exception as final:
-                print(
-                    f"Warning: could not download photo {photo.id}: {_describe_http_error(final)}",
-                    file=sys.stderr,
+                self.console.warn(
+                    f"could not download photo {photo.id}: {_describe_http_error(final)}"
                 )
                 with self.lock:
                     self.failed.add(target)
@@ -1836,11 +1836,6 @@ def _keywords(value: Any) -> list[str]:
     return []
 
 
-def _caption_tag(value: Any) -> str | None:
-    text = value if isinstance(value, str) else None
-    return text if text and text.strip() else None
-
-
 def _darwin_core_record(value: Any) -> tuple[tuple[str, str], ...]:
     """TAG_DARWIN_CORE's 'term=value' entries as sorted (Xmp.dwc.term, value) pairs."""
     pairs = (entry.partition("=") for entry in _keywords(value))
@@ -1875,14 +1870,14 @@ def xmp_facts(xmp: Mapping[str, Any]) -> dict[str, Any]:
         if observation is not None
         else None,
         "keywords": tuple(_keywords(xmp.get(TAG_SUBJECT))),
-        "written_caption": _caption_tag(xmp.get(TAG_CAPTION)),
+        "written_caption": _text_or_none(xmp.get(TAG_CAPTION)),
         "hierarchy": tuple(_keywords(xmp.get(TAG_HIERARCHY))),
-        "written_hierarchy": _caption_tag(xmp.get(TAG_HIERARCHY_CAPTION)),
+        "written_hierarchy": _text_or_none(xmp.get(TAG_HIERARCHY_CAPTION)),
         "darwin_core": tuple(
             sorted((k, v) for k, v in xmp.items() if k.startswith(dwc) and isinstance(v, str))
         ),
         "written_darwin_core": _darwin_core_record(xmp.get(TAG_DARWIN_CORE)),
-        "dissociated": bool(_caption_tag(xmp.get(TAG_DISSOCIATED))),
+        "dissociated": bool(_text_or_none(xmp.get(TAG_DISSOCIATED))),
     }
 
 
@@ -2245,7 +2240,7 @@ def pair_raw_with_exports(photos: Sequence[LocalPhoto]) -> list[LocalPhoto]:
             group,
             key=lambda p: (
                 cost[picture_kind(p.path)],
-                p.path.suffix.lower() not in {".jpg", ".jpeg"},
+                p.path.suffix.lower() not in JPEG_SUFFIXES,
             ),
         )
         compared[first.path] = dataclasses.replace(first, partners=tuple(others))
@@ -2316,9 +2311,10 @@ def decode_upright(path: Path, orientation: int, longest: int) -> Image.Image:
 def decodes_reduced(path: Path) -> bool:
     """True when a small decode costs much less than a big one: JPEGs, and RAW files (their
     previews are JPEGs). PNG, TIFF and HEIF always decode every pixel."""
-    return picture_kind(path) == "raw" or path.suffix.lower() in {".jpg", ".jpeg", ".jpe"}
+    return picture_kind(path) == "raw" or path.suffix.lower() in JPEG_SUFFIXES
 
 
+@functools.cache
 def _register_heif_decoder() -> None:
     """Let Pillow open HEIC/HEIF through pillow-heif (Pillow reads AVIF itself)."""
     import pillow_heif
@@ -2404,10 +2400,11 @@ def _raw_preview(raw: Any, enough: int, longest: int) -> Image.Image | None:
 
 # ---------------------------------------------------------------------------
 # 6. Pictures
-#    PictureSource holds every decoded picture of a run, local and uploaded: it
+#    PictureSource holds the decoded pictures of a run, local and uploaded: it
 #    fetches uploads through the photo cache, decodes each picture and finds its
-#    keypoints once while it is needed, and is the one place that reports a picture
-#    it could not decode.
+#    keypoints once while it is needed (Memo: made by the first thread that asks),
+#    saves a local photo's log thumbnail while it is decoded, and is the one place
+#    that reports a picture it could not decode.
 # ---------------------------------------------------------------------------
 
 
@@ -2583,7 +2580,8 @@ def _open_rgb(path: Path) -> Image.Image | None:
 #    quarter turns; correlation for pictures without keypoints), tone matching, the
 #    cheap gate (likely_same_pictures) and compare_pictures: decoded pictures and their
 #    keypoints in, a Comparison out. PairScorer, at the end, is the compare function
-#    matching is given.
+#    matching is given: it compares each pair once a day, the coming clusters' pairs
+#    ahead in background threads, and holds a few local photos' pictures at a time.
 # ---------------------------------------------------------------------------
 
 
@@ -3533,7 +3531,8 @@ class PairScorer:
 # 8. Matching
 #    Pure decisions: clusters of photos taken close in time, the one-to-one
 #    assignment inside a cluster, camera-clock offsets, and match_day, which puts
-#    them together. The compare function is passed in; nothing here does I/O.
+#    them together (planned_pairs says which pairs it will compare first). The
+#    compare function is passed in; nothing here does I/O.
 # ---------------------------------------------------------------------------
 
 Compare = Callable[[Sequence[LocalPhoto], Sequence[Candidate]], Pairs]
@@ -3770,9 +3769,6 @@ def match_cluster(
 
 
 OFFSET_STEP = dt.timedelta(minutes=15)  # clock errors come in hours, half and quarter hours
-
-
-MAX_OFFSET = dt.timedelta(hours=26)
 
 
 MIN_OFFSET_MATCHES = 2  # an offset that only one match supports is never applied
@@ -5486,7 +5482,9 @@ class RunState:
 
     @property
     def thumbnails(self) -> LogThumbnails:
-        return LogThumbnails(self.pictures, ThumbnailCache(self.options.cache))
+        """The log's thumbnails: the cache the pictures save them to as they decode."""
+        store = self.pictures.log_thumbnails or ThumbnailCache(self.options.cache)
+        return LogThumbnails(self.pictures, store)
 
 
 def perform_update(state: RunState, update: Update, counted: bool = True) -> bool:
@@ -5498,7 +5496,7 @@ def perform_update(state: RunState, update: Update, counted: bool = True) -> boo
     for line in update_lines(update, options.dry_run):
         console.say(line)
     if not options.dry_run:
-        thumbnails = ThumbnailCache(options.cache) if state.log is not None else None
+        thumbnails = state.pictures.log_thumbnails  # None: no log, no thumbnail to keep
         made = thumbnails.local_file(update.photo) if thumbnails else None
         try:
             write_update(update)
@@ -5940,7 +5938,8 @@ def check_named_picture(path: Path) -> None:
 def open_named_photo(
     resources: contextlib.ExitStack, options: Options, path: Path, console: Console
 ) -> tuple[LocalIndex, LocalPhoto | None]:
-    """For --associate and --dissociate: take the run lock, open the index, read the file."""
+    """For --associate and --dissociate: take the run lock, open the index, read the file
+    and its sidecar as a run would (the files sharing its name stem decide which is its)."""
     if not resources.enter_context(run_lock(options.cache)):
         raise RunLocked(options.cache)
     check_named_picture(path)
@@ -5949,7 +5948,19 @@ def open_named_photo(
             LocalIndex(options.cache / "local_index.sqlite", options.matching_settings)
         )
     )
-    return index, index.read(path, console)
+    photo = index.read(path, console)
+    if photo is None:
+        return index, None
+    stem = path.stem.lower()
+    neighbours = sorted(
+        other
+        for other in path.parent.iterdir()
+        if other.stem.lower() == stem and other.suffix.lower() in PICTURE_SUFFIXES
+    )
+    homes = name_sidecars(neighbours, options.sidecar_names, options.sidecars, Console())
+    if path not in homes:
+        return index, photo
+    return index, index.read_sidecar(dataclasses.replace(photo, sidecar=homes[path]), console)
 
 
 def other_owner(index: LocalIndex, photo_id: int, path: Path, console: Console) -> Path | None:

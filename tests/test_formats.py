@@ -770,3 +770,21 @@ def test_heic_is_decoded_once_for_thumbnail_and_comparison(
         assert pictures.local(photo) is not None
         assert pictures.local_thumbnail(photo) is not None
     assert decoded == ["phone.heic", "camera.jpg", "camera.jpg"]  # a JPEG's 1/8 draft is cheap
+
+
+def test_associate_and_dissociate_a_heic_write_its_sidecar_only(tmp_path: Path) -> None:
+    """--associate and --dissociate on a HEIC (or RAW) file act on its sidecar, as a run
+    does: the file itself is never written."""
+    world = make_world(tmp_path, ["heic"])
+    shot = world.shots["heic"]
+    (heic,) = shot.files
+    before = digest(heic)
+    with world.fake() as fake:
+        args = ["-u", USER, "--associate", str(heic), str(shot.photo)]
+        associated = run_cli(args, fake.api_url, world.cache)
+        assert associated.returncode == 0, associated.stdout + associated.stderr
+        assert_tags(read_xmp(sidecar(heic)), shot)
+        gone = run_cli(["-u", USER, "--dissociate", str(heic)], fake.api_url, world.cache)
+        assert gone.returncode == 0, gone.stdout + gone.stderr
+    assert read_xmp(sidecar(heic)).get(ip.TAG_PHOTO) is None
+    assert digest(heic) == before
