@@ -311,8 +311,9 @@ DOWNLOAD_WORKERS = 4  # parallel photo downloads; iNaturalist's media host allow
 COMPARE_WORKERS = os.cpu_count() or 2  # decoding and scoring release the GIL: use every core
 
 
-# Local photos whose pairs are compared ahead of the matching, in the background; each holds
-# its decoded picture (about 3 MB) until its cluster is matched.
+# Local photos whose pairs are compared ahead of the matching, in the background, and the
+# group a cluster's photos are compared in; each holds its decoded picture (a few MB) until
+# its pairs are done.
 PREFETCH_AHEAD = 4
 
 
@@ -2493,12 +2494,7 @@ class PictureSource:
     def local(self, photo: LocalPhoto) -> Image.Image | None:
         """The local picture upright, big enough to cut the smallest searched crop from it."""
         side = round(max(INAT_PIXELS[self.size], HTML_THUMBNAIL) / SMALLEST_CROP)
-        picture = self._decode(photo, side, self.locals)
-        if picture is not None and self.log_thumbnails is not None:
-            # The log's thumbnail, while the picture is decoded: the log comes after the
-            # cluster's pictures are forgotten, and would decode the file again.
-            self.log_thumbnails.local(photo, lambda: picture)
-        return picture
+        return self._decode(photo, side, self.locals, keep_thumbnail=True)
 
     def local_thumbnail(self, photo: LocalPhoto) -> Image.Image | None:
         """The local picture upright at about thumbnail size (JPEGs decode at 1/8 cheaply).
@@ -2511,14 +2507,15 @@ class PictureSource:
         return self._decode(photo, HTML_THUMBNAIL, self.thumbnails)
 
     def full_picture(self, photo: LocalPhoto) -> Image.Image | None:
-        """The local picture upright at full size, for the rare crop tighter than local()'s."""
-        if photo.path in self.unreadable:
-            return None
+        """The local picture upright at full size, for the rare crop tighter than local()'s
+        (which is it already for formats that always decode every pixel)."""
+        if photo.path in self.unreadable or not decodes_reduced(photo.path):
+            return self.local(photo)
 
         def decode() -> Image.Image | None:
             try:
                 return decode_upright(photo.path, photo.orientation, 1 << 16)
-            except (OSError, ValueError, Image.DecompressionBombError):
+            except (OSError, ValueError, Image.DecompressionBombError, MemoryError):
                 return None  # local() decoded it: a failure here is memory, not the file
 
         return self.full.make(photo.path, decode)
@@ -2536,19 +2533,26 @@ class PictureSource:
         local_found = self.local_features.make(photo.path, lambda: find_features(local))
         return local, local_found, picture, found
 
-    def _decode(self, photo: LocalPhoto, side: int, cache: Memo) -> Image.Image | None:
+    def _decode(
+        self, photo: LocalPhoto, side: int, cache: Memo, keep_thumbnail: bool = False
+    ) -> Image.Image | None:
         if photo.path in self.unreadable:
             return None
 
         def decode() -> Image.Image | None:
             try:
-                return decode_upright(photo.path, photo.orientation, side)
+                picture = decode_upright(photo.path, photo.orientation, side)
             except (OSError, ValueError, Image.DecompressionBombError) as error:
                 with self.lock:
                     if photo.path not in self.unreadable:
                         self.unreadable.add(photo.path)
                         self.console.file_error(photo.path, f"cannot decode picture ({error})")
                 return None
+            if keep_thumbnail and self.log_thumbnails is not None:
+                # The log's thumbnail, while the picture is decoded: the log comes after the
+                # cluster's pictures are forgotten, and would decode the file again.
+                self.log_thumbnails.local(photo, lambda: picture)
+            return picture
 
         return cache.make(photo.path, decode)
 
@@ -2925,6 +2929,7 @@ class Registration:
         return enough and spread and MIN_AREA <= self.area <= 1.05 and self.overshoot <= EDGE_SLACK
 
 
+@functools.cache
 def _cv2() -> Any:
     """OpenCV, imported on first use (it takes a while), single-threaded: scoring already
     runs one thread per core."""
@@ -3495,10 +3500,8 @@ class PairScorer:
                 self._started.add(photo.path)
             if stop.is_set():
                 return
-            try:
-                self.compare(photo, candidate)
-            except Exception:  # matching compares the pair itself and meets the error there
-                return
+            with contextlib.suppress(Exception):  # matching compares the pair itself and
+                self.compare(photo, candidate)  # meets the error there
 
     def _no_room_for(self, photo: LocalPhoto) -> bool:
         """Whether the background is PREFETCH_AHEAD photos ahead already (lock held)."""
@@ -4080,11 +4083,6 @@ class Update:
     darwin_core: tuple[tuple[str, str | None], ...] = ()  # terms to set; None removes one
     written_darwin_core: tuple[tuple[str, str], ...] | None = None  # TAG_DARWIN_CORE anew
     dissociate: bool | None = None  # True: remove our ids, mark; False: clear the mark
-
-    @property
-    def target(self) -> Path:
-        """The file written: the photo's XMP sidecar when it has one, else the photo."""
-        return self.photo.sidecar or self.photo.path
 
     def applied(self) -> LocalPhoto:
         """The photo as it reads once the update is written."""
@@ -6001,7 +5999,7 @@ def compared_line(
     start = f"'{show_path(photo.path)}' compared with photo id {candidate.photo.id}:"
     if comparison is None:
         return f"{start} the pictures could not be compared; associating them as you asked."
-    how = comparison.alignment.describe() if comparison.alignment else ""
+    how = comparison.describe()
     score = f"similarity {comparison.score * 100:.1f}%{f' ({how})' if how else ''}"
     if comparison.score < threshold:
         return (

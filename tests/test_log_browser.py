@@ -151,11 +151,13 @@ def test_the_tools_own_log_opens_in_chromium(tmp_path: Path, fake_inat, pictures
     assert run_cli(args, fake_inat.api_url, tmp_path / "cache").returncode == 0
     first = shown(log)
     assert [r["section"] for r in first.visible()].count("new") >= 5
+    assert all(r["images"] for r in first.visible())
     assert all(src.startswith("data:image/jpeg;base64,") for r in first.rows for src in r["images"])
     assert run_cli(args, fake_inat.api_url, tmp_path / "cache").returncode == 0
     rerun = shown(log, "#section=known")
     known = rerun.visible()
     assert len(known) >= 5 and all(r["section"] == "known" for r in known)
+    assert all(row["images"] for row in known)
     for row in known:
         for src in row["images"]:
             assert Path(src.removeprefix("file://")).is_file(), src

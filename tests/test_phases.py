@@ -197,6 +197,7 @@ def test_match_day_finds_a_camera_clock_offset_and_matches_again() -> None:
     blind.likely = compare.likely  # type: ignore[method-assign]
     stated = match(photos, uploads, blind, time_offset=dt.timedelta(0))
     assert stated.clock_offset is None and not stated.associations
+    assert blind.asked == []  # no pair confirmed: the search never ran
 
 
 def test_match_day_reports_a_crop_as_part_of_the_photo_that_took_the_whole() -> None:
@@ -261,6 +262,10 @@ def test_pair_scorer_compares_the_expected_pairs_ahead_once_each() -> None:
     scorer = ip.PairScorer(pictures, ip.ssim_score)  # type: ignore[arg-type]
     pairs = [(p, c) for p in locals_ for c in uploads]
     scorer.expect(pairs)
+    deadline = time.monotonic() + 5
+    while not pictures.asked and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert pictures.asked, "nothing compared ahead of the matching"
     for p in locals_:  # the matching asks cluster by cluster, as the background compares
         scorer([p], uploads)
     scorer.finish_day()

@@ -177,6 +177,8 @@ def test_describe_and_outline_of_a_straightened_crop() -> None:
     corners = ((0.3, 0.2), (0.9, 0.22), (0.88, 0.82), (0.28, 0.8))
     alignment = ip.Alignment((0.28, 0.2, 0.9, 0.82), 0, 2.1, corners)
     assert alignment.outline == corners
+    box = ip.Alignment((0.28, 0.2, 0.9, 0.82))
+    assert box.outline == ((0.28, 0.2), (0.9, 0.2), (0.9, 0.82), (0.28, 0.82))
     assert alignment.area == pytest.approx(0.36, abs=0.01)
     comparison = ip.Comparison(0.97, alignment, tones=True)
     assert comparison.describe() == "cropped to 36% of the area, straightened 2.1°, tones adjusted"

@@ -106,9 +106,10 @@ def test_unchanged_rerun_makes_no_thumbnail_and_lists_what_is_known_collapsed(
     assert '<details id="known-details">' in page and '<details id="known-details" open' not in page
     # Their thumbnails are the cached files, shown when the section is opened.
     thumbs = Path(urlsplit(known_data(page)["thumbs"]).path)
-    for record in known:
-        if record["thumb"]:
-            assert (thumbs / record["thumb"]).is_file()
+    shown = [r["thumb"] for r in known if r["file"]] + [r["upload_thumb"] for r in known]
+    assert len(shown) == 7 and all(shown)  # 3 photos; 3 uploads and the lonely one
+    for thumb in shown:
+        assert (thumbs / thumb).is_file()
     assert "Summary: 0 iNaturalist annotations added" in page
 
 
