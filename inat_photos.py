@@ -1434,16 +1434,7 @@ class ObservationStore:
         Observations iNaturalist no longer has are forgotten."""
         due_before = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=RECHECK_DAYS)
         every_run, weekly = set(), set(ids)
-        rows = self.db.execute("SELECT record FROM observations WHERE user = ?", (user.lower(),))
-        for (text,) in rows.fetchall():
-            record = json.loads(text)
-            observation = parse_observation(record)
-            if (
-                not observation
-                or not observation.day
-                or not first_day <= observation.day <= last_day
-            ):
-                continue
+        for record, observation in self._stored_between(user, first_day, last_day):
             reasons = {photo.unavailable for photo in observation.photos} - {None}
             if "processing" in reasons and _changed_since(record, due_before):
                 every_run.add(observation.id)  # resized within minutes, usually
@@ -1482,11 +1473,22 @@ class ObservationStore:
     def observations_between(
         self, user: str, first_day: dt.date, last_day: dt.date
     ) -> list[Observation]:
+        return [o for _, o in self._stored_between(user, first_day, last_day)]
+
+    def _stored_between(
+        self, user: str, first_day: dt.date, last_day: dt.date
+    ) -> list[tuple[dict[str, Any], Observation]]:
+        """(record, observation) of the user's stored observations of these days, by id."""
         rows = self.db.execute(
             "SELECT record FROM observations WHERE user = ? ORDER BY id", (user.lower(),)
-        )
-        parsed = (parse_observation(json.loads(r[0])) for r in rows)
-        return [o for o in parsed if o and o.day and first_day <= o.day <= last_day]
+        ).fetchall()
+        found = []
+        for (text,) in rows:
+            record = json.loads(text)
+            observation = parse_observation(record)
+            if observation and observation.day and first_day <= observation.day <= last_day:
+                found.append((record, observation))
+        return found
 
     def _taxon(self, taxon_id: int) -> tuple[str, str | None, list[int] | None] | None:
         """(name, rank, ancestor ids or None when not learnt) of a stored taxon."""
@@ -3581,13 +3583,6 @@ def cluster_by_time(
     return [Cluster(tuple(photos), tuple(found)) for photos, found in groups]
 
 
-def seconds_apart(photo: LocalPhoto, observation: Observation) -> int | None:
-    """Whole seconds between the photo and the observation's recorded time."""
-    if observation.observed_at is None:
-        return None
-    return round(abs((photo.corrected_time - observation.observed_at).total_seconds()))
-
-
 TIE_MARGIN = 0.005  # two local photos this close for one upload: too close to choose
 
 
@@ -4465,6 +4460,13 @@ def summary_line(tally: Tally, seconds: float, dry_run: bool) -> str:
         f" and {uploads_left} iNaturalist photos without known association."
     )
     return summary + (" Dry run: no file was changed." if dry_run else "")
+
+
+def seconds_apart(photo: LocalPhoto, observation: Observation) -> int | None:
+    """Whole seconds between the photo and the observation's recorded time."""
+    if observation.observed_at is None:
+        return None
+    return round(abs((photo.corrected_time - observation.observed_at).total_seconds()))
 
 
 def describe_distance(photo: LocalPhoto, observation: Observation) -> str:

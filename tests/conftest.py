@@ -18,6 +18,22 @@ from support.world import World, make_world  # noqa: E402
 
 
 @pytest.fixture
+def decoded(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
+    """Every picture the tool decodes from now on, as (file name, longest side asked for)."""
+    import inat_photos as ip
+
+    calls: list[tuple[str, int]] = []
+    real = ip.decode_upright
+
+    def counting(path: Path, orientation: int, longest: int):
+        calls.append((path.name, longest))
+        return real(path, orientation, longest)
+
+    monkeypatch.setattr(ip, "decode_upright", counting)
+    return calls
+
+
+@pytest.fixture
 def scenario() -> dict:
     return json.loads(SCENARIO.read_text())
 

@@ -395,7 +395,7 @@ def test_picture_source_finds_keypoints_once_per_picture_while_held(
 
 
 def test_a_local_photo_decoded_for_comparing_gives_the_log_its_thumbnail(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, decoded: list[tuple[str, int]]
 ) -> None:
     """The log's thumbnail is made from the picture decoded for comparing, not decoded again
     after the cluster forgot it; a photo never compared gets one decoded for the log."""
@@ -404,14 +404,6 @@ def test_a_local_photo_decoded_for_comparing_gives_the_log_its_thumbnail(
         Image.new("RGB", (1600, 1200), (10, 200, 30)).save(path, "JPEG")
     store = ip.ThumbnailCache(tmp_path / "cache")
     pictures = ip.PictureSource(None, "large", Console(), store)  # type: ignore[arg-type]
-    decoded: list[tuple[str, int]] = []
-    real = ip.decode_upright
-
-    def counting(path: Path, orientation: int, longest: int) -> Image.Image:
-        decoded.append((path.name, longest))
-        return real(path, orientation, longest)
-
-    monkeypatch.setattr(ip, "decode_upright", counting)
     seen = photo("compared.jpg", dt.datetime(2021, 2, 1), path=compared)
     assert pictures.local(seen) is not None
     pictures.forget_locals()

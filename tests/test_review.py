@@ -65,7 +65,7 @@ def run_world(world: World, api_url: str, *options: str) -> CliResult:
 
 
 def test_unchanged_rerun_makes_no_thumbnail_and_lists_what_is_known_collapsed(
-    tmp_path: Path, monkeypatch, capsys
+    tmp_path: Path, monkeypatch, capsys, decoded: list[tuple[str, int]]
 ) -> None:
     world = make_world(tmp_path, 3, unmatched=1)
     stray = world.pictures / "stray.jpg"  # near the lonely upload: compared there in vain
@@ -79,14 +79,7 @@ def test_unchanged_rerun_makes_no_thumbnail_and_lists_what_is_known_collapsed(
         first = world.run_main(monkeypatch, capsys, fake.api_url, "--logfile", str(log))
         assert first.returncode == 0, first.stderr
         first_page = page_of(log)
-        decoded: list[Path] = []
-        real_decode = ip.decode_upright
-
-        def counting(path: Path, orientation: int, longest: int):
-            decoded.append(path)
-            return real_decode(path, orientation, longest)
-
-        monkeypatch.setattr(ip, "decode_upright", counting)
+        decoded.clear()
         again = world.run_main(monkeypatch, capsys, fake.api_url, "--logfile", str(log))
     assert again.returncode == 0, again.stderr
     assert decoded == [], "an unchanged rerun decoded pictures for its log"
