@@ -1,6 +1,6 @@
 """Build a labelled archive for measuring how well inat_photos pairs photos (issue 3).
 
-    python tests/make_matching_set.py OUT_DIR [--small] [--seed N] [--jobs N]
+    python tests/make_matching_set.py OUT_DIR [--small] [--seed N] [--jobs N] [--only C,...]
 
 writes
 
@@ -42,6 +42,27 @@ goes to iNaturalist (written to ``OUT_DIR/edited/``), which then resizes and rec
 ``handheld``  a hand-held burst, frames about 1 s apart (+-1 % shift, +-0.3 degrees, subject
               motion, parallax, own sensor noise); one frame uploaded cropped, toned, sharpened
 
+Edits the tool's compensation does not model (issue 17), made with OpenCV and Pillow operations
+and parameters of their own, so that the verdict is measured on what it was not written for:
+
+``sharpen``   unsharp mask at 0.5-3 px and 50-150 %; or exported at 1024-2048 px and then
+              sharpened for screens; sometimes with more saturation at 2048 px
+``clarity``   large-radius local contrast (1-4 % of the frame), with or without tone changes
+``denoise``   noise reduction: Gaussian, bilateral or median; sometimes sharpened after
+``colour``    white-balance shifts, vignetting added or removed
+``mono``      black and white (a channel mix, CIELAB lightness, or hue-dependent), or a colour
+              upload of a black-and-white camera file
+``framed``    plain borders, a mat with a dark line, padding to a square, a text watermark in
+              a corner; sometimes cropped
+``smallexport`` exports at 800-1600 px, JPEG quality 60-95, sometimes lightly sharpened
+``tinycrop``  a crop to 8-15 % of the frame around the subject (a distant bird)
+``combo``     three of the above at once
+``hdr``       look-alikes: the camera kept a normal and an HDR version of the same second; one
+              was uploaded, as it is or edited
+
+``--only CATEGORY,...`` builds some categories alone. Tune on one seed and report on another:
+the README gives figures for seed 1 (tuned on) and seed 2 (held out).
+
 Everything is drawn procedurally (seeded), so a given --seed, --small and the same
 numpy/Pillow/pyexiv2 versions give the same files. Different scenes differ in background kind,
 colours, texture and subject; frames of one burst are near-identical on purpose.
@@ -61,6 +82,7 @@ import random
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,7 +90,7 @@ from typing import Any
 import cv2
 import numpy as np
 import pyexiv2
-from PIL import Image, ImageChops, ImageDraw, ImageFilter
+from PIL import Image, ImageChops, ImageDraw, ImageFilter, ImageFont, ImageOps
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 # drawing helpers shared with the example pictures
@@ -86,6 +108,19 @@ from make_example_pictures import (
 )
 
 USER = {"id": 7301, "login": "bench_naturalist", "name": "Bench Naturalist"}
+# Issue 17: edits made with other operations and parameters than the tool's compensation
+# models (it fits tone curves and a colour matrix, and lines pictures up by keypoints).
+UNMODELLED = (
+    "sharpen",
+    "clarity",
+    "denoise",
+    "colour",
+    "mono",
+    "framed",
+    "smallexport",
+    "tinycrop",
+    "combo",
+)
 CATEGORIES = (
     "plain",
     "crop",
@@ -101,9 +136,11 @@ CATEGORIES = (
     "heavy",
     "second",
     "handheld",
+    *UNMODELLED,
+    "hdr",
 )
 EDITED = ("tone", "croptone", "straight", "export", "heavy")  # the edited-upload categories
-LOOK_ALIKES = ("second", "handheld")
+LOOK_ALIKES = ("second", "handheld", "hdr")
 JPEG_QUALITY = 90
 DESIGN_SIDE = 1100  # scenes are drawn at this size (longest side), then scaled to the file
 LENS_BLUR = 1.0  # design pixels: the lens is not perfectly sharp
@@ -970,6 +1007,7 @@ def edit_picture(picture: Image.Image, edit: dict) -> Image.Image:
         picture = picture.crop(
             (round(left * w), round(top * h), round(right * w), round(bottom * h))
         )
+    picture = unmodelled_edits(picture, edit)
     if edit.get("sharpen"):
         radius, percent = edit["sharpen"]
         picture = picture.filter(ImageFilter.UnsharpMask(radius, percent, 2))
@@ -977,6 +1015,100 @@ def edit_picture(picture: Image.Image, edit: dict) -> Image.Image:
         scale = edit["side"] / max(picture.size)
         size = (round(picture.width * scale), round(picture.height * scale))
         picture = picture.resize(size, Image.Resampling.LANCZOS)
+    return finishing_edits(picture, edit)
+
+
+# -- edits the tool does not model (issue 17): OpenCV and Pillow operations with their own
+# parameters, so that the compensation is measured on what it was not written for.
+
+
+def _as_image(x: Array) -> Image.Image:
+    return Image.fromarray(np.clip(x + 0.5, 0, 255).astype(np.uint8), "RGB")
+
+
+def _luma(x: Array) -> Array:
+    return x @ np.array([0.2126, 0.7152, 0.0722], np.float32)
+
+
+def unmodelled_edits(picture: Image.Image, edit: dict) -> Image.Image:
+    """White balance, vignetting, clarity, black and white, noise reduction, unsharp mask."""
+    x = np.asarray(picture, np.float32)
+    if edit.get("wb"):  # a white-balance shift: red and blue gains
+        red, blue = edit["wb"]
+        x = x * np.array([red, 1.0, blue], np.float32)
+    if edit.get("vignette"):  # darken (> 0) or lighten (< 0) the corners, radially
+        h, w = x.shape[:2]
+        ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+        r2 = ((xs - w / 2) / (w / 2)) ** 2 + ((ys - h / 2) / (h / 2)) ** 2
+        x = x * (1 - edit["vignette"] * np.clip(r2 / 2, 0, 1) ** 1.5)[..., None]
+    if edit.get("clarity"):  # local contrast at a large radius, on luminance, midtones most
+        radius, amount = edit["clarity"]
+        luma = _luma(np.clip(x, 0, 255))
+        base = cv2.GaussianBlur(luma, (0, 0), radius * max(x.shape[:2]))
+        weight = 1 - (luma / 127.5 - 1) ** 2
+        x = x + (amount * (luma - base) * weight)[..., None]
+    if edit.get("mono"):  # black and white through a channel mix
+        mix = np.array(edit["mono"], np.float32)
+        x = np.repeat((np.clip(x, 0, 255) @ (mix / mix.sum()))[..., None], 3, axis=2)
+    if edit.get("mono_lab"):  # black and white as the lightness of CIELAB (not a linear mix)
+        u8 = np.clip(x + 0.5, 0, 255).astype(np.uint8)
+        x = np.repeat(cv2.cvtColor(u8, cv2.COLOR_RGB2LAB)[..., :1].astype(np.float32), 3, axis=2)
+    if edit.get("mono_hue"):  # black and white with hues brightened or darkened (a colour filter)
+        u8 = np.clip(x + 0.5, 0, 255).astype(np.uint8)
+        hue = cv2.cvtColor(u8, cv2.COLOR_RGB2HSV)[..., 0].astype(np.float32)  # degrees / 2
+        gain = 1 + edit["mono_hue"][1] * np.cos(np.radians(2 * hue - edit["mono_hue"][0]))
+        x = np.repeat((_luma(x) * gain)[..., None], 3, axis=2)
+    if edit.get("denoise"):
+        kind, strength = edit["denoise"]
+        u8 = np.clip(x + 0.5, 0, 255).astype(np.uint8)
+        if kind == "gauss":
+            u8 = cv2.GaussianBlur(u8, (0, 0), strength)
+        elif kind == "bilateral":
+            u8 = cv2.bilateralFilter(u8, 7, strength, 5)
+        else:
+            u8 = cv2.medianBlur(u8, int(strength))
+        x = u8.astype(np.float32)
+    if edit.get("unsharp"):  # unsharp mask: Gaussian radius in px, amount in %, no threshold
+        radius, percent = edit["unsharp"]
+        blurred = cv2.GaussianBlur(x, (0, 0), radius)
+        x = x + (x - blurred) * percent / 100
+    return _as_image(x)
+
+
+def finishing_edits(picture: Image.Image, edit: dict) -> Image.Image:
+    """What an export preset adds at the end: a border, a frame or padding, a watermark."""
+    if edit.get("screen_sharpen"):  # output sharpening, after the export was resized
+        radius, percent = edit["screen_sharpen"]
+        x = np.asarray(picture, np.float32)
+        x = x + (x - cv2.GaussianBlur(x, (0, 0), radius)) * percent / 100
+        picture = _as_image(x)
+    w, h = picture.size
+    if edit.get("border"):  # a plain border of a fraction of the long side all round
+        fraction, colour = edit["border"]
+        picture = ImageOps.expand(picture, round(fraction * max(w, h)), tuple(colour))
+    if edit.get("frame"):  # a thin dark line inside a wide light mat
+        line = max(2, round(0.006 * max(w, h)))
+        picture = ImageOps.expand(picture, line, (30, 30, 30))
+        picture = ImageOps.expand(picture, round(edit["frame"] * max(w, h)), (236, 232, 224))
+    if edit.get("pad"):  # padded to a square, as for a social network
+        side = max(picture.size)
+        square = Image.new("RGB", (side, side), tuple(edit["pad"]))
+        square.paste(picture, ((side - picture.width) // 2, (side - picture.height) // 2))
+        picture = square
+    if edit.get("watermark"):
+        corner = edit["watermark"]
+        draw = ImageDraw.Draw(picture)
+        size = max(12, round(0.035 * picture.height))
+        try:
+            font: Any = ImageFont.load_default(size=size)
+        except TypeError:  # Pillow built without FreeType
+            font = ImageFont.load_default()
+        text = "(c) A. Naturalist 2023"
+        left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+        x = size if corner in ("tl", "bl") else picture.width - (right - left) - size
+        y = size if corner in ("tl", "tr") else picture.height - (bottom - top) - size
+        draw.text((x + 1, y + 1), text, fill=(20, 20, 20), font=font)
+        draw.text((x, y), text, fill=(250, 250, 250), font=font)
     return picture
 
 
@@ -1007,10 +1139,14 @@ class Job:
     orientation: int = 1
     tags: dict[str, str] = field(default_factory=dict)  # EXIF; empty for inat_only pictures
     exports: tuple[tuple[str, str], ...] = ()  # (path, edit as JSON): edited copies to write
+    develop: str = ""  # edit as JSON the camera applied itself (an HDR mode), or ""
+    grey: bool = False  # the camera file is black and white; exports are from the colour one
 
 
 def write_job(job: Job, out: Path) -> str:
     picture = render(job.scene, job.view, job.size, job.design_side, hash_seed(job.path))
+    if job.develop:
+        picture = edit_picture(picture, json.loads(job.develop))
     if _STORE[job.orientation] is not None:
         picture = picture.transpose(_STORE[job.orientation])
     buffer = io.BytesIO()
@@ -1025,6 +1161,10 @@ def write_job(job: Job, out: Path) -> str:
         target = out / path
         target.parent.mkdir(parents=True, exist_ok=True)
         edit_picture(upright, edit).save(target, "JPEG", quality=edit.get("quality", 95))
+    if job.grey:  # a monochrome camera mode; the colour version went to iNaturalist
+        buffer = io.BytesIO()
+        picture.convert("L").convert("RGB").save(buffer, "JPEG", quality=JPEG_QUALITY)
+        data = buffer.getvalue()
     if job.tags:
         image = pyexiv2.ImageData(data)
         try:
@@ -1775,6 +1915,7 @@ def plan(seed: int, small: bool) -> Planner:
             )
             p.upload(local, scene.subject, place, later, quality=p.quality())
     plan_edited(p)
+    plan_unmodelled(p)
     return p
 
 
@@ -1819,7 +1960,72 @@ def describe_edit(edit: dict) -> str:
         parts.append(f"sharpened {edit['sharpen']}")
     if edit.get("side"):
         parts.append(f"exported at {edit['side']} px")
+    keys = (
+        "unsharp",
+        "screen_sharpen",
+        "clarity",
+        "denoise",
+        "wb",
+        "vignette",
+        "mono",
+        "mono_lab",
+        "mono_hue",
+        "quality",
+    )
+    for key in keys:
+        if edit.get(key):
+            parts.append(f"{key} {edit[key]}")
+    for key in ("border", "frame", "pad", "watermark"):
+        if edit.get(key):
+            parts.append(f"{key} {edit[key]}")
     return "; ".join(parts)
+
+
+def edited_days(
+    p: Planner,
+    categories: tuple[str, ...],
+    counts: dict[str, int],
+    first: dt.date,
+    edits_for: Callable[[str, Scene], dict],
+) -> None:
+    """Each category's edited uploads over 3 days (1 photo with --small), and beside some of
+    them a local photo that was not uploaded."""
+    small = p.small
+    for c, category in enumerate(categories):
+        place = PLACES[c % len(PLACES)]
+        count = 1 if small else counts[category]
+        days = p.days(first + dt.timedelta(days=20 * c), 1 if small else 3)
+        neighbours = 0 if small else 6 if category in ("tone", "croptone") else 2
+        for d, day in enumerate(days):
+            todo = len(range(d, count, len(days)))
+            for k, when in enumerate(p.times(day, todo, start=(8, 0), gap=(6, 20))):
+                portrait = p.portrait() and not small
+                scene = p.scene()
+                edit = edits_for(category, scene)
+                if portrait and edit.get("crop") and edit.get("shape") != "subject":
+                    # the same crop, drawn for a portrait frame
+                    left, top, right, bottom = edit["crop"]
+                    edit["crop"] = [top, left, bottom, right]
+                grey = edit.pop("grey_local", False)
+                local = p.local(
+                    category,
+                    scene,
+                    when,
+                    place,
+                    None,
+                    f"uploaded after editing: {describe_edit(edit)}"
+                    + (" (the local file is black and white)" if grey else ""),
+                    camera=c % len(CAMERAS),
+                    portrait=portrait,
+                )
+                if grey:
+                    i = p.job_index[local.path]
+                    p.jobs[i] = dataclasses.replace(p.jobs[i], grey=True)
+                source = p.edited(local, edit)
+                p.upload_edited(local, source, scene.subject, place, when)
+                if d == 0 and k < neighbours:  # a local photo nearby that was not uploaded
+                    near = when + dt.timedelta(seconds=p.rng.randint(40, 150))
+                    p.local(category, p.scene(), near, place, None, "not uploaded", camera=c % 4)
 
 
 def plan_edited(p: Planner) -> None:
@@ -1827,7 +2033,7 @@ def plan_edited(p: Planner) -> None:
     rng, small = p.rng, p.small
     landscape = p.size[0] / p.size[1]
 
-    def edits_for(category: str) -> dict:
+    def edits_for(category: str, scene: Scene) -> dict:
         aspect = landscape  # crops are drawn for the landscape frame; portrait flips below
         if category == "tone":
             return tone_edit(rng)
@@ -1860,36 +2066,7 @@ def plan_edited(p: Planner) -> None:
         }
 
     counts = {"tone": 34, "croptone": 34, "straight": 34, "export": 34, "heavy": 20}
-    first = dt.date(2023, 10, 1)
-    for c, category in enumerate(EDITED):
-        place = PLACES[c % len(PLACES)]
-        count = 1 if small else counts[category]
-        days = p.days(first + dt.timedelta(days=20 * c), 1 if small else 3)
-        neighbours = 0 if small else 6 if category in ("tone", "croptone") else 2
-        for d, day in enumerate(days):
-            todo = len(range(d, count, len(days)))
-            for k, when in enumerate(p.times(day, todo, start=(8, 0), gap=(6, 20))):
-                portrait = p.portrait() and not small
-                scene = p.scene()
-                edit = edits_for(category)
-                if portrait and edit.get("crop"):  # the same crop, drawn for a portrait frame
-                    left, top, right, bottom = edit["crop"]
-                    edit["crop"] = [top, left, bottom, right]
-                local = p.local(
-                    category,
-                    scene,
-                    when,
-                    place,
-                    None,
-                    f"uploaded after editing: {describe_edit(edit)}",
-                    camera=c % len(CAMERAS),
-                    portrait=portrait,
-                )
-                source = p.edited(local, edit)
-                p.upload_edited(local, source, scene.subject, place, when)
-                if d == 0 and k < neighbours:  # a local photo nearby that was not uploaded
-                    near = when + dt.timedelta(seconds=rng.randint(40, 150))
-                    p.local(category, p.scene(), near, place, None, "not uploaded", camera=c % 4)
+    edited_days(p, EDITED, counts, dt.date(2023, 10, 1), edits_for)
 
     # -- second shots: the same subject again, 15-40 s later, framed a little differently -------
     place = PLACES[5]
@@ -1987,6 +2164,171 @@ def plan_edited(p: Planner) -> None:
         p.upload_edited(locals_[chosen], source, scene.subject, place, locals_[chosen].when)
 
 
+# -- issue 17: edits the compensation does not model, and same-second HDR look-alikes --------
+
+
+def unsharp_edit(rng: random.Random) -> dict:
+    return {"unsharp": [round(rng.uniform(0.5, 3.0), 2), rng.randint(50, 150)]}
+
+
+def subject_crop(rng: random.Random, scene: Scene, low: float, high: float) -> dict:
+    """A crop to low..high of the area around the subject, as of a distant bird: its centre
+    near the subject's, kept inside the frame (whichever way the frame is turned)."""
+    side = math.sqrt(rng.uniform(low, high))
+    box = []
+    for centre in scene.subject_xy:
+        start = centre + rng.uniform(-0.3, 0.3) * side - side / 2
+        start = min(max(start, 0.0), 1.0 - side)
+        box.append(start)
+    left, top = box
+    return {
+        "crop": [round(left, 4), round(top, 4), round(left + side, 4), round(top + side, 4)],
+        "shape": "subject",
+    }
+
+
+def unmodelled_edit(
+    rng: random.Random, category: str, aspect: float, scene: Scene | None = None
+) -> dict:
+    """One upload's edit in one of the UNMODELLED categories."""
+    if category == "sharpen":
+        edit = unsharp_edit(rng)
+        roll = rng.random()
+        if roll < 0.4:  # sharpened, more saturated and exported smaller
+            edit |= {"saturation": round(rng.uniform(1.1, 1.3), 3), "side": 2048}
+        elif roll < 0.7:  # exported smaller, then sharpened for the screen
+            edit = {
+                "side": rng.randint(1024, 2048),
+                "screen_sharpen": [round(rng.uniform(0.5, 1.5), 2), rng.randint(50, 150)],
+            }
+        return edit
+    if category == "clarity":
+        edit = {"clarity": [round(rng.uniform(0.01, 0.04), 3), round(rng.uniform(0.3, 0.9), 2)]}
+        return edit | (tone_edit(rng) if rng.random() < 0.5 else {})
+    if category == "denoise":
+        kind = rng.choice(["gauss", "bilateral", "median"])
+        strength = {
+            "gauss": round(rng.uniform(0.6, 1.6), 2),
+            "bilateral": round(rng.uniform(20, 60)),
+            "median": rng.choice([3, 5]),
+        }[kind]
+        return {"denoise": [kind, strength]} | (unsharp_edit(rng) if rng.random() < 0.4 else {})
+    if category == "colour":
+        edit: dict = {}
+        roll = rng.random()
+        if roll < 0.7:
+            edit["wb"] = [round(rng.uniform(0.85, 1.15), 3), round(rng.uniform(0.85, 1.15), 3)]
+        if roll > 0.4:
+            added = rng.random() < 0.6
+            edit["vignette"] = round(
+                rng.uniform(0.15, 0.4) if added else -rng.uniform(0.1, 0.25), 3
+            )
+        return edit
+    if category == "mono":
+        if rng.random() < 0.35:  # the camera file is black and white, the upload in colour
+            return {"grey_local": True} | (
+                crop_edit(rng, 0.5, 0.9, aspect) if rng.random() < 0.5 else {}
+            )
+        roll = rng.random()
+        if roll < 0.35:
+            edit = {"mono": [round(rng.uniform(0.1, 1.0), 2) for _ in range(3)]}
+        elif roll < 0.65:
+            edit = {"mono_lab": True}
+        else:
+            edit = {"mono_hue": [rng.randrange(360), round(rng.uniform(0.15, 0.4), 2)]}
+        return edit | ({"contrast": round(rng.uniform(1.0, 1.3), 3)} if rng.random() < 0.5 else {})
+    if category == "framed":
+        roll = rng.random()
+        dark = rng.random() < 0.4
+        colour = [15, 15, 15] if dark else [250, 250, 250]
+        if roll < 0.3:
+            edit = {"border": [round(rng.uniform(0.02, 0.08), 3), colour]}
+        elif roll < 0.5:
+            edit = {"frame": round(rng.uniform(0.03, 0.08), 3)}
+        elif roll < 0.7:
+            edit = {"pad": colour}
+        else:
+            edit = {}
+        if roll >= 0.5 or rng.random() < 0.4:
+            edit["watermark"] = rng.choice(["tl", "tr", "bl", "br"])
+        if rng.random() < 0.3:
+            edit |= crop_edit(rng, 0.5, 0.9, aspect)
+        return edit
+    if category == "smallexport":
+        edit = {"side": rng.randint(800, 1600), "quality": rng.randint(60, 95)}
+        if rng.random() < 0.5:
+            edit["unsharp"] = [round(rng.uniform(0.5, 1.0), 2), rng.randint(50, 100)]
+        return edit
+    if category == "tinycrop":  # a distant bird: a crop to 8-15 % of the frame around it
+        edit = subject_crop(rng, scene, 0.08, 0.15) if scene else crop_edit(rng, 0.08, 0.15, aspect)
+        if rng.random() < 0.5:
+            edit |= unsharp_edit(rng)
+        if rng.random() < 0.3:
+            edit |= tone_edit(rng)
+        return edit
+    assert category == "combo"
+    parts = rng.sample(
+        ["unsharp", "clarity", "denoise", "colour", "mono", "framed", "small", "crop", "tone"], 3
+    )
+    edit = {}
+    for part in parts:
+        if part == "small":
+            edit |= {"side": rng.randint(1000, 1600), "quality": rng.randint(65, 92)}
+        elif part == "crop":
+            edit |= crop_edit(rng, 0.2, 0.6, aspect)
+        elif part == "tone":
+            edit |= tone_edit(rng)
+        elif part == "unsharp":
+            edit |= unsharp_edit(rng)
+        else:
+            found = unmodelled_edit(rng, part, aspect)
+            found.pop("grey_local", None)
+            edit |= found
+    return edit
+
+
+def plan_unmodelled(p: Planner) -> None:
+    """Uploads edited in ways the tool does not model, and same-second HDR pairs."""
+    rng = p.rng
+    landscape = p.size[0] / p.size[1]
+    counts = {c: 18 for c in UNMODELLED} | {"tinycrop": 20, "combo": 24}
+    edited_days(
+        p,
+        UNMODELLED,
+        counts,
+        dt.date(2024, 1, 10),
+        lambda category, scene: unmodelled_edit(rng, category, landscape, scene),
+    )
+
+    # -- HDR: the camera kept a normal and an HDR version of the same second; one uploaded --
+    place = PLACES[3]
+    days = p.days(dt.date(2024, 8, 1), 1 if p.small else 2)
+    hdr_look = {"gamma": 0.8, "contrast": 0.9, "saturation": 1.15, "clarity": [0.02, 0.7]}
+    for g in range(1 if p.small else 10):
+        day = days[g % len(days)]
+        when = p.times(day, 1, start=(8 + g, 0))[0]
+        scene = p.scene()
+        uploaded = rng.randrange(2)
+        edit = rng.choice(
+            [{}, tone_edit(rng), unsharp_edit(rng), crop_edit(rng, 0.5, 0.9, landscape)]
+        )
+        locals_ = []
+        for k, name in enumerate(("normal", "HDR")):
+            note = f"same-second pair, {name} version"
+            note += f" (uploaded: {describe_edit(edit) or 'as it is'})" if k == uploaded else ""
+            local = p.local("hdr", scene, when, place, None, note, camera=2, subsec=10 + 40 * k)
+            if k == 1:
+                i = p.job_index[local.path]
+                p.jobs[i] = dataclasses.replace(p.jobs[i], develop=json.dumps(hdr_look))
+            locals_.append(local)
+        chosen = locals_[uploaded]
+        if edit:
+            source = p.edited(chosen, edit)
+            p.upload_edited(chosen, source, scene.subject, place, chosen.when)
+        else:
+            p.upload(chosen, scene.subject, place, chosen.when, quality=p.quality())
+
+
 # =============================================================================================
 # Building
 # =============================================================================================
@@ -1996,17 +2338,33 @@ def _work(args: tuple[Job, str]) -> str:
     return write_job(args[0], Path(args[1]))
 
 
-def build(
-    out: Path, *, small: bool = False, seed: int = 1, jobs: int | None = None, quiet: bool = False
-) -> dict[str, Any]:
-    """Write the whole set under ``out``; returns counts and the time it took."""
-    started = time.monotonic()
-    out = Path(out)
-    for name in ("pictures", "inat_only", "edited"):
-        if (out / name).exists():
-            shutil.rmtree(out / name)
-    out.mkdir(parents=True, exist_ok=True)
-    planner = plan(seed, small)
+def keep_only(planner: Planner, categories: set[str]) -> None:
+    """Drop every local photo outside categories, and the uploads and files only they need."""
+    kept = {path for path, note in planner.notes.items() if note["category"] in categories}
+    exported = {
+        path: job.path for job in planner.jobs for path, _ in job.exports if job.path in kept
+    }
+    observations = [
+        o
+        for o in planner.observations
+        if any(ph["source"] in kept or ph["source"] in exported for ph in o["photos"])
+        and all(
+            ph["source"] in kept or ph["source"] in exported or ph["source"].startswith("inat_")
+            for ph in o["photos"]
+        )
+    ]
+    sources = {ph["source"] for o in observations for ph in o["photos"]}
+    photo_ids = {ph["id"] for o in observations for ph in o["photos"]}
+    planner.observations = observations
+    planner.jobs = [job for job in planner.jobs if job.path in kept or job.path in sources]
+    planner.truth = {path: v for path, v in planner.truth.items() if path in kept}
+    planner.notes = {path: v for path, v in planner.notes.items() if path in kept}
+    planner.unassociated = {k: v for k, v in planner.unassociated.items() if k in photo_ids}
+
+
+def write_set(out: Path, planner: Planner, jobs: int | None = None) -> int:
+    """Draw a planner's pictures under out and write its scenario, truth and manifest;
+    returns how many processes drew."""
     work = [(job, str(out)) for job in planner.jobs]
     workers = max(1, min(jobs or os.cpu_count() or 1, len(work)))
     if workers == 1:
@@ -2022,8 +2380,8 @@ def build(
     )
     (out / "truth.json").write_text(json.dumps(planner.truth, indent=2) + "\n", encoding="utf-8")
     manifest = {
-        "seed": seed,
-        "small": small,
+        "seed": planner.seed,
+        "small": planner.small,
         "pictures": planner.notes,
         "unassociated_inat_photos": {str(k): v for k, v in planner.unassociated.items()},
         "clock_offsets_minutes": planner.clock_offsets,
@@ -2032,6 +2390,29 @@ def build(
     (out / "manifest.json").write_text(
         json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
     )
+    return workers
+
+
+def build(
+    out: Path,
+    *,
+    small: bool = False,
+    seed: int = 1,
+    jobs: int | None = None,
+    quiet: bool = False,
+    only: tuple[str, ...] = (),
+) -> dict[str, Any]:
+    """Write the whole set under ``out``; returns counts and the time it took."""
+    started = time.monotonic()
+    out = Path(out)
+    for name in ("pictures", "inat_only", "edited"):
+        if (out / name).exists():
+            shutil.rmtree(out / name)
+    out.mkdir(parents=True, exist_ok=True)
+    planner = plan(seed, small)
+    if only:
+        keep_only(planner, set(only))
+    workers = write_set(out, planner, jobs)
     counts = {c: {"locals": 0, "expected": 0} for c in CATEGORIES}
     for path, photo_id in planner.truth.items():
         category = planner.notes[path]["category"]
@@ -2062,8 +2443,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--jobs", type=int, default=None, help="drawing processes (default: all cores)"
     )
+    parser.add_argument(
+        "--only", default="", help="comma-separated categories to build (default: all)"
+    )
     args = parser.parse_args(argv)
-    build(args.out, small=args.small, seed=args.seed, jobs=args.jobs)
+    only = tuple(c for c in args.only.split(",") if c)
+    unknown = set(only) - set(CATEGORIES)
+    if unknown:
+        parser.error(f"unknown categories: {', '.join(sorted(unknown))}")
+    build(args.out, small=args.small, seed=args.seed, jobs=args.jobs, only=only)
     return 0
 
 
