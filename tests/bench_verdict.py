@@ -121,39 +121,80 @@ def compare_one(args: tuple[str, str, list[dict], dict]) -> list[dict]:
     return rows
 
 
-def spread(values: list[float | None]) -> str:
-    values = [v for v in values if v is not None]
-    if not values:
+EVIDENCE = {  # name in the table -> how to read it from a pair's row
+    "similarity (SSIM)": lambda r: r["score"],
+    "coarse score": lambda r: r.get("coarse"),
+    "worst part": lambda r: r.get("worst_part"),
+    "share of matches fitting": lambda r: r["inliers"] / r["matches"] if r["matches"] else None,
+    "matching points": lambda r: r["inliers"],
+    "parts moving (px)": lambda r: r["misfit"],
+}
+
+
+def _figures(rows: list[dict], read: Any, low: bool) -> str:
+    values = np.array([v for v in map(read, rows) if v is not None], np.float64)
+    if not len(values):
         return "-"
-    a = np.array(values, np.float64)
-    return f"{a.min():.3f} / {np.percentile(a, 5):.3f} / {np.median(a):.3f} / {a.max():.3f}"
+    big = values.max() > 2
+    show = (lambda v: f"{v:.0f}") if big else (lambda v: f"{v:.3f}")
+    if low:  # true pairs: how low they go
+        picks = (values.min(), np.percentile(values, 5), np.median(values))
+    else:  # wrong pairs: how high they reach
+        picks = (values.max(), np.percentile(values, 95), np.median(values))
+    return " / ".join(show(v) for v in picks)
 
 
-def report(rows: list[dict], categories: dict[str, str]) -> None:
-    true = [r for r in rows if r["true"]]
+def closest_wrong(rows: list[dict]) -> list[dict]:
+    """For each local photo its best-scoring wrong upload, and for each upload its
+    best-scoring wrong local photo, among the pairs that lined up and did not move."""
+    eligible = [r for r in rows if not r["true"] and not r["prefiltered"] and r["misfit"] <= 0.5]
     closest: dict[tuple[str, int], dict] = {}
     for key in ("local", "upload"):
         best: dict[Any, dict] = {}
-        for r in rows:
-            if not r["true"] and (r[key] not in best or r["score"] > best[r[key]]["score"]):
+        for r in eligible:
+            if r[key] not in best or r["score"] > best[r[key]]["score"]:
                 best[r[key]] = r
         closest.update({(r["local"], r["upload"]): r for r in best.values()})
-    wrong = list(closest.values())
-    names = [k for k in rows[0] if k not in ("local", "upload", "true", "category")] if rows else []
-    print(f"{len(rows)} pairs: {len(true)} true, {len(wrong)} closest wrong")
-    print(f"{'evidence':<14} {'true pairs: min / 5% / median / max':>40} {'closest wrong':>36}")
-    for name in names:
+    return list(closest.values())
+
+
+def report(rows: list[dict]) -> None:
+    true = [r for r in rows if r["true"]]
+    found = [r for r in true if not r["prefiltered"]]
+    wrong = closest_wrong(rows)
+    print(
+        f"{len(rows)} pairs compared: {len(true)} true ({len(true) - len(found)} never lined"
+        f" up), {len(wrong)} closest wrong pairs that lined up and did not move"
+    )
+    print()
+    twins = [r for r in wrong if r.get("category") == "hdr"]
+    others = [r for r in wrong if r.get("category") != "hdr"]
+    print(
+        "| evidence | true pairs: min / 5% / median | closest wrong, other frames and shots:"
+        " max / 95% / median | the other version of an HDR pair: max / 95% / median |"
+    )
+    print("| --- | --- | --- | --- |")
+    for name, read in EVIDENCE.items():
         print(
-            f"{name:<14} {spread([r.get(name) for r in true]):>40}"
-            f" {spread([r.get(name) for r in wrong]):>36}"
+            f"| {name} | {_figures(found, read, True)} | {_figures(others, read, False)}"
+            f" | {_figures(twins, read, False)} |"
         )
-    by_category: dict[str, list[dict]] = {}
-    for r in true:
-        by_category.setdefault(categories.get(r["local"], "?"), []).append(r)
-    print("\ntrue pairs per category: score min / median")
-    for category, found in sorted(by_category.items()):
-        scores = [r["score"] for r in found]
-        print(f"  {category:<12} {len(found):>3}  {min(scores):.3f} / {np.median(scores):.3f}")
+    print()
+    print("True pairs below 95% or never lined up:")
+    for r in sorted(true, key=lambda r: r["score"]):
+        if r["score"] < 0.95 or r["prefiltered"]:
+            print(f"  {r.get('category')}: {r['local']} {_row(r)}")
+    print("Closest wrong pairs at 85% and above:")
+    for r in sorted(wrong, key=lambda r: -r["score"]):
+        if r["score"] >= 0.85:
+            print(f"  {r.get('category')}: {r['local']} / {r['upload']} {_row(r)}")
+
+
+def _row(r: dict) -> str:
+    return " ".join(
+        f"{name.split()[0]}={'-' if v is None else f'{v:.3f}'}"
+        for name, v in ((n, read(r)) for n, read in EVIDENCE.items())
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -183,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
             for found in pool.imap_unordered(compare_one, work):
                 rows.extend({**r, "category": categories.get(r["local"])} for r in found)
         out.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    report(rows, categories)
+    report(rows)
     return 0
 
 

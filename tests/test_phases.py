@@ -7,6 +7,7 @@ import datetime as dt
 import io
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -373,23 +374,24 @@ def test_picture_source_finds_keypoints_once_per_picture_while_held(
     path = tmp_path / "good.jpg"
     Image.new("RGB", (800, 600), (10, 200, 30)).save(path, "JPEG")
     pictures = ip.PictureSource(PhotoCache(path), "large", Console())  # type: ignore[arg-type]
-    found: list[tuple[int, int]] = []
-    real = ip.find_features
+    found: list[str] = []
+    for kind in ("local", "upload"):
+        real = getattr(ip, f"find_{kind}_features")
 
-    def counting(picture: Image.Image) -> ip.Features:
-        found.append(picture.size)
-        return real(picture)
+        def counting(picture: Image.Image, kind: str = kind, real: Any = real) -> ip.Features:
+            found.append(kind)
+            return real(picture)
 
-    monkeypatch.setattr(ip, "find_features", counting)
+        monkeypatch.setattr(ip, f"find_{kind}_features", counting)
     local = photo("good.jpg", dt.datetime(2021, 2, 1), path=path)
     upload = candidate(1, None).photo
     first = pictures.features(local, upload)
     assert first is not None and pictures.features(local, upload) is not None
-    assert len(found) == 2  # one local picture, one upload
+    assert sorted(found) == ["local", "upload"]
     assert pictures.features(local, candidate(5, None).photo) is None  # no upload to be had
     pictures.forget_locals()
     pictures.features(local, upload)
-    assert len(found) == 3  # the local picture again, not the upload
+    assert sorted(found) == ["local", "local", "upload"]  # the local picture again only
     pictures.forget_uploads()
     assert pictures.upload_features == {} and pictures.uploads == {}
 
