@@ -11,6 +11,8 @@ The data flow, one section of this file per step:
     folders      -> picture files -> LocalPhoto (metadata, via the LocalIndex)
                  -> prepare_local_photos: sidecars read, RAW+JPEG pairs joined
     iNaturalist  -> ObservationStore (synced) -> Observation -> Candidate
+                 -> PhotoCache: downloads inside the DownloadLedger's budget; a day
+                    whose uploads the budget left out waits for a later run
                  -> lineages (kingdom..taxon), only for --hierarchical-keywords/--darwin-core
     per day:  planned_pairs(...) -> PairScorer.expect: those pairs compared ahead
               match_day(photos, candidates, compare, options) -> DayOutcome
@@ -111,6 +113,7 @@ __all__ = [
     "Comparison",
     "Console",
     "DayOutcome",
+    "DownloadLedger",
     "Features",
     "InatPhoto",
     "InatTags",
@@ -122,6 +125,7 @@ __all__ = [
     "OpenCLSimilarity",
     "OpenCLUnavailable",
     "Options",
+    "Pairs",
     "PictureSource",
     "Registration",
     "TaxonName",
@@ -131,16 +135,24 @@ __all__ = [
     "build_parser",
     "cluster_by_time",
     "coarse_alignment",
+    "coarse_evidence",
     "compare_by_correlation",
     "compare_pictures",
     "confirm_command",
+    "convincing",
     "curves_like",
     "darwin_core_terms",
     "decode_upright",
     "describe_offset",
+    "describe_size",
     "distance_m",
+    "embedded_xmp",
+    "evidence_grounds",
     "find_clock_offset",
     "find_features",
+    "find_local_features",
+    "find_upload_features",
+    "framed_box",
     "grayscale",
     "hierarchy_entry",
     "likely_same_pictures",
@@ -156,6 +168,7 @@ __all__ = [
     "parse_gps",
     "parse_observation",
     "parse_positive_int",
+    "parse_size",
     "parse_ssim_threshold",
     "parse_time_offset",
     "picture_kind",
@@ -165,6 +178,7 @@ __all__ = [
     "read_local_photo",
     "refine_alignment",
     "register",
+    "register_any",
     "register_namespace",
     "render_log",
     "run",
@@ -172,6 +186,7 @@ __all__ = [
     "seconds_apart",
     "show_path",
     "ssim_score",
+    "ssim_tiles",
     "taxon_name",
     "thumbnail_data_url",
     "updated_darwin_core",
@@ -312,6 +327,13 @@ RECHECK_DAYS = 7
 DOWNLOAD_WORKERS = 4  # parallel photo downloads; iNaturalist's media host allows a few
 
 
+# iNaturalist may block a client for good that downloads more than 5 GB of photos in an hour
+# or 24 GB in a day: the defaults of --max-download-per-hour and --max-download-per-day stay
+# well inside. Counted across runs in the cache's download ledger.
+MAX_DOWNLOAD_PER_HOUR = 4_000_000_000  # bytes
+MAX_DOWNLOAD_PER_DAY = 20_000_000_000
+
+
 COMPARE_WORKERS = os.cpu_count() or 2  # decoding and scoring release the GIL: use every core
 
 
@@ -395,6 +417,10 @@ class Options:
     password_login: bool = False  # INAT_USERNAME, _PASSWORD, _APP_ID and _APP_SECRET are set
     keyring: bool = False
     associate: tuple[Path, int] | None = None  # --associate FILE PHOTO_ID
+    max_download_per_hour: int = MAX_DOWNLOAD_PER_HOUR  # bytes of photos, across runs
+    quiet: bool = False  # for cron: print only changes, new problems and then the summary
+    list_problems: bool = False
+    max_download_per_day: int = MAX_DOWNLOAD_PER_DAY
     dissociate: Path | None = None  # --dissociate FILE
 
     @classmethod
@@ -425,6 +451,10 @@ class Options:
             keyring=args.keyring,
             associate=(Path(args.associate[0]), int(args.associate[1])) if args.associate else None,
             dissociate=Path(args.dissociate) if args.dissociate else None,
+            max_download_per_hour=args.max_download_per_hour,
+            max_download_per_day=args.max_download_per_day,
+            quiet=args.quiet,
+            list_problems=args.list_problems,
         )
 
     @property
@@ -480,6 +510,31 @@ def parse_cluster_threshold(text: str) -> int:
     if value < 60:
         raise argparse.ArgumentTypeError(f"{value} s is below the minimum of 60 s")
     return value
+
+
+_SIZE_UNITS = {"": 1, "B": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
+
+
+def parse_size(text: str) -> int:
+    """'500MB', '4GB', '1.5 GB', '800k' or a number of bytes -> bytes (decimal units, as
+    iNaturalist states its limits; KiB, MiB and GiB are binary)."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)(i?)[bB]?\s*", text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a size such as 500MB or 4GB")
+    number, unit, binary = match.groups()
+    scale = 1024 ** "KMGT".index(unit.upper()) * 1024 if binary and unit else 0
+    size = float(number) * (scale or _SIZE_UNITS[unit.upper()])
+    if size < 1:
+        raise argparse.ArgumentTypeError(f"'{text}' is no size to download")
+    return int(size)
+
+
+def describe_size(size: float) -> str:
+    """Bytes for people: '4 GB', '512 MB', '37 kB'."""
+    for unit, scale in (("GB", 10**9), ("MB", 10**6), ("kB", 10**3)):
+        if size >= scale:
+            return f"{size / scale:.3g} {unit}"
+    return f"{size:.0f} bytes"
 
 
 def parse_time_offset(text: str) -> dt.timedelta:
@@ -1052,7 +1107,8 @@ class DayOutcome:
 # 4. iNaturalist I/O
 #    The pyinaturalist session that asks the API, the SQLite store that keeps the
 #    user's observations (and the taxa above their identifications) between runs,
-#    and the cache of downloaded photos.
+#    the cache of downloaded photos, and the download ledger that keeps downloads
+#    inside an hourly and a daily budget across runs.
 # ---------------------------------------------------------------------------
 
 
@@ -1571,17 +1627,90 @@ class ObservationStore:
         return found
 
 
+class DownloadLedger:
+    """The photos this tool downloaded from iNaturalist, bytes and requests with their time,
+    across runs: kept in the cache and committed with each download, so that a killed run
+    loses nothing. It keeps downloads inside an hourly and a daily budget."""
+
+    def __init__(
+        self, path: Path, per_hour: int, per_day: int, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.per_hour, self.per_day, self.clock = per_hour, per_day, clock
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute(
+            "CREATE TABLE IF NOT EXISTS downloads (at REAL NOT NULL, bytes INTEGER NOT NULL)"
+        )
+        self.db.execute("CREATE INDEX IF NOT EXISTS downloads_at ON downloads (at)")
+        self.db.execute("DELETE FROM downloads WHERE at < ?", (self.clock() - 2 * 86400,))
+        self.lock = threading.Lock()
+
+    def close(self) -> None:
+        self.db.close()
+
+    def used(self, seconds: float) -> tuple[int, int]:
+        """Bytes and requests of the past seconds."""
+        with self.lock:
+            total, count = self.db.execute(
+                "SELECT COALESCE(SUM(bytes), 0), COUNT(*) FROM downloads WHERE at > ?",
+                (self.clock() - seconds,),
+            ).fetchone()
+        return int(total), int(count)
+
+    def room(self) -> bool:
+        """Whether another download stays inside both budgets."""
+        return self.used(3600)[0] < self.per_hour and self.used(86400)[0] < self.per_day
+
+    def record(self, size: int) -> None:
+        """One download done; written to disk at once (autocommit)."""
+        with self.lock:
+            self.db.execute("INSERT INTO downloads VALUES (?, ?)", (self.clock(), size))
+
+    def resumes_at(self) -> float:
+        """When both budgets have room again (a time.time() value)."""
+        now, later = self.clock(), self.clock()
+        for seconds, budget in ((3600, self.per_hour), (86400, self.per_day)):
+            with self.lock:
+                rows = self.db.execute(
+                    "SELECT at, bytes FROM downloads WHERE at > ? ORDER BY at",
+                    (now - seconds,),
+                ).fetchall()
+            total = sum(size for _, size in rows)
+            for at, size in rows:  # the window slides past its oldest downloads
+                if total < budget:
+                    break
+                total -= size
+                later = max(later, at + seconds)
+        return later
+
+    def describe(self) -> str:
+        """'3.9 GB in the past hour (limit 4 GB), 3.9 GB in the past day (limit 20 GB)'."""
+        hour, day = self.used(3600)[0], self.used(86400)[0]
+        return (
+            f"{describe_size(hour)} in the past hour (limit {describe_size(self.per_hour)}),"
+            f" {describe_size(day)} in the past day (limit {describe_size(self.per_day)})"
+        )
+
+
 class PhotoCache:
     """iNaturalist photos on disk, keyed by photo id and size; never a partial file."""
 
     def __init__(
-        self, cache: Path, client: InatClient, refresh: bool = False, console: Console | None = None
+        self,
+        cache: Path,
+        client: InatClient,
+        refresh: bool = False,
+        console: Console | None = None,
+        ledger: DownloadLedger | None = None,
     ) -> None:
         import requests
         from requests.adapters import HTTPAdapter
 
         self.client = client
         self.console = console or Console()
+        self.ledger = ledger  # None: no budget (a single --associate)
+        self.over_budget: set[int] = set()  # photos not downloaded: the budget was spent
         self.skipped: set[int] = set()  # placeholders reported in this run
         self.folder = cache / "photos"
         for leftover in self.folder.glob("*/*.part"):  # downloads cut off by a killed run
@@ -1602,10 +1731,13 @@ class PhotoCache:
         return self.folder / size / f"{photo.id}.jpg"
 
     def _download(self, url: str) -> bytes:
-        """A complete, decodable picture from url; raises on anything less."""
+        """A complete, decodable picture from url; raises on anything less. Its bytes count
+        in the ledger, whole or not."""
         response = self.http.get(url, timeout=DOWNLOAD_TIMEOUT)
-        response.raise_for_status()
         data = response.content
+        if self.ledger is not None:
+            self.ledger.record(len(data))
+        response.raise_for_status()
         expected = response.headers.get("Content-Length")
         if expected is not None and int(expected) != len(data):
             raise OSError(f"cut off after {len(data)} of {expected} bytes")
@@ -1655,6 +1787,10 @@ class PhotoCache:
         if target.exists() and (not self.refresh or target in self.refreshed):
             return target
         if target in self.failed:
+            return None
+        if self.ledger is not None and not self.ledger.room():
+            with self.lock:
+                self.over_budget.add(photo.id)
             return None
         try:
             data = self._download(photo.url_for_size(size))
@@ -1918,13 +2054,16 @@ def read_local_photo(path: Path, console: Console) -> LocalPhoto | None:
             return None
         console.warn(
             f"{show_path(path)}: exiv2 cannot read the metadata of this {format_name(path)}"
-            f" file ({reason}); using what the decoder gives"
+            f" file ({reason}); using what the decoder gives",
+            path,
         )
     taken_at = parse_exif_datetime(
         exif.get("Exif.Photo.DateTimeOriginal") or exif.get("Exif.Image.DateTimeOriginal")
     )
     if taken_at is None:
-        console.warn(f"{show_path(path)}: no usable EXIF date; using the file's modification time")
+        console.warn(
+            f"{show_path(path)}: no usable EXIF date; using the file's modification time", path
+        )
     orientation = parse_positive_int(exif.get("Exif.Image.Orientation"))
     if kind != "plain":  # LibRaw and libheif turn these pictures upright themselves
         orientation = 1
@@ -1992,6 +2131,7 @@ class LocalIndex:
     def __init__(self, path: Path, settings: str) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(path, check_same_thread=False)
+        self.lock = threading.Lock()  # problems are reported from the comparing threads too
         self.settings = settings  # comparisons made under other settings do not count
         self.db.executescript(
             """
@@ -2008,8 +2148,35 @@ class LocalIndex:
                 path BLOB PRIMARY KEY, size INTEGER, mtime_ns INTEGER, settings TEXT,
                 verdict TEXT NOT NULL);
             CREATE TABLE IF NOT EXISTS reported_uploads (photo_id INTEGER PRIMARY KEY);
+            CREATE TABLE IF NOT EXISTS problems (
+                path BLOB, size INTEGER, mtime_ns INTEGER, message TEXT, first TEXT,
+                PRIMARY KEY (path, message));
             """
         )
+
+    def reported_before(self, path: Path, message: str) -> bool:
+        """Whether a problem (or notice) was reported about this file as it is now; the
+        first report is remembered, for --quiet and --list-problems."""
+        key = self._key(path) or (os.fsencode(path.absolute()), -1, -1)
+        with self.lock:
+            row = self.db.execute(
+                "SELECT size, mtime_ns FROM problems WHERE path = ? AND message = ?",
+                (key[0], message),
+            ).fetchone()
+            if row is not None and tuple(row) == key[1:]:
+                return True
+            stamp = dt.datetime.now().isoformat(timespec="seconds")
+            self.db.execute(
+                "INSERT OR REPLACE INTO problems VALUES (?, ?, ?, ?, ?)", (*key, message, stamp)
+            )
+            self.db.commit()
+        return False
+
+    def problems(self) -> list[tuple[str, str, str]]:
+        """The problems remembered for files that still exist: (path, message, first seen)."""
+        rows = self.db.execute("SELECT path, message, first FROM problems ORDER BY path, first")
+        found = [(os.fsdecode(path), message, first) for path, message, first in rows]
+        return [row for row in found if os.path.lexists(row[0])]
 
     @staticmethod
     def _key(path: Path) -> tuple[bytes, int, int] | None:
@@ -2046,31 +2213,32 @@ class LocalIndex:
     def read_sidecar(self, photo: LocalPhoto, console: Console) -> LocalPhoto | None:
         """photo with the XMP_FIELDS of its sidecar (from the index, if it is unchanged).
 
-        Ids found only in the file itself still count. No sidecar yet: no keywords. None
-        when the sidecar cannot be read (reported).
+        Ids found only in the file itself still count. No sidecar yet: the file's own XMP
+        (its keywords are the user's, and the new sidecar starts as a copy of it). None when
+        the sidecar cannot be read (reported).
         """
         assert photo.sidecar is not None
         key = self._key(photo.sidecar)
-        facts = xmp_facts({})
-        if key is not None:
-            row = self.db.execute(
-                "SELECT record FROM sidecars WHERE path = ? AND size = ? AND mtime_ns = ?", key
-            ).fetchone()
-            cached = None
-            if row:
-                with contextlib.suppress(ValueError, KeyError, TypeError):
-                    cached = _photo_from_record(photo.path, row[0])
-            if cached is not None:
-                facts = {name: getattr(cached, name) for name in XMP_FIELDS}
-            else:
-                try:
-                    _, xmp = _read_metadata(photo.sidecar)
-                except (OSError, RuntimeError, ValueError) as error:
-                    reason = str(error).strip() or "unreadable"
-                    console.file_error(photo.sidecar, f"cannot read this XMP sidecar ({reason})")
-                    return None
-                facts = xmp_facts(xmp)
-                self.remember(dataclasses.replace(photo, **facts))
+        if key is None:
+            return photo
+        row = self.db.execute(
+            "SELECT record FROM sidecars WHERE path = ? AND size = ? AND mtime_ns = ?", key
+        ).fetchone()
+        cached = None
+        if row:
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                cached = _photo_from_record(photo.path, row[0])
+        if cached is not None:
+            facts = {name: getattr(cached, name) for name in XMP_FIELDS}
+        else:
+            try:
+                _, xmp = _read_metadata(photo.sidecar)
+            except (OSError, RuntimeError, ValueError) as error:
+                reason = str(error).strip() or "unreadable"
+                console.file_error(photo.sidecar, f"cannot read this XMP sidecar ({reason})")
+                return None
+            facts = xmp_facts(xmp)
+            self.remember(dataclasses.replace(photo, **facts))
         facts["tags"] = facts["tags"] or photo.tags
         return dataclasses.replace(photo, **facts)
 
@@ -4485,8 +4653,32 @@ def write_photo_metadata(
         if not os.access(sidecar, os.W_OK) or not sidecar.stat().st_mode & 0o222:
             raise OSError(f"the sidecar {sidecar.name} is read-only")
         replace_file_atomically(sidecar, _updated_metadata(sidecar.read_bytes(), changes))
-    else:
-        create_file_atomically(sidecar, _updated_metadata(EMPTY_XMP_PACKET, changes), like=path)
+    else:  # a new sidecar starts as a copy of the XMP inside the picture, as exiftool's would
+        seed = embedded_xmp(path) or EMPTY_XMP_PACKET
+        create_file_atomically(sidecar, _updated_metadata(seed, changes), like=path)
+
+
+def embedded_xmp(path: Path) -> bytes | None:
+    """The XMP packet a picture carries inside it (keywords, title, rating...), or None: what
+    a new sidecar starts from, so that a photo manager that reads the sidecar loses nothing."""
+    import pyexiv2
+
+    packet = ""
+    with contextlib.suppress(OSError, RuntimeError, ValueError, UnicodeDecodeError):
+        image = pyexiv2.ImageData(path.read_bytes())
+        try:
+            packet = image.read_raw_xmp()
+        finally:
+            image.close()
+    if not packet.strip() and picture_kind(path) == "heif":
+        import pillow_heif
+
+        with contextlib.suppress(OSError, RuntimeError, ValueError):
+            _register_heif_decoder()
+            raw = pillow_heif.open_heif(path).info.get("xmp") or b""
+            packet = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+    packet = packet.strip().strip("\0")
+    return packet.encode() if packet.startswith(("<?xpacket", "<x:xmpmeta")) else None
 
 
 def _updated_metadata(original: bytes, changes: Mapping[str, Any]) -> bytes:
@@ -4616,20 +4808,30 @@ def replace_or_create(path: Path, data: bytes | Iterable[bytes]) -> None:
 
 # ---------------------------------------------------------------------------
 # 10. Reporting
-#    The console, the lines it prints, the Tally of what changed, and the HTML log:
+#    The console (--quiet: changes and new problems only), the lines it prints, the
+#    Tally of what changed, and the HTML log:
 #    rows built from outcomes, thumbnails made (and cached on disk) only when a log is
 #    written, one page in sections with inline filters and every piece of text escaped.
 # ---------------------------------------------------------------------------
 
 
 class Console:
-    """Prints messages and keeps count of the problems reported; never prints a secret."""
+    """Prints messages and keeps count of the problems reported; never prints a secret.
 
-    def __init__(self, stream: Any = None) -> None:
+    say() is for progress and information, which --quiet silences; report() for changes
+    (and errors the run stops on), warn() and file_error() for problems: those are printed
+    with --quiet too, except a file's problem or notice that an earlier run reported already
+    (reported_before, the LocalIndex's memory; --list-problems lists them).
+    """
+
+    def __init__(self, stream: Any = None, quiet: bool = False) -> None:
         self.stream = stream or sys.stdout
+        self.quiet = quiet
         self.file_errors = 0
         self.errors: list[tuple[Path, str]] = []  # for the HTML log's Errors section
         self.secrets: list[str] = []
+        self.spoke = False  # printed a change or a problem: --quiet then prints the summary
+        self.reported_before: Callable[[Path, str], bool] | None = None
 
     def hide(self, secret: str) -> None:
         """Blank secret out of every later message, wherever it might turn up."""
@@ -4641,16 +4843,35 @@ class Console:
         return message
 
     def say(self, message: str) -> None:
-        print(self._clean(message), file=self.stream, flush=True)
+        """Progress and information: silent with --quiet."""
+        if not self.quiet:
+            print(self._clean(message), file=self.stream, flush=True)
 
-    def warn(self, message: str) -> None:
-        print(self._clean(f"Warning: {message}"), file=sys.stderr, flush=True)
+    def _repeated(self, path: Path | None, message: str) -> bool:
+        """Whether --quiet leaves this out: an earlier run reported it about this file."""
+        known = path is not None and self.reported_before is not None
+        seen = known and self.reported_before(path, message)  # type: ignore[misc]
+        return self.quiet and seen
+
+    def report(self, message: str, path: Path | None = None) -> None:
+        """A change (a tag written, a caption updated), or a notice about the file at path."""
+        if not self._repeated(path, message):
+            self.spoke = True
+            print(self._clean(message), file=self.stream, flush=True)
+
+    def warn(self, message: str, path: Path | None = None) -> None:
+        if not self._repeated(path, message):
+            self.spoke = True
+            print(self._clean(f"Warning: {message}"), file=sys.stderr, flush=True)
 
     def file_error(self, path: Path, reason: str) -> None:
         """Report a file that could not be read or written; the run goes on."""
         self.file_errors += 1
         self.errors.append((path, reason))
-        print(self._clean(f"Error: {show_path(path)}: {reason}"), file=sys.stderr, flush=True)
+        if not self._repeated(path, reason):
+            self.spoke = True
+            message = f"Error: {show_path(path)}: {reason}"
+            print(self._clean(message), file=sys.stderr, flush=True)
 
 
 def progress(iterable: Iterable[Any], description: str, total: int | None = None) -> Iterable[Any]:
@@ -4682,6 +4903,7 @@ class Tally:
     associated_uploads: set[int] = field(default_factory=set)
     part_uploads: set[int] = field(default_factory=set)
     uploads_seen: set[int] = field(default_factory=set)  # uploads on the days of local photos
+    deferred: dict[dt.date, int] = field(default_factory=dict)  # day -> uploads not downloaded
 
     def count(self, update: Update) -> None:
         """Count a written (or, in a dry run, planned) update."""
@@ -5590,6 +5812,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="do everything but change no file; print what would change",
     )
     parser.add_argument(
+        "--quiet",
+        "-q",
+        action="store_true",
+        help="for cron: print nothing when nothing changed; else only the changes, new"
+        " warnings and errors, and the summary",
+    )
+    parser.add_argument(
+        "--list-problems",
+        action="store_true",
+        help="list the problems earlier runs reported about files (unreadable, no date, ...)",
+    )
+    for span, default in (("hour", MAX_DOWNLOAD_PER_HOUR), ("day", MAX_DOWNLOAD_PER_DAY)):
+        parser.add_argument(
+            f"--max-download-per-{span}",
+            type=parse_size,
+            default=default,
+            metavar="SIZE",
+            help=f"download at most this much from iNaturalist in any {span}, across runs,"
+            f" e.g. 500MB (default {describe_size(default)})",
+        )
+    parser.add_argument(
         "--sidecars",
         action="store_true",
         help="write the tags of JPEG, PNG and TIFF files into XMP sidecars too and leave every"
@@ -5654,6 +5897,8 @@ def usage_problem(args: argparse.Namespace) -> str | None:
     """What is wrong with a parsed command line beyond what argparse checks; None if nothing."""
     if args.associate and parse_positive_int(args.associate[1]) is None:
         return f"argument --associate: not a photo id: {args.associate[1]!r}"
+    if args.list_problems:
+        return None
     if not args.user and not args.dissociate:
         return "the following arguments are required: --user/-u"
     single = args.associate or args.dissociate
@@ -5759,7 +6004,7 @@ def perform_update(state: RunState, update: Update, counted: bool = True) -> boo
     """
     options, console = state.options, state.console
     for line in update_lines(update, options.dry_run):
-        console.say(line)
+        console.report(line)
     if not options.dry_run:
         thumbnails = state.pictures.log_thumbnails  # None: no log, no thumbnail to keep
         made = thumbnails.local_file(update.photo) if thumbnails else None
@@ -5816,7 +6061,7 @@ def refresh_known(
 ) -> None:
     """A photo already tagged: refresh its caption if the identification changed."""
     if observation is None:
-        state.console.say(gone_line(photo))
+        state.console.report(gone_line(photo), path=photo.path)
         if state.log is not None:
             row = known_row(photo, None, state.thumbnails, gone_line(photo))
             state.log.rows.append(dataclasses.replace(row, section="changed"))
@@ -5864,7 +6109,7 @@ def apply_day(state: RunState, outcome: DayOutcome, candidates: Sequence[Candida
         console.say(tie_line(tie))
     written: dict[Path, LocalPhoto] = {}  # as the log shows them: with the new caption
     for association in outcome.associations:
-        console.say(found_line(association))
+        console.report(found_line(association))
         photo, candidate = association.photo, association.candidate
         observation = candidate.observation
         tags = InatTags(observation.id, candidate.photo.observation_photo_id, candidate.photo.id)
@@ -6060,6 +6305,10 @@ def process_days(
             continue
         if not options.recompute:
             open_candidates = recall_parts(state, open_candidates)
+        missing = undownloaded(state.pictures, open_candidates)
+        if missing:  # nothing is decided on a guess: the day waits for a later run
+            state.tally.deferred[day] = missing
+            continue
         state.scorer.expect(
             planned_pairs(open_photos, open_candidates, options, state.index.checked_before)
         )
@@ -6076,6 +6325,25 @@ def process_days(
         state.scorer.stop()
         apply_day(state, outcome, open_candidates)
         state.scorer.finish_day()
+
+
+def undownloaded(pictures: PictureSource, candidates: Sequence[Candidate]) -> int:
+    """Download the candidates' photos; how many the download budget left out."""
+    pictures.fetch(candidates)
+    over = pictures.photos.over_budget
+    return sum(1 for c in candidates if c.photo.id in over)
+
+
+def budget_line(tally: Tally, ledger: DownloadLedger) -> str | None:
+    """The one line saying that the download budget stopped the run early; None if not."""
+    if not tally.deferred:
+        return None
+    resume = dt.datetime.fromtimestamp(ledger.resumes_at()).strftime("%Y-%m-%d %H:%M")
+    return (
+        f"Download budget reached ({ledger.describe()}): {len(tally.deferred)} day(s) with"
+        f" {sum(tally.deferred.values())} photo(s) still to download are left for a later run,"
+        f" which can go on after {resume}."
+    )
 
 
 def load_observations(
@@ -6130,6 +6398,7 @@ def run(options: Options, console: Console) -> Tally:
                 LocalIndex(options.cache / "local_index.sqlite", options.matching_settings)
             )
         )
+        console.reported_before = index.reported_before
         photos = load_local_photos(found.pictures, index, console, options.time_offset)
         photos = prepare_local_photos(
             photos,
@@ -6156,8 +6425,14 @@ def run(options: Options, console: Console) -> Tally:
         ) as store:
             observations, known, history = load_observations(options, client, store, photos)
             lineages = load_lineages(options, client, store, [*observations, *known.values()])
+        ledger = DownloadLedger(
+            options.cache / "downloads.sqlite",
+            options.max_download_per_hour,
+            options.max_download_per_day,
+        )
+        resources.callback(ledger.close)
         photo_cache = PhotoCache(
-            options.cache, client, refresh=options.bypass_cache, console=console
+            options.cache, client, refresh=options.bypass_cache, console=console, ledger=ledger
         )
         resources.callback(photo_cache.http.close)
         scorer = make_scorer(options, photo_cache, console)
@@ -6174,8 +6449,11 @@ def run(options: Options, console: Console) -> Tally:
         )
         process_days(state, photos, observations, known, history)
         summary = summary_line(tally, time.monotonic() - started, options.dry_run)
-        console.say("")
-        console.say(summary)
+        budget = budget_line(tally, ledger)
+        if budget is not None:
+            console.report(budget)
+        if console.spoke or not options.quiet:  # --quiet: nothing when nothing changed
+            console.report(f"\n{summary}")
         if options.logfile is not None and state.log is not None:
             write_log(options.logfile, state.log, summary, options.ssim_threshold, console)
     return tally
@@ -6312,7 +6590,7 @@ def associate_file(options: Options, console: Console) -> Tally:
         if update is None:
             console.say(f"{show_path(path)}: already associated with photo id {photo_id}.")
         elif perform_update(state, update):
-            console.say(
+            console.report(
                 f"{'(dry run) ' if options.dry_run else ''}{show_path(path)}: associated with"
                 f" photo id {photo_id}, {ordinal(candidate.photo.position)} photo of observation"
                 f" {observation.url}, {observation.identification}."
@@ -6359,7 +6637,7 @@ def dissociate_file(options: Options, console: Console) -> Tally:
         if update is None:
             console.say(f"{show_path(path)}: already set aside with --dissociate; nothing to do.")
             return Tally()
-        console.say(dissociation_line(update, options.dry_run))
+        console.report(dissociation_line(update, options.dry_run))
         if not options.dry_run:
             try:
                 write_update(update)
@@ -6367,6 +6645,19 @@ def dissociate_file(options: Options, console: Console) -> Tally:
                 console.file_error(path, f"cannot write metadata ({error})")
                 return Tally()
             index.remember(update.applied())
+    return Tally()
+
+
+def list_problems(options: Options, console: Console) -> Tally:
+    """--list-problems: the files' problems and notices earlier runs reported, one a line."""
+    with contextlib.closing(
+        LocalIndex(options.cache / "local_index.sqlite", options.matching_settings)
+    ) as index:
+        found = index.problems()
+    for path, message, first in found:
+        console.report(f"{show_path(Path(path))}: {message} (first reported {first})")
+    if not found:
+        console.report("No problem was reported about files that still exist.")
     return Tally()
 
 
@@ -6384,23 +6675,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     Image.MAX_IMAGE_PIXELS = MAX_PICTURE_PIXELS
     warnings.simplefilter("ignore", Image.DecompressionBombWarning)
     register_namespace()
-    console = Console()
+    console = Console(quiet=options.quiet)
     flow = associate_file if options.associate else dissociate_file if options.dissociate else run
+    if options.list_problems:
+        flow = list_problems
     try:
         flow(options, console)
     except RunLocked:
-        console.say(
+        console.report(
             f"Error: another inat_photos run is using {show_path(options.cache)}; try again later."
         )
         return EXIT_LOCKED
     except (UserError, TokenRefused) as error:
-        console.say(f"Error: {error}")
+        console.report(f"Error: {error}")
         return EXIT_USAGE
     except InatUnreachable as error:
-        console.say(f"Error: iNaturalist is unreachable at {options.api_url}: {error}")
+        console.report(f"Error: iNaturalist is unreachable at {options.api_url}: {error}")
         return EXIT_USAGE
     except KeyboardInterrupt:
-        console.say("Interrupted; files already written are complete, the rest untouched.")
+        console.report("Interrupted; files already written are complete, the rest untouched.")
         return 130
     return EXIT_FILE_ERRORS if console.file_errors else EXIT_OK
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 import datetime as dt
 import io
 import struct
+from collections.abc import Sequence
+from html import escape
 from pathlib import Path
 
 import numpy as np
@@ -165,11 +167,13 @@ def write_dng(
     orientation: int = 1,
     gps: tuple[float, float] | None = None,
     model: str = "Test Camera",
+    xmp: bytes | None = None,
 ) -> None:
     """Write picture as a DNG: raw mosaic in a SubIFD, a JPEG preview in IFD0.
 
     picture is given as the sensor saw it (before orientation); preview_side limits the
-    preview's longest side (None: as large as the raw image).
+    preview's longest side (None: as large as the raw image); xmp is an XMP packet to embed
+    (tag 700, as cameras and raw converters write it).
     """
     width, height = picture.size
     width, height = width - width % 2, height - height % 2
@@ -205,6 +209,8 @@ def write_dng(
     ifd0.add(50721, "SRATIONAL", identity)  # ColorMatrix1: the camera records XYZ
     ifd0.add(50728, "RATIONAL", [_rational(0.9505), (1, 1), _rational(1.089)])  # AsShotNeutral
     ifd0.add(50778, "SHORT", 21)  # CalibrationIlluminant1: D65
+    if xmp is not None:
+        ifd0.add(700, "BYTE", list(xmp))  # XMP
 
     raw = _Ifd()
     raw.add(254, "LONG", 0)  # the main image
@@ -260,8 +266,10 @@ def write_heic(
     orientation: int = 1,
     gps: tuple[float, float] | None = None,
     quality: int = 90,
+    xmp: bytes | None = None,
 ) -> None:
-    """Write picture as HEIC with EXIF; picture is given upright, as a phone shows it.
+    """Write picture as HEIC with EXIF (and xmp, an XMP packet, when given); picture is
+    given upright, as a phone shows it.
 
     With an orientation other than 1 the stored pixels are turned the other way and the
     file says how to turn them back (pillow-heif writes that as HEIF transforms, as phones do).
@@ -277,4 +285,29 @@ def write_heic(
     if orientation in undo:
         stored = stored.transpose(undo[orientation])
     pillow_heif.register_heif_opener()
-    stored.save(path, format="HEIF", quality=quality, exif=exif_bytes(taken, orientation, gps))
+    extra = {"xmp": xmp} if xmp is not None else {}
+    stored.save(
+        path, format="HEIF", quality=quality, exif=exif_bytes(taken, orientation, gps), **extra
+    )
+
+
+def xmp_packet(keywords: Sequence[str], title: str = "", rating: int | None = None) -> bytes:
+    """An XMP packet with dc:subject keywords (a bag), a title and a rating, as a photo
+    manager writes into a file."""
+    bag = "".join(f"<rdf:li>{escape(k)}</rdf:li>" for k in keywords)
+    extra = f' xmp:Rating="{rating}"' if rating is not None else ""
+    title_xml = (
+        f'<dc:title><rdf:Alt><rdf:li xml:lang="x-default">{escape(title)}</rdf:li></rdf:Alt>'
+        "</dc:title>"
+        if title
+        else ""
+    )
+    return (
+        '<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>'
+        '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF'
+        ' xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+        '<rdf:Description rdf:about="" xmlns:dc="http://purl.org/dc/elements/1.1/"'
+        f' xmlns:xmp="http://ns.adobe.com/xap/1.0/"{extra}>'
+        f"<dc:subject><rdf:Bag>{bag}</rdf:Bag></dc:subject>{title_xml}"
+        '</rdf:Description></rdf:RDF></x:xmpmeta><?xpacket end="w"?>'
+    ).encode()

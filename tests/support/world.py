@@ -134,16 +134,17 @@ def make_world(
     size: tuple[int, int] = (480, 360),
     unmatched: int = 0,
     seed: int = 0,
+    spacing: dt.timedelta = SPACING,
 ) -> World:
     """count local photos, each with an iNaturalist twin (same picture, its own observation),
-    plus `unmatched` observations whose photos exist only on iNaturalist."""
+    plus `unmatched` observations whose photos exist only on iNaturalist; spacing apart."""
     sources, pictures = root / "sources", root / "pictures"
     sources.mkdir(parents=True)
     pictures.mkdir(parents=True)
     world = World(root, pictures, sources, root / "cache", {"users": [], "observations": []})
     world.scenario["users"].append({"id": 4242, "login": USER, "name": "Test Naturalist"})
     for i in range(count + unmatched):
-        taken = START + i * SPACING + dt.timedelta(seconds=EXIF_SECONDS)
+        taken = START + i * spacing + dt.timedelta(seconds=EXIF_SECONDS)
         source = sources / f"src{i:03d}.jpg"
         save_picture(source, seed * 1000 + i, taken, size)
         taxon, caption = TAXA[i % len(TAXA)]
