@@ -1502,6 +1502,12 @@ class Planner:
         self.truth[local.path] = photo_id
         return photo_id
 
+    def upload_shot(self, local: Local, edit: dict, subject: str, place: tuple) -> int:
+        """One observation with one photo of ``local`` at its time: as it is, or edited."""
+        if edit:
+            return self.upload_edited(local, self.edited(local, edit), subject, place, local.when)
+        return self.upload(local, subject, place, local.when, quality=self.quality())
+
     # -- helpers -------------------------------------------------------------------------------
     def times(
         self,
@@ -2109,12 +2115,7 @@ def plan_edited(p: Planner) -> None:
                     camera=1,
                 )
             )
-        chosen = locals_[uploaded]
-        if edit:
-            source = p.edited(chosen, edit)
-            p.upload_edited(chosen, source, scene.subject, place, chosen.when)
-        else:
-            p.upload(chosen, scene.subject, place, chosen.when, quality=p.quality())
+        p.upload_shot(locals_[uploaded], edit, scene.subject, place)
 
     # -- hand-held bursts: frames 1 s apart; one uploaded cropped, toned and sharpened ----------
     place = PLACES[6]
@@ -2321,12 +2322,7 @@ def plan_unmodelled(p: Planner) -> None:
                 i = p.job_index[local.path]
                 p.jobs[i] = dataclasses.replace(p.jobs[i], develop=json.dumps(hdr_look))
             locals_.append(local)
-        chosen = locals_[uploaded]
-        if edit:
-            source = p.edited(chosen, edit)
-            p.upload_edited(chosen, source, scene.subject, place, chosen.when)
-        else:
-            p.upload(chosen, scene.subject, place, chosen.when, quality=p.quality())
+        p.upload_shot(locals_[uploaded], edit, scene.subject, place)
 
 
 # =============================================================================================
