@@ -3622,7 +3622,8 @@ def compare_pictures(
     sharper: Callable[[], Image.Image | None] | None = None,
     named: bool = False,
 ) -> Comparison:
-    """Register upload onto local by keypoints, then score it: SSIM after tone matching.
+    """Register upload onto local by keypoints, then score it: SSIM after tone matching, and
+    the coarse evidence the verdict reads (coarse_evidence).
 
     local is the upright local picture the features were found in; sharper, if given, returns
     it at full resolution for a crop so tight that local has fewer pixels there than the
@@ -3652,8 +3653,9 @@ def compare_pictures(
         placement = refined.placement
         region = region_of(local, placement, size)
     # The upload with the local picture's tones recovers exposure, curves and saturation best;
-    # where the edit clipped shadows or highlights, the local picture with the upload's tones
-    # (clipped alike) does. The score is the better of those tried.
+    # where the edit clipped shadows or highlights, or made the upload black and white, the
+    # local picture with the upload's tones (clipped, or grey, alike) does. The score is the
+    # best of those tried; the coarse evidence is read from the same pair.
     toned = match_tones(upright, region)
     change = float(np.abs(toned.astype(np.int16) - upright).mean())
     evidence = {"inliers": inliers, "misfit": refined.misfit, "matches": registration.matches}
