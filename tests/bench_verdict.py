@@ -180,6 +180,14 @@ def report(rows: list[dict]) -> None:
             f" | {_figures(twins, read, False)} |"
         )
     print()
+    lined: dict[str, list[int]] = {}
+    for r in true:
+        counts = lined.setdefault(r.get("category") or "?", [0, 0])
+        counts[0] += not r["prefiltered"]
+        counts[1] += 1
+    print("Lined up by the pre-filter (registration), true pairs per category:")
+    print("  " + ", ".join(f"{c} {n}/{m}" for c, (n, m) in sorted(lined.items())))
+    print()
     print("True pairs below 95% or never lined up:")
     for r in sorted(true, key=lambda r: r["score"]):
         if r["score"] < 0.95 or r["prefiltered"]:
