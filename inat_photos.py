@@ -3141,7 +3141,7 @@ MIN_SPREAD = 3 / 16  # ... and lie in at least this fraction of a 4 x 4 grid (or
 MIN_AREA = 0.05  # an upload showing less of the local picture is not searched for
 # An upload is also searched for at these sizes (pixels, longest side): a tight crop (a
 # distant bird) appears that small among the local picture's keypoints.
-COARSER_SIDES = (500, 280)
+COARSER_SIDES = (400,)
 CORNER_CONTRAST = 12  # levels a corner stands out by (ORB's FAST threshold)
 FAINT_CORNERS = 5  # ... in an upload where few stand out that far
 EDGE_SLACK = 0.004  # an upload may reach this far past the local picture (estimation error)
@@ -3749,9 +3749,9 @@ Pairs = dict[tuple[int, int], Comparison]  # (photo index, candidate index) -> c
 # The verdict below the threshold, calibrated on tests/make_matching_set.py's labelled sets
 # (python tests/bench_verdict.py SET prints the evidence of true and closest wrong pairs).
 SCORE_FLOOR = 0.85  # the score a pair below the threshold needs at least
-COARSE_SURE = 0.94  # ... and the coarse score: export filters do not reach it, a burst's does
-PART_SURE = 0.85  # ... and its worst part: where another frame's subject moved, it is not
-MIN_INLIER_SHARE = 0.9  # ... and this share of its keypoint matches fitting one geometry
+COARSE_SURE = 0.92  # ... and the coarse score, where export filters do not reach
+PART_SURE = 0.83  # ... and its worst part: where another frame's subject moved, it is not
+MIN_INLIER_SHARE = 0.7  # ... and this share of its keypoint matches fitting one geometry
 VERDICT_MARGIN = 0.02  # ... and a score this far above every other photo and upload near it
 
 

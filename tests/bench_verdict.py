@@ -146,8 +146,17 @@ def _figures(rows: list[dict], read: Any, low: bool) -> str:
 
 def closest_wrong(rows: list[dict]) -> list[dict]:
     """For each local photo its best-scoring wrong upload, and for each upload its
-    best-scoring wrong local photo, among the pairs that lined up and did not move."""
-    eligible = [r for r in rows if not r["true"] and not r["prefiltered"] and r["misfit"] <= 0.5]
+    best-scoring wrong local photo, among the pairs that lined up and did not move. The
+    second upload of a photo uploaded twice (category twice) is the same picture, not a
+    look-alike: the earlier observation takes it, by rule, and it is left out here."""
+    eligible = [
+        r
+        for r in rows
+        if not r["true"]
+        and not r["prefiltered"]
+        and r["misfit"] <= 0.5
+        and r.get("category") != "twice"
+    ]
     closest: dict[tuple[str, int], dict] = {}
     for key in ("local", "upload"):
         best: dict[Any, dict] = {}

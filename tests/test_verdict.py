@@ -130,7 +130,7 @@ def test_evidence_takes_a_clear_pair_below_the_threshold_and_says_why() -> None:
 @pytest.mark.parametrize(
     "pairs",
     [
-        {(0, 0): _comparison(0.91, 0.93)},  # the coarse score fell too: the subject moved
+        {(0, 0): _comparison(0.91, 0.90)},  # the coarse score fell too: not a filter
         {(0, 0): _comparison(0.91, 0.99, worst_part=0.8)},  # ... or only where it moved
         {(0, 0): _comparison(0.78, 0.99)},  # below the floor
         {(0, 0): _comparison(0.91, 0.99, misfit=1.2)},  # another shot
