@@ -7,6 +7,7 @@ HEIC file; --quiet prints nothing when nothing changed.
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import os
 import signal
@@ -119,7 +120,7 @@ def test_sizes_read_as_people_write_them(text: str, size: int) -> None:
 
 @pytest.mark.parametrize("text", ["", "MB", "-4GB", "4 parsecs", "0"])
 def test_a_bad_size_is_refused_by_name(text: str) -> None:
-    with pytest.raises(Exception, match="size"):
+    with pytest.raises(argparse.ArgumentTypeError, match="size"):
         ip.parse_size(text)
 
 
