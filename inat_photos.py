@@ -6307,10 +6307,6 @@ def process_days(
             continue
         if not options.recompute:
             open_candidates = recall_parts(state, open_candidates)
-        missing = undownloaded(state.pictures, open_candidates)
-        if missing:  # nothing is decided on a guess: the day waits for a later run
-            state.tally.deferred[day] = missing
-            continue
         state.scorer.expect(
             planned_pairs(open_photos, open_candidates, options, state.index.checked_before)
         )
@@ -6325,15 +6321,13 @@ def process_days(
             known_today=not options.recompute and any(p.tags for p in day_photos),
         )
         state.scorer.stop()
-        apply_day(state, outcome, open_candidates)
+        over = state.pictures.photos.over_budget
+        missing = sum(1 for c in open_candidates if c.photo.id in over)
+        if missing:  # nothing is decided on a guess: the day waits for a later run
+            state.tally.deferred[day] = missing
+        else:
+            apply_day(state, outcome, open_candidates)
         state.scorer.finish_day()
-
-
-def undownloaded(pictures: PictureSource, candidates: Sequence[Candidate]) -> int:
-    """Download the candidates' photos; how many the download budget left out."""
-    pictures.fetch(candidates)
-    over = pictures.photos.over_budget
-    return sum(1 for c in candidates if c.photo.id in over)
 
 
 def budget_line(tally: Tally, ledger: DownloadLedger) -> str | None:

@@ -7,7 +7,7 @@ The CLI tests run against the fake iNaturalist with a generated world of one day
            'B2.JPEG' (another case and extension). Without the name the two tie.
     09:30  a second shot: s1.jpg, then s2.jpg a few percent to the side; s2 was uploaded after
            editing (contrast, gamma and a vignette: tone matching undoes the first two, not
-           the darkened corners), so it scores below 95 % without the name.
+           the darkened corners), so it scores below 95 %: the verdict's evidence takes it.
     10:00  p.jpg, with GPS, uploaded to an obscured observation 11 m away.
     10:30  d.jpg, uploaded as it is; its observation is deleted between two runs.
 """
@@ -174,7 +174,10 @@ def test_without_a_token_nothing_changes(login_world: LoginWorld, login_fake) ->
     found = tagged(login_world)
     assert found["b1.jpg"] is None and found["b2.jpg"] is None  # a tie: too close to choose
     assert any("too close to choose" in line for line in first.lines)
-    assert found["s2.jpg"] is None and found["s1.jpg"] is None  # the edit: below 95 %
+    # The edit scores below 95 %; the verdict takes it on its evidence (issue 17), and never
+    # the other shot.
+    assert found["s2.jpg"] == PHOTO_IDS["s2.jpg"] and found["s1.jpg"] is None
+    assert "decided by" in login_world.line(first, "s2.jpg")
     assert "distance from observation obscured" in login_world.line(first, "p.jpg")
     assert "matched by file name" not in first.stdout
     requests = login_fake.api_requests()
@@ -199,10 +202,11 @@ def test_with_a_token_the_file_name_picks_the_exact_frame(
     assert found["s2.jpg"] == PHOTO_IDS["s2.jpg"] and found["s1.jpg"] is None
     assert found["p.jpg"] == PHOTO_IDS["p.jpg"] and found["d.jpg"] == PHOTO_IDS["d.jpg"]
     assert login_world.line(result, "b2.jpg").endswith("(matched by file name).")
-    assert login_world.line(result, "s2.jpg").endswith("(tones adjusted, matched by file name).")
+    # The evidence took the edited shot before the name was needed (issue 17).
+    assert "matched by file name" not in login_world.line(result, "s2.jpg")
     assert "matched by file name" not in login_world.line(result, "d.jpg")  # no rival there
     assert "too close to choose" not in result.stdout
-    assert (login_world.root / "log.html").read_text().count("matched by file name") == 2
+    assert (login_world.root / "log.html").read_text().count("matched by file name") == 1
     requests = login_fake.api_requests()
     assert all(r["auth"] for r in requests)
     listing = [r for r in requests if r["path"] == "/v2/observations"]
