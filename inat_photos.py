@@ -53,6 +53,7 @@ import functools
 import hashlib
 import html
 import io
+import itertools
 import json
 import math
 import os
@@ -206,6 +207,9 @@ USE_GPU = False  # change to True if you have a GPU (same as --gpu)
 CLUSTER_THRESHOLD = 180  # seconds; default of --cluster_threshold
 SSIM_THRESHOLD = 0.95  # 95 %; default of --ssim_threshold
 SSIM_INATSIZE = "large"  # iNaturalist photo size compared; default of --inat_size
+# Without --inat_size or --ssim_threshold, uploads are compared at this smaller size first
+# (a quarter of the bytes); only those it does not settle are downloaded at SSIM_INATSIZE.
+FIRST_INATSIZE = "medium"
 
 DEFAULT_API_URL = "https://api.inaturalist.org/v1"  # INAT_API_URL overrides it
 INAT_WEB_URL = "https://www.inaturalist.org"
@@ -403,6 +407,7 @@ class Options:
     recompute: bool = False
     bypass_cache: bool = False
     inat_size: str = SSIM_INATSIZE
+    first_size: str | None = FIRST_INATSIZE  # None: every upload at inat_size only
     gpu: bool = USE_GPU
     time_offset: dt.timedelta | None = None
     dry_run: bool = False
@@ -435,7 +440,10 @@ class Options:
             calibrated=args.ssim_threshold is None,
             recompute=args.recompute,
             bypass_cache=args.bypass_cache,
-            inat_size=args.inat_size,
+            inat_size=args.inat_size or SSIM_INATSIZE,
+            first_size=(
+                FIRST_INATSIZE if args.inat_size is None and args.ssim_threshold is None else None
+            ),
             gpu=args.gpu,
             time_offset=args.time_offset,
             dry_run=args.dry_run,
@@ -468,11 +476,18 @@ class Options:
         return bool(self.token or self.token_file or self.password_login or self.keyring)
 
     @property
+    def upload_sizes(self) -> tuple[str, ...]:
+        """The iNaturalist sizes compared, smallest first: the first settles clear pairs."""
+        if self.first_size is None or self.first_size == self.inat_size:
+            return (self.inat_size,)
+        return (self.first_size, self.inat_size)
+
+    @property
     def matching_settings(self) -> str:
         """The settings a comparison depends on; one made under others is not reused."""
         return (
-            f"{__version__} {self.ssim_threshold} {self.calibrated} {self.inat_size}"
-            f" {self.cluster_threshold}"
+            f"{__version__} {self.ssim_threshold} {self.calibrated}"
+            f" {'+'.join(self.upload_sizes)} {self.cluster_threshold}"
         )
 
 
@@ -1006,7 +1021,8 @@ class Comparison:
     inliers: int = 0  # matching keypoints consistent with the alignment (0: not by keypoints)
     misfit: float = 0.0  # how far parts of the pictures move against each other, pixels
     matches: int = 0  # keypoint matches before the geometry was fitted (inliers among them)
-    coarse: float | None = None  # the score at a quarter of the size: what export filters keep
+    coarse: float | None = None  # the score shrunk coarse_step times: what export filters keep
+    coarse_step: int = 4  # COARSE_STEP for a large upload, less for a smaller one
     worst_part: float | None = None  # ... of the worst of its 4 x 4 parts (coarse_evidence)
 
     @property
@@ -1693,6 +1709,10 @@ class DownloadLedger:
         )
 
 
+class OverBudget(Exception):
+    """The download budget is spent: the photo is left for a later run."""
+
+
 class PhotoCache:
     """iNaturalist photos on disk, keyed by photo id and size; never a partial file."""
 
@@ -1726,17 +1746,51 @@ class PhotoCache:
         self.http.mount("http://", adapter)
         self.http.mount("https://", adapter)
         self.lock = threading.Lock()
+        self.slots = threading.BoundedSemaphore(DOWNLOAD_WORKERS)  # downloads at once, in all
+        self.ahead: ThreadPoolExecutor | None = None
+
+    def prefetch(self, photos: Sequence[InatPhoto], size: str) -> None:
+        """Download these photos in the background, in this order, while the run compares;
+        fetch() waits for one in flight. A failure here is left for fetch() to retry and
+        report, in its place in the output."""
+        wanted = [p for p in photos if not p.unavailable]
+        if not wanted:
+            return
+        self.ahead = ThreadPoolExecutor(DOWNLOAD_WORKERS, thread_name_prefix="download-ahead")
+        for photo in wanted:
+            self.ahead.submit(self._fetch_ahead, photo, size)
+
+    def _fetch_ahead(self, photo: InatPhoto, size: str) -> None:
+        target = self.path(photo, size)
+        with self.lock:
+            busy = self.busy.setdefault(target, threading.Lock())
+        with busy, contextlib.suppress(Exception):
+            if target in self.failed or (
+                target.exists() and (not self.refresh or target in self.refreshed)
+            ):
+                return
+            self._store(target, self._download(photo.url_for_size(size)))
+
+    def close(self) -> None:
+        """Stop downloading ahead (what is in flight finishes) and close the connections."""
+        if self.ahead is not None:
+            self.ahead.shutdown(wait=True, cancel_futures=True)
+        self.http.close()
 
     def path(self, photo: InatPhoto, size: str) -> Path:
         return self.folder / size / f"{photo.id}.jpg"
 
     def _download(self, url: str) -> bytes:
-        """A complete, decodable picture from url; raises on anything less. Its bytes count
-        in the ledger, whole or not."""
-        response = self.http.get(url, timeout=DOWNLOAD_TIMEOUT)
-        data = response.content
-        if self.ledger is not None:
-            self.ledger.record(len(data))
+        """A complete, decodable picture from url; raises on anything less, OverBudget when
+        the budget is spent. Its bytes count in the ledger, whole or not."""
+        # The budget is read with a slot held: at most DOWNLOAD_WORKERS downloads pass it.
+        with self.slots:
+            if self.ledger is not None and not self.ledger.room():
+                raise OverBudget(url)
+            response = self.http.get(url, timeout=DOWNLOAD_TIMEOUT)
+            data = response.content
+            if self.ledger is not None:
+                self.ledger.record(len(data))
         response.raise_for_status()
         expected = response.headers.get("Content-Length")
         if expected is not None and int(expected) != len(data):
@@ -1788,12 +1842,12 @@ class PhotoCache:
             return target
         if target in self.failed:
             return None
-        if self.ledger is not None and not self.ledger.room():
+        try:
+            data = self._download(photo.url_for_size(size))
+        except OverBudget:
             with self.lock:
                 self.over_budget.add(photo.id)
             return None
-        try:
-            data = self._download(photo.url_for_size(size))
         except Exception as error:
             fresh = self._current(photo)
             if fresh is not None and fresh.unavailable:
@@ -1805,6 +1859,10 @@ class PhotoCache:
                 if fresh is None:
                     raise error
                 data = self._download(fresh.url_for_size(size))
+            except OverBudget:
+                with self.lock:
+                    self.over_budget.add(photo.id)
+                return None
             except Exception as final:
                 self.console.warn(
                     f"could not download photo {photo.id}: {_describe_http_error(final)}"
@@ -1812,6 +1870,11 @@ class PhotoCache:
                 with self.lock:
                     self.failed.add(target)
                 return None
+        self._store(target, data)
+        return target
+
+    def _store(self, target: Path, data: bytes) -> None:
+        """Put a downloaded photo in the cache, whole or not at all."""
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, temporary = tempfile.mkstemp(dir=target.parent, suffix=".part")
         with os.fdopen(fd, "wb") as handle:
@@ -1819,7 +1882,6 @@ class PhotoCache:
         os.replace(temporary, target)
         with self.lock:
             self.refreshed.add(target)
-        return target
 
     def fetch_all(self, photos: Sequence[InatPhoto], size: str) -> dict[int, Path]:
         """Download several photos in parallel; returns those that could be had."""
@@ -2631,55 +2693,68 @@ _NOT_MADE = object()
 
 
 class PictureSource:
-    """Decoded pictures for comparisons: uploads per day, local photos per cluster."""
+    """Decoded pictures for comparisons: uploads per day, local photos per cluster, each at
+    the iNaturalist sizes compared (sizes, smallest first)."""
 
     def __init__(
         self,
         photos: PhotoCache,
-        size: str,
+        sizes: Sequence[str],
         console: Console,
         log_thumbnails: ThumbnailCache | None = None,
     ) -> None:
         self.photos = photos
-        self.size = size
+        self.sizes = tuple(sizes)
         self.console = console
         self.log_thumbnails = log_thumbnails  # when given, each decoded local photo's is made
-        self.uploads = Memo()  # photo id -> picture
-        self.locals = Memo()  # path -> picture
+        self.uploads = Memo()  # (photo id, size) -> picture
+        self.locals = Memo()  # (path, size) -> picture
         self.thumbnails = Memo()
         self.full = Memo()
-        self.upload_features = Memo()  # photo id -> Features
-        self.local_features = Memo()  # path -> Features
+        self.upload_features = Memo()  # (photo id, size) -> Features
+        self.local_features = Memo()  # (path, size) -> Features
         self.unreadable: set[Path] = set()
         self.lock = threading.Lock()
 
-    def fetch(self, candidates: Sequence[Candidate]) -> None:
+    def fetch(self, candidates: Sequence[Candidate], size: str | None = None) -> None:
         """Download the uploads of these candidates in parallel, ahead of comparing them."""
-        self.photos.fetch_all([c.photo for c in candidates], self.size)
+        self.photos.fetch_all([c.photo for c in candidates], size or self.sizes[0])
 
-    def upload(self, photo: InatPhoto) -> Image.Image | None:
-        """The upload at the compared size; None when it cannot be had."""
+    def upload(self, photo: InatPhoto, size: str | None = None) -> Image.Image | None:
+        """The upload at this size (the first by default); None when it cannot be had."""
+        size = size or self.sizes[0]
 
         def decode() -> Image.Image | None:
-            path = self.photos.fetch(photo, self.size)
+            path = self.photos.fetch(photo, size)
             return None if path is None else _open_rgb(path)
 
-        return self.uploads.make(photo.id, decode)
+        return self.uploads.make((photo.id, size), decode)
 
     def downloaded_upload(self, photo: InatPhoto) -> Image.Image | None:
-        """The upload if this run decoded it or it is already downloaded; never a download."""
-        decoded = self.uploads.get(photo.id)
-        if decoded is not None:
-            return decoded
-        path = self.photos.path(photo, self.size)
-        if photo.unavailable or not path.exists():
-            return None
-        return _open_rgb(path)
+        """The upload at the smallest size this run decoded or that is already downloaded;
+        never a download."""
+        for size in self.sizes:
+            decoded = self.uploads.get((photo.id, size))
+            if decoded is not None:
+                return decoded
+        for size in self.sizes:
+            path = self.photos.path(photo, size)
+            if not photo.unavailable and path.exists():
+                return _open_rgb(path)
+        return None
 
-    def local(self, photo: LocalPhoto) -> Image.Image | None:
-        """The local picture upright, big enough to cut the smallest searched crop from it."""
-        side = round(max(INAT_PIXELS[self.size], HTML_THUMBNAIL) / SMALLEST_CROP)
-        return self._decode(photo, side, self.locals, keep_thumbnail=True)
+    def local(self, photo: LocalPhoto, size: str | None = None) -> Image.Image | None:
+        """The local picture upright, big enough to cut the smallest searched crop from it
+        at an upload of this size (the first by default)."""
+        key = self._local_key(photo, size or self.sizes[0])
+        side = round(max(INAT_PIXELS.get(key[1], 0), HTML_THUMBNAIL) / SMALLEST_CROP)
+        return self._decode(photo, side, self.locals, key, keep_thumbnail=True)
+
+    @staticmethod
+    def _local_key(photo: LocalPhoto, size: str | None) -> tuple[Path, str]:
+        """(path, size), or (path, 'whole') for a format that decodes every pixel anyway:
+        decoded once, whatever the size."""
+        return (photo.path, (size or "whole") if decodes_reduced(photo.path) else "whole")
 
     def local_thumbnail(self, photo: LocalPhoto) -> Image.Image | None:
         """The local picture upright at about thumbnail size (JPEGs decode at 1/8 cheaply).
@@ -2688,14 +2763,14 @@ class PictureSource:
         thumbnail is the picture local() returns.
         """
         if not decodes_reduced(photo.path):
-            return self.local(photo)
-        return self._decode(photo, HTML_THUMBNAIL, self.thumbnails)
+            return self.local(photo, self.sizes[0])
+        return self._decode(photo, HTML_THUMBNAIL, self.thumbnails, photo.path)
 
     def full_picture(self, photo: LocalPhoto) -> Image.Image | None:
         """The local picture upright at full size, for the rare crop tighter than local()'s
         (which is it already for formats that always decode every pixel)."""
         if photo.path in self.unreadable or not decodes_reduced(photo.path):
-            return self.local(photo)
+            return self.local(photo, self.sizes[-1])
 
         def decode() -> Image.Image | None:
             try:
@@ -2706,20 +2781,24 @@ class PictureSource:
         return self.full.make(photo.path, decode)
 
     def features(
-        self, photo: LocalPhoto, upload: InatPhoto
+        self, photo: LocalPhoto, upload: InatPhoto, size: str | None = None
     ) -> tuple[Image.Image, Features, Image.Image, Features] | None:
-        """Both pictures and their keypoints (local, its features, upload, its features),
-        each found once while the picture is held; None when either cannot be had."""
-        picture = self.upload(upload)
-        local = self.local(photo) if picture is not None else None
+        """Both pictures at this upload size and their keypoints (local, its features, upload,
+        its features), each found once while the picture is held; None when either cannot be
+        had."""
+        size = size or self.sizes[0]
+        picture = self.upload(upload, size)
+        local = self.local(photo, size) if picture is not None else None
         if picture is None or local is None:
             return None
-        found = self.upload_features.make(upload.id, lambda: find_upload_features(picture))
-        local_found = self.local_features.make(photo.path, lambda: find_local_features(local))
+        found = self.upload_features.make((upload.id, size), lambda: find_upload_features(picture))
+        local_found = self.local_features.make(
+            self._local_key(photo, size), lambda: find_local_features(local)
+        )
         return local, local_found, picture, found
 
     def _decode(
-        self, photo: LocalPhoto, side: int, cache: Memo, keep_thumbnail: bool = False
+        self, photo: LocalPhoto, side: int, cache: Memo, key: Any, keep_thumbnail: bool = False
     ) -> Image.Image | None:
         if photo.path in self.unreadable:
             return None
@@ -2739,13 +2818,23 @@ class PictureSource:
                 self.log_thumbnails.local(photo, lambda: picture)
             return picture
 
-        return cache.make(photo.path, decode)
+        return cache.make(key, decode)
 
     def forget_locals(self, photos: Iterable[LocalPhoto] | None = None) -> None:
         """Drop these decoded local pictures, or all, once compared (memory stays flat)."""
-        paths = None if photos is None else [p.path for p in photos]
-        for cache in (self.locals, self.thumbnails, self.full, self.local_features):
-            cache.forget(paths)
+        if photos is None:
+            for cache in (self.locals, self.thumbnails, self.full, self.local_features):
+                cache.forget()
+            return
+        paths = [p.path for p in photos]
+        sized = [(path, size) for path in paths for size in (*self.sizes, "whole")]
+        for cache, keys in (
+            (self.locals, sized),
+            (self.local_features, sized),
+            (self.thumbnails, paths),
+            (self.full, paths),
+        ):
+            cache.forget(keys)
 
     def forget_uploads(self) -> None:
         """Drop decoded uploads and their keypoints once their day is done and reported."""
@@ -3573,17 +3662,27 @@ def match_tones(picture: np.ndarray, reference: np.ndarray) -> np.ndarray:
     return curves_like(mixed, reference)
 
 
-COARSE_STEP = 4  # the coarse score compares the pictures at a quarter of their size
+COARSE_STEP = 4  # the coarse score compares large uploads at a quarter of their size
+
+
+def coarse_step(size: str) -> int:
+    """How many times a pair at this iNaturalist size is shrunk for the coarse evidence: to
+    about the same pixels as a large upload at a quarter, where the verdict was calibrated."""
+    return max(1, round(COARSE_STEP * INAT_PIXELS.get(size, 1024) / INAT_PIXELS["large"]))
+
+
 PARTS = 4  # the worst part of a coarse comparison is one of PARTS x PARTS, less the corners
 
 
-def coarse_evidence(first: np.ndarray, second: np.ndarray) -> tuple[float, float] | None:
-    """The score of two lined-up pictures shrunk COARSE_STEP times, and of their worst part;
+def coarse_evidence(
+    first: np.ndarray, second: np.ndarray, step: int = COARSE_STEP
+) -> tuple[float, float] | None:
+    """The score of two lined-up pictures shrunk step times, and of their worst part;
     None when too small. Sharpening, clarity, noise reduction and recompression change fine
     detail, which shrinking averages away, and every part alike; another frame of a burst
     differs where its subject moved, at every size."""
     height, width = first.shape[:2]
-    size = (width // COARSE_STEP, height // COARSE_STEP)
+    size = (width // step, height // step)
     if min(size) < PARTS * SSIM_TILE:
         return None
     cv2 = _cv2()
@@ -3621,9 +3720,10 @@ def compare_pictures(
     score_pair: ScoreFunction = ssim_score,
     sharper: Callable[[], Image.Image | None] | None = None,
     named: bool = False,
+    step: int = COARSE_STEP,
 ) -> Comparison:
     """Register upload onto local by keypoints, then score it: SSIM after tone matching, and
-    the coarse evidence the verdict reads (coarse_evidence).
+    the coarse evidence the verdict reads (coarse_evidence, shrunk step times).
 
     local is the upright local picture the features were found in; sharper, if given, returns
     it at full resolution for a crop so tight that local has fewer pixels there than the
@@ -3668,13 +3768,14 @@ def compare_pictures(
             tried.append((match_tones(region, upright), upright))
     scored = [(score_pair(*pair), k) for k, pair in enumerate(tried)]
     score, best = max(scored)
-    coarse, worst = coarse_evidence(*tried[best]) or (None, None)
+    coarse, worst = coarse_evidence(*tried[best], step=step) or (None, None)
     toned_best = change >= TONE_MIN and (change >= TONE_SURE or best > 0)
     return Comparison(
         score,
         placement.alignment,
         tones=toned_best,
         coarse=coarse,
+        coarse_step=step,
         worst_part=worst,
         **evidence,
     )
@@ -3768,6 +3869,12 @@ def convincing(found: Comparison) -> bool:
     )
 
 
+def _fraction_words(step: int) -> str:
+    """'a quarter of the size', 'half the size', '1/8 of the size'."""
+    named = {1: "full size", 2: "half the size", 4: "a quarter of the size"}
+    return named.get(step, f"1/{step} of the size")
+
+
 def evidence_grounds(comparisons: Pairs, threshold: float) -> dict[tuple[int, int], str]:
     """The pairs of a cluster below the threshold that the evidence accepts, each with what
     decided ('98.9% at a quarter of the size, 412 matching points, 6.1 points ahead...').
@@ -3788,10 +3895,50 @@ def evidence_grounds(comparisons: Pairs, threshold: float) -> dict[tuple[int, in
             continue
         margin = f"{ahead * 100:.1f} points ahead of the next pair" if rivals else "no rival"
         accepted[(i, j)] = (
-            f"{found.coarse * 100:.1f}% at a quarter of the size, {found.inliers} matching"  # type: ignore[operator]
+            f"{found.coarse * 100:.1f}% at {_fraction_words(found.coarse_step)},"  # type: ignore[operator]
+            f" {found.inliers} matching"
             f" points, {margin}"
         )
     return accepted
+
+
+# The first, smaller size settles an upload only when one pair is beyond doubt there; the
+# rest are compared again at the larger size (small crops, edited exports, near look-alikes).
+# Calibrated like the verdict (python tests/bench_matching.py --out SET).
+FIRST_MARGIN = 0.05  # how far the pair leads every other pair of its photo and its upload
+
+
+def settled_uploads(comparisons: Pairs, threshold: float) -> dict[int, int]:
+    """The uploads whose comparisons at the first size already decide, each with its photo
+    (candidate index -> photo index): a pair the threshold or the verdict's own evidence
+    takes, FIRST_MARGIN ahead of every other pair that shares its photo or its upload."""
+    settled = {}
+    for (i, j), found in comparisons.items():
+        if not found.eligible or not (found.score >= threshold or convincing(found)):
+            continue
+        rivals = [c.score for (a, b), c in comparisons.items() if (a == i) != (b == j)]
+        if found.score - max(rivals, default=0.0) >= FIRST_MARGIN:
+            settled[j] = i
+    return settled
+
+
+def interleaved(
+    pairs: Sequence[tuple[LocalPhoto, Candidate]], group: int
+) -> list[tuple[LocalPhoto, Candidate]]:
+    """The pairs in turns across each group of local photos (the first pair of each photo,
+    then the second, ...): threads taking them in turn decode different photos at once,
+    instead of waiting for the one photo they share."""
+    photos: dict[Path, list[tuple[LocalPhoto, Candidate]]] = {}
+    for pair in pairs:
+        photos.setdefault(pair[0].path, []).append(pair)
+    each = list(photos.values())
+    return [
+        turn[k]
+        for start in range(0, len(each), group)
+        for k in range(max(len(turn) for turn in each[start : start + group]))
+        for turn in each[start : start + group]
+        if k < len(turn)
+    ]
 
 
 class PairScorer:
@@ -3803,29 +3950,35 @@ class PairScorer:
     when expect() was told which pairs come.
     """
 
-    def __init__(self, pictures: PictureSource, score: ScoreFunction) -> None:
+    def __init__(
+        self, pictures: PictureSource, score: ScoreFunction, score_floor: float = SSIM_THRESHOLD
+    ) -> None:
         self.pictures = pictures
         self.score = score
+        self.score_floor = score_floor  # a pair settled at the first size scores this at least
         self.comparisons = Memo()  # (local path, upload id) -> Comparison, for this day
         self._ahead = threading.Condition()  # the background waits on it for room
         self._started: set[Path] = set()  # local photos the background has begun on
         self._finished: set[Path] = set()  # local photos whose cluster matching is done with
         self._background: tuple[list[threading.Thread], threading.Event] | None = None
 
-    def compare(self, photo: LocalPhoto, candidate: Candidate) -> Comparison | None:
-        """One pair, compared once per day: see _compare."""
-        key = (photo.path, candidate.photo.id)
-        return self.comparisons.make(key, lambda: self._compare(photo, candidate))
+    def compare(
+        self, photo: LocalPhoto, candidate: Candidate, size: str | None = None
+    ) -> Comparison | None:
+        """One pair at one upload size (the first by default), compared once per day."""
+        size = size or self.pictures.sizes[0]
+        key = (photo.path, candidate.photo.id, size)
+        return self.comparisons.make(key, lambda: self._compare(photo, candidate, size))
 
-    def _compare(self, photo: LocalPhoto, candidate: Candidate) -> Comparison | None:
+    def _compare(self, photo: LocalPhoto, candidate: Candidate, size: str) -> Comparison | None:
         """Registration by keypoints first, the full score only for pairs that line up, and
         always for a pair named by the upload's original file name."""
-        pictures = self.pictures.features(photo, candidate.photo)
+        pictures = self.pictures.features(photo, candidate.photo, size)
         if pictures is None:
             return None
         named = same_file_name(photo.path.name, candidate.photo.original_filename)
         sharper = functools.partial(self.pictures.full_picture, photo)
-        return compare_pictures(*pictures, self.score, sharper, named=named)
+        return compare_pictures(*pictures, self.score, sharper, named=named, step=coarse_step(size))
 
     def _each_pair(
         self, photos: Sequence[LocalPhoto], candidates: Sequence[Candidate], work: Callable
@@ -3859,30 +4012,56 @@ class PairScorer:
         self.pictures.forget_locals(photos)
 
     def __call__(self, photos: Sequence[LocalPhoto], candidates: Sequence[Candidate]) -> Pairs:
-        self.pictures.fetch(candidates)
-        return self._each_pair(photos, candidates, self.compare)
+        """Every pair at the first size; the uploads it does not settle again at the last."""
+        first, *more = self.pictures.sizes
+        self.pictures.fetch(candidates, first)
+        found = self._each_pair(photos, candidates, self.compare)
+        if not more:
+            return found
+        settled = settled_uploads(found, self.score_floor)
+        # An upload that no photo lined up with at the first size is not here (a phone's
+        # photo, another camera's); one not had at all (a failed download) is not asked again.
+        lined_up = {j for (_, j), c in found.items() if not c.prefiltered}
+        unsettled = [j for j in range(len(candidates)) if j in lined_up and j not in settled]
+        if not unsettled:
+            return found
+        # A photo a settled pair took keeps its other pairs too: each is far behind.
+        taken = set(settled.values())
+        kept = {(i, j): c for (i, j), c in found.items() if j in settled or i in taken}
+        again = [i for i in range(len(photos)) if i not in taken]
+        uploads = [candidates[j] for j in unsettled]
+        self.pictures.fetch(uploads, more[-1])
+        compare = functools.partial(self.compare, size=more[-1])
+        finer = self._each_pair([photos[i] for i in again], uploads, compare)
+        return kept | {(again[i], unsettled[j]): c for (i, j), c in finer.items()}
 
     def likely(
         self, photos: Sequence[LocalPhoto], candidates: Sequence[Candidate]
     ) -> dict[tuple[int, int], bool]:
         """The gate's verdict for every pair whose pictures could be had."""
-        self.pictures.fetch(candidates)
+        size = self.pictures.sizes[0]
+        self.pictures.fetch(candidates, size)
 
         def verdict(photo: LocalPhoto, candidate: Candidate) -> bool | None:
-            pictures = self.pictures.features(photo, candidate.photo)
+            pictures = self.pictures.features(photo, candidate.photo, size)
             return None if pictures is None else likely_same_pictures(*pictures)
 
         return self._each_pair(photos, candidates, verdict)
 
-    def expect(self, pairs: Sequence[tuple[LocalPhoto, Candidate]]) -> None:
-        """Compare these pairs in the background, in this order, at most PREFETCH_AHEAD local
-        photos ahead of the matching: clusters are small, so their own pairs rarely keep
-        every core busy, and downloading and decoding wait for no one."""
+    def expect(
+        self,
+        pairs: Sequence[tuple[LocalPhoto, Candidate]],
+        then: Sequence[Callable[[], object]] = (),
+    ) -> None:
+        """Compare these pairs in the background, at most PREFETCH_AHEAD local photos ahead
+        of the matching (clusters are small, so their own pairs rarely keep every core busy,
+        and downloading and decoding wait for no one), then do the jobs of then (the log's
+        thumbnails of photos no pair decodes)."""
         self.stop()
-        if len(pairs) < 2:
+        if len(pairs) + len(then) < 2:
             return
         stop = threading.Event()
-        queue = iter(list(pairs))
+        queue = itertools.chain(interleaved(pairs, PREFETCH_AHEAD), then)
         threads = [
             threading.Thread(
                 target=self._compare_ahead, args=(queue, stop), name="compare-ahead", daemon=True
@@ -3893,24 +4072,27 @@ class PairScorer:
         for thread in threads:
             thread.start()
 
-    def _compare_ahead(
-        self, queue: Iterator[tuple[LocalPhoto, Candidate]], stop: threading.Event
-    ) -> None:
+    def _compare_ahead(self, queue: Iterator[Any], stop: threading.Event) -> None:
         while not stop.is_set():
             with self._ahead:  # the threads take the pairs in turn, in order
-                pair = next(queue, None)
-                if pair is None:
+                item = next(queue, None)
+                if item is None:
                     return
-                photo, candidate = pair
-                if photo.path in self._finished:
+                if callable(item):
+                    job, photo = item, None
+                else:
+                    photo, candidate = item
+                    job = functools.partial(self.compare, photo, candidate)
+                if photo is not None and photo.path in self._finished:
                     continue
-                while not stop.is_set() and self._no_room_for(photo):
+                while photo is not None and not stop.is_set() and self._no_room_for(photo):
                     self._ahead.wait(0.5)
-                self._started.add(photo.path)
+                if photo is not None:
+                    self._started.add(photo.path)
             if stop.is_set():
                 return
             with contextlib.suppress(Exception):  # matching compares the pair itself and
-                self.compare(photo, candidate)  # meets the error there
+                job()  # meets the error there; the log makes a thumbnail that failed here
 
     def _no_room_for(self, photo: LocalPhoto) -> bool:
         """Whether the background is PREFETCH_AHEAD photos ahead already (lock held)."""
@@ -4198,12 +4380,14 @@ def find_clock_offset(
     compare: Compare,
     threshold: float,
     cluster_threshold: int,
+    calibrated: bool = False,
 ) -> dt.timedelta | None:
     """A camera-clock error that lines up at least two strong matches on one day, or None.
 
     likely holds the thumbnail gate's verdict for (photo, candidate) index pairs; those
     pairs vote for the offset (rounded to a quarter hour) their times imply. The offset with
-    the most votes must then be confirmed by full scores above the threshold.
+    the most votes must then be confirmed by full scores above the threshold (or, when
+    calibrated, pairs whose own evidence the verdict takes).
     """
     if len(photos) < MIN_OFFSET_MATCHES:
         return None
@@ -4230,8 +4414,8 @@ def find_clock_offset(
             (p.path, c.photo.id)
             for p, c in supporting
             if (found := compare([p], [c]).get((0, 0)))
-            and found.score >= threshold
             and found.eligible
+            and (found.score >= threshold or (calibrated and convincing(found)))
         ]
         if (
             min(len({a for a, _ in confirmed}), len({b for _, b in confirmed}))
@@ -4360,7 +4544,13 @@ def match_day(
         timed = [c for c in candidates if c.observation.observed_at is not None]
         verdicts = likely(photos, timed)
         offset = find_clock_offset(
-            photos, timed, verdicts, compare, options.ssim_threshold, options.cluster_threshold
+            photos,
+            timed,
+            verdicts,
+            compare,
+            options.ssim_threshold,
+            options.cluster_threshold,
+            calibrated=options.calibrated,
         )
         if offset is not None:
             shifted = [dataclasses.replace(p, clock_error=offset) for p in photos]
@@ -5203,8 +5393,16 @@ class LogThumbnails:
         except OSError:
             return Thumbnail(target)
 
+    def prepare(self, photos: Sequence[LocalPhoto]) -> None:
+        """Make the missing thumbnails of these photos on every core (a day's photos that
+        were never compared, whose pictures no comparison decoded)."""
+        missing = [p for p in photos if (f := self.store.local_file(p)) and not f.exists()]
+        if len(missing) > 1:
+            with ThreadPoolExecutor(max_workers=COMPARE_WORKERS) as pool:
+                list(pool.map(self.local, missing))
+
     def upload(self, photo: InatPhoto) -> Thumbnail | None:
-        target = self.store.upload_file(photo.id, self.pictures.size)
+        target = self.store.upload_file(photo.id, self.pictures.sizes[0])
         if not target.exists():
             picture = self.pictures.downloaded_upload(photo)
             if picture is None or not self.store.save(target, picture):
@@ -5789,8 +5987,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--inat_size",
         choices=INAT_SIZES,
-        default=SSIM_INATSIZE,
-        help=f"iNaturalist photo size to compare (default {SSIM_INATSIZE})",
+        default=None,
+        help=f"iNaturalist photo size to compare (default: {FIRST_INATSIZE} where it settles"
+        f" a pair clearly, else {SSIM_INATSIZE})",
     )
     parser.add_argument(
         "--gpu",
@@ -6233,6 +6432,7 @@ def log_day(
     if outcome.clock_offset is not None:
         note = offset_line(outcome.day, outcome.clock_offset)
         log.rows.append(LogRow("offset", note=note, day=outcome.day))
+    thumbnails.prepare([refusal.photo for refusal in outcome.refusals])
     uploads = {c.photo.id: c for c in lonely}
     fresh, earlier, ties = sort_refusals(
         index, log, outcome.refusals, uploads, state.options.ssim_threshold
@@ -6279,6 +6479,23 @@ def process_days(
                 Candidate(p, observation) for p in observation.photos
             ]
     tagged = {p.tags.photo for p in photos if p.tags and not options.recompute}
+
+    def still_open(day: dt.date) -> tuple[list[LocalPhoto], list[Candidate]]:
+        """The day's photos and uploads without a known association."""
+        open_photos = [
+            p for p in photos_by_day[day] if options.recompute or not (p.tags or p.dissociated)
+        ]
+        open_candidates = [c for c in candidates_by_day.get(day, []) if c.photo.id not in tagged]
+        return open_photos, open_candidates
+
+    # Every upload the days will compare is downloaded in the background from the start, in
+    # the days' order: nothing waits on the network while a day is compared.
+    ahead = {
+        candidate.photo.id: candidate.photo
+        for day in sorted(photos_by_day)
+        for _, candidate in planned_pairs(*still_open(day), options, state.index.checked_before)
+    }
+    state.pictures.photos.prefetch(list(ahead.values()), state.pictures.sizes[0])
     for day in sorted(photos_by_day):
         day_photos, day_candidates = photos_by_day[day], candidates_by_day.get(day, [])
         state.tally.uploads_seen.update(c.photo.id for c in day_candidates)
@@ -6296,8 +6513,7 @@ def process_days(
                 elif photo.dissociated and state.log is not None:
                     note = "set aside with --dissociate; compared again only with --recompute"
                     state.log.rows.append(known_row(photo, None, state.thumbnails, note))
-        open_photos = [p for p in day_photos if options.recompute or not (p.tags or p.dissociated)]
-        open_candidates = [c for c in day_candidates if c.photo.id not in tagged]
+        open_photos, open_candidates = still_open(day)
         if len(open_photos) < len(day_photos) and day_candidates:
             console.say(
                 f"{day}: {len(open_candidates)} iNat pictures and {len(open_photos)} local"
@@ -6307,9 +6523,14 @@ def process_days(
             continue
         if not options.recompute:
             open_candidates = recall_parts(state, open_candidates)
-        state.scorer.expect(
-            planned_pairs(open_photos, open_candidates, options, state.index.checked_before)
-        )
+        planned = planned_pairs(open_photos, open_candidates, options, state.index.checked_before)
+        compared = {photo.path for photo, _ in planned}
+        thumbnails = [  # for the log: the day's photos no pair will decode
+            functools.partial(state.thumbnails.local, photo)
+            for photo in (day_photos if state.log is not None else ())
+            if photo.path not in compared
+        ]
+        state.scorer.expect(planned, thumbnails)
         outcome = match_day(
             day,
             open_photos,
@@ -6345,20 +6566,30 @@ def budget_line(tally: Tally, ledger: DownloadLedger) -> str | None:
 def load_observations(
     options: Options, client: InatClient, store: ObservationStore, photos: Sequence[LocalPhoto]
 ) -> tuple[list[Observation], dict[int, Observation], dict[int, set[str]]]:
-    """Sync the store for the photos' days: (the days' observations, known ones, captions)."""
-    if not store.has_synced(options.user):  # checked on an earlier run: spare a request
-        user = client.user(options.user)
-        if not user.get("observations_count"):
-            raise UserError(f"iNaturalist user {options.user!r} has no observations")
+    """Sync the store for the photos' days: (the days' observations, known ones, captions).
+
+    The login is checked (a request, at one a second) only when no observation came back:
+    observations prove it, and the first run of a big archive waits for no extra answer.
+    """
     days = sorted({p.corrected_time.date() for p in photos})
-    store.sync(client, options.user, days[0], days[-1])
+    try:
+        store.sync(client, options.user, days[0], days[-1])
+    except InatUnreachable:
+        if not store.has_synced(options.user):
+            check_login(client, options.user)  # an unknown login says so, not 'unreachable'
+        raise
     known_ids = [p.tags.observation for p in photos if p.tags]
     store.recheck(client, options.user, known_ids, days[0], days[-1])
-    return (
-        store.observations_between(options.user, days[0], days[-1]),
-        store.observations_by_id(known_ids),
-        store.caption_history(known_ids),
-    )
+    observations = store.observations_between(options.user, days[0], days[-1])
+    if not observations:
+        check_login(client, options.user)
+    return observations, store.observations_by_id(known_ids), store.caption_history(known_ids)
+
+
+def check_login(client: InatClient, login: str) -> None:
+    """UserError when iNaturalist does not know login, or it has no observations at all."""
+    if not client.user(login).get("observations_count"):
+        raise UserError(f"iNaturalist user {login!r} has no observations")
 
 
 def load_lineages(
@@ -6375,8 +6606,8 @@ def make_scorer(options: Options, photos: PhotoCache, console: Console) -> PairS
     """The compare function for these options: the score on the CPU or with OpenCL, and the
     log's thumbnails made as local photos are decoded when a log is written."""
     thumbnails = ThumbnailCache(options.cache) if options.logfile else None
-    pictures = PictureSource(photos, options.inat_size, console, thumbnails)
-    return PairScorer(pictures, choose_score_function(options.gpu, console))
+    pictures = PictureSource(photos, options.upload_sizes, console, thumbnails)
+    return PairScorer(pictures, choose_score_function(options.gpu, console), options.ssim_threshold)
 
 
 def run(options: Options, console: Console) -> Tally:
@@ -6430,7 +6661,7 @@ def run(options: Options, console: Console) -> Tally:
         photo_cache = PhotoCache(
             options.cache, client, refresh=options.bypass_cache, console=console, ledger=ledger
         )
-        resources.callback(photo_cache.http.close)
+        resources.callback(photo_cache.close)
         scorer = make_scorer(options, photo_cache, console)
         resources.callback(scorer.stop)  # an error mid-day leaves no thread comparing ahead
         state = RunState(
@@ -6576,9 +6807,9 @@ def associate_file(options: Options, console: Console) -> Tally:
         ids = [observation.id] + ([photo.tags.observation] if photo.tags else [])
         history = set().union(*store.caption_history(ids).values())
         photo_cache = PhotoCache(options.cache, client, console=console)
-        resources.callback(photo_cache.http.close)
+        resources.callback(photo_cache.close)
         scorer = make_scorer(options, photo_cache, console)
-        comparison = scorer.compare(photo, candidate)
+        comparison = scorer.compare(photo, candidate, options.inat_size)
         console.say(compared_line(photo, candidate, comparison, options.ssim_threshold))
         tags = InatTags(observation.id, candidate.photo.observation_photo_id, photo_id)
         update = plan_update(photo, tags, history, observation.caption)

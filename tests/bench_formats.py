@@ -119,7 +119,7 @@ def per_file_times(out: Path) -> list[str]:
     kinds["DNG, demosaic"] = [small]
     lines = []
     console = ip.Console(open(os.devnull, "w"))  # noqa: SIM115
-    pictures = ip.PictureSource(None, "large", console)  # type: ignore[arg-type]
+    pictures = ip.PictureSource(None, ("large",), console)  # type: ignore[arg-type]
     for kind, files in kinds.items():
         started = time.perf_counter()
         photos = [ip.read_local_photo(path, console) for path in files]

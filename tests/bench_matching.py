@@ -41,6 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -233,14 +234,27 @@ def run_tool(
     return code, stdout, stderr, seconds, cpu
 
 
-def inat_size(extra: list[str]) -> str:
-    """The --inat_size the tool is given in extra, else its default."""
+def inat_sizes(extra: list[str]) -> list[str]:
+    """The sizes the tool may download: the --inat_size it is given in extra, else both of
+    its default (medium first, large where medium does not settle a pair)."""
     for i, arg in enumerate(extra):
         if arg.startswith("--inat_size="):
-            return arg.split("=", 1)[1]
+            return [arg.split("=", 1)[1]]
         if arg == "--inat_size" and i + 1 < len(extra):
-            return extra[i + 1]
-    return "large"
+            return [extra[i + 1]]
+    return ["medium", "large"]
+
+
+def download_line(fake: FakeINaturalist, matched: int) -> str:
+    """Photo downloads by size, and the bytes per correctly matched upload."""
+    got = [r for r in fake.photo_requests() if r["status"] == 200]
+    sizes = Counter(r["path"].rsplit("/", 1)[-1].split(".")[0] for r in got)
+    total = sum(r["bytes"] for r in got)
+    each = ", ".join(f"{n} {size}" for size, n in sorted(sizes.items()))
+    return (
+        f"Downloads: {len(got)} photos ({each}), {total / 1e6:.1f} MB;"
+        f" {total / max(1, matched) / 1e3:.0f} kB per upload found."
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -300,7 +314,9 @@ def main(argv: list[str] | None = None) -> int:
 
         fake = serve(folder, args.token)
         if not args.no_prerender:
-            took = prerender(fake, folder / "scenario.json", inat_size(args.extra))
+            took = sum(
+                prerender(fake, folder / "scenario.json", size) for size in inat_sizes(args.extra)
+            )
             print(f"The fake server rendered the uploads in {took:.1f} s (not timed).")
         print(f"Running {args.script} on {len(truth)} local photos ...", flush=True)
         times: dict[str, tuple[float, float]] = {}
@@ -354,6 +370,7 @@ def main(argv: list[str] | None = None) -> int:
                 category = line[4:]
             elif line.startswith("Summary:"):
                 print(f"  {category}: {line}" if args.per_category else line)
+        print(download_line(fake, sum(row.correct for row in rows.values())))
         clock = [line for line in stdout.splitlines() if "camera clock" in line]
         for line in clock:
             print(f"  tool: {line}")

@@ -755,7 +755,7 @@ def test_heic_is_decoded_once_for_thumbnail_and_comparison(
     heic, jpeg = tmp_path / "phone.heic", tmp_path / "camera.jpg"
     write_heic(heic, texture(6, (640, 480)), taken=START)
     texture(7, (640, 480)).save(jpeg, "JPEG")
-    pictures = ip.PictureSource(None, "large", ip.Console())  # type: ignore[arg-type]
+    pictures = ip.PictureSource(None, ("large",), ip.Console())  # type: ignore[arg-type]
     for path in (heic, jpeg):
         photo = ip.LocalPhoto(path, START, None, 1, (), None)
         assert pictures.local_thumbnail(photo) is not None

@@ -155,12 +155,15 @@ def test_first_run_pages_by_id_above_and_downloads_each_photo_once(base: Base) -
     # Only uploads of days with local photos are fetched.
     local_days = {item["taken"][:10] for item in plan["local"]}
     wanted = {
-        f"/photos/{p['id']}/large.jpg"
+        f"/photos/{p['id']}/{size}.jpg"
         for o in plan["scenario"]["observations"]
         if o["observed_on"] in local_days
         for p in o["photos"]
+        for size in ("medium", "large")
     }
     assert set(got) <= wanted
+    medium = {path for path in got if path.endswith("/medium.jpg")}
+    assert len(medium) > 2 * (len(got) - len(medium)), "most uploads are settled at medium"
     # And the run did its job: every twin tagged with its ids and caption, nothing else.
     twins = tagged_twins(base)
     for path in sorted(base.pictures.rglob("*.JPG")):
@@ -339,7 +342,7 @@ def test_bypass_cache_fetches_observations_and_photos_again(state: State) -> Non
     assert len(listing) == len(first_listing), "the observations were not fetched again"
     assert len(api) <= math.ceil(base.plan["observations_in_range"] / ip.PER_PAGE) + 3
     got = Counter(downloads(state.fake))
-    assert f"/photos/{want['photo']}/large.jpg" in got, "the cached upload was used"
+    assert f"/photos/{want['photo']}/medium.jpg" in got, "the cached upload was used"
     assert max(got.values()) == 1
     assert found_line(result, path, want["photo"]), result.stdout
     assert tags(path) == (want["observation"], want["photo"])

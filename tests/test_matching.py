@@ -116,7 +116,7 @@ def test_what_was_compensated_is_said(outcome: Outcome) -> None:
     )
     assert re.search(
         r"similarity \d+\.\d% \(cropped to \d+% of the area, straightened \d\.\d°, tones"
-        r" adjusted\)\.$",
+        r" adjusted(; decided by [^)]*)?\)\.$",
         line,
     ), line
 

@@ -237,15 +237,17 @@ def test_planned_pairs_are_the_pairs_match_day_compares_first_in_its_order() -> 
 class Pictures:
     """A PictureSource stand-in for PairScorer: counts the pairs it was asked for."""
 
+    sizes = ("large",)
+
     def __init__(self) -> None:
         self.asked: list[tuple[str, int]] = []
         self.forgotten: list[str] = []
 
-    def features(self, local: ip.LocalPhoto, upload: ip.InatPhoto):
+    def features(self, local: ip.LocalPhoto, upload: ip.InatPhoto, size: str | None = None):
         self.asked.append((local.path.name, upload.id))
         return None  # no pictures: the comparison is None
 
-    def fetch(self, candidates) -> None:
+    def fetch(self, candidates, size: str | None = None) -> None:
         pass
 
     def forget_locals(self, photos=None) -> None:
@@ -284,7 +286,7 @@ def test_pair_scorer_holds_a_few_pictures_of_a_big_cluster_at_a_time() -> None:
     held: list[int] = []
     asked = pictures.features
 
-    def features(local: ip.LocalPhoto, upload: ip.InatPhoto):
+    def features(local: ip.LocalPhoto, upload: ip.InatPhoto, size: str | None = None):
         names = {name for name, _ in pictures.asked} | {local.path.name}
         held.append(len(names - set(pictures.forgotten)))
         return asked(local, upload)
@@ -349,7 +351,7 @@ def test_picture_source_decodes_once_and_reports_an_unreadable_file_once(tmp_pat
     bad.write_bytes(b"not a jpeg")
     console = Console()
     cache = PhotoCache(good)
-    pictures = ip.PictureSource(cache, "large", console)  # type: ignore[arg-type]
+    pictures = ip.PictureSource(cache, ("large",), console)  # type: ignore[arg-type]
 
     first = pictures.local(photo("good.jpg", dt.datetime(2021, 2, 1), path=good))
     assert first is not None and max(first.size) < 4000  # decoded reduced (draft mode)
@@ -373,7 +375,7 @@ def test_picture_source_finds_keypoints_once_per_picture_while_held(
     dropped with the cluster's pictures, an upload's with the day's."""
     path = tmp_path / "good.jpg"
     Image.new("RGB", (800, 600), (10, 200, 30)).save(path, "JPEG")
-    pictures = ip.PictureSource(PhotoCache(path), "large", Console())  # type: ignore[arg-type]
+    pictures = ip.PictureSource(PhotoCache(path), ("large",), Console())  # type: ignore[arg-type]
     found: list[str] = []
     for kind in ("local", "upload"):
         real = getattr(ip, f"find_{kind}_features")
@@ -405,7 +407,7 @@ def test_a_local_photo_decoded_for_comparing_gives_the_log_its_thumbnail(
     for path in (compared, other):
         Image.new("RGB", (1600, 1200), (10, 200, 30)).save(path, "JPEG")
     store = ip.ThumbnailCache(tmp_path / "cache")
-    pictures = ip.PictureSource(None, "large", Console(), store)  # type: ignore[arg-type]
+    pictures = ip.PictureSource(None, ("large",), Console(), store)  # type: ignore[arg-type]
     seen = photo("compared.jpg", dt.datetime(2021, 2, 1), path=compared)
     assert pictures.local(seen) is not None
     pictures.forget_locals()

@@ -32,7 +32,8 @@ class Run:
     root: Path
     truth: dict[str, int | None]
     roles: dict[str, str]
-    result: CliResult
+    result: CliResult  # compared at large: the size the verdict was calibrated at
+    medium_first: CliResult  # a dry run with the default sizes: medium, then large
 
     def tag(self, role: str) -> int | None:
         return read_photo_id(self.root / self.roles[role])
@@ -81,11 +82,16 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Run:
     planner, roles = _plan()
     write_set(root, planner, jobs=1)
     (root / roles["burst gone"]).unlink()
+    args = ["--user", USER["login"], str(root / "pictures")]
     with FakeINaturalist(root / "scenario.json") as fake:
-        result = run_cli(
-            ["--user", USER["login"], str(root / "pictures")], fake.api_url, root / "cache"
-        )
-    return Run(root, planner.truth, roles, result)
+        medium_first = run_cli(["--dry-run", *args], fake.api_url, root / "cache-default")
+        result = run_cli(["--inat_size", "large", *args], fake.api_url, root / "cache")
+    return Run(root, planner.truth, roles, result, medium_first)
+
+
+def _found(result: CliResult, path: str) -> str | None:
+    """The console line saying which upload path was found for, if any."""
+    return next((x for x in result.lines if f"{Path(path).name}' " in x and " found " in x), None)
 
 
 def test_a_sharpened_only_export_is_found_on_its_evidence(run: Run) -> None:
@@ -102,10 +108,18 @@ def test_a_black_and_white_export_is_found(run: Run) -> None:
 def test_a_same_second_hdr_look_alike_gets_no_wrong_tag(run: Run) -> None:
     assert run.tag("hdr normal") is None, run.result.stdout
     assert run.tag("hdr uploaded") in (None, run.truth[run.roles["hdr uploaded"]])
+    assert _found(run.medium_first, run.roles["hdr normal"]) is None, run.medium_first.stdout
 
 
 def test_a_burst_frame_is_not_taken_for_its_deleted_neighbour(run: Run) -> None:
     assert run.tag("burst kept") is None, run.result.stdout
+    assert _found(run.medium_first, run.roles["burst kept"]) is None, run.medium_first.stdout
+
+
+def test_medium_first_finds_the_edited_exports_too(run: Run) -> None:
+    for role in ("sharpened", "mono"):
+        line = _found(run.medium_first, run.roles[role])
+        assert line is not None and f"photo id {run.truth[run.roles[role]]};" in line, line
 
 
 def test_an_explicit_threshold_is_the_only_bar() -> None:

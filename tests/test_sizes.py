@@ -1,0 +1,144 @@
+"""Issue 18 (fewer bytes per upload) and issue 19 (downloads ahead of the comparing).
+
+Uploads are compared at iNaturalist's medium size first; only those it does not settle are
+downloaded at large. The uploads of every day are downloaded in the background from the start,
+each once, and a failure there is reported by the day that needs the photo.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support.world import World, assert_tagged, make_world
+from test_phases import candidate, photo
+
+import inat_photos as ip
+
+T = dt.datetime(2021, 2, 1, 10, 0)
+
+
+def _sizes_fetched(fake: Any) -> Counter[str]:
+    """Photo downloads by size ('medium', 'large', ...)."""
+    paths = [r["path"] for r in fake.photo_requests() if r["status"] == 200]
+    return Counter(path.rsplit("/", 1)[-1].split(".")[0] for path in paths)
+
+
+@pytest.fixture
+def three_days(tmp_path: Path) -> World:
+    return make_world(tmp_path, 3, size=(1200, 900), spacing=dt.timedelta(days=1))
+
+
+def test_plain_uploads_are_found_at_medium_size_without_a_large_download(
+    three_days: World,
+) -> None:
+    with three_days.fake() as fake:
+        result = three_days.run_cli(fake.api_url)
+        assert result.returncode == 0, result.stderr
+        assert _sizes_fetched(fake) == Counter(medium=3)
+    for twin in three_days.twins:
+        assert_tagged(twin)
+
+
+@pytest.mark.parametrize(
+    ("options", "size"),
+    [(["--inat_size", "large"], "large"), (["--ssim_threshold", "0.9"], "large")],
+)
+def test_an_explicit_size_or_threshold_compares_at_that_size_only(
+    three_days: World, options: list[str], size: str
+) -> None:
+    with three_days.fake() as fake:
+        result = three_days.run_cli(fake.api_url, *options)
+        assert result.returncode == 0, result.stderr
+        assert _sizes_fetched(fake) == Counter({size: 3})
+    for twin in three_days.twins:
+        assert_tagged(twin)
+
+
+def _pair(score: float, **more: Any) -> ip.Comparison:
+    evidence = {"coarse": 0.99, "worst_part": 0.95, "inliers": 400, "matches": 405, **more}
+    return ip.Comparison(score, None, **evidence)
+
+
+def test_the_first_size_settles_a_clear_pair_or_one_the_verdict_takes() -> None:
+    assert ip.settled_uploads({(0, 0): _pair(0.97), (1, 0): _pair(0.5)}, 0.95) == {0: 0}
+    assert ip.settled_uploads({(2, 0): _pair(0.91)}, 0.95) == {0: 2}  # the verdict's evidence
+
+
+@pytest.mark.parametrize(
+    "pairs",
+    [
+        {(0, 0): _pair(0.97), (1, 0): _pair(0.93)},  # a look-alike photo close behind
+        {(0, 0): _pair(0.97), (0, 1): _pair(0.93)},  # another upload close behind
+        {(0, 0): _pair(0.97, prefiltered=True)},  # never lined up
+        {(0, 0): _pair(0.97, misfit=1.5)},  # parts moved: another shot
+        {(0, 0): _pair(0.91, coarse=0.9)},  # neither the threshold nor the evidence
+        {(0, 0): _pair(0.82)},  # below the verdict's floor
+    ],
+)
+def test_the_first_size_leaves_near_ties_and_doubts_to_the_larger(pairs: ip.Pairs) -> None:
+    assert ip.settled_uploads(pairs, 0.95) == {}
+
+
+class TableScorer(ip.PairScorer):
+    """A PairScorer whose comparisons come from a table keyed by (photo, upload id, size)."""
+
+    def __init__(self, table: dict[tuple[str, int, str], ip.Comparison]) -> None:
+        pictures = type("Pictures", (), {})()
+        pictures.sizes = ("medium", "large")
+        pictures.fetch = lambda candidates, size=None: None
+        pictures.forget_locals = lambda photos=None: None
+        super().__init__(pictures, ip.ssim_score)  # type: ignore[arg-type]
+        self.table = table
+        self.asked: list[tuple[str, int, str]] = []
+
+    def _compare(self, photo: ip.LocalPhoto, candidate: ip.Candidate, size: str) -> Any:
+        key = (photo.path.name, candidate.photo.id, size)
+        self.asked.append(key)
+        return self.table.get(key)
+
+
+def test_only_unsettled_uploads_are_compared_again_at_large_with_the_photos_left() -> None:
+    photos = [photo(f"{n}.jpg", T) for n in range(3)]
+    uploads = [candidate(1, T), candidate(2, T)]
+    table = {  # upload 1 is clearly 0.jpg at medium; upload 2 is close to 1.jpg and 2.jpg
+        ("0.jpg", 1, "medium"): _pair(0.98),
+        ("1.jpg", 1, "medium"): _pair(0.4),
+        ("2.jpg", 1, "medium"): _pair(0.4),
+        ("0.jpg", 2, "medium"): _pair(0.4),
+        ("1.jpg", 2, "medium"): _pair(0.96),
+        ("2.jpg", 2, "medium"): _pair(0.95),
+        ("1.jpg", 2, "large"): _pair(0.97),
+        ("2.jpg", 2, "large"): _pair(0.88),
+    }
+    scorer = TableScorer(table)
+    found = scorer(photos, uploads)
+    large = sorted(key for key in scorer.asked if key[2] == "large")
+    assert large == [("1.jpg", 2, "large"), ("2.jpg", 2, "large")]  # not 0.jpg: it is taken
+    assert found[(0, 0)].score == 0.98  # settled at medium
+    assert (found[(1, 1)].score, found[(2, 1)].score) == (0.97, 0.88)  # decided at large
+    assert found[(0, 1)].score == 0.4  # the taken photo keeps its medium pair
+
+
+def test_downloads_ahead_fetch_each_photo_once_and_leave_failures_to_their_day(
+    tmp_path: Path,
+) -> None:
+    world = make_world(tmp_path, 4, spacing=dt.timedelta(days=1))
+    failing = world.twins[2].photo
+    with world.fake() as fake:
+        fake.fail_next(f"/photos/{failing}/", 500, times=20)
+        result = world.run_cli(fake.api_url)
+        fetched = Counter(r["path"] for r in fake.photo_requests() if r["status"] == 200)
+    assert result.returncode == 0, result.stderr
+    assert fetched and max(fetched.values()) == 1
+    warned = [line for line in result.stderr.splitlines() if f"photo {failing}" in line]
+    assert len(warned) == 1, result.stderr
+    day = world.twins[2].taken.date().isoformat()
+    out = result.stdout
+    assert out.index(f"{day}:") < out.index("Summary:")  # the day that needed it ran
+    for n, twin in enumerate(world.twins):
+        if n != 2:
+            assert_tagged(twin)
