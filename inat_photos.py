@@ -6490,11 +6490,12 @@ def process_days(
 
     # Every upload the days will compare is downloaded in the background from the start, in
     # the days' order: nothing waits on the network while a day is compared.
-    ahead = {
-        candidate.photo.id: candidate.photo
+    plans = {
+        day: planned_pairs(*still_open(day), options, state.index.checked_before)
         for day in sorted(photos_by_day)
-        for _, candidate in planned_pairs(*still_open(day), options, state.index.checked_before)
+        if day in candidates_by_day
     }
+    ahead = {c.photo.id: c.photo for pairs in plans.values() for _, c in pairs}
     state.pictures.photos.prefetch(list(ahead.values()), state.pictures.sizes[0])
     for day in sorted(photos_by_day):
         day_photos, day_candidates = photos_by_day[day], candidates_by_day.get(day, [])
@@ -6523,7 +6524,8 @@ def process_days(
             continue
         if not options.recompute:
             open_candidates = recall_parts(state, open_candidates)
-        planned = planned_pairs(open_photos, open_candidates, options, state.index.checked_before)
+        left = {c.photo.id for c in open_candidates}  # recall_parts may have dropped some
+        planned = [(p, c) for p, c in plans.get(day, ()) if c.photo.id in left]
         compared = {photo.path for photo, _ in planned}
         thumbnails = [  # for the log: the day's photos no pair will decode
             functools.partial(state.thumbnails.local, photo)

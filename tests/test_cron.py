@@ -95,7 +95,7 @@ def test_the_download_ledger_survives_sigkill(spread_world: World) -> None:
         asked = len(fake.photo_requests())
     with sqlite3.connect(ledger) as db:
         count, total = db.execute("SELECT COUNT(*), SUM(bytes) FROM downloads").fetchone()
-    assert 2 <= count <= asked < DAYS and total > 2 * 20_000
+    assert 2 <= count <= asked and total > 2 * 20_000
     kept = ip.DownloadLedger(ledger, per_hour=total, per_day=10**9)
     try:
         assert not kept.room()  # the next run sees what the killed one downloaded
