@@ -142,3 +142,15 @@ def test_downloads_ahead_fetch_each_photo_once_and_leave_failures_to_their_day(
     for n, twin in enumerate(world.twins):
         if n != 2:
             assert_tagged(twin)
+
+
+def test_pairs_ahead_go_in_turns_across_photos_within_each_group() -> None:
+    photos = [photo(f"{n}.jpg", T) for n in range(5)]
+    uploads = [candidate(1, T), candidate(2, T)]
+    pairs = [(p, c) for p in photos for c in uploads]
+    order = [(p.path.name, c.photo.id) for p, c in ip.interleaved(pairs, 2)]
+    assert order == [
+        ("0.jpg", 1), ("1.jpg", 1), ("0.jpg", 2), ("1.jpg", 2),
+        ("2.jpg", 1), ("3.jpg", 1), ("2.jpg", 2), ("3.jpg", 2),
+        ("4.jpg", 1), ("4.jpg", 2),
+    ]  # fmt: skip
