@@ -53,7 +53,6 @@ import functools
 import hashlib
 import html
 import io
-import itertools
 import json
 import math
 import os
@@ -478,8 +477,8 @@ class Options:
     @property
     def upload_sizes(self) -> tuple[str, ...]:
         """The iNaturalist sizes compared, smallest first: the first settles clear pairs."""
-        if self.first_size is None or self.first_size == self.inat_size:
-            return (self.inat_size,)
+        if self.first_size in (None, self.inat_size) or not self.calibrated:
+            return (self.inat_size,)  # a user's own bar is read at the size they chose
         return (self.first_size, self.inat_size)
 
     @property
@@ -1123,8 +1122,9 @@ class DayOutcome:
 # 4. iNaturalist I/O
 #    The pyinaturalist session that asks the API, the SQLite store that keeps the
 #    user's observations (and the taxa above their identifications) between runs,
-#    the cache of downloaded photos, and the download ledger that keeps downloads
-#    inside an hourly and a daily budget across runs.
+#    the cache of downloaded photos (which also downloads a run's uploads ahead, in the
+#    background), and the download ledger that keeps downloads inside an hourly and a
+#    daily budget across runs.
 # ---------------------------------------------------------------------------
 
 
@@ -1762,14 +1762,18 @@ class PhotoCache:
 
     def _fetch_ahead(self, photo: InatPhoto, size: str) -> None:
         target = self.path(photo, size)
+        with self._busy(target), contextlib.suppress(Exception):
+            if target not in self.failed and not self._cached(target):
+                self._store(target, self._download(photo.url_for_size(size)))
+
+    def _busy(self, target: Path) -> threading.Lock:
+        """The lock of one photo's download: a second asker waits for the first."""
         with self.lock:
-            busy = self.busy.setdefault(target, threading.Lock())
-        with busy, contextlib.suppress(Exception):
-            if target in self.failed or (
-                target.exists() and (not self.refresh or target in self.refreshed)
-            ):
-                return
-            self._store(target, self._download(photo.url_for_size(size)))
+            return self.busy.setdefault(target, threading.Lock())
+
+    def _cached(self, target: Path) -> bool:
+        """Whether target is in the cache and may be used (--bypass_cache: once renewed)."""
+        return target.exists() and (not self.refresh or target in self.refreshed)
 
     def close(self) -> None:
         """Stop downloading ahead (what is in flight finishes) and close the connections."""
@@ -1830,24 +1834,31 @@ class PhotoCache:
             self._skip(photo)
             return None
         target = self.path(photo, size)
-        if target.exists() and (not self.refresh or target in self.refreshed):
+        if self._cached(target):
             return target
-        with self.lock:
-            busy = self.busy.setdefault(target, threading.Lock())
-        with busy:  # a second thread asking for the same photo waits for the first download
-            return self._fetch(photo, size, target)
+        with self._busy(target):
+            if self._cached(target):
+                return target
+            if target in self.failed:
+                return None
+            try:
+                data = self._fetch(photo, size, target)
+            except OverBudget:
+                with self.lock:
+                    self.over_budget.add(photo.id)
+                return None
+            if data is None:
+                return None
+            self._store(target, data)
+            return target
 
-    def _fetch(self, photo: InatPhoto, size: str, target: Path) -> Path | None:
-        if target.exists() and (not self.refresh or target in self.refreshed):
-            return target
-        if target in self.failed:
-            return None
+    def _fetch(self, photo: InatPhoto, size: str, target: Path) -> bytes | None:
+        """The photo's bytes, asking once more at its current URL after a failure; None
+        (said once) when it cannot be had; OverBudget when the budget is spent."""
         try:
-            data = self._download(photo.url_for_size(size))
+            return self._download(photo.url_for_size(size))
         except OverBudget:
-            with self.lock:
-                self.over_budget.add(photo.id)
-            return None
+            raise
         except Exception as error:
             fresh = self._current(photo)
             if fresh is not None and fresh.unavailable:
@@ -1858,11 +1869,9 @@ class PhotoCache:
             try:
                 if fresh is None:
                     raise error
-                data = self._download(fresh.url_for_size(size))
+                return self._download(fresh.url_for_size(size))
             except OverBudget:
-                with self.lock:
-                    self.over_budget.add(photo.id)
-                return None
+                raise
             except Exception as final:
                 self.console.warn(
                     f"could not download photo {photo.id}: {_describe_http_error(final)}"
@@ -1870,8 +1879,6 @@ class PhotoCache:
                 with self.lock:
                     self.failed.add(target)
                 return None
-        self._store(target, data)
-        return target
 
     def _store(self, target: Path, data: bytes) -> None:
         """Put a downloaded photo in the cache, whole or not at all."""
@@ -2751,10 +2758,10 @@ class PictureSource:
         return self._decode(photo, side, self.locals, key, keep_thumbnail=True)
 
     @staticmethod
-    def _local_key(photo: LocalPhoto, size: str | None) -> tuple[Path, str]:
+    def _local_key(photo: LocalPhoto, size: str) -> tuple[Path, str]:
         """(path, size), or (path, 'whole') for a format that decodes every pixel anyway:
         decoded once, whatever the size."""
-        return (photo.path, (size or "whole") if decodes_reduced(photo.path) else "whole")
+        return (photo.path, size if decodes_reduced(photo.path) else "whole")
 
     def local_thumbnail(self, photo: LocalPhoto) -> Image.Image | None:
         """The local picture upright at about thumbnail size (JPEGs decode at 1/8 cheaply).
@@ -3706,9 +3713,11 @@ def coarse_evidence(
 # 7d. Similarity: comparing pairs and the verdict
 #    compare_pictures: registration, tones and both scores of one pair; the cheap gate
 #    (likely_same_pictures); evidence_grounds, the calibrated verdict on a pair below the
-#    threshold; PairScorer, the compare function matching is given: each pair once a day,
-#    the coming clusters' pairs ahead in background threads, a few local photos' pictures
-#    held at a time.
+#    threshold; settled_uploads, which uploads the first, smaller size decides;
+#    PairScorer, the compare function matching is given: each pair once a day, at the
+#    first size and again at the larger for what it did not settle, the coming clusters'
+#    pairs ahead in background threads (interleaved), a few local photos' pictures held
+#    at a time.
 # ---------------------------------------------------------------------------
 
 
@@ -3869,6 +3878,20 @@ def convincing(found: Comparison) -> bool:
     )
 
 
+def accepted_alone(found: Comparison, threshold: float, calibrated: bool) -> bool:
+    """Whether a pair is taken on its own: lined up and the same shot, and above the
+    threshold or (calibrated) convincing on its evidence; the margin to rivals aside."""
+    return found.eligible and (found.score >= threshold or (calibrated and convincing(found)))
+
+
+def lead(comparisons: Pairs, pair: tuple[int, int]) -> float | None:
+    """How far pair scores above every other pair that shares its photo or its upload;
+    None when it has no such rival."""
+    i, j = pair
+    rivals = [c.score for (a, b), c in comparisons.items() if (a == i) != (b == j)]
+    return comparisons[pair].score - max(rivals) if rivals else None
+
+
 def _fraction_words(step: int) -> str:
     """'a quarter of the size', 'half the size', '1/8 of the size'."""
     named = {1: "full size", 2: "half the size", 4: "a quarter of the size"}
@@ -3889,11 +3912,10 @@ def evidence_grounds(comparisons: Pairs, threshold: float) -> dict[tuple[int, in
     for (i, j), found in registered.items():
         if found.score >= threshold or not convincing(found):
             continue
-        rivals = [c.score for (a, b), c in registered.items() if (a == i) != (b == j)]
-        ahead = found.score - max(rivals, default=0.0)
-        if ahead < VERDICT_MARGIN:
+        ahead = lead(registered, (i, j))
+        if ahead is not None and ahead < VERDICT_MARGIN:
             continue
-        margin = f"{ahead * 100:.1f} points ahead of the next pair" if rivals else "no rival"
+        margin = "no rival" if ahead is None else f"{ahead * 100:.1f} points ahead of the next pair"
         accepted[(i, j)] = (
             f"{found.coarse * 100:.1f}% at {_fraction_words(found.coarse_step)},"  # type: ignore[operator]
             f" {found.inliers} matching"
@@ -3914,10 +3936,10 @@ def settled_uploads(comparisons: Pairs, threshold: float) -> dict[int, int]:
     takes, FIRST_MARGIN ahead of every other pair that shares its photo or its upload."""
     settled = {}
     for (i, j), found in comparisons.items():
-        if not found.eligible or not (found.score >= threshold or convincing(found)):
+        if not accepted_alone(found, threshold, calibrated=True):
             continue
-        rivals = [c.score for (a, b), c in comparisons.items() if (a == i) != (b == j)]
-        if found.score - max(rivals, default=0.0) >= FIRST_MARGIN:
+        ahead = lead(comparisons, (i, j))
+        if ahead is None or ahead >= FIRST_MARGIN:
             settled[j] = i
     return settled
 
@@ -3951,11 +3973,11 @@ class PairScorer:
     """
 
     def __init__(
-        self, pictures: PictureSource, score: ScoreFunction, score_floor: float = SSIM_THRESHOLD
+        self, pictures: PictureSource, score: ScoreFunction, threshold: float = SSIM_THRESHOLD
     ) -> None:
         self.pictures = pictures
         self.score = score
-        self.score_floor = score_floor  # a pair settled at the first size scores this at least
+        self.threshold = threshold  # what a pair settled at the first size must reach
         self.comparisons = Memo()  # (local path, upload id) -> Comparison, for this day
         self._ahead = threading.Condition()  # the background waits on it for room
         self._started: set[Path] = set()  # local photos the background has begun on
@@ -4018,7 +4040,7 @@ class PairScorer:
         found = self._each_pair(photos, candidates, self.compare)
         if not more:
             return found
-        settled = settled_uploads(found, self.score_floor)
+        settled = settled_uploads(found, self.threshold)
         # An upload that no photo lined up with at the first size is not here (a phone's
         # photo, another camera's); one not had at all (a failed download) is not asked again.
         lined_up = {j for (_, j), c in found.items() if not c.prefiltered}
@@ -4048,20 +4070,15 @@ class PairScorer:
 
         return self._each_pair(photos, candidates, verdict)
 
-    def expect(
-        self,
-        pairs: Sequence[tuple[LocalPhoto, Candidate]],
-        then: Sequence[Callable[[], object]] = (),
-    ) -> None:
+    def expect(self, pairs: Sequence[tuple[LocalPhoto, Candidate]]) -> None:
         """Compare these pairs in the background, at most PREFETCH_AHEAD local photos ahead
-        of the matching (clusters are small, so their own pairs rarely keep every core busy,
-        and downloading and decoding wait for no one), then do the jobs of then (the log's
-        thumbnails of photos no pair decodes)."""
+        of the matching, in turns across photos: clusters are small, so their own pairs
+        rarely keep every core busy, and downloading and decoding wait for no one."""
         self.stop()
-        if len(pairs) + len(then) < 2:
+        if len(pairs) < 2:
             return
         stop = threading.Event()
-        queue = itertools.chain(interleaved(pairs, PREFETCH_AHEAD), then)
+        queue = iter(interleaved(pairs, PREFETCH_AHEAD))
         threads = [
             threading.Thread(
                 target=self._compare_ahead, args=(queue, stop), name="compare-ahead", daemon=True
@@ -4072,27 +4089,24 @@ class PairScorer:
         for thread in threads:
             thread.start()
 
-    def _compare_ahead(self, queue: Iterator[Any], stop: threading.Event) -> None:
+    def _compare_ahead(
+        self, queue: Iterator[tuple[LocalPhoto, Candidate]], stop: threading.Event
+    ) -> None:
         while not stop.is_set():
             with self._ahead:  # the threads take the pairs in turn, in order
-                item = next(queue, None)
-                if item is None:
+                pair = next(queue, None)
+                if pair is None:
                     return
-                if callable(item):
-                    job, photo = item, None
-                else:
-                    photo, candidate = item
-                    job = functools.partial(self.compare, photo, candidate)
-                if photo is not None and photo.path in self._finished:
+                photo, candidate = pair
+                if photo.path in self._finished:
                     continue
-                while photo is not None and not stop.is_set() and self._no_room_for(photo):
+                while not stop.is_set() and self._no_room_for(photo):
                     self._ahead.wait(0.5)
-                if photo is not None:
-                    self._started.add(photo.path)
+                self._started.add(photo.path)
             if stop.is_set():
                 return
             with contextlib.suppress(Exception):  # matching compares the pair itself and
-                job()  # meets the error there; the log makes a thumbnail that failed here
+                self.compare(photo, candidate)  # meets the error there
 
     def _no_room_for(self, photo: LocalPhoto) -> bool:
         """Whether the background is PREFETCH_AHEAD photos ahead already (lock held)."""
@@ -4414,8 +4428,7 @@ def find_clock_offset(
             (p.path, c.photo.id)
             for p, c in supporting
             if (found := compare([p], [c]).get((0, 0)))
-            and found.eligible
-            and (found.score >= threshold or (calibrated and convincing(found)))
+            and accepted_alone(found, threshold, calibrated)
         ]
         if (
             min(len({a for a, _ in confirmed}), len({b for _, b in confirmed}))
@@ -6525,14 +6538,7 @@ def process_days(
         if not options.recompute:
             open_candidates = recall_parts(state, open_candidates)
         left = {c.photo.id for c in open_candidates}  # recall_parts may have dropped some
-        planned = [(p, c) for p, c in plans.get(day, ()) if c.photo.id in left]
-        compared = {photo.path for photo, _ in planned}
-        thumbnails = [  # for the log: the day's photos no pair will decode
-            functools.partial(state.thumbnails.local, photo)
-            for photo in (day_photos if state.log is not None else ())
-            if photo.path not in compared
-        ]
-        state.scorer.expect(planned, thumbnails)
+        state.scorer.expect([(p, c) for p, c in plans.get(day, ()) if c.photo.id in left])
         outcome = match_day(
             day,
             open_photos,

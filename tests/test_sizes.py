@@ -103,8 +103,9 @@ class TableScorer(ip.PairScorer):
 
 def test_only_unsettled_uploads_are_compared_again_at_large_with_the_photos_left() -> None:
     photos = [photo(f"{n}.jpg", T) for n in range(3)]
-    uploads = [candidate(1, T), candidate(2, T)]
+    uploads = [candidate(1, T), candidate(2, T), candidate(3, T)]
     table = {  # upload 1 is clearly 0.jpg at medium; upload 2 is close to 1.jpg and 2.jpg
+        **{(f"{n}.jpg", 3, "medium"): _pair(0.3, prefiltered=True) for n in range(3)},
         ("0.jpg", 1, "medium"): _pair(0.98),
         ("1.jpg", 1, "medium"): _pair(0.4),
         ("2.jpg", 1, "medium"): _pair(0.4),
@@ -117,7 +118,8 @@ def test_only_unsettled_uploads_are_compared_again_at_large_with_the_photos_left
     scorer = TableScorer(table)
     found = scorer(photos, uploads)
     large = sorted(key for key in scorer.asked if key[2] == "large")
-    assert large == [("1.jpg", 2, "large"), ("2.jpg", 2, "large")]  # not 0.jpg: it is taken
+    # Not 0.jpg: it is taken; not upload 3: no photo lined up with it (another camera's).
+    assert large == [("1.jpg", 2, "large"), ("2.jpg", 2, "large")]
     assert found[(0, 0)].score == 0.98  # settled at medium
     assert (found[(1, 1)].score, found[(2, 1)].score) == (0.97, 0.88)  # decided at large
     assert found[(0, 1)].score == 0.4  # the taken photo keeps its medium pair
@@ -154,3 +156,24 @@ def test_pairs_ahead_go_in_turns_across_photos_within_each_group() -> None:
         ("2.jpg", 1), ("3.jpg", 1), ("2.jpg", 2), ("3.jpg", 2),
         ("4.jpg", 1), ("4.jpg", 2),
     ]  # fmt: skip
+
+
+def test_downloading_ahead_fills_the_cache_quietly_and_leaves_a_failure_to_fetch(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    world = make_world(tmp_path, 3)
+    failing = world.twins[1].photo
+    with world.fake() as fake:
+        fake.fail_next(f"/photos/{failing}/", 500, times=99)
+        records = [fake.observation_json(t.observation) for t in world.twins]
+        uploads = [p for r in records for p in ip.parse_observation(r).photos]
+        client = ip.InatClient(fake.api_url, world.cache)
+        cache = ip.PhotoCache(world.cache, client, console=ip.Console())
+        cache.prefetch(uploads, "medium")
+        cache.ahead.shutdown(wait=True)  # type: ignore[union-attr]
+        stored = sorted(p.name for p in (world.cache / "photos" / "medium").iterdir())
+        assert stored == sorted(f"{u.id}.jpg" for u in uploads if u.id != failing)
+        assert capsys.readouterr() == ("", "") and not cache.failed  # nothing said yet
+        assert cache.fetch(uploads[1], "medium") is None  # fetch() tries again, and says so
+        cache.close()
+    assert capsys.readouterr().err.count(f"could not download photo {failing}") == 1
