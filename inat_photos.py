@@ -1036,6 +1036,11 @@ class Comparison:
         thumbnail score of a pair that did not line up can be high for a look-alike)."""
         return not self.prefiltered and self.same_shot
 
+    @property
+    def area(self) -> float:
+        """The fraction of the local picture the upload shows (1.0 when not lined up)."""
+        return self.alignment.area if self.alignment else 1.0
+
     def describe(self) -> str:
         """What was compensated ('cropped to 48% of the area, straightened 2.1°, tones
         adjusted') and why the pair cannot be the same shot; '' when nothing."""
@@ -3884,12 +3889,28 @@ def accepted_alone(found: Comparison, threshold: float, calibrated: bool) -> boo
     return found.eligible and (found.score >= threshold or (calibrated and convincing(found)))
 
 
+SAME_AREA = 0.03  # uploads whose areas of one local photo differ less show the same part
+
+
+def shows_less(found: Comparison, than: Comparison) -> bool:
+    """Whether found's upload shows clearly less of its local photo than than's upload does
+    of the same photo: a part of it, which the photo keeps beside a bigger view of it."""
+    return found.area < than.area - SAME_AREA
+
+
 def lead(comparisons: Pairs, pair: tuple[int, int]) -> float | None:
     """How far pair scores above every other pair that shares its photo or its upload;
-    None when it has no such rival."""
+    None when it has no such rival. An upload that shows clearly more or less of the same
+    photo is no rival: the photo keeps both, one as a part, and a crop (sharper at a small
+    size) never pushes out the frame it was cut from, nor that frame the crop."""
     i, j = pair
-    rivals = [c.score for (a, b), c in comparisons.items() if (a == i) != (b == j)]
-    return comparisons[pair].score - max(rivals) if rivals else None
+    found = comparisons[pair]
+    rivals = [
+        c.score
+        for (a, b), c in comparisons.items()
+        if (a == i) != (b == j) and not (a == i and (shows_less(c, found) or shows_less(found, c)))
+    ]
+    return found.score - max(rivals) if rivals else None
 
 
 def _fraction_words(step: int) -> str:
@@ -3933,10 +3954,17 @@ FIRST_MARGIN = 0.05  # how far the pair leads every other pair of its photo and 
 def settled_uploads(comparisons: Pairs, threshold: float) -> dict[int, int]:
     """The uploads whose comparisons at the first size already decide, each with its photo
     (candidate index -> photo index): a pair the threshold or the verdict's own evidence
-    takes, FIRST_MARGIN ahead of every other pair that shares its photo or its upload."""
+    takes, FIRST_MARGIN ahead of every other pair that shares its photo or its upload, and
+    showing at least as much of the photo as every other upload lined up with it (a crop
+    never keeps a photo while a bigger view of it is still to be weighed at the last size)."""
     settled = {}
     for (i, j), found in comparisons.items():
         if not accepted_alone(found, threshold, calibrated=True):
+            continue
+        if any(
+            a == i and b != j and not c.prefiltered and shows_less(found, c)
+            for (a, b), c in comparisons.items()
+        ):
             continue
         ahead = lead(comparisons, (i, j))
         if ahead is None or ahead >= FIRST_MARGIN:
@@ -4055,7 +4083,10 @@ class PairScorer:
         self.pictures.fetch(uploads, more[-1])
         compare = functools.partial(self.compare, size=more[-1])
         finer = self._each_pair([photos[i] for i in again], uploads, compare)
-        return kept | {(again[i], unsettled[j]): c for (i, j), c in finer.items()}
+        # A pair the last size could not compare (its download failed) keeps its first-size
+        # comparison: a whole frame missing there must not leave its photo to a crop.
+        fallback = {(i, j): found[(i, j)] for i in again for j in unsettled if (i, j) in found}
+        return kept | fallback | {(again[i], unsettled[j]): c for (i, j), c in finer.items()}
 
     def likely(
         self, photos: Sequence[LocalPhoto], candidates: Sequence[Candidate]
@@ -4189,9 +4220,6 @@ def cluster_by_time(
 TIE_MARGIN = 0.005  # two local photos this close for one upload: too close to choose
 
 
-SAME_AREA = 0.03  # uploads whose areas of one local photo differ less show the same part
-
-
 def _optimal_pairs(valid: Mapping[tuple[int, int], float]) -> dict[int, int]:
     """local -> upload maximising the total score over valid pairs (one-to-one)."""
     locals_ = sorted({local for local, _ in valid})
@@ -4256,8 +4284,15 @@ def assign_uploads(
     refused = {d.upload_index for d in decisions}
     valid = {pair: s for pair, s in valid.items() if pair[1] not in refused}
     by_name = {pair for pair in valid if pair[1] in named_locals}
+    # Each photo is first paired through the uploads that show most of it: a crop of it,
+    # which may score higher at a small size, must not hand its whole frame to a look-alike.
+    # The crops then go to a photo left without an upload, or become parts.
+    widest: dict[int, float] = defaultdict(float)
+    for local, upload in valid:
+        widest[local] = max(widest[local], areas.get((local, upload), 1.0))
+    whole = {p: s for p, s in valid.items() if areas.get(p, 1.0) >= widest[p[0]] - SAME_AREA}
     # A named pair outweighs any score, so that a local photo takes the upload that names it.
-    taken = _optimal_pairs({pair: s + 1.0 if pair in by_name else s for pair, s in valid.items()})
+    taken = _optimal_pairs({pair: s + 1.0 if pair in by_name else s for pair, s in whole.items()})
 
     def prefer(upload: int, over: int, local: int) -> bool:
         if ((local, upload) in by_name) != ((local, over) in by_name):
@@ -4327,7 +4362,7 @@ def match_cluster(
     # Another shot of the scene, or a pair that did not line up, may score high: never taken.
     scores = {pair: c.score for pair, c in comparisons.items() if c.eligible}
     grounds = evidence_grounds(comparisons, threshold) if calibrated else {}
-    areas = {pair: c.alignment.area if c.alignment else 1.0 for pair, c in comparisons.items()}
+    areas = {pair: c.area for pair, c in comparisons.items()}
     order = [c.photo.id for c in cluster.candidates]
     named = named_pairs(cluster)
     associations: list[Association] = []
@@ -5501,7 +5536,7 @@ def day_log_rows(
         for a in outcome.associations
     ]
     for part in outcome.parts:
-        area = part.comparison.alignment.area if part.comparison.alignment else 1.0
+        area = part.comparison.area
         rows.append(
             comparison_row(
                 "part", part.photo, part.candidate, part.comparison, thumbnails, _part_note(area)
@@ -6336,7 +6371,7 @@ def apply_day(state: RunState, outcome: DayOutcome, candidates: Sequence[Candida
     for part in outcome.parts:
         if part.photo.path not in tally.associated_locals:
             continue  # its photo could not be written: the upload stays unassociated
-        area = part.comparison.alignment.area if part.comparison.alignment else 1.0
+        area = part.comparison.area
         tally.part_uploads.add(part.candidate.photo.id)
         console.say(part_message(part.candidate, part.photo.path, area))
         if not options.dry_run:

@@ -7,7 +7,7 @@ import io
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageFilter
 
 # -- making pictures ----------------------------------------------------------------------------
 
@@ -54,6 +54,39 @@ def synthetic_photo(width: int, height: int, seed: int) -> Image.Image:
         rgb = rgb * (1 - mask) + (rng.uniform(0, 255, 3) + 25 * light[..., None]) * mask
     picture = Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8))  # clipping = blown highlights
     return jpeg(picture.resize((width, height), Image.LANCZOS), 92)
+
+
+def soft_cornered_photo(width: int, height: int, seed: int) -> Image.Image:
+    """A detailed photo (1/f texture, sharp-edged discs) whose upper right quarter is an
+    out-of-focus background: a crop of that quarter scores higher at a small upload size
+    than the whole frame, whose fine detail the downscaling loses. Quick at 2000 px."""
+    rng = np.random.default_rng(seed)
+    freq = np.hypot(np.fft.fftfreq(height)[:, None], np.fft.rfftfreq(width)[None, :])
+    amplitude = 1 / np.maximum(freq, 1 / max(height, width))
+
+    def field() -> np.ndarray:
+        noise = rng.normal(size=amplitude.shape) + 1j * rng.normal(size=amplitude.shape)
+        values = np.fft.irfft2(amplitude * noise, s=(height, width))
+        return (values - values.mean()) / values.std()
+
+    light, red_green = field(), field()
+    rgb = np.stack(
+        [110 + 45 * light + 15 * red_green, 120 + 45 * light - 10 * red_green, 90 + 40 * light],
+        axis=-1,
+    )
+    for _ in range(12):
+        cy, cx = rng.uniform(0, height), rng.uniform(0, width)
+        radius = rng.uniform(0.04, 0.15) * min(height, width)
+        top, left = max(0, int(cy - radius - 4)), max(0, int(cx - radius - 4))
+        bottom, right = min(height, int(cy + radius + 4)), min(width, int(cx + radius + 4))
+        yy, xx = np.mgrid[top:bottom, left:right]
+        mask = np.clip((radius - np.hypot(yy - cy, xx - cx)) / 3, 0, 1)[..., None]
+        inside = rng.uniform(0, 255, 3) + 25 * light[top:bottom, left:right, None]
+        rgb[top:bottom, left:right] = rgb[top:bottom, left:right] * (1 - mask) + inside * mask
+    picture = Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8))
+    corner = (width // 2, 0, width, height // 2)
+    picture.paste(picture.crop(corner).filter(ImageFilter.GaussianBlur(4)), corner)
+    return picture
 
 
 def recompressed(picture: Image.Image) -> Image.Image:
