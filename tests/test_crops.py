@@ -25,7 +25,7 @@ from support import EXAMPLES
 from support.cli import run_cli, start_cli
 from support.files import digest
 from support.images import soft_cornered_photo
-from support.xmp import read_photo_id, write_exif
+from support.xmp import expected_caption, read_photo_id, write_exif, write_xmp
 
 import inat_photos as ip
 
@@ -223,3 +223,26 @@ def test_a_whole_frame_whose_large_download_failed_keeps_its_medium_comparison()
     found = _Canned(canned)([photo], uploads)  # type: ignore[arg-type]
     assert found[(0, 0)] is canned[(0, 0, "medium")]
     assert found[(0, 1)] is canned[(0, 1, "large")]
+
+
+def test_recompute_moves_a_crop_tag_an_earlier_version_wrote_to_the_whole_frame(world) -> None:
+    # As the version before the fix left the example: A tagged with its crop's ids. A
+    # nightly rerun keeps what an earlier run wrote; --recompute weighs the day again.
+    pictures, cache, server = world
+    caption = expected_caption({"name": "Canis latrans", "rank": "species"})
+    write_xmp(
+        pictures / "a.jpg",
+        {
+            ip.TAG_OBSERVATION: "500",
+            ip.TAG_OBSERVATION_PHOTO: "2002",
+            ip.TAG_PHOTO: "1002",
+            ip.TAG_CAPTION: caption,
+            ip.TAG_SUBJECT: [caption],
+        },
+    )
+    rerun = run_cli(["-u", "crops", str(pictures)], server.api_url, cache)
+    assert rerun.returncode == 0, rerun.stderr
+    assert read_photo_id(pictures / "a.jpg") == 1002
+    result = run_cli(["-u", "crops", "--recompute", str(pictures)], server.api_url, cache)
+    assert result.returncode == 0, result.stderr
+    _assert_right(pictures, result.lines)
