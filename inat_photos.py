@@ -14,10 +14,12 @@ The data flow, one section of this file per step:
                  -> PhotoCache: downloads inside the DownloadLedger's budget; a day
                     whose uploads the budget left out waits for a later run
                  -> lineages (kingdom..taxon), only for --hierarchical-keywords/--darwin-core
+                 -> places (country, state, county, town), only for --location-names
     per day:  planned_pairs(...) -> PairScorer.expect: those pairs compared ahead
               match_day(photos, candidates, compare, options) -> DayOutcome
                   compare = PairScorer: PictureSource (fetch, decode) + compare_pictures
               plan_update(photo, ...) -> Update -> write_update (atomic, or dry run)
+                  geotag_decision: the observation's position, only where the photo has none
                   into the photo, or its XMP sidecar; a pair's partners get their own Update
               DayOutcome + updates -> console lines, log rows, Tally
     Tally    -> summary line, HTML log, exit code
@@ -952,8 +954,8 @@ def parse_observation(record: dict[str, Any]) -> Observation | None:
     taxon = record.get("taxon") if isinstance(record.get("taxon"), dict) else {}
     # The owner's own obscured or private observations carry their true place with a token.
     private = parse_location(record.get("private_location"))
-    hidden = bool(record.get("obscured")) or bool(
-        {record.get("geoprivacy"), record.get("taxon_geoprivacy")} & {"obscured", "private"}
+    hidden = bool(record.get("obscured")) or any(
+        record.get(key) in ("obscured", "private") for key in ("geoprivacy", "taxon_geoprivacy")
     )
     place_ids = record.get("place_ids") if isinstance(record.get("place_ids"), list) else []
     return Observation(
@@ -5006,6 +5008,14 @@ def location_names(observation: Observation, places: Mapping[int, Place]) -> dic
     return {key: value for key, value in names.items() if value}
 
 
+def _merged(
+    held: Iterable[tuple[str, str]], changes: Iterable[tuple[str, str | None]]
+) -> tuple[tuple[str, str], ...]:
+    """(key, value) pairs a photo holds once changes are applied (None removes), sorted."""
+    values = {**dict(held), **dict(changes)}
+    return tuple(sorted((k, v) for k, v in values.items() if v is not None))
+
+
 # The EXIF GPS properties --geotag writes into JPEG, PNG and TIFF files, and removes.
 EXIF_POSITION_KEYS = tuple(
     f"Exif.GPSInfo.GPS{name}"
@@ -5059,8 +5069,7 @@ class Update:
         elif self.forget_position:
             photo = dataclasses.replace(photo, written_position=None)
         if self.location_names:
-            names = {**dict(photo.location_names), **dict(self.location_names)}
-            held = tuple(sorted((k, v) for k, v in names.items() if v is not None))
+            held = _merged(photo.location_names, self.location_names)
             photo = dataclasses.replace(photo, location_names=held)
         if self.written_location_names is not None:
             photo = dataclasses.replace(photo, written_location_names=self.written_location_names)
@@ -5077,9 +5086,9 @@ class Update:
                 photo, hierarchy=self.hierarchy, written_hierarchy=self.hierarchy_entry
             )
         if self.darwin_core:
-            terms = {**dict(photo.darwin_core), **dict(self.darwin_core)}
-            held = tuple(sorted((k, v) for k, v in terms.items() if v is not None))
-            photo = dataclasses.replace(photo, darwin_core=held)
+            photo = dataclasses.replace(
+                photo, darwin_core=_merged(photo.darwin_core, self.darwin_core)
+            )
         if self.written_darwin_core is not None:
             photo = dataclasses.replace(photo, written_darwin_core=self.written_darwin_core)
         return photo
@@ -6748,9 +6757,6 @@ def update_files(
         position, drop, why = None, False, ""
         if options.geotag:
             position, drop, why = geotag_decision(file, observation, options.geotag_private)
-            if why and not drop:
-                state.console.report(not_geotagged_line(file, why), path=file.path)
-                state.notes[file.path] = f"not geotagged: {why}"
         update = plan_update(
             file,
             tags if file is photo else tags or photo.tags,
@@ -6763,13 +6769,22 @@ def update_files(
             position_reason=why,
             names=names,
         )
-        if update is None:
-            continue
-        written = perform_update(state, update, counted=file is photo)
+        written = update is None or perform_update(state, update, counted=file is photo)
         done = done and written
-        if written and file is photo:
+        if update is not None and written and file is photo:
             own = update
+        if why and not drop:
+            say_not_geotagged(state, file, why)
     return done, own
+
+
+def say_not_geotagged(state: RunState, file: LocalPhoto, why: str) -> None:
+    """Say why --geotag left the file without a position: in the log every run, on the
+    console once for the file as it now is (--quiet or not), after any write to it."""
+    state.notes[file.path] = f"not geotagged: {why}"
+    line, memory = not_geotagged_line(file, why), state.console.reported_before
+    if memory is None or not memory(file.path, line):
+        state.console.report(line)
 
 
 def refresh_known(
@@ -7112,16 +7127,6 @@ def load_lineages(
     return store.lineages(client, observations) if options.needs_lineages else {}
 
 
-def load_places(
-    options: Options,
-    client: InatClient,
-    store: ObservationStore,
-    observations: Iterable[Observation],
-) -> dict[int, Place]:
-    """The places of observations, only when the options write location names."""
-    return store.places(client, observations) if options.location_names else {}
-
-
 def make_scorer(options: Options, photos: PhotoCache, console: Console) -> PairScorer:
     """The compare function for these options: the score on the CPU or with OpenCL, and the
     log's thumbnails made as local photos are decoded when a log is written."""
@@ -7172,7 +7177,9 @@ def run(options: Options, console: Console) -> Tally:
         ) as store:
             observations, known, history = load_observations(options, client, store, photos)
             lineages = load_lineages(options, client, store, [*observations, *known.values()])
-            places = load_places(options, client, store, [*observations, *known.values()])
+            places = {}
+            if options.location_names:
+                places = store.places(client, [*observations, *known.values()])
         ledger = DownloadLedger(
             options.cache / "downloads.sqlite",
             options.max_download_per_hour,

@@ -1279,13 +1279,7 @@ class FakeINaturalist:
     # -- taxa ---------------------------------------------------------------------------------
     def _lineage(self, taxon_id: int) -> list[int]:
         """Ids from the root down to taxon_id itself, following parent_id."""
-        chain: list[int] = []
-        current: int | None = taxon_id
-        while current is not None and current in self._taxa and current not in chain:
-            chain.insert(0, current)
-            parent = self._taxa[current].get("parent_id")
-            current = int(parent) if parent is not None else None
-        return chain
+        return _parent_chain(self._taxa, taxon_id)
 
     def _add_ancestor_ids(self, taxon: dict | None) -> None:
         """Observations' taxa carry ancestor_ids (root first, the taxon last), as the real API."""
@@ -1303,12 +1297,7 @@ class FakeINaturalist:
 
     def _taxa_answer(self, ids_text: str) -> dict:
         """GET /v1/taxa/{id,id,...}: each known taxon with its ancestors (at most 30 ids)."""
-        try:
-            ids = [int(value) for value in ids_text.split(",") if value]
-        except ValueError:
-            raise _HTTPError(422, "id must be a list of integers") from None
-        if len(ids) > 30:
-            raise _HTTPError(422, "too many ids (at most 30)")
+        ids = _ids_in_path(ids_text, 30)
         with self._state_lock:
             results = []
             for taxon_id in ids:
@@ -1323,21 +1312,11 @@ class FakeINaturalist:
         return {"total_results": len(results), "page": 1, "per_page": 30, "results": results}
 
     # -- places -------------------------------------------------------------------------------
-    def _place_chain(self, place_id: int) -> list[int]:
-        """Ids from the root down to place_id itself, following parent_id."""
-        chain: list[int] = []
-        current: int | None = place_id
-        while current is not None and current in self._places and current not in chain:
-            chain.insert(0, current)
-            parent = self._places[current].get("parent_id")
-            current = int(parent) if parent is not None else None
-        return chain
-
     def _place_json(self, place_id: int) -> dict:
         """A place as GET /v1/places/{id} gives it: no code, but a display name that adds the
         codes of the places above, nearest first ('Marin County, CA, US')."""
         place = self._places[place_id]
-        chain = self._place_chain(place_id)
+        chain = _parent_chain(self._places, place_id)
         codes = [self._places[i]["code"] for i in reversed(chain[:-1]) if self._places[i]["code"]]
         return {
             "id": place_id,
@@ -1356,15 +1335,32 @@ class FakeINaturalist:
 
     def _places_answer(self, ids_text: str) -> dict:
         """GET /v1/places/{id,id,...}: each known place (at most 500 ids)."""
-        try:
-            ids = [int(value) for value in ids_text.split(",") if value]
-        except ValueError:
-            raise _HTTPError(422, "id must be a list of integers") from None
-        if len(ids) > 500:
-            raise _HTTPError(422, "too many ids (at most 500)")
+        ids = _ids_in_path(ids_text, 500)
         with self._state_lock:
             results = [self._place_json(i) for i in ids if i in self._places]
         return {"total_results": len(results), "page": 1, "per_page": 500, "results": results}
+
+
+def _ids_in_path(text: str, most: int) -> list[int]:
+    """The ids of a path like /v1/taxa/1,2,3; 422 when they are not numbers or too many."""
+    try:
+        ids = [int(value) for value in text.split(",") if value]
+    except ValueError:
+        raise _HTTPError(422, "id must be a list of integers") from None
+    if len(ids) > most:
+        raise _HTTPError(422, f"too many ids (at most {most})")
+    return ids
+
+
+def _parent_chain(records: dict[int, dict], start: int) -> list[int]:
+    """Ids from the root down to start itself, following the records' parent_id."""
+    chain: list[int] = []
+    current: int | None = start
+    while current is not None and current in records and current not in chain:
+        chain.insert(0, current)
+        parent = records[current].get("parent_id")
+        current = int(parent) if parent is not None else None
+    return chain
 
 
 def parse_rison_fields(text: str) -> dict | str:

@@ -133,6 +133,7 @@ def test_geotag_fills_only_missing_positions_never_an_obscured_one(tmp_path: Pat
     again = world.run_cli(fake.api_url, "--geotag")
     assert again.returncode == 0 and world.snapshot() == before  # an unchanged rerun writes nothing
     assert "GPS position" not in again.stdout
+    assert "not geotagged" not in again.stdout  # said once; the log says it every run
 
 
 def test_obscured_true_position_needs_a_token_and_geotag_private(tmp_path: Path, served) -> None:
