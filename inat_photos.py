@@ -14,10 +14,12 @@ The data flow, one section of this file per step:
                  -> PhotoCache: downloads inside the DownloadLedger's budget; a day
                     whose uploads the budget left out waits for a later run
                  -> lineages (kingdom..taxon), only for --hierarchical-keywords/--darwin-core
+                 -> places (country, state, county, town), only for --location-names
     per day:  planned_pairs(...) -> PairScorer.expect: those pairs compared ahead
               match_day(photos, candidates, compare, options) -> DayOutcome
                   compare = PairScorer: PictureSource (fetch, decode) + compare_pictures
               plan_update(photo, ...) -> Update -> write_update (atomic, or dry run)
+                  geotag_decision: the observation's position, only where the photo has none
                   into the photo, or its XMP sidecar; a pair's partners get their own Update
               DayOutcome + updates -> console lines, log rows, Tally
     Tally    -> summary line, HTML log, exit code
@@ -220,6 +222,7 @@ TOKEN_PAGE = f"{INAT_WEB_URL}/users/api_token"  # where a signed-in user gets an
 V2_FIELDS = (
     "(id:!t,uri:!t,observed_on:!t,time_observed_at:!t,created_at:!t,updated_at:!t,"
     "location:!t,private_location:!t,obscured:!t,geoprivacy:!t,taxon_geoprivacy:!t,"
+    "positional_accuracy:!t,place_ids:!t,place_guess:!t,"
     "taxon:(id:!t,name:!t,rank:!t,preferred_common_name:!t,ancestor_ids:!t),"
     "observation_photos:(id:!t,position:!t,"
     "photo:(id:!t,url:!t,original_filename:!t,hidden:!t,flags:(resolved:!t))),"
@@ -272,6 +275,30 @@ TAG_DARWIN_CORE = "Xmp.iNaturalist.darwinCore"  # 'term=value' for each term wri
 DWC_NAMESPACE = "http://rs.tdwg.org/dwc/terms/"  # Simple Darwin Core, as naturtag writes it
 
 
+# --geotag: the position this tool wrote ('lat,lng'), so that a later run moves only its own
+# position and --dissociate removes exactly it; a position that differs is the user's.
+TAG_POSITION = "Xmp.iNaturalist.position"
+
+
+# --location-names: 'key=value' for each location field this tool wrote, as TAG_DARWIN_CORE.
+TAG_LOCATION_NAMES = "Xmp.iNaturalist.locationNames"
+
+
+# The IPTC location fields photo managers show and search (Iptc4xmpCore is exiv2's 'iptc').
+LOCATION_FIELDS = (
+    "Xmp.photoshop.Country",
+    "Xmp.iptc.CountryCode",
+    "Xmp.photoshop.State",
+    "Xmp.photoshop.City",
+    "Xmp.iptc.Location",
+)
+
+
+# Two positions closer than this (degrees, about 10 cm) are the same: EXIF's rationals and the
+# 7 decimals of TAG_POSITION round differently.
+SAME_POSITION = 1e-6
+
+
 DWC_PREFIX = "dwc"
 
 
@@ -311,6 +338,9 @@ SIDECAR_NAMINGS = ("lightroom", "darktable")  # NAME.xmp or NAME.EXT.xmp; see na
 
 
 TAXA_PER_REQUEST = 30  # the most ids iNaturalist's taxa endpoint answers in one request
+
+
+PLACES_PER_REQUEST = 500  # the most ids iNaturalist's places endpoint answers in one request
 
 
 PER_PAGE = 200  # the API's maximum page size
@@ -426,6 +456,9 @@ class Options:
     list_problems: bool = False
     max_download_per_day: int = MAX_DOWNLOAD_PER_DAY
     dissociate: Path | None = None  # --dissociate FILE
+    geotag: bool = False  # write the observation's position where a photo has none
+    geotag_private: bool = False  # ... its true position too, when obscured (needs a token)
+    location_names: bool = False  # write country, state, city and place guess (IPTC)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, environ: Mapping[str, str]) -> Options:
@@ -462,6 +495,9 @@ class Options:
             max_download_per_day=args.max_download_per_day,
             quiet=args.quiet,
             list_problems=args.list_problems,
+            geotag=args.geotag or args.geotag_private,
+            geotag_private=args.geotag_private,
+            location_names=args.location_names,
         )
 
     @property
@@ -670,6 +706,51 @@ def parse_gps(exif: dict[str, str]) -> tuple[float, float] | None:
     return lat, lng
 
 
+def _xmp_coordinate(text: Any, negative: str) -> float:
+    """XMP's 'DD,MM.mmN' or 'DD,MM,SSN' as signed degrees; ValueError when malformed."""
+    text = str(text).strip().upper()
+    if not text or text[-1] not in "NSEW":
+        raise ValueError(text)
+    parts = [float(part) for part in text[:-1].split(",")]
+    if not 1 <= len(parts) <= 3 or any(part < 0 for part in parts):
+        raise ValueError(text)
+    degrees = sum(part / 60**i for i, part in enumerate(parts))
+    return -degrees if text[-1] == negative else degrees
+
+
+def parse_xmp_gps(xmp: Mapping[str, Any]) -> tuple[float, float] | None:
+    """(lat, lng) from XMP's exif:GPSLatitude and exif:GPSLongitude, or None."""
+    try:
+        lat = _xmp_coordinate(xmp["Xmp.exif.GPSLatitude"], "S")
+        lng = _xmp_coordinate(xmp["Xmp.exif.GPSLongitude"], "W")
+    except (KeyError, ValueError):
+        return None
+    return (lat, lng) if -90 <= lat <= 90 and -180 <= lng <= 180 else None
+
+
+def exif_coordinate(value: float) -> str:
+    """Degrees as EXIF's three rationals, to a ten-thousandth of a second."""
+    units = round(abs(value) * 3600 * 10_000)
+    degrees, rest = divmod(units, 3600 * 10_000)
+    minutes, seconds = divmod(rest, 60 * 10_000)
+    return f"{degrees}/1 {minutes}/1 {seconds}/10000"
+
+
+def xmp_coordinate(value: float, positive: str, negative: str) -> str:
+    """Degrees as XMP's 'DD,MM.mmmmmmmmN', to 1e-8 of a minute."""
+    units = round(abs(value) * 60 * 10**8)
+    degrees, minutes = divmod(units, 60 * 10**8)
+    hemisphere = negative if value < 0 else positive
+    return f"{degrees},{minutes // 10**8:02d}.{minutes % 10**8:08d}{hemisphere}"
+
+
+def same_position(a: tuple[float, float] | None, b: tuple[float, float] | None) -> bool:
+    """True when both positions are given and agree within SAME_POSITION."""
+    if a is None or b is None:
+        return False
+    return abs(a[0] - b[0]) < SAME_POSITION and abs(a[1] - b[1]) < SAME_POSITION
+
+
 def parse_location(text: Any) -> tuple[float, float] | None:
     """The API's 'lat,lng' string (or [lat, lng]) as a tuple, or None."""
     parts = text.split(",") if isinstance(text, str) else text
@@ -809,6 +890,12 @@ class Observation:
     taxon_rank: str | None = None
     taxon_scientific: str | None = None  # the name as iNaturalist spells it, no 'ssp.'/'sp.'
     ancestor_ids: tuple[int, ...] = ()  # from the root down, without the taxon itself
+    public_location: tuple[float, float] | None = None  # as everyone sees it (maybe a decoy)
+    private_location: tuple[float, float] | None = None  # the true place: the owner's token only
+    location_hidden: bool = False  # obscured or private, by the user's or the taxon's choice
+    accuracy: int | None = None  # positional_accuracy of the true place, metres
+    place_ids: tuple[int, ...] = ()  # iNaturalist's standard places it lies in, as shown publicly
+    place_guess: str | None = None  # the locality as iNaturalist shows it publicly
 
     @property
     def caption(self) -> str | None:
@@ -867,6 +954,10 @@ def parse_observation(record: dict[str, Any]) -> Observation | None:
     taxon = record.get("taxon") if isinstance(record.get("taxon"), dict) else {}
     # The owner's own obscured or private observations carry their true place with a token.
     private = parse_location(record.get("private_location"))
+    hidden = bool(record.get("obscured")) or any(
+        record.get(key) in ("obscured", "private") for key in ("geoprivacy", "taxon_geoprivacy")
+    )
+    place_ids = record.get("place_ids") if isinstance(record.get("place_ids"), list) else []
     return Observation(
         id=obs_id,
         url=uri
@@ -886,6 +977,12 @@ def parse_observation(record: dict[str, Any]) -> Observation | None:
         if isinstance(taxon.get("name"), str)
         else None,
         ancestor_ids=taxon_ancestor_ids(taxon),
+        public_location=parse_location(record.get("location")),
+        private_location=private,
+        location_hidden=hidden,
+        accuracy=parse_positive_int(record.get("positional_accuracy")),
+        place_ids=tuple(i for i in map(parse_positive_int, place_ids) if i is not None),
+        place_guess=_text_or_none(record.get("place_guess")),
     )
 
 
@@ -901,6 +998,58 @@ def taxon_ancestor_ids(taxon: dict[str, Any]) -> tuple[int, ...]:
 
 
 Lineage = tuple[tuple[str, str], ...]  # (rank, scientific name), kingdom first, taxon last
+
+
+@dataclass(frozen=True)
+class Place:
+    """One of iNaturalist's places: a country (admin level 0), state (10), county (20)..."""
+
+    id: int
+    name: str
+    admin_level: int | None = None
+    display_name: str = ""  # 'California, US': the name, then the codes of the places above
+    code: str | None = None  # a country's ISO code, where the answer carries one
+
+
+def parse_place(record: Any) -> Place | None:
+    """A places-endpoint result as a Place; None without an id and a name."""
+    if not isinstance(record, dict):
+        return None
+    place_id, name = _int_or_none(record.get("id")), _text_or_none(record.get("name"))
+    if place_id is None or name is None:
+        return None
+    code = _text_or_none(record.get("code"))
+    return Place(
+        id=place_id,
+        name=" ".join(name.split()),
+        admin_level=_int_or_none(record.get("admin_level")),
+        display_name=_text_or_none(record.get("display_name")) or name,
+        code=code.strip().upper() if code else None,
+    )
+
+
+@dataclass(frozen=True)
+class Position:
+    """A position to write into a photo, WGS-84 degrees, with its accuracy in metres."""
+
+    lat: float
+    lng: float
+    accuracy: int | None = None
+    private: bool = False  # the true position of an obscured or private observation
+
+    @property
+    def point(self) -> tuple[float, float]:
+        return (self.lat, self.lng)
+
+    @property
+    def text(self) -> str:
+        """As messages show it."""
+        return f"{self.lat:.7f},{self.lng:.7f}"
+
+    @property
+    def record(self) -> str:
+        """As TAG_POSITION records it: 'lat,lng', and ' private' for a true hidden position."""
+        return self.text + " private" * self.private
 
 
 @dataclass(frozen=True)
@@ -932,6 +1081,11 @@ class LocalPhoto:
     sidecar: Path | None = None  # where its tags live when not in the file itself
     partners: tuple[LocalPhoto, ...] = ()  # RAW+JPEG: the pair's other files, tagged alike
     dissociated: bool = False  # TAG_DISSOCIATED: the user took its association back
+    xmp_location: tuple[float, float] | None = None  # exif:GPSLatitude/Longitude in its XMP
+    written_position: tuple[float, float] | None = None  # TAG_POSITION: the one this tool wrote
+    written_private: bool = False  # ... and it was a true hidden position (--geotag-private)
+    location_names: tuple[tuple[str, str], ...] = ()  # (LOCATION_FIELDS key, value), sorted
+    written_location_names: tuple[tuple[str, str], ...] = ()  # the names this tool wrote
 
     @property
     def corrected_time(self) -> dt.datetime:
@@ -1312,6 +1466,18 @@ class InatClient:
             found.extend(r for r in results if isinstance(r, dict))
         return found
 
+    def places(self, ids: Sequence[int]) -> list[dict[str, Any]]:
+        """Places by id, PLACES_PER_REQUEST a request; unknown ids are absent."""
+        found: list[dict[str, Any]] = []
+        for start in range(0, len(ids), PLACES_PER_REQUEST):
+            batch = ids[start : start + PLACES_PER_REQUEST]
+            answer = self._get_json(f"places/{','.join(map(str, batch))}", per_page=len(batch))
+            results = answer.get("results")
+            if not isinstance(results, list):
+                raise InatUnreachable("unexpected answer from places")
+            found.extend(r for r in results if isinstance(r, dict))
+        return found
+
     def deleted_since(self, since: str) -> set[int]:
         """Ids of the token owner's observations deleted since an ISO time (needs a token)."""
         deleted: set[int] = set()
@@ -1415,6 +1581,7 @@ class ObservationStore:
             self.db.executescript(
                 "DROP TABLE IF EXISTS observations; DROP TABLE IF EXISTS synced;"
                 " DROP TABLE IF EXISTS checked; DROP TABLE IF EXISTS taxa;"
+                " DROP TABLE IF EXISTS places;"
             )
         # checked: when iNaturalist last answered for an observation id, in a listing or by
         # id; ids it no longer has stay here too, so they are not asked for on every run.
@@ -1429,6 +1596,7 @@ class ObservationStore:
             CREATE TABLE IF NOT EXISTS checked (id INTEGER PRIMARY KEY, checked_at TEXT NOT NULL);
             CREATE TABLE IF NOT EXISTS taxa (
                 id INTEGER PRIMARY KEY, name TEXT NOT NULL, rank TEXT, ancestors TEXT);
+            CREATE TABLE IF NOT EXISTS places (id INTEGER PRIMARY KEY, record TEXT);
             """
         )
 
@@ -1645,6 +1813,41 @@ class ObservationStore:
             ]
             own = (observation.taxon_rank or "", observation.taxon_scientific or "")
             found[taxon_id] = (*above, own)
+        return found
+
+    def places(self, client: InatClient, observations: Iterable[Observation]) -> dict[int, Place]:
+        """The places the observations lie in, by id.
+
+        Asked for once per id, PLACES_PER_REQUEST a request, and kept here; an id iNaturalist
+        does not know is kept too (as NULL), so that no rerun asks for it again.
+        """
+        wanted = sorted({i for o in observations for i in o.place_ids})
+        stored: dict[int, str | None] = {}
+        for start in range(0, len(wanted), 900):  # SQLite's limit on parameters
+            batch = wanted[start : start + 900]
+            marks = ",".join("?" * len(batch))
+            rows = self.db.execute(f"SELECT id, record FROM places WHERE id IN ({marks})", batch)
+            stored.update(rows.fetchall())
+        missing = [i for i in wanted if i not in stored]
+        if missing:
+            answered = {}
+            for record in client.places(missing):
+                place_id = _int_or_none(record.get("id"))
+                if place_id is not None:
+                    # Only what names need: the answer also holds the place's outline.
+                    kept = ("id", "name", "admin_level", "display_name", "code")
+                    answered[place_id] = json.dumps({k: record.get(k) for k in kept})
+            for place_id in missing:
+                stored[place_id] = answered.get(place_id)
+                self.db.execute(
+                    "INSERT OR REPLACE INTO places VALUES (?, ?)", (place_id, stored[place_id])
+                )
+            self.db.commit()
+        found = {}
+        for place_id, text in stored.items():
+            place = parse_place(json.loads(text)) if text else None
+            if place is not None:
+                found[place_id] = place
         return found
 
 
@@ -2071,6 +2274,12 @@ def _darwin_core_record(value: Any) -> tuple[tuple[str, str], ...]:
     )
 
 
+def _location_names_record(value: Any) -> tuple[tuple[str, str], ...]:
+    """TAG_LOCATION_NAMES's 'Xmp.photoshop.Country=France' entries as sorted pairs."""
+    pairs = (entry.partition("=") for entry in _keywords(value))
+    return tuple(sorted((key, text) for key, _, text in pairs if key in LOCATION_FIELDS))
+
+
 # The LocalPhoto fields that come from XMP, the file's own or its sidecar's.
 XMP_FIELDS = (
     "tags",
@@ -2081,6 +2290,11 @@ XMP_FIELDS = (
     "darwin_core",
     "written_darwin_core",
     "dissociated",
+    "xmp_location",
+    "written_position",
+    "written_private",
+    "location_names",
+    "written_location_names",
 )
 
 
@@ -2105,6 +2319,13 @@ def xmp_facts(xmp: Mapping[str, Any]) -> dict[str, Any]:
         ),
         "written_darwin_core": _darwin_core_record(xmp.get(TAG_DARWIN_CORE)),
         "dissociated": bool(_text_or_none(xmp.get(TAG_DISSOCIATED))),
+        "xmp_location": parse_xmp_gps(xmp),
+        "written_position": parse_location(str(xmp.get(TAG_POSITION, "")).partition(" ")[0]),
+        "written_private": str(xmp.get(TAG_POSITION, "")).endswith(" private"),
+        "location_names": tuple(
+            sorted((k, v) for k in LOCATION_FIELDS if isinstance(v := xmp.get(k), str))
+        ),
+        "written_location_names": _location_names_record(xmp.get(TAG_LOCATION_NAMES)),
     }
 
 
@@ -2167,6 +2388,11 @@ def _photo_record(photo: LocalPhoto) -> str:
             "written_darwin_core": photo.written_darwin_core,
             "from_exif": photo.taken_at_from_exif,
             "dissociated": photo.dissociated,
+            "xmp_location": photo.xmp_location,
+            "written_position": photo.written_position,
+            "written_private": photo.written_private,
+            "location_names": photo.location_names,
+            "written_location_names": photo.written_location_names,
         }
     )
 
@@ -2191,6 +2417,15 @@ def _photo_from_record(path: Path, record: str) -> LocalPhoto:
         written_darwin_core=pairs("written_darwin_core"),
         taken_at_from_exif=bool(data.get("from_exif", True)),
         dissociated=bool(data.get("dissociated")),
+        # Required: a record from before --geotag does not know the XMP's own GPS, so the
+        # file is read again (KeyError) rather than taken as having none.
+        xmp_location=tuple(data["xmp_location"]) if data["xmp_location"] else None,  # type: ignore[arg-type]
+        written_position=tuple(data["written_position"])  # type: ignore[arg-type]
+        if data.get("written_position")
+        else None,
+        written_private=bool(data.get("written_private")),
+        location_names=pairs("location_names"),
+        written_location_names=pairs("written_location_names"),
     )
 
 
@@ -4725,6 +4960,114 @@ def updated_darwin_core(
     return changes
 
 
+def observation_position(observation: Observation, private: bool) -> tuple[Position | None, str]:
+    """The observation's position that may go into its photos, or None and why not: an
+    obscured position is a decoy, and the true one is written only when private is set."""
+    if observation.location_hidden:
+        if observation.private_location is None:
+            return None, "observation obscured"
+        if not private:
+            return None, "observation obscured; --geotag-private would write its true position"
+        return Position(*observation.private_location, observation.accuracy, private=True), ""
+    where = observation.private_location or observation.public_location
+    if where is None:
+        return None, "observation has no position"
+    return Position(*where, observation.accuracy), ""
+
+
+def photo_position(photo: LocalPhoto) -> tuple[float, float] | None:
+    """The position a photo holds where this tool would write one: in its sidecar (or a RAW's
+    own EXIF), or in the file's EXIF (or its XMP)."""
+    if photo.sidecar is not None:
+        return photo.xmp_location or photo.location
+    return photo.location or photo.xmp_location
+
+
+def holds_own_position(photo: LocalPhoto) -> bool:
+    """True when the position the photo holds is the one this tool wrote."""
+    return same_position(photo_position(photo), photo.written_position)
+
+
+def geotag_decision(
+    photo: LocalPhoto, observation: Observation, private: bool
+) -> tuple[Position | None, bool, str]:
+    """--geotag for one file: (the position to write, True to remove the one this tool wrote,
+    why the photo gets no position). A position the tool did not write is never touched."""
+    current = photo_position(photo)
+    ours = holds_own_position(photo)
+    if current is not None and not ours:
+        return None, False, "photo has its own GPS"
+    wanted, why = observation_position(observation, private)
+    if wanted is None and ours and photo.written_private and observation.private_location is None:
+        return None, False, ""  # written with a token that this run lacks: nothing to go by
+    if wanted is None:
+        return None, ours, why
+    if ours:  # moved on iNaturalist: ours follows
+        return (None if same_position(current, wanted.point) else wanted), False, ""
+    if same_position(photo.written_position, wanted.point):
+        return None, False, "you removed the position this tool wrote"
+    return wanted, False, ""
+
+
+def country_code(country: Place | None, below: Sequence[Place]) -> str | None:
+    """The country's ISO code: its own, or the last part of a place's display name under it
+    ('California, US'), as iNaturalist names places after the codes of those above."""
+    if country is None:
+        return None
+    if country.code:
+        return country.code
+    for place in below:
+        last = place.display_name.rsplit(",", 1)[-1].strip()
+        if re.fullmatch(r"[A-Z]{2}", last) and "," in place.display_name:
+            return last
+    return None
+
+
+def location_names(observation: Observation, places: Mapping[int, Place]) -> dict[str, str]:
+    """The IPTC location fields of an observation: country and its code, state, and town or
+    county from iNaturalist's standard places; the place guess as the sublocation."""
+    levels: dict[int, Place] = {}
+    for place_id in observation.place_ids:
+        place = places.get(place_id)
+        if place is not None and place.admin_level is not None:
+            levels.setdefault(place.admin_level, place)
+    country, state, county, town = (levels.get(level) for level in (0, 10, 20, 30))
+    below = [p for p in (state, county, town) if p is not None]
+    names = {
+        "Xmp.photoshop.Country": country.name if country else None,
+        "Xmp.iptc.CountryCode": country_code(country, below),
+        "Xmp.photoshop.State": state.name if state else None,
+        "Xmp.photoshop.City": (town or county).name if town or county else None,
+        "Xmp.iptc.Location": observation.place_guess,
+    }
+    return {key: value for key, value in names.items() if value}
+
+
+def _merged(
+    held: Iterable[tuple[str, str]], changes: Iterable[tuple[str, str | None]]
+) -> tuple[tuple[str, str], ...]:
+    """(key, value) pairs a photo holds once changes are applied (None removes), sorted."""
+    values = {**dict(held), **dict(changes)}
+    return tuple(sorted((k, v) for k, v in values.items() if v is not None))
+
+
+# The EXIF GPS properties --geotag writes into JPEG, PNG and TIFF files, and removes.
+EXIF_POSITION_KEYS = tuple(
+    f"Exif.GPSInfo.GPS{name}"
+    for name in (
+        "LatitudeRef",
+        "Latitude",
+        "LongitudeRef",
+        "Longitude",
+        "MapDatum",
+        "HPositioningError",
+    )
+)
+
+
+XMP_POSITION_KEYS = ("Xmp.exif.GPSLatitude", "Xmp.exif.GPSLongitude", "Xmp.exif.GPSMapDatum")
+
+
 @dataclass(frozen=True)
 class Update:
     """What to write into one photo (or its sidecar); None leaves a property as it is.
@@ -4740,10 +5083,31 @@ class Update:
     darwin_core: tuple[tuple[str, str | None], ...] = ()  # terms to set; None removes one
     written_darwin_core: tuple[tuple[str, str], ...] | None = None  # TAG_DARWIN_CORE anew
     dissociate: bool | None = None  # True: remove our ids, mark; False: clear the mark
+    position: Position | None = None  # --geotag: the position to write (ours from then on)
+    drop_position: bool = False  # remove the position this tool wrote, and its record
+    forget_position: bool = False  # remove only the record (the user changed the position)
+    position_reason: str = ""  # why the position this tool wrote is removed
+    location_names: tuple[tuple[str, str | None], ...] = ()  # fields to set; None removes one
+    written_location_names: tuple[tuple[str, str], ...] | None = None  # TAG_LOCATION_NAMES
 
     def applied(self) -> LocalPhoto:
         """The photo as it reads once the update is written."""
         photo = self.photo
+        where = "xmp_location" if photo.sidecar is not None else "location"
+        if self.position is not None:
+            point, private = self.position.point, self.position.private
+            photo = dataclasses.replace(
+                photo, **{where: point}, written_position=point, written_private=private
+            )
+        elif self.drop_position:
+            photo = dataclasses.replace(photo, **{where: None}, written_position=None)
+        elif self.forget_position:
+            photo = dataclasses.replace(photo, written_position=None)
+        if self.location_names:
+            held = _merged(photo.location_names, self.location_names)
+            photo = dataclasses.replace(photo, location_names=held)
+        if self.written_location_names is not None:
+            photo = dataclasses.replace(photo, written_location_names=self.written_location_names)
         if self.dissociate is not None:
             photo = dataclasses.replace(photo, dissociated=self.dissociate)
         if self.dissociate:
@@ -4757,9 +5121,9 @@ class Update:
                 photo, hierarchy=self.hierarchy, written_hierarchy=self.hierarchy_entry
             )
         if self.darwin_core:
-            terms = {**dict(photo.darwin_core), **dict(self.darwin_core)}
-            held = tuple(sorted((k, v) for k, v in terms.items() if v is not None))
-            photo = dataclasses.replace(photo, darwin_core=held)
+            photo = dataclasses.replace(
+                photo, darwin_core=_merged(photo.darwin_core, self.darwin_core)
+            )
         if self.written_darwin_core is not None:
             photo = dataclasses.replace(photo, written_darwin_core=self.written_darwin_core)
         return photo
@@ -4790,6 +5154,41 @@ class Update:
             prefix = f"Xmp.{DWC_PREFIX}."
             record = [f"{k.removeprefix(prefix)}={v}" for k, v in self.written_darwin_core]
             changes[TAG_DARWIN_CORE] = record or None
+        if self.position is not None:
+            changes[TAG_POSITION] = self.position.record
+        elif self.drop_position or self.forget_position:
+            changes[TAG_POSITION] = None
+        if self.photo.sidecar is not None and self.position is not None:
+            changes["Xmp.exif.GPSLatitude"] = xmp_coordinate(self.position.lat, "N", "S")
+            changes["Xmp.exif.GPSLongitude"] = xmp_coordinate(self.position.lng, "E", "W")
+            changes["Xmp.exif.GPSMapDatum"] = "WGS-84"
+        elif self.photo.sidecar is not None and self.drop_position:
+            changes.update(dict.fromkeys(XMP_POSITION_KEYS))
+        changes.update(self.location_names)
+        if self.written_location_names is not None:
+            record = [f"{k}={v}" for k, v in self.written_location_names]
+            changes[TAG_LOCATION_NAMES] = record or None
+        return changes
+
+    def exif_changes(self) -> dict[str, str | None]:
+        """The EXIF GPS to write (None deletes): into the file itself, or into the EXIF that
+        exiv2 mirrors a sidecar's exif: properties in, and writes back over them."""
+        if self.drop_position:
+            return dict.fromkeys(EXIF_POSITION_KEYS)
+        if self.position is None:
+            return {}
+        lat, lng, accuracy = self.position.lat, self.position.lng, self.position.accuracy
+        changes: dict[str, str | None] = {
+            "Exif.GPSInfo.GPSLatitudeRef": "S" if lat < 0 else "N",
+            "Exif.GPSInfo.GPSLatitude": exif_coordinate(lat),
+            "Exif.GPSInfo.GPSLongitudeRef": "W" if lng < 0 else "E",
+            "Exif.GPSInfo.GPSLongitude": exif_coordinate(lng),
+            "Exif.GPSInfo.GPSMapDatum": "WGS-84",
+            "Exif.GPSInfo.GPSHPositioningError": None,  # a moved position's old accuracy goes
+        }
+        in_jpeg = self.photo.sidecar is None and self.photo.path.suffix.lower() in JPEG_SUFFIXES
+        if accuracy is not None and in_jpeg:
+            changes["Exif.GPSInfo.GPSHPositioningError"] = f"{accuracy}/1"
         return changes
 
 
@@ -4801,9 +5200,14 @@ def plan_update(
     *,
     hierarchy: str | None = None,
     darwin_core: Mapping[str, str] | None = None,
+    position: Position | None = None,
+    drop_position: bool = False,
+    position_reason: str = "",
+    names: Mapping[str, str] | None = None,
 ) -> Update | None:
     """What must change so that photo holds tags, caption and, when given, the hierarchical
-    keyword and Darwin Core terms; None when nothing must."""
+    keyword, Darwin Core terms, a position (geotag_decision's) and location names; None when
+    nothing must."""
     keywords = None
     old_caption = None
     if caption is not None:
@@ -4824,12 +5228,21 @@ def plan_update(
             sorted((k, v) for k, v in darwin_core.items() if after.get(k, written.get(k)) == v)
         )
         record = owned if owned != photo.written_darwin_core else None
+    name_changes: dict[str, str | None] = {}
+    names_record = None
+    if names is not None:  # the same rule as Darwin Core: ours replaced, the user's kept
+        current, written = dict(photo.location_names), dict(photo.written_location_names)
+        name_changes = updated_darwin_core(current, written, names)
+        after = {**current, **name_changes}
+        owned = tuple(sorted((k, v) for k, v in names.items() if after.get(k, written.get(k)) == v))
+        names_record = owned if owned != photo.written_location_names else None
     new_tags = tags if tags is not None and tags != photo.tags else None
     # Associated again (--associate, or matched under --recompute): the user's earlier
     # --dissociate no longer holds.
     undo = False if tags is not None and photo.dissociated else None
-    unchanged = all(part is None for part in (new_tags, keywords, hierarchy_list, record, undo))
-    if not terms and unchanged:
+    parts = (new_tags, keywords, hierarchy_list, record, undo, position, names_record)
+    unchanged = all(part is None for part in parts) and not drop_position
+    if not terms and not name_changes and unchanged:
         return None
     return Update(
         photo,
@@ -4842,17 +5255,40 @@ def plan_update(
         tuple(terms.items()),
         record,
         dissociate=undo,
+        position=position,
+        drop_position=drop_position,
+        position_reason=position_reason if drop_position else "",
+        location_names=tuple(name_changes.items()),
+        written_location_names=names_record,
     )
 
 
 def plan_dissociation(photo: LocalPhoto, history: Collection[str]) -> Update | None:
-    """What removes this tool's ids and caption from photo, keeping every keyword of the user's;
-    None when the photo is already dissociated and holds nothing of ours."""
+    """What removes this tool's ids, caption, position and location names from photo, keeping
+    every keyword, position and name of the user's; None when the photo is already
+    dissociated and holds nothing of ours."""
     owned = owned_caption(photo, history)
     keywords = tuple(k for k in photo.keywords if k != owned) if owned is not None else None
-    if photo.dissociated and photo.tags is None and keywords is None:
+    drop = photo.written_position is not None and holds_own_position(photo)
+    forget = photo.written_position is not None and not drop
+    current = dict(photo.location_names)
+    names = tuple((k, None) for k, v in photo.written_location_names if current.get(k) == v)
+    names_record = () if photo.written_location_names else None
+    ours_left = drop or forget or names or names_record is not None
+    if photo.dissociated and photo.tags is None and keywords is None and not ours_left:
         return None
-    return Update(photo, None, keywords, owned, None, dissociate=True)
+    return Update(
+        photo,
+        None,
+        keywords,
+        owned,
+        None,
+        dissociate=True,
+        drop_position=drop,
+        forget_position=forget,
+        location_names=names,
+        written_location_names=names_record,
+    )
 
 
 # Keyword lists are unordered bags in XMP; pyexiv2 writes every new list as an ordered Seq.
@@ -4873,29 +5309,35 @@ EMPTY_XMP_PACKET = (
 def write_update(update: Update) -> None:
     """The one way the tool writes: an update into its photo, or into the photo's XMP sidecar
     (updated in place or created), atomically; raises OSError when it cannot be done."""
-    write_photo_metadata(update.photo.path, update.xmp_changes(), update.photo.sidecar)
+    write_photo_metadata(
+        update.photo.path, update.xmp_changes(), update.photo.sidecar, update.exif_changes()
+    )
 
 
 def write_photo_metadata(
-    path: Path, changes: Mapping[str, Any], sidecar: Path | None = None
+    path: Path,
+    changes: Mapping[str, Any],
+    sidecar: Path | None = None,
+    exif: Mapping[str, str | None] | None = None,
 ) -> None:
-    """Apply XMP changes to the picture at path, or to its sidecar when it has one; the file
-    is replaced (or the sidecar created) atomically. Raises OSError on failure."""
+    """Apply XMP changes (and EXIF ones, into the file itself) to the picture at path, or to
+    its sidecar when it has one; the file is replaced (or the sidecar created) atomically.
+    Raises OSError on failure."""
     if sidecar is None:
         if picture_kind(path) != "plain":  # RAW and HEIF files are never written
             raise OSError(f"{format_name(path)} files are not written; their tags go in a sidecar")
         if not os.access(path, os.W_OK):  # the rename below would replace it all the same
             raise OSError("the file is read-only")
-        replace_file_atomically(path, _updated_metadata(path.read_bytes(), changes))
+        replace_file_atomically(path, _updated_metadata(path.read_bytes(), changes, exif))
     elif sidecar.exists():
         # No write bit counts too: photo managers mark sidecars read-only so, and root would
         # pass os.access.
         if not os.access(sidecar, os.W_OK) or not sidecar.stat().st_mode & 0o222:
             raise OSError(f"the sidecar {sidecar.name} is read-only")
-        replace_file_atomically(sidecar, _updated_metadata(sidecar.read_bytes(), changes))
+        replace_file_atomically(sidecar, _updated_metadata(sidecar.read_bytes(), changes, exif))
     else:  # a new sidecar starts as a copy of the XMP inside the picture, as exiftool's would
         seed = embedded_xmp(path) or EMPTY_XMP_PACKET
-        create_file_atomically(sidecar, _updated_metadata(seed, changes), like=path)
+        create_file_atomically(sidecar, _updated_metadata(seed, changes, exif), like=path)
 
 
 def embedded_xmp(path: Path) -> bytes | None:
@@ -4921,14 +5363,20 @@ def embedded_xmp(path: Path) -> bytes | None:
     return packet.encode() if packet.startswith(("<?xpacket", "<x:xmpmeta")) else None
 
 
-def _updated_metadata(original: bytes, changes: Mapping[str, Any]) -> bytes:
-    """original (a picture or an XMP packet) with changes applied and read back; OSError if
-    exiv2 fails, or the result would not read back as written or would lose the EXIF."""
+def _updated_metadata(
+    original: bytes, changes: Mapping[str, Any], exif: Mapping[str, str | None] | None = None
+) -> bytes:
+    """original (a picture or an XMP packet) with changes (and EXIF changes) applied and read
+    back; OSError if exiv2 fails, or the result would not read back as written or would
+    lose the EXIF."""
     import pyexiv2
 
     try:
         image = pyexiv2.ImageData(original)
         try:
+            if exif:
+                present = image.read_exif()  # exiv2 fails on deleting what is not there
+                image.modify_exif({k: v for k, v in exif.items() if v is not None or k in present})
             image.modify_xmp(dict(changes))
             packet = image.read_raw_xmp()
             as_bags = _BAG_PROPERTIES.sub(r"\1<rdf:Bag>\3</rdf:Bag>", packet)
@@ -4940,6 +5388,7 @@ def _updated_metadata(original: bytes, changes: Mapping[str, Any]) -> bytes:
         check = pyexiv2.ImageData(updated)  # never replace a file with something unreadable
         try:
             written = check.read_xmp()
+            position = parse_gps(check.read_exif()) if exif else None
         finally:
             check.close()
     except RuntimeError as error:
@@ -4952,6 +5401,9 @@ def _updated_metadata(original: bytes, changes: Mapping[str, Any]) -> bytes:
         raise OSError("the metadata did not read back as written")
     if _jpeg_exif(original) is not None and _jpeg_exif(updated) is None:
         raise OSError("exiv2 cannot read the EXIF block and would drop it")
+    wanted = parse_location(str(changes.get(TAG_POSITION)).partition(" ")[0])
+    if exif and wanted is not None and not same_position(position, wanted):
+        raise OSError("the GPS position did not read back as written")
     return updated
 
 
@@ -5245,7 +5697,29 @@ def update_lines(update: Update, dry_run: bool) -> list[str]:
     if update.darwin_core:
         terms = ", ".join(key.split(".")[-1] for key, _ in update.darwin_core)
         lines.append(f"{prefix} Darwin Core terms {terms}{_sidecar_note(update)}.")
+    if update.position is not None and not update.dissociate:
+        accuracy = update.position.accuracy
+        within = f" (within {accuracy} m)" if accuracy is not None else ""
+        verb = "moved to" if update.photo.written_position is not None else "set to"
+        lines.append(
+            f"{prefix} GPS position {verb} {update.position.text.replace(',', ', ')}{within}"
+            f" from the observation{_sidecar_note(update)}."
+        )
+    elif update.drop_position and not update.dissociate:
+        why = f" ({update.position_reason})" if update.position_reason else ""
+        lines.append(f"{prefix} GPS position this tool wrote removed{why}{_sidecar_note(update)}.")
+    if update.location_names and not update.dissociate:
+        changed = sorted(update.location_names, key=lambda item: LOCATION_FIELDS.index(item[0]))
+        shown = [f"{key.split('.')[-1]} {value!r}" for key, value in changed if value]
+        gone = [key.split(".")[-1] for key, value in changed if value is None]
+        what = ", ".join(shown + ([f"removed {', '.join(gone)}"] if gone else []))
+        lines.append(f"{prefix} Location names {what}{_sidecar_note(update)}.")
     return lines
+
+
+def not_geotagged_line(photo: LocalPhoto, reason: str) -> str:
+    """The console line saying why --geotag left a photo without a position."""
+    return f"{show_path(photo.path)}: not geotagged: {reason}."
 
 
 def pairs_line(photos: Sequence[LocalPhoto]) -> str | None:
@@ -6112,6 +6586,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="also write Simple Darwin Core terms (dwc:scientificName, dwc:occurrenceID...)",
     )
     parser.add_argument(
+        "--geotag",
+        action="store_true",
+        help="write the observation's position into photos that have no GPS position of their"
+        " own (EXIF, or XMP in sidecars); never an obscured position",
+    )
+    parser.add_argument(
+        "--geotag-private",
+        "--geotag_private",
+        dest="geotag_private",
+        action="store_true",
+        help="with --geotag and your token: write the true position of your obscured or"
+        " private observations too (mind this when you share the files)",
+    )
+    parser.add_argument(
+        "--location-names",
+        "--location_names",
+        dest="location_names",
+        action="store_true",
+        help="also write the country, its code, state, city or county and the observation's"
+        " place guess into the IPTC location fields (photoshop:Country, ...)",
+    )
+    parser.add_argument(
         "--token-file",
         "--token_file",
         dest="token_file",
@@ -6238,6 +6734,8 @@ class RunState:
     tally: Tally
     log: LogBook | None = None  # None: no log is written, no thumbnail is made
     lineages: Mapping[int, Lineage] = field(default_factory=dict)  # taxon id -> kingdom..taxon
+    places: Mapping[int, Place] = field(default_factory=dict)  # for --location-names
+    notes: dict[Path, str] = field(default_factory=dict)  # why a photo was not geotagged
 
     @property
     def thumbnails(self) -> LogThumbnails:
@@ -6283,11 +6781,17 @@ def update_files(
     options = state.options
     lineage = state.lineages.get(observation.taxon_id or 0)
     hierarchy = hierarchy_entry(lineage) if lineage and options.hierarchical_keywords else None
+    names = location_names(observation, state.places) if options.location_names else None
     done, own = True, None
     for file in (photo, *photo.partners):
         darwin_core = None
         if options.darwin_core and observation.taxon_id is not None:
-            darwin_core = darwin_core_terms(observation, lineage, file.location)
+            # A position this tool wrote is the observation's, not the photo's own.
+            own_gps = None if holds_own_position(file) else file.location
+            darwin_core = darwin_core_terms(observation, lineage, own_gps)
+        position, drop, why = None, False, ""
+        if options.geotag:
+            position, drop, why = geotag_decision(file, observation, options.geotag_private)
         update = plan_update(
             file,
             tags if file is photo else tags or photo.tags,
@@ -6295,14 +6799,27 @@ def update_files(
             observation.caption,
             hierarchy=hierarchy,
             darwin_core=darwin_core,
+            position=position,
+            drop_position=drop,
+            position_reason=why,
+            names=names,
         )
-        if update is None:
-            continue
-        written = perform_update(state, update, counted=file is photo)
+        written = update is None or perform_update(state, update, counted=file is photo)
         done = done and written
-        if written and file is photo:
+        if update is not None and written and file is photo:
             own = update
+        if why and not drop:
+            say_not_geotagged(state, file, why)
     return done, own
+
+
+def say_not_geotagged(state: RunState, file: LocalPhoto, why: str) -> None:
+    """Say why --geotag left the file without a position: in the log every run, on the
+    console once for the file as it now is (--quiet or not), after any write to it."""
+    state.notes[file.path] = f"not geotagged: {why}"
+    line, memory = not_geotagged_line(file, why), state.console.reported_before
+    if memory is None or not memory(file.path, line):
+        state.console.report(line)
 
 
 def refresh_known(
@@ -6695,6 +7212,9 @@ def run(options: Options, console: Console) -> Tally:
         ) as store:
             observations, known, history = load_observations(options, client, store, photos)
             lineages = load_lineages(options, client, store, [*observations, *known.values()])
+            places = {}
+            if options.location_names:
+                places = store.places(client, [*observations, *known.values()])
         ledger = DownloadLedger(
             options.cache / "downloads.sqlite",
             options.max_download_per_hour,
@@ -6716,6 +7236,7 @@ def run(options: Options, console: Console) -> Tally:
             tally,
             LogBook() if options.logfile else None,
             lineages,
+            places,
         )
         process_days(state, photos, observations, known, history)
         summary = summary_line(tally, time.monotonic() - started, options.dry_run)
@@ -6725,6 +7246,10 @@ def run(options: Options, console: Console) -> Tally:
         if console.spoke or not options.quiet:  # --quiet: nothing when nothing changed
             console.report(f"\n{summary}")
         if options.logfile is not None and state.log is not None:
+            for row in state.log.rows:  # why --geotag left the photo without a position
+                note = state.notes.get(row.local.path) if row.local is not None else None
+                if note is not None and row.section in ("new", "changed", "known"):
+                    row.note = "; ".join(filter(None, [row.note, note]))
             write_log(options.logfile, state.log, summary, options.ssim_threshold, console)
     return tally
 
@@ -6878,6 +7403,10 @@ def dissociation_line(update: Update, dry_run: bool) -> str:
         )
     if update.old_caption is not None:
         removed.append(f"the keyword '{update.old_caption}'")
+    if update.drop_position:
+        removed.append("the GPS position")
+    if update.location_names:
+        removed.append("the location names")
     what = f"removed {' and '.join(removed)}" if removed else "nothing of this tool's to remove"
     prefix = "(dry run) " if dry_run else ""
     return (

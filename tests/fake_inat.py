@@ -36,6 +36,10 @@ see ``original_filename`` and, for obscured or private observations, ``private_l
 and answers only those (only ``id`` and ``uuid`` without it); ``GET /v1/observations/deleted``
 (token only) lists the ids of the owner's observations deleted ``since``; ``POST /oauth/token``
 and ``GET /users/api_token`` stand in for pyinaturalist's ``get_access_token()``.
+
+Places (scenario ``"places"``, ``add_place``): ``GET /v1/places/{id,id,...}`` answers up to 500
+ids as iNaturalist does, each with ``admin_level`` and a ``display_name`` that ends with the codes
+of the places above it; observations list theirs in ``place_ids`` and carry ``place_guess``.
 """
 
 from __future__ import annotations
@@ -393,6 +397,7 @@ class _Observation:
         self.positional_accuracy = spec.get("positional_accuracy")
         self.quality_grade = spec.get("quality_grade")
         self.place_guess = spec.get("place_guess")
+        self.place_ids = [int(i) for i in spec.get("place_ids") or []]
         self.description = spec.get("description")
         self.license_code = spec.get("license_code", "cc-by-nc")
         self.taxon = _normalize_taxon(spec.get("taxon"))
@@ -491,6 +496,7 @@ class _Observation:
             "positional_accuracy": accuracy,
             "public_positional_accuracy": public_accuracy,
             "place_guess": self.place_guess,
+            "place_ids": list(self.place_ids),
             "description": self.description,
             "quality_grade": quality_grade,
             "species_guess": species_guess,
@@ -762,6 +768,9 @@ class FakeINaturalist:
         self._taxa: dict[int, dict] = {}  # the taxonomy behind GET /v1/taxa/{ids}
         for taxon in data.get("taxa", []):
             self.add_taxon(taxon)
+        self._places: dict[int, dict] = {}  # the places behind GET /v1/places/{ids}
+        for place in data.get("places", []):
+            self.add_place(place)
         for user in data.get("users", []):
             self._add_user(user)
         for obs in data.get("observations", []):
@@ -846,6 +855,20 @@ class FakeINaturalist:
             obs.taxon = _normalize_taxon(taxon)
             self._touch(obs)
 
+    def move_observation(
+        self, observation_id: int, location: tuple[float, float] | None, **fields: Any
+    ) -> None:
+        """Move an observation (and set geoprivacy, positional_accuracy... given as fields),
+        bumping its ``updated_at`` to now, as an edit on iNaturalist does."""
+        with self._state_lock:
+            obs = self._observations[int(observation_id)]
+            obs.location = (float(location[0]), float(location[1])) if location else None
+            for name, value in fields.items():
+                if not hasattr(obs, name):
+                    raise AttributeError(f"observations have no field {name}")
+                setattr(obs, name, value)
+            self._touch(obs)
+
     def set_photo_state(self, photo_id: int, state: str, *, touch: bool = False) -> None:
         """Put a photo in one of PHOTO_STATES. Processing ending, a moderator hiding a photo or
         a flag do not date the observation, so ``updated_at`` is bumped only with ``touch``."""
@@ -912,6 +935,21 @@ class FakeINaturalist:
         record["parent_id"] = taxon.get("parent_id")
         with self._state_lock:
             self._taxa[record["id"]] = record
+
+    def add_place(self, place: dict) -> None:
+        """Add a scenario-format place: id, name, admin_level (0 country, 10 state, 20 county,
+        30 town, None for others), optional place_type, parent_id, and code (a country's ISO
+        code, a state's abbreviation), which names the places below it as iNaturalist does."""
+        record = {
+            "id": int(place["id"]),
+            "name": place["name"],
+            "admin_level": place.get("admin_level"),
+            "place_type": place.get("place_type"),
+            "parent_id": place.get("parent_id"),
+            "code": place.get("code"),
+        }
+        with self._state_lock:
+            self._places[record["id"]] = record
 
     def observation_json(self, observation_id: int) -> dict:
         """The observation as the API would answer it."""
@@ -1094,6 +1132,8 @@ class FakeINaturalist:
             return self._user_answer(parts[1], viewer)
         if len(parts) == 2 and parts[0] == "taxa":
             return self._taxa_answer(parts[1])
+        if len(parts) == 2 and parts[0] == "places":
+            return self._places_answer(parts[1])
         if parts == ["observations", "deleted"]:
             return self._deleted_answer(query, viewer)
         if parts and parts[0] == "observations" and len(parts) <= 2:
@@ -1239,13 +1279,7 @@ class FakeINaturalist:
     # -- taxa ---------------------------------------------------------------------------------
     def _lineage(self, taxon_id: int) -> list[int]:
         """Ids from the root down to taxon_id itself, following parent_id."""
-        chain: list[int] = []
-        current: int | None = taxon_id
-        while current is not None and current in self._taxa and current not in chain:
-            chain.insert(0, current)
-            parent = self._taxa[current].get("parent_id")
-            current = int(parent) if parent is not None else None
-        return chain
+        return _parent_chain(self._taxa, taxon_id)
 
     def _add_ancestor_ids(self, taxon: dict | None) -> None:
         """Observations' taxa carry ancestor_ids (root first, the taxon last), as the real API."""
@@ -1263,12 +1297,7 @@ class FakeINaturalist:
 
     def _taxa_answer(self, ids_text: str) -> dict:
         """GET /v1/taxa/{id,id,...}: each known taxon with its ancestors (at most 30 ids)."""
-        try:
-            ids = [int(value) for value in ids_text.split(",") if value]
-        except ValueError:
-            raise _HTTPError(422, "id must be a list of integers") from None
-        if len(ids) > 30:
-            raise _HTTPError(422, "too many ids (at most 30)")
+        ids = _ids_in_path(ids_text, 30)
         with self._state_lock:
             results = []
             for taxon_id in ids:
@@ -1281,6 +1310,57 @@ class FakeINaturalist:
                 ]
                 results.append(record)
         return {"total_results": len(results), "page": 1, "per_page": 30, "results": results}
+
+    # -- places -------------------------------------------------------------------------------
+    def _place_json(self, place_id: int) -> dict:
+        """A place as GET /v1/places/{id} gives it: no code, but a display name that adds the
+        codes of the places above, nearest first ('Marin County, CA, US')."""
+        place = self._places[place_id]
+        chain = _parent_chain(self._places, place_id)
+        codes = [self._places[i]["code"] for i in reversed(chain[:-1]) if self._places[i]["code"]]
+        return {
+            "id": place_id,
+            "uuid": _derived_uuid("place", place_id),
+            "slug": re.sub(r"[^a-z0-9]+", "-", place["name"].lower()).strip("-"),
+            "name": place["name"],
+            "display_name": ", ".join([place["name"], *codes]),
+            "admin_level": place["admin_level"],
+            "place_type": place["place_type"],
+            "ancestor_place_ids": chain,
+            "bbox_area": 1.0,
+            "location": None,
+            "geometry_geojson": None,
+            "bounding_box_geojson": None,
+        }
+
+    def _places_answer(self, ids_text: str) -> dict:
+        """GET /v1/places/{id,id,...}: each known place (at most 500 ids)."""
+        ids = _ids_in_path(ids_text, 500)
+        with self._state_lock:
+            results = [self._place_json(i) for i in ids if i in self._places]
+        return {"total_results": len(results), "page": 1, "per_page": 500, "results": results}
+
+
+def _ids_in_path(text: str, most: int) -> list[int]:
+    """The ids of a path like /v1/taxa/1,2,3; 422 when they are not numbers or too many."""
+    try:
+        ids = [int(value) for value in text.split(",") if value]
+    except ValueError:
+        raise _HTTPError(422, "id must be a list of integers") from None
+    if len(ids) > most:
+        raise _HTTPError(422, f"too many ids (at most {most})")
+    return ids
+
+
+def _parent_chain(records: dict[int, dict], start: int) -> list[int]:
+    """Ids from the root down to start itself, following the records' parent_id."""
+    chain: list[int] = []
+    current: int | None = start
+    while current is not None and current in records and current not in chain:
+        chain.insert(0, current)
+        parent = records[current].get("parent_id")
+        current = int(parent) if parent is not None else None
+    return chain
 
 
 def parse_rison_fields(text: str) -> dict | str:
