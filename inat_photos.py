@@ -1,4 +1,19 @@
 #!/usr/bin/env python3
+# /// script
+# requires-python = ">=3.10"
+# dependencies = [
+#     "pyinaturalist>=0.20,<0.22",
+#     "pyexiv2>=2.15,<3",
+#     "Pillow>=10,<14",
+#     "numpy>=1.24",
+#     "scipy>=1.10",
+#     "rawpy>=0.21",
+#     "pillow-heif>=0.16",
+#     "opencv-python-headless>=4.10,<6",
+#     "tqdm>=4.66",
+#     "platformdirs>=3",
+# ]
+# ///
 """inat_photos: find which local photos were uploaded to iNaturalist and tag them.
 
 Point it at a photo archive and an iNaturalist login. It pairs local photos with the user's
@@ -73,8 +88,49 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import numpy as np
-from PIL import Image
+# The modules of requirements.txt's packages, checked before any of them is imported.
+RUNTIME_MODULES = (
+    "pyinaturalist",
+    "pyexiv2",
+    "PIL",
+    "numpy",
+    "scipy",
+    "rawpy",
+    "pillow_heif",
+    "cv2",
+    "tqdm",
+    "platformdirs",
+)
+
+
+def run_in_own_environment(script: Path, python: Path) -> None:
+    """Re-run the script with the .venv beside it when this Python lacks the tool's packages.
+
+    `./inat_photos.py` from a shell or from cron starts the first python3 on the PATH; the
+    quick start installs the packages into .venv beside the script instead."""
+    import importlib.util
+
+    missing = [name for name in RUNTIME_MODULES if importlib.util.find_spec(name) is None]
+    if not missing:
+        return
+    own = script.resolve().parent / ".venv" / ("Scripts" if os.name == "nt" else "bin")
+    own_python = own / ("python.exe" if os.name == "nt" else "python")
+    if own_python.exists() and own.parent.resolve() != Path(sys.prefix).resolve():
+        os.execv(own_python, [str(own_python), str(script), *sys.argv[1:]])
+    print(
+        f"Error: {python} lacks the package(s) of module(s) {', '.join(missing)}. Install them "
+        f"into .venv beside {script.name} (see the README's Install section) or run "
+        f"'pipx install .' in its folder.",
+        file=sys.stderr,
+    )
+    sys.exit(2)  # EXIT_USAGE: the set-up, not a photo, is at fault
+
+
+if __name__ == "__main__":
+    run_in_own_environment(Path(sys.argv[0]), Path(sys.executable))
+
+import numpy as np  # noqa: E402  (after the check above, which gives a message, not a traceback)
+from PIL import Image  # noqa: E402
 
 __version__ = "1.2.0"
 
