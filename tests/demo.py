@@ -28,6 +28,8 @@ def main() -> int:
     out = Path(args.out).resolve()
     shutil.rmtree(out, ignore_errors=True)
     copy_examples(out / "pictures")
+    # Named as the user named --out (demo-run/pictures/...), as the README quotes the output.
+    pictures = Path(args.out) / "pictures"
     with FakeINaturalist(SCENARIO) as server:
         env = cli_env(server.api_url, out / "cache")
         command = [
@@ -37,7 +39,7 @@ def main() -> int:
             USER,
             "--logfile",
             str(out / "log.html"),
-            str(out / "pictures"),
+            str(pictures),
         ]
         print("$", " ".join(command[1:]), flush=True)
         code = subprocess.call(command, env=env)
