@@ -214,3 +214,22 @@ def test_the_download_budget_is_passed_by_at_most_the_downloads_in_flight(
     assert sum(1 for total in accumulate(sizes) if total >= limit) <= ip.DOWNLOAD_WORKERS
     readme = (ROOT / "README.md").read_text()
     assert f"by at most {ip.DOWNLOAD_WORKERS} photos" in readme
+
+
+def test_the_demo_scenario_has_a_taxonomy_for_the_photo_manager_options(
+    fake_inat, pictures: Path, cache: Path
+) -> None:
+    result = run_cli(
+        ["-u", DEMO_USER, "--hierarchical-keywords", "--darwin-core", str(pictures)],
+        fake_inat.api_url,
+        cache,
+    )
+    assert result.returncode == 0, result.stderr
+    xmp = read_xmp(pictures / "dscf0119.jpg")
+    assert xmp[ip.TAG_HIERARCHY] == [
+        "Plantae|Tracheophyta|Magnoliopsida|Ranunculales|Papaveraceae|Eschscholzia"
+        "|Eschscholzia californica"
+    ]
+    assert xmp["Xmp.dwc.kingdom"] == "Plantae" and xmp["Xmp.dwc.family"] == "Papaveraceae"
+    cat = read_xmp(pictures / "img_2043.jpg")
+    assert cat[ip.TAG_HIERARCHY][0].startswith("Animalia|Chordata|Mammalia|")

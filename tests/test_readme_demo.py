@@ -91,3 +91,26 @@ def test_the_readme_states_the_sizes_the_tool_compares_at() -> None:
     stated = re.findall(r"default `--inat_size (\w+)`", readme)
     assert all(size == ip.FIRST_INATSIZE for size in stated), stated
     assert f"`{ip.FIRST_INATSIZE}` first" in readme.replace("\n", " ")
+
+
+def headings(readme: str) -> list[tuple[int, str]]:
+    """The README's level-2 and level-3 headings, outside code blocks: (level, title)."""
+    found, fenced = [], False
+    for line in readme.splitlines():
+        fenced ^= line.startswith("```")
+        heading = re.match(r"(#{2,3}) (.+)", line)
+        if heading and not fenced and heading[2] != "Contents":
+            found.append((len(heading[1]), heading[2].strip()))
+    return found
+
+
+def test_the_table_of_contents_lists_every_heading_in_order() -> None:
+    readme = README.read_text()
+    contents = readme.split("## Contents\n", 1)[1].split("\n## ", 1)[0]
+    listed = re.findall(r"(?m)^( *)\* \[(.+?)\]\(#([\w-]+)\)$", contents)
+    assert [(2 + len(indent) // 2, title) for indent, title, _ in listed] == headings(readme)
+    for _, title, anchor in listed:
+        assert anchor == re.sub(r"[^\w\- ]", "", title.lower()).replace(" ", "-")
+    # The user's path comes first; how it works and the developer's material after it.
+    titles = [title for _, title in headings(readme)]
+    assert titles.index("Safety") < titles.index("How it works") < titles.index("Dependencies")
