@@ -1,4 +1,19 @@
 #!/usr/bin/env python3
+# /// script
+# requires-python = ">=3.10"
+# dependencies = [
+#     "pyinaturalist>=0.20,<0.22",
+#     "pyexiv2>=2.15,<3",
+#     "Pillow>=10,<14",
+#     "numpy>=1.24",
+#     "scipy>=1.10",
+#     "rawpy>=0.21",
+#     "pillow-heif>=0.16",
+#     "opencv-python-headless>=4.10,<6",
+#     "tqdm>=4.66",
+#     "platformdirs>=3",
+# ]
+# ///
 """inat_photos: find which local photos were uploaded to iNaturalist and tag them.
 
 Point it at a photo archive and an iNaturalist login. It pairs local photos with the user's
@@ -49,6 +64,7 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import copy
 import dataclasses
 import datetime as dt
 import functools
@@ -56,6 +72,7 @@ import hashlib
 import html
 import io
 import json
+import logging
 import math
 import os
 import re
@@ -75,8 +92,49 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import numpy as np
-from PIL import Image
+# The modules of requirements.txt's packages, checked before any of them is imported.
+RUNTIME_MODULES = (
+    "pyinaturalist",
+    "pyexiv2",
+    "PIL",
+    "numpy",
+    "scipy",
+    "rawpy",
+    "pillow_heif",
+    "cv2",
+    "tqdm",
+    "platformdirs",
+)
+
+
+def run_in_own_environment(script: Path, python: Path) -> None:
+    """Re-run the script with the .venv beside it when this Python lacks the tool's packages.
+
+    `./inat_photos.py` from a shell or from cron starts the first python3 on the PATH; the
+    quick start installs the packages into .venv beside the script instead."""
+    import importlib.util
+
+    missing = [name for name in RUNTIME_MODULES if importlib.util.find_spec(name) is None]
+    if not missing:
+        return
+    own = script.resolve().parent / ".venv" / ("Scripts" if os.name == "nt" else "bin")
+    own_python = own / ("python.exe" if os.name == "nt" else "python")
+    if own_python.exists() and own.parent.resolve() != Path(sys.prefix).resolve():
+        os.execv(own_python, [str(own_python), str(script), *sys.argv[1:]])
+    print(
+        f"Error: {python} lacks the package(s) of module(s) {', '.join(missing)}. Install them "
+        f"into .venv beside {script.name} (see the README's Install section) or run "
+        f"'pipx install .' in its folder.",
+        file=sys.stderr,
+    )
+    sys.exit(2)  # EXIT_USAGE: the set-up, not a photo, is at fault
+
+
+if __name__ == "__main__":
+    run_in_own_environment(Path(sys.argv[0]), Path(sys.executable))
+
+import numpy as np  # noqa: E402  (after the check above, which gives a message, not a traceback)
+from PIL import Image  # noqa: E402
 
 __version__ = "1.2.0"
 
@@ -589,6 +647,8 @@ def describe_size(size: float) -> str:
 
 def parse_time_offset(text: str) -> dt.timedelta:
     """'+1h', '-30m', '45min', '-3:00', '+1:30', '90s': how far the camera clock was ahead."""
+    if re.fullmatch(r"\s*[+-]?\s*0+(?:\.0*)?\s*", text):  # 0 needs no unit: the clock was right
+        return dt.timedelta(0)
     match = re.fullmatch(
         r"\s*([+-]?)\s*(?:(\d{1,2}):(\d{2})|(\d+(?:\.\d+)?)\s*(h|m|min|s))\s*", text.lower()
     )
@@ -1511,14 +1571,20 @@ class InatClient:
         self.session.request = functools.partial(  # type: ignore[method-assign]
             type(self.session).request, self.session, verify=self._verify(self.api_url)
         )
+        # A keyring it cannot read, it logs to stderr: the error below says it in our words.
+        heard = KeptWarnings()
+        logger = logging.getLogger(pyinaturalist.auth.__name__)
+        logger.addHandler(heard)
+        logger.propagate = False
         try:
             # It reads INAT_USERNAME, ... itself, then the keyring for what they lack.
             return pyinaturalist.auth.get_access_token()
         except Exception as error:  # refused, unreachable, or no credentials at all
             if type(error).__name__ == "AuthenticationError":
+                keyring = f" (the keyring: {heard.first_sentence})" if heard.messages else ""
                 raise UserError(
                     "no complete iNaturalist login: set INAT_USERNAME, INAT_PASSWORD,"
-                    " INAT_APP_ID and INAT_APP_SECRET, or store them in the keyring"
+                    f" INAT_APP_ID and INAT_APP_SECRET, or store them in the keyring{keyring}"
                 ) from None
             status = getattr(getattr(error, "response", None), "status_code", None)
             if status in (400, 401, 403):
@@ -1528,9 +1594,27 @@ class InatClient:
                 ) from None
             raise InatUnreachable(_describe_http_error(error)) from None
         finally:
+            logger.removeHandler(heard)
+            logger.propagate = True
             pyinaturalist.auth.API_V0 = saved
             del pyinaturalist.session.thread_local.session
             del self.session.request
+
+
+class KeptWarnings(logging.Handler):
+    """A logging handler that keeps the messages a library logs, to say them in one line."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+    @property
+    def first_sentence(self) -> str:
+        """The first message's first sentence, without its final full stop."""
+        return self.messages[0].split(". ")[0].strip().rstrip(".") if self.messages else ""
 
 
 def _describe_http_error(error: BaseException) -> str:
@@ -2755,8 +2839,8 @@ def prepare_local_photos(
     ready = []
     for photo in photos:
         sidecar = homes.get(photo.path)
-        if sidecar is None:
-            ready.append(photo)
+        if sidecar is None:  # a sidecar an earlier --sidecars run tagged stays its home
+            ready.append(sidecar_holding_tags(index, photo, console) or photo)
             continue
         found = index.read_sidecar(dataclasses.replace(photo, sidecar=sidecar), console)
         if found is not None:
@@ -5557,10 +5641,11 @@ class Console:
             print(self._clean(f"Warning: {message}"), file=sys.stderr, flush=True)
 
     def file_error(self, path: Path, reason: str) -> None:
-        """Report a file that could not be read or written; the run goes on."""
-        self.file_errors += 1
+        """Report a file that could not be read or written; the run goes on. One that --quiet
+        leaves out (reported before) leaves the exit code alone: a monitor sees what is new."""
         self.errors.append((path, reason))
         if not self._repeated(path, reason):
+            self.file_errors += 1
             self.spoke = True
             message = f"Error: {show_path(path)}: {reason}"
             print(self._clean(message), file=sys.stderr, flush=True)
@@ -5655,7 +5740,9 @@ def found_line(association: Association) -> str:
     photo, candidate, comparison = association.photo, association.candidate, association.comparison
     observation = candidate.observation
     seconds = seconds_apart(photo, observation)
-    described = "without caption" if photo.caption is None else f"with caption '{photo.caption}'"
+    # The caption is the keyword this tool wrote; the user's own keywords are no caption.
+    caption = photo.written_caption
+    described = "without caption" if caption is None else f"with caption '{caption}'"
     how = comparison.describe()
     if association.by_name:
         how = ", ".join(filter(None, [how, BY_NAME]))
@@ -5676,9 +5763,13 @@ BY_NAME = "matched by file name"  # said of an association the original file nam
 def update_line(update: Update, dry_run: bool) -> str:
     """The console line for a caption written (or, in a dry run, to be written)."""
     prefix = "(dry run) " if dry_run else ""
+    old, new = update.old_caption, update.caption
+    if old is None and update.photo.keywords and update.keywords is not None:
+        # No caption of ours yet, but the user's keywords: the whole subject, before and after.
+        old, new = ", ".join(update.photo.keywords), ", ".join(update.keywords)
     return (
-        f"{prefix}{show_path(update.photo.path)}: Updating subject from '{update.old_caption}'"
-        f" to '{update.caption}'{_sidecar_note(update)}."
+        f"{prefix}{show_path(update.photo.path)}: Updating subject from '{old}'"
+        f" to '{new}'{_sidecar_note(update)}."
     )
 
 
@@ -6471,11 +6562,85 @@ def render_log(rows: Sequence[LogRow], summary: str, threshold: float, **options
 # ---------------------------------------------------------------------------
 
 
+HELP_EPILOG = f"""\
+exit codes:
+  {EXIT_OK}  everything went through (the download budget may have left days for later)
+  {EXIT_FILE_ERRORS}  some files could not be read or written; each was named on stderr
+  {EXIT_USAGE}  bad command line, unknown user, refused token or login, iNaturalist unreachable
+  {EXIT_LOCKED}  another run is still going (it holds the lock in the cache directory)
+environment:
+  INAT_API_TOKEN      your API token (or --token-file); never printed or stored
+  INAT_USERNAME, INAT_PASSWORD, INAT_APP_ID, INAT_APP_SECRET
+                      a login to fetch a token with (all four)
+  INAT_PHOTOS_CACHE   the cache directory (default: the user's cache folder)
+  INAT_API_URL        another iNaturalist API, e.g. the tests' fake server
+Every option is accepted with '_' or '-' between its words (--ssim-threshold, --dry_run)."""
+
+
+def spelling_key(option: str) -> str:
+    """An option with '-' and '_' between its words alike: --dry_run and --dry-run are one."""
+    return "--" + option[2:].replace("_", "-") if option.startswith("--") else option
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """argparse's help with one spelling of each option and the epilog's lines kept."""
+
+    def _format_action_invocation(self, action: argparse.Action) -> str:
+        shown = {spelling_key(o): o for o in reversed(action.option_strings)}
+        kept = [o for o in action.option_strings if shown[spelling_key(o)] == o]
+        return super()._format_action_invocation(action_with(action, kept))
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        fill = super()._fill_text  # indented lines are a table: kept as written
+        return "\n".join(
+            line if line.startswith(" ") else fill(line, width, indent)
+            for line in text.splitlines()
+        )
+
+
+def action_with(action: argparse.Action, option_strings: list[str]) -> argparse.Action:
+    """A copy of action showing these option strings."""
+    shown = copy.copy(action)
+    shown.option_strings = option_strings
+    return shown
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser that takes every long option with '_' or '-' between its words, and a
+    value that starts with '-' after an option that takes one (--time_offset -30m).
+
+    The original tool's options use '_' (--ssim_threshold), newer ones '-' (--dry-run)."""
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        actions = self._option_string_actions
+        known = {spelling_key(o): o for o in actions if o.startswith("--")}
+        given = list(sys.argv[1:] if args is None else args)
+        spelled: list[str] = []
+        while given:
+            argument = given.pop(0)
+            if argument == "--":  # what follows is a file name, whatever it looks like
+                spelled += [argument, *given]
+                break
+            name, equals, value = argument.partition("=")
+            if name.startswith("--") and name not in actions:
+                name = known.get(spelling_key(name), name)
+            taking_one = name in actions and actions[name].nargs is None and not equals
+            dashed = given and given[0][:1] == "-" and given[0][:2] != "--"
+            if taking_one and dashed and given[0].partition("=")[0] not in actions:
+                equals, value = "=", given.pop(0)  # '-30m' is a value, '-u' an option
+            spelled.append(name + equals + value)
+        return super().parse_known_args(spelled, namespace)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="inat_photos.py",
         description="Find local photos that were uploaded to iNaturalist and write the "
         "iNaturalist ids and the current identification into their XMP metadata.",
+        epilog=HELP_EPILOG,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument(
@@ -6524,8 +6689,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=parse_time_offset,
         default=None,
         metavar="OFFSET",
-        help="how far the camera clock was ahead (+1h, -30m, -3:00); by default the tool "
-        "detects whole-day offsets itself",
+        help="how far the camera clock was ahead (+1h, -30m, -3:00; 0: it was right); by"
+        " default the tool looks for an offset itself, day by day, to a quarter hour",
     )
     parser.add_argument(
         "--dry-run",
@@ -6866,6 +7031,54 @@ def recall_parts(state: RunState, candidates: Sequence[Candidate]) -> list[Candi
     return left
 
 
+def keep_file_associations(
+    state: RunState,
+    outcome: DayOutcome,
+    photos: Sequence[LocalPhoto],
+    candidates: Sequence[Candidate],
+    known: Mapping[int, Observation],
+    history: Mapping[int, set[str]],
+) -> DayOutcome:
+    """--recompute: a file that carries the ids of an upload the comparison gave to nobody
+    keeps that association (one the user confirmed with --associate); outcome without its
+    refusal."""
+    taken = {a.photo.path for a in outcome.associations}
+    given = {a.candidate.photo.id for a in (*outcome.associations, *outcome.parts)}
+    left = {c.photo.id for c in candidates} - given - state.tally.associated_uploads
+    kept: set[Path] = set()
+    for photo in photos:
+        tags = photo.tags
+        if tags is None or photo.path in taken or tags.photo not in left:
+            continue
+        left.discard(tags.photo)  # two files carrying one id: the first keeps it
+        kept.add(photo.path)
+        state.console.say(
+            f"{show_path(photo.path)}: keeps its association with photo id {tags.photo}, which"
+            " the file carries (not found again by comparing; --dissociate takes it back)."
+        )
+        refresh_known(
+            state, photo, known.get(tags.observation), history.get(tags.observation, set())
+        )
+    refusals = tuple(r for r in outcome.refusals if r.photo.path not in kept)
+    return dataclasses.replace(outcome, refusals=refusals)
+
+
+def near_miss_line(refusal: Refusal, threshold: float, user: str) -> str | None:
+    """The console line for a refusal just below the threshold: its score and the command
+    that confirms it (the log has them too); None for any other refusal."""
+    candidate, comparison = refusal.candidate, refusal.comparison
+    if refusal.reason != BELOW_THRESHOLD or candidate is None or comparison is None:
+        return None
+    if comparison.score < threshold - NEAR_MISS:
+        return None
+    return (
+        f"Near miss: '{show_path(refusal.photo.path)}' and photo id {candidate.photo.id},"
+        f" similarity {comparison.score * 100:.1f}%, below the threshold of"
+        f" {threshold * 100:.4g}%; if they are the same picture, run:"
+        f" {confirm_command(user, refusal.photo.path, candidate.photo.id)}"
+    )
+
+
 def apply_day(state: RunState, outcome: DayOutcome, candidates: Sequence[Candidate]) -> None:
     """Report a matched day, write its associations, remember what was compared in vain."""
     options, console, tally = state.options, state.console, state.tally
@@ -6899,6 +7112,11 @@ def apply_day(state: RunState, outcome: DayOutcome, candidates: Sequence[Candida
                 state.index.record_checked(path, uploads)
     taken = tally.associated_uploads | tally.part_uploads
     lonely = [c for c in candidates if c.photo.id not in taken]
+    for refusal in outcome.refusals:
+        line = near_miss_line(refusal, options.ssim_threshold, options.user or "")
+        upload = refusal.candidate.photo.id if refusal.candidate else None
+        if line is not None and upload not in taken:
+            console.say(line)
     for candidate in lonely:
         console.say(unassociated_line(candidate))
     if state.log is not None:
@@ -6997,6 +7215,9 @@ def log_day(
     if outcome.clock_offset is not None:
         note = offset_line(outcome.day, outcome.clock_offset)
         log.rows.append(LogRow("offset", note=note, day=outcome.day))
+    unreadable = state.pictures.unreadable  # listed under Errors, with the true reason
+    refusals = tuple(r for r in outcome.refusals if r.photo.path not in unreadable)
+    outcome = dataclasses.replace(outcome, refusals=refusals)
     thumbnails.prepare([refusal.photo for refusal in outcome.refusals])
     uploads = {c.photo.id: c for c in lonely}
     fresh, earlier, ties = sort_refusals(
@@ -7107,6 +7328,10 @@ def process_days(
         if missing:  # nothing is decided on a guess: the day waits for a later run
             state.tally.deferred[day] = missing
         else:
+            if options.recompute:
+                outcome = keep_file_associations(
+                    state, outcome, open_photos, open_candidates, known, history
+                )
             apply_day(state, outcome, open_candidates)
         state.scorer.finish_day()
 
@@ -7170,10 +7395,23 @@ def make_scorer(options: Options, photos: PhotoCache, console: Console) -> PairS
     return PairScorer(pictures, choose_score_function(options.gpu, console), options.ssim_threshold)
 
 
+def clock_setting_line(offset: dt.timedelta) -> str:
+    """What --time_offset does to this run's photos, said once."""
+    if not offset:
+        return "Camera clock taken as right (--time_offset 0): no clock offset is looked for."
+    return (
+        f"Camera clock taken as {describe_offset(offset)} (--time_offset): every photo's time"
+        f" is moved {'back' if offset > dt.timedelta(0) else 'forward'} by that."
+    )
+
+
 def run(options: Options, console: Console) -> Tally:
     """One run from the walk to the summary; raises RunLocked, UserError, InatUnreachable."""
     started = time.monotonic()
     tally = Tally()
+    missing = [path for path in options.paths if not os.path.lexists(path)]
+    if missing:  # a mistyped folder: a bad command line, not a file that failed
+        raise UserError(f"no such file or folder: {', '.join(show_path(Path(p)) for p in missing)}")
     with contextlib.ExitStack() as resources:
         if not resources.enter_context(run_lock(options.cache)):
             raise RunLocked(options.cache)
@@ -7200,7 +7438,11 @@ def run(options: Options, console: Console) -> Tally:
         if pairs is not None:
             console.say(pairs)
         if not photos:
+            named = ", ".join(show_path(Path(p)) for p in options.paths)
+            console.say(f"No picture found in {named}.")
             return tally
+        if options.time_offset is not None:
+            console.say(clock_setting_line(options.time_offset))
         client = InatClient(options.api_url, options.cache)
         resources.callback(client.session.close)
         token = login_token(options, client, console) if options.wants_login else None
@@ -7297,8 +7539,26 @@ def open_named_photo(
     )
     homes = name_sidecars(neighbours, options.sidecar_names, options.sidecars, Console())
     if path not in homes:
-        return index, photo
+        return index, sidecar_holding_tags(index, photo, console) or photo
     return index, index.read_sidecar(dataclasses.replace(photo, sidecar=homes[path]), console)
+
+
+def sidecar_holding_tags(
+    index: LocalIndex, photo: LocalPhoto, console: Console
+) -> LocalPhoto | None:
+    """photo with the existing sidecar that holds this tool's tags while the picture does not
+    (an earlier run with --sidecars put them there); None when there is no such sidecar."""
+    if photo.tags is not None or photo.dissociated or photo.written_caption is not None:
+        return None
+    for name in sidecar_names(photo.path):
+        if not name.is_file():
+            continue
+        found = index.read_sidecar(dataclasses.replace(photo, sidecar=name), console)
+        if found is not None and (
+            found.tags is not None or found.dissociated or found.written_caption is not None
+        ):
+            return found
+    return None
 
 
 def other_owner(index: LocalIndex, photo_id: int, path: Path, console: Console) -> Path | None:
@@ -7447,6 +7707,17 @@ def dissociate_file(options: Options, console: Console) -> Tally:
     return Tally()
 
 
+def without_file_name(message: str, path: str) -> str:
+    """message without the path of its file in front, as a warning's text has it (the path
+    as that run was given it: relative or not)."""
+    name = f"{show_path(Path(Path(path).name))}: "
+    at = message.find(name)
+    before = message[:at]
+    if at >= 0 and (not before or before.endswith(os.sep)) and ": " not in before:
+        return message[at + len(name) :]
+    return message
+
+
 def list_problems(options: Options, console: Console) -> Tally:
     """--list-problems: the files' problems and notices earlier runs reported, one a line."""
     with contextlib.closing(
@@ -7454,7 +7725,8 @@ def list_problems(options: Options, console: Console) -> Tally:
     ) as index:
         found = index.problems()
     for path, message, first in found:
-        console.report(f"{show_path(Path(path))}: {message} (first reported {first})")
+        shown = show_path(Path(path))
+        console.report(f"{shown}: {without_file_name(message, path)} (first reported {first})")
     if not found:
         console.report("No problem was reported about files that still exist.")
     return Tally()

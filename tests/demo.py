@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Offline demo: run inat_photos.py on a copy of example_pictures against the fake iNaturalist.
 
-Usage: python tests/demo.py [--out DIR] [--twice]
+Usage: python tests/demo.py [--out DIR] [--twice] [TOOL OPTIONS...]
+Options it does not know go to inat_photos.py (e.g. --hierarchical-keywords --darwin-core).
 Writes DIR/pictures (the tagged copies), DIR/log.html and DIR/cache; example_pictures itself
 is never modified.
 """
@@ -24,10 +25,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="demo-run", help="output folder (default demo-run)")
     parser.add_argument("--twice", action="store_true", help="run a second time, as cron would")
-    args = parser.parse_args()
+    args, tool_options = parser.parse_known_args()
     out = Path(args.out).resolve()
     shutil.rmtree(out, ignore_errors=True)
     copy_examples(out / "pictures")
+    # Named as the user named --out (demo-run/pictures/...), as the README quotes the output.
+    pictures = Path(args.out) / "pictures"
     with FakeINaturalist(SCENARIO) as server:
         env = cli_env(server.api_url, out / "cache")
         command = [
@@ -37,7 +40,8 @@ def main() -> int:
             USER,
             "--logfile",
             str(out / "log.html"),
-            str(out / "pictures"),
+            *tool_options,
+            str(pictures),
         ]
         print("$", " ".join(command[1:]), flush=True)
         code = subprocess.call(command, env=env)

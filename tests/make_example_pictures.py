@@ -33,6 +33,43 @@ JPEG_QUALITY = 90
 
 Array = np.ndarray
 
+# The demo's taxonomy, so that --hierarchical-keywords and --darwin-core have lineages to write:
+# (id, name, rank, common name, parent id). The observations' own taxon ids are iNaturalist's;
+# the ancestors' ids (900001 and up) are made up.
+TAXONOMY = [
+    (900001, "Plantae", "kingdom", None, None),
+    (900002, "Tracheophyta", "phylum", "Vascular Plants", 900001),
+    (900003, "Magnoliopsida", "class", "Dicots", 900002),
+    (900004, "Ranunculales", "order", None, 900003),
+    (900005, "Papaveraceae", "family", "Poppies", 900004),
+    (900006, "Eschscholzia", "genus", None, 900005),
+    (48225, "Eschscholzia californica", "species", "California Poppy", 900006),
+    (900101, "Animalia", "kingdom", "Animals", None),
+    (900102, "Arthropoda", "phylum", "Arthropods", 900101),
+    (900103, "Insecta", "class", "Insects", 900102),
+    (900104, "Coleoptera", "order", "Beetles", 900103),
+    (900105, "Coccinellidae", "family", "Lady Beetles", 900104),
+    (900106, "Coccinella", "genus", None, 900105),
+    (48484, "Coccinella septempunctata", "species", "Seven-spotted Lady Beetle", 900106),
+    (900114, "Lepidoptera", "order", "Butterflies and Moths", 900103),
+    (900115, "Nymphalidae", "family", "Brush-footed Butterflies", 900114),
+    (900116, "Danaus", "genus", None, 900115),
+    (900117, "Danaus plexippus", "species", "Monarch", 900116),
+    (235968, "Danaus plexippus plexippus", "subspecies", None, 900117),
+    (900122, "Chordata", "phylum", "Chordates", 900101),
+    (900123, "Mammalia", "class", "Mammals", 900122),
+    (900124, "Carnivora", "order", "Carnivorans", 900123),
+    (900125, "Felidae", "family", "Felids", 900124),
+    (900126, "Felis", "genus", None, 900125),
+    (118552, "Felis catus", "species", "Domestic Cat", 900126),
+    (900201, "Fungi", "kingdom", "Fungi", None),
+    (900202, "Basidiomycota", "phylum", None, 900201),
+    (900203, "Agaricomycetes", "class", None, 900202),
+    (900204, "Agaricales", "order", "Gilled Mushrooms", 900203),
+    (900205, "Amanitaceae", "family", None, 900204),
+    (47347, "Amanita", "genus", None, 900205),
+]
+
 
 # -- procedural helpers ---------------------------------------------------------------------
 def value_noise(rng: np.random.Generator, h: int, w: int, cells: float) -> Array:
@@ -878,6 +915,16 @@ def build(out: Path, skimage_data: Path) -> list[Path]:
             },
         ],
     }
+    scenario["taxa"] = [
+        {
+            "id": i,
+            "name": n,
+            "rank": r,
+            **({"preferred_common_name": c} if c else {}),
+            "parent_id": p,
+        }
+        for i, n, r, c, p in TAXONOMY
+    ]
     target = out / EXAMPLES / "scenario.json"
     target.write_text(json.dumps(scenario, indent=2) + "\n", encoding="utf-8")
     written.append(target)

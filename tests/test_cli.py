@@ -167,7 +167,12 @@ def test_user_keywords_are_kept_and_written_as_a_bag(
     with pyexiv2.Image(str(path)) as image:
         raw = image.read_raw_xmp()
     assert re.search(r"<dc:subject>\s*<rdf:Bag>", raw)
-    assert f"'{path}' with caption 'holiday, Point Reyes (California)' found" in result.stdout
+    # The user's keywords are no caption of the tool's; the subject line shows them kept.
+    assert f"'{path}' without caption found" in result.stdout
+    assert (
+        f"{path}: Updating subject from 'holiday, Point Reyes (California)' to 'holiday,"
+        f" Point Reyes (California), {want['caption']}'." in result.lines
+    )
 
 
 def test_tags_from_another_program_count_as_known(

@@ -339,6 +339,9 @@ def test_a_keyring_without_a_login_is_one_clear_line(login_world: LoginWorld, lo
     assert result.returncode == ip.EXIT_USAGE
     assert result.lines[-1].startswith("Error: no complete iNaturalist login")
     assert "Traceback" not in result.stderr
+    # The keyring library's own warning is said in the tool's line, not printed before it.
+    assert result.stderr == "", result.stderr
+    assert "(the keyring: " in result.lines[-1]
 
 
 def test_the_cache_is_created_readable_by_its_owner_only(tmp_path: Path) -> None:
