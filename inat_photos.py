@@ -2511,8 +2511,8 @@ def load_archive(
     are joined within a day); the other days' files wait. Files kept with a sidecar, or that
     hold ids or a dissociation, are always read: their days are refreshed on every run."""
     stored = index.unmarked_photos()  # one query; no record is decoded
-    offset = options.time_offset or dt.timedelta(0)
-    waiting: dict[dt.date, list[int]] = defaultdict(list)
+    offset = options.time_offset
+    by_day: dict[str, list[int]] = defaultdict(list)  # day as ISO text: no object a file
     changed: list[int] = []
     for position, (path, absolute, size, mtime_ns) in enumerate(found.pictures):
         known = stored.get(absolute)
@@ -2523,9 +2523,13 @@ def load_archive(
             or needs_sidecar(path, options.sidecars)
         ):
             changed.append(position)
+        elif offset:
+            day = (dt.datetime.fromisoformat(known[2]) - offset).date().isoformat()
+            by_day[day].append(position)
         else:
-            waiting[(dt.datetime.fromisoformat(known[2]) - offset).date()].append(position)
+            by_day[known[2][:10]].append(position)
     del stored
+    waiting = {dt.date.fromisoformat(day): positions for day, positions in by_day.items()}
     archive = LocalArchive([], found.pictures, waiting)
     photos = load_local_photos(
         [Path(found.pictures[i][0]) for i in changed], index, console, options.time_offset
@@ -6811,10 +6815,10 @@ def run(options: Options, console: Console) -> Tally:
     """One run from the walk to the summary; raises RunLocked, UserError, InatUnreachable."""
     started = time.monotonic()
     tally = Tally()
-    _import_ahead("pyinaturalist")  # half a second of CPU, while the walk waits on the disk
     with contextlib.ExitStack() as resources:
         if not resources.enter_context(run_lock(options.cache)):
             raise RunLocked(options.cache)
+        _import_ahead("pyinaturalist")  # half a second of CPU, while the walk waits on the disk
         console.say("Loading photos ")
         found = find_picture_files(options.paths, console)
         remove_leftover_copies(found.leftovers)
