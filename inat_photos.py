@@ -776,13 +776,6 @@ def same_file_name(local_name: str, uploaded_name: str | None) -> bool:
     return file_stem(local_name) == file_stem(uploaded_name)
 
 
-def name_suffix(name: str) -> str:
-    """The suffix of a file name or path, lowercased, as Path.suffix finds it (cheaper)."""
-    dot = name.rfind(".")
-    start = max(name.rfind("/"), name.rfind(os.sep)) + 1
-    return name[dot:].lower() if start < dot < len(name) - 1 else ""
-
-
 def show_path(path: Path) -> str:
     """A path as printed in messages: non-printable bytes and newlines made visible."""
     text = str(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
@@ -1981,7 +1974,8 @@ def find_picture_files(arguments: Sequence[str], console: Console) -> FoundFiles
             elif entry.is_dir(follow_symlinks=False):
                 walk(entry.path, f"{absolute}{os.sep}{name}")
             elif entry.is_file(follow_symlinks=False):
-                suffix = name_suffix(name)
+                dot = name.rfind(".")  # Path.suffix, without a Path a file
+                suffix = name[dot:].lower() if dot > 0 else ""
                 if suffix not in PICTURE_SUFFIXES:
                     if suffix != SIDECAR_SUFFIX:  # sidecars are read with their photo
                         skipped.append(Path(entry.path))
@@ -2334,9 +2328,10 @@ class LocalIndex:
                 "INSERT OR REPLACE INTO sidecars VALUES (?, ?, ?, ?)", (*key, _photo_record(photo))
             )
             return
-        # The capture time and whether the file holds ids or a dissociation, beside the
-        # record: a rerun tells the days that need nothing from them, decoding no record.
-        marked = photo.tags is not None or photo.dissociated
+        # The capture time, and whether the file must be read on every run (it holds ids or a
+        # dissociation, or keeps its tags in a sidecar), beside the record: a rerun tells the
+        # days that need nothing from them, decoding no record.
+        marked = photo.tags is not None or photo.dissociated or needs_sidecar(photo.path, False)
         self.db.execute(
             "INSERT OR REPLACE INTO photos (path, size, mtime_ns, record, taken_at, marked)"
             " VALUES (?, ?, ?, ?, ?, ?)",
@@ -2345,7 +2340,7 @@ class LocalIndex:
 
     def unmarked_photos(self) -> dict[str, tuple[int, int, str]]:
         """Absolute path -> (size, mtime_ns, capture time) of every file read before that held
-        no ids and no dissociation, in one query."""
+        no ids and no dissociation and keeps its tags in itself, in one query."""
         query = (
             "SELECT {}, size, mtime_ns, taken_at FROM photos"
             " WHERE taken_at IS NOT NULL AND marked = 0"
@@ -2514,14 +2509,9 @@ def load_archive(
     offset = options.time_offset
     by_day: dict[str, list[int]] = defaultdict(list)  # day as ISO text: no object a file
     changed: list[int] = []
-    for position, (path, absolute, size, mtime_ns) in enumerate(found.pictures):
+    for position, (_, absolute, size, mtime_ns) in enumerate(found.pictures):
         known = stored.get(absolute)
-        if (
-            known is None
-            or known[0] != size
-            or known[1] != mtime_ns
-            or needs_sidecar(path, options.sidecars)
-        ):
+        if known is None or known[0] != size or known[1] != mtime_ns or options.sidecars:
             changed.append(position)
         elif offset:
             day = (dt.datetime.fromisoformat(known[2]) - offset).date().isoformat()
@@ -2571,9 +2561,9 @@ def sidecar_names(path: Path) -> tuple[Path, Path]:
     return path.with_name(path.stem + SIDECAR_SUFFIX), path.with_name(path.name + SIDECAR_SUFFIX)
 
 
-def needs_sidecar(path: Path | str, all_in_sidecars: bool) -> bool:
+def needs_sidecar(path: Path, all_in_sidecars: bool) -> bool:
     """RAW and HEIF files are never written: their tags always go into a sidecar."""
-    return all_in_sidecars or name_suffix(os.fspath(path)) not in IN_FILE_SUFFIXES
+    return all_in_sidecars or path.suffix.lower() not in IN_FILE_SUFFIXES
 
 
 def name_sidecars(
