@@ -2261,9 +2261,7 @@ class LocalIndex:
             """
         )
         columns = {row[1] for row in self.db.execute("PRAGMA table_info(photos)")}
-        if (
-            "taken_at" not in columns
-        ):  # an index made before these columns: filled as files are read
+        if "taken_at" not in columns:  # an older index: the columns fill as its files are read
             self.db.execute("ALTER TABLE photos ADD COLUMN taken_at TEXT")
             self.db.execute("ALTER TABLE photos ADD COLUMN marked INTEGER")
 
