@@ -192,3 +192,26 @@ def test_the_log_pictures_only_rows_that_need_a_look(tmp_path: Path) -> None:
         name for row in refused for name in ("alone.jpg", "other.jpg") if name in row
     }
     assert not [row for row in refused if "data:image" in row]
+
+
+def test_a_waiting_photo_is_kept_under_its_day_by_the_camera_clock_offset(tmp_path: Path) -> None:
+    world = make_world(tmp_path, 1)
+    late = world.pictures / "night" / "late.jpg"  # the camera clock an hour ahead: June 1st
+    save_picture(late, 77, dt.datetime(2022, 6, 2, 0, 30, 20))
+    source = world.sources / "late.jpg"
+    source.write_bytes(late.read_bytes())
+    offset = ("--time_offset", "+1h")
+    with world.fake() as fake:
+        assert world.run_cli(fake.api_url, *offset).returncode == 0
+        fake.add_observation(
+            {
+                "id": 6002,
+                "user": USER,
+                "time_observed_at": "2022-06-01T23:30:00+00:00",
+                "taxon": {"name": "Calypte anna", "rank": "species"},
+                "photos": [{"id": 706002, "observation_photo_id": 806002, "source": source.name}],
+            }
+        )
+        rerun = world.run_cli(fake.api_url, "--quiet", *offset)
+    assert rerun.returncode == 0, rerun.stderr
+    assert (read_tags(late).observation, read_tags(late).photo) == (6002, 706002)
