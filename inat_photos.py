@@ -89,7 +89,7 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, S
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 # The modules of requirements.txt's packages, checked before any of them is imported.
@@ -133,8 +133,30 @@ def run_in_own_environment(script: Path, python: Path) -> None:
 if __name__ == "__main__":
     run_in_own_environment(Path(sys.argv[0]), Path(sys.executable))
 
-import numpy as np  # noqa: E402  (after the check above, which gives a message, not a traceback)
-from PIL import Image  # noqa: E402
+
+if TYPE_CHECKING:
+    import numpy as np
+    from PIL import Image
+
+
+class _OnFirstUse:
+    """A module imported when first used, which then takes this stand-in's global name: numpy
+    and Pillow cost a third of a second that --version, --help and an unchanged rerun never use."""
+
+    def __init__(self, module: str, name: str) -> None:
+        self.module, self.name = module, name
+
+    def __getattr__(self, attribute: str) -> Any:
+        import importlib
+
+        module = importlib.import_module(self.module)  # the import lock makes this thread-safe
+        globals()[self.name] = module
+        return getattr(module, attribute)
+
+
+if not TYPE_CHECKING:
+    np = _OnFirstUse("numpy", "np")
+    Image = _OnFirstUse("PIL.Image", "Image")
 
 __version__ = "1.2.0"
 
@@ -2202,60 +2224,77 @@ class PhotoCache:
 
 @dataclass(frozen=True)
 class FoundFiles:
-    """What a walk over the arguments found."""
+    """What a walk over the arguments found. Each picture is (path, absolute path, size,
+    modification time in ns), plain strings and numbers: a big archive costs a tuple a file."""
 
-    pictures: tuple[Path, ...]
+    pictures: tuple[tuple[str, str, int, int], ...]
     leftovers: tuple[Path, ...]  # temporary copies left by a run killed mid-write
 
 
 def find_picture_files(arguments: Sequence[str], console: Console) -> FoundFiles:
-    """Picture files named or found below the arguments: hidden entries skipped, each once."""
-    found: list[Path] = []
+    """Picture files named or found below the arguments: hidden entries skipped, each once.
+
+    One stat a file (os.scandir tells folders and links apart without one).
+    """
+    found: list[tuple[str, str, int, int]] = []
     leftovers: list[Path] = []
     seen: set[tuple[int, int]] = set()
     skipped: list[Path] = []
 
-    def add(path: Path, named: bool) -> None:
-        try:
-            info = path.stat()
-        except OSError as error:
-            console.file_error(path, f"cannot read ({error.strerror or error})")
-            return
+    def add(path: Path, info: os.stat_result) -> None:
+        """A file named as an argument."""
         if path.suffix.lower() not in PICTURE_SUFFIXES:
-            if named:
-                console.warn(f"{show_path(path)}: not a picture format this tool reads; skipped")
-            elif path.suffix.lower() != SIDECAR_SUFFIX:  # sidecars are read with their photo
-                skipped.append(path)
-            return
-        if (info.st_dev, info.st_ino) not in seen:  # hard links and repeated arguments
+            console.warn(f"{show_path(path)}: not a picture format this tool reads; skipped")
+        elif (info.st_dev, info.st_ino) not in seen:  # hard links and repeated arguments
             seen.add((info.st_dev, info.st_ino))
-            found.append(path)
+            found.append((str(path), str(path.absolute()), info.st_size, info.st_mtime_ns))
 
-    def walk(folder: Path) -> None:
+    def walk(folder: str, absolute: str) -> None:
+        """folder as Path prints it, and its absolute path as the LocalIndex keys it."""
         try:
             entries = sorted(os.scandir(folder), key=lambda e: e.name)
         except OSError as error:
-            console.file_error(folder, f"cannot list folder ({error.strerror or error})")
+            console.file_error(Path(folder), f"cannot list folder ({error.strerror or error})")
             return
         for entry in entries:
-            path = Path(entry.path)
-            if entry.name.startswith("."):
-                if entry.name.endswith(TEMPORARY_SUFFIX) and entry.is_file(follow_symlinks=False):
-                    leftovers.append(path)
+            name = entry.name
+            if name.startswith("."):
+                if name.endswith(TEMPORARY_SUFFIX) and entry.is_file(follow_symlinks=False):
+                    leftovers.append(Path(entry.path))
                 continue
             if entry.is_symlink():
-                console.say(f"Not following symbolic link {show_path(path)}.")
+                console.say(f"Not following symbolic link {show_path(Path(entry.path))}.")
             elif entry.is_dir(follow_symlinks=False):
-                walk(path)
+                walk(entry.path, f"{absolute}{os.sep}{name}")
             elif entry.is_file(follow_symlinks=False):
-                add(path, named=False)
+                dot = name.rfind(".")  # Path.suffix, without a Path a file
+                suffix = name[dot:].lower() if dot > 0 else ""
+                if suffix not in PICTURE_SUFFIXES:
+                    if suffix != SIDECAR_SUFFIX:  # sidecars are read with their photo
+                        skipped.append(Path(entry.path))
+                    continue
+                try:
+                    info = entry.stat(follow_symlinks=False)
+                except OSError as error:
+                    console.file_error(Path(entry.path), f"cannot read ({error.strerror or error})")
+                    continue
+                if (info.st_dev, info.st_ino) not in seen:  # hard links
+                    seen.add((info.st_dev, info.st_ino))
+                    found.append(
+                        (entry.path, f"{absolute}{os.sep}{name}", info.st_size, info.st_mtime_ns)
+                    )
 
     for argument in arguments:
         path = Path(argument)
         if path.is_dir():
-            walk(path)
+            walk(str(path), str(path.absolute()).rstrip(os.sep))  # "/" walks as ""
         elif path.exists():
-            add(path, named=True)
+            try:
+                info = path.stat()
+            except OSError as error:
+                console.file_error(path, f"cannot read ({error.strerror or error})")
+                continue
+            add(path, info)
         else:
             console.file_error(path, "no such file or folder")
     if skipped:
@@ -2546,6 +2585,10 @@ class LocalIndex:
                 PRIMARY KEY (path, message));
             """
         )
+        columns = {row[1] for row in self.db.execute("PRAGMA table_info(photos)")}
+        if "taken_at" not in columns:  # an older index: the columns fill as its files are read
+            self.db.execute("ALTER TABLE photos ADD COLUMN taken_at TEXT")
+            self.db.execute("ALTER TABLE photos ADD COLUMN marked INTEGER")
 
     def reported_before(self, path: Path, message: str) -> bool:
         """Whether a problem (or notice) was reported about this file as it is now; the
@@ -2584,11 +2627,15 @@ class LocalIndex:
         key = self._key(path)
         if key is not None:
             row = self.db.execute(
-                "SELECT record FROM photos WHERE path = ? AND size = ? AND mtime_ns = ?", key
+                "SELECT record, taken_at FROM photos WHERE path = ? AND size = ? AND mtime_ns = ?",
+                key,
             ).fetchone()
             if row:
                 with contextlib.suppress(ValueError, KeyError, TypeError):
-                    return _photo_from_record(path, row[0])
+                    photo = _photo_from_record(path, row[0])
+                    if row[1] is None:  # stored before the capture time had its column
+                        self.remember(photo)
+                    return photo
         photo = read_local_photo(path, console)
         if photo is not None:
             self.remember(photo)
@@ -2596,12 +2643,37 @@ class LocalIndex:
 
     def remember(self, photo: LocalPhoto) -> None:
         """Store what we know of photo under the file's (or its sidecar's) size and time."""
-        table = "sidecars" if photo.sidecar is not None else "photos"
         key = self._key(photo.sidecar or photo.path)
-        if key is not None:
+        if key is None:
+            return
+        if photo.sidecar is not None:
             self.db.execute(
-                f"INSERT OR REPLACE INTO {table} VALUES (?, ?, ?, ?)", (*key, _photo_record(photo))
+                "INSERT OR REPLACE INTO sidecars VALUES (?, ?, ?, ?)", (*key, _photo_record(photo))
             )
+            return
+        # The capture time, and whether the file must be read on every run (it holds ids or a
+        # dissociation, or keeps its tags in a sidecar), beside the record: a rerun tells the
+        # days that need nothing from them, decoding no record.
+        marked = photo.tags is not None or photo.dissociated or needs_sidecar(photo.path, False)
+        self.db.execute(
+            "INSERT OR REPLACE INTO photos (path, size, mtime_ns, record, taken_at, marked)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (*key, _photo_record(photo), photo.taken_at.isoformat(), int(marked)),
+        )
+
+    def unmarked_photos(self) -> dict[str, tuple[int, int, str]]:
+        """Absolute path -> (size, mtime_ns, capture time) of every file read before that held
+        no ids and no dissociation and keeps its tags in itself, in one query."""
+        query = (
+            "SELECT {}, size, mtime_ns, taken_at FROM photos"
+            " WHERE taken_at IS NOT NULL AND marked = 0"
+        )
+        try:  # sqlite decodes UTF-8 names itself, much faster than a call a row
+            rows = self.db.execute(query.format("CAST(path AS TEXT)")).fetchall()
+            return {path: (size, mtime, taken) for path, size, mtime, taken in rows}
+        except sqlite3.OperationalError:  # a name that is not UTF-8: decoded as os.fsdecode does
+            rows = self.db.execute(query.format("path")).fetchall()
+            return {os.fsdecode(path): (size, mtime, taken) for path, size, mtime, taken in rows}
 
     def read_sidecar(self, photo: LocalPhoto, console: Console) -> LocalPhoto | None:
         """photo with the XMP_FIELDS of its sidecar (from the index, if it is unchanged).
@@ -2734,6 +2806,79 @@ def load_local_photos(
     return photos
 
 
+@dataclass
+class LocalArchive:
+    """The run's local photos: those read and prepared for matching, and the unchanged files
+    without ids of the other days, waiting by day (as positions in files) until a day needs
+    them. An unchanged night reads only the days with something to do."""
+
+    photos: list[LocalPhoto]
+    files: tuple[tuple[str, str, int, int], ...]  # FoundFiles.pictures
+    waiting: dict[dt.date, list[int]]
+
+    @property
+    def count(self) -> int:
+        """How many local photos there are (a RAW+JPEG pair once)."""
+        return len(self.photos) + sum(len(positions) for positions in self.waiting.values())
+
+
+def load_archive(
+    found: FoundFiles, index: LocalIndex, console: Console, options: Options
+) -> LocalArchive:
+    """Read what is new or changed, with every file of its days (RAW+JPEG pairs and sidecars
+    are joined within a day); the other days' files wait. Files kept with a sidecar, or that
+    hold ids or a dissociation, are always read: their days are refreshed on every run."""
+    stored = index.unmarked_photos()  # one query; no record is decoded
+    offset = options.time_offset
+    by_day: dict[str, list[int]] = defaultdict(list)  # day as ISO text: no object a file
+    changed: list[int] = []
+    for position, (_, absolute, size, mtime_ns) in enumerate(found.pictures):
+        known = stored.get(absolute)
+        if known is None or known[0] != size or known[1] != mtime_ns or options.sidecars:
+            changed.append(position)
+        elif offset:
+            day = (dt.datetime.fromisoformat(known[2]) - offset).date().isoformat()
+            by_day[day].append(position)
+        else:
+            by_day[known[2][:10]].append(position)
+    del stored
+    waiting = {dt.date.fromisoformat(day): positions for day, positions in by_day.items()}
+    archive = LocalArchive([], found.pictures, waiting)
+    photos = load_local_photos(
+        [Path(found.pictures[i][0]) for i in changed], index, console, options.time_offset
+    )
+    busy = sorted(
+        i for day in {p.corrected_time.date() for p in photos} for i in waiting.pop(day, ())
+    )
+    photos += load_local_photos(
+        [Path(found.pictures[i][0]) for i in busy], index, console, options.time_offset
+    )
+    rank = {Path(found.pictures[i][0]): i for i in (*changed, *busy)}
+    photos.sort(key=lambda p: rank[p.path])  # the walk's order
+    archive.photos = prepare_local_photos(
+        photos, index, console, naming=options.sidecar_names, all_in_sidecars=options.sidecars
+    )
+    return archive
+
+
+def recall_days(
+    archive: LocalArchive,
+    days: Iterable[dt.date],
+    index: LocalIndex,
+    console: Console,
+    options: Options,
+) -> list[LocalPhoto]:
+    """The waiting files of these days, read and prepared: they leave archive.waiting."""
+    positions = sorted(i for day in set(days) for i in archive.waiting.pop(day, ()))
+    if not positions:
+        return []
+    paths = [Path(archive.files[i][0]) for i in positions]
+    photos = load_local_photos(paths, index, console, options.time_offset)
+    return prepare_local_photos(
+        photos, index, console, naming=options.sidecar_names, all_in_sidecars=options.sidecars
+    )
+
+
 def sidecar_names(path: Path) -> tuple[Path, Path]:
     """(NAME.xmp, NAME.EXT.xmp): Lightroom's and Capture One's name, darktable's and digiKam's."""
     return path.with_name(path.stem + SIDECAR_SUFFIX), path.with_name(path.name + SIDECAR_SUFFIX)
@@ -2849,14 +2994,14 @@ def prepare_local_photos(
     return pair_raw_with_exports(ready)
 
 
-_ORIENTATION_FIX = {
-    2: Image.Transpose.FLIP_LEFT_RIGHT,
-    3: Image.Transpose.ROTATE_180,
-    4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE,
-    6: Image.Transpose.ROTATE_270,
-    7: Image.Transpose.TRANSVERSE,
-    8: Image.Transpose.ROTATE_90,
+_ORIENTATION_FIX = {  # names of Image.Transpose, looked up when Pillow is loaded
+    2: "FLIP_LEFT_RIGHT",
+    3: "ROTATE_180",
+    4: "FLIP_TOP_BOTTOM",
+    5: "TRANSPOSE",
+    6: "ROTATE_270",
+    7: "TRANSVERSE",
+    8: "ROTATE_90",
 }
 
 
@@ -2882,7 +3027,7 @@ def decode_upright(path: Path, orientation: int, longest: int) -> Image.Image:
         if kind == "heif":  # libheif has applied the file's turns; Pillow's AVIF may leave one
             orientation = image.getexif().get(0x0112, 1)
     if orientation in _ORIENTATION_FIX:
-        picture = picture.transpose(_ORIENTATION_FIX[orientation])
+        picture = picture.transpose(Image.Transpose[_ORIENTATION_FIX[orientation]])
     return picture
 
 
@@ -2938,7 +3083,7 @@ def _decode_raw(path: Path, longest: int) -> Image.Image:
             if preview is not None:
                 orientation = _LIBRAW_FLIP.get(sizes.flip, 1)
                 if orientation in _ORIENTATION_FIX:
-                    preview = preview.transpose(_ORIENTATION_FIX[orientation])
+                    preview = preview.transpose(Image.Transpose[_ORIENTATION_FIX[orientation]])
                 return preview
             # LibRaw applies the flip itself when it demosaics.
             pixels = raw.postprocess(
@@ -3384,7 +3529,7 @@ class OpenCLSimilarity:
         return float(tiles.sum(dtype=np.float64) / tiles.size)
 
 
-ScoreFunction = Callable[[np.ndarray, np.ndarray], float]
+ScoreFunction = Callable[["np.ndarray", "np.ndarray"], float]
 
 
 def choose_score_function(use_gpu: bool, console: Console) -> ScoreFunction:
@@ -3415,7 +3560,7 @@ SMALLEST_CROP = 0.6  # crops down to 60 % of the width (36 % of the area) are se
 ALIGN_GATE = 0.8  # coarse correlation below this: not the same picture, no full score
 
 
-_TURN = {1: Image.Transpose.ROTATE_90, 2: Image.Transpose.ROTATE_180, 3: Image.Transpose.ROTATE_270}
+_TURN = {1: "ROTATE_90", 2: "ROTATE_180", 3: "ROTATE_270"}  # names of Image.Transpose
 
 
 def grayscale(picture: Image.Image, side: float) -> np.ndarray:
@@ -3426,7 +3571,7 @@ def grayscale(picture: Image.Image, side: float) -> np.ndarray:
 
 
 def turned(picture: Image.Image, turns: int) -> Image.Image:
-    return picture.transpose(_TURN[turns]) if turns else picture
+    return picture.transpose(Image.Transpose[_TURN[turns]]) if turns else picture
 
 
 def _fast_length(n: int) -> int:
@@ -6058,8 +6203,10 @@ def comparison_row(
     note: str = "",
     command: str = "",
     by_name: bool = False,
+    pictured: bool = True,
 ) -> LogRow:
-    """A log row for a compared pair, saying what the alignment found."""
+    """A log row for a compared pair, saying what the alignment found; with pictured False,
+    a line of text without thumbnails."""
     alignment = comparison.alignment
     if by_name:
         note = "; ".join(filter(None, [BY_NAME, note]))
@@ -6070,9 +6217,9 @@ def comparison_row(
     return LogRow(
         section,
         photo,
-        thumbnails.local(photo, alignment.outline if alignment else None),
+        thumbnails.local(photo, alignment.outline if alignment else None) if pictured else None,
         candidate,
-        thumbnails.upload(candidate.photo),
+        thumbnails.upload(candidate.photo) if pictured else None,
         seconds_apart(photo, observation),
         describe_distance(photo, observation),
         comparison.score,
@@ -6083,11 +6230,27 @@ def comparison_row(
     )
 
 
+def worth_a_look(refusal: Refusal, threshold: float) -> bool:
+    """Whether a refusal's log row shows the pictures: a near miss, which a person may confirm.
+    A photo that was not uploaded (no upload near it, a low score) or that lost to a sibling
+    is a line of text: the log grows with what needs a look, not with the photos compared."""
+    return (
+        refusal.comparison is not None
+        and refusal.reason not in (TAKEN_BY_ANOTHER, NAMES_ANOTHER)
+        and refusal.comparison.score >= threshold - NEAR_MISS
+    )
+
+
 def day_log_rows(
-    outcome: DayOutcome, thumbnails: LogThumbnails, user: str, note: str = ""
+    outcome: DayOutcome,
+    thumbnails: LogThumbnails,
+    user: str,
+    note: str = "",
+    threshold: float = SSIM_THRESHOLD,
 ) -> list[LogRow]:
     """The log rows of a matched day: associations and parts, ties, refusals (ties and
-    refusals with the command that confirms them); note is added to each tie and refusal."""
+    refusals with the command that confirms them, pictured only when worth_a_look); note is
+    added to each tie and refusal."""
     rows = [
         comparison_row(
             "new",
@@ -6133,6 +6296,7 @@ def day_log_rows(
                     thumbnails,
                     reason,
                     command,
+                    pictured=worth_a_look(refusal, threshold),
                 )
             )
         else:
@@ -6140,7 +6304,7 @@ def day_log_rows(
                 LogRow(
                     "refused",
                     refusal.photo,
-                    thumbnails.local(refusal.photo),
+                    None,  # nothing was compared: not worth a picture
                     note=reason,
                     day=refusal.photo.corrected_time.date(),
                 )
@@ -7218,14 +7382,14 @@ def log_day(
     unreadable = state.pictures.unreadable  # listed under Errors, with the true reason
     refusals = tuple(r for r in outcome.refusals if r.photo.path not in unreadable)
     outcome = dataclasses.replace(outcome, refusals=refusals)
-    thumbnails.prepare([refusal.photo for refusal in outcome.refusals])
+    threshold = state.options.ssim_threshold
+    thumbnails.prepare([r.photo for r in outcome.refusals if worth_a_look(r, threshold)])
     uploads = {c.photo.id: c for c in lonely}
-    fresh, earlier, ties = sort_refusals(
-        index, log, outcome.refusals, uploads, state.options.ssim_threshold
-    )
-    log.rows += day_log_rows(dataclasses.replace(outcome, refusals=tuple(fresh)), thumbnails, user)
+    fresh, earlier, ties = sort_refusals(index, log, outcome.refusals, uploads, threshold)
+    today = dataclasses.replace(outcome, refusals=tuple(fresh))
+    log.rows += day_log_rows(today, thumbnails, user, threshold=threshold)
     recalled = DayOutcome(outcome.day, ties=tuple(ties), refusals=tuple(earlier))
-    for row in day_log_rows(recalled, thumbnails, user, "found by an earlier run"):
+    for row in day_log_rows(recalled, thumbnails, user, "found by an earlier run", threshold):
         row.section = "known"  # still open, no longer news: listed with the known photos
         log.rows.append(row)
     tied = {t.candidate.photo.id for t in (*outcome.ties, *ties)}
@@ -7349,14 +7513,19 @@ def budget_line(tally: Tally, ledger: DownloadLedger) -> str | None:
 
 
 def load_observations(
-    options: Options, client: InatClient, store: ObservationStore, photos: Sequence[LocalPhoto]
+    options: Options,
+    client: InatClient,
+    store: ObservationStore,
+    photos: Sequence[LocalPhoto],
+    other_days: Collection[dt.date] = (),
 ) -> tuple[list[Observation], dict[int, Observation], dict[int, set[str]]]:
-    """Sync the store for the photos' days: (the days' observations, known ones, captions).
+    """Sync the store for the days of photos and other_days (days of photos not read yet):
+    (the days' observations, known ones, captions).
 
     The login is checked (a request, at one a second) only when no observation came back:
     observations prove it, and the first run of a big archive waits for no extra answer.
     """
-    days = sorted({p.corrected_time.date() for p in photos})
+    days = sorted({p.corrected_time.date() for p in photos}.union(other_days))
     try:
         store.sync(client, options.user, days[0], days[-1])
     except InatUnreachable:
@@ -7405,6 +7574,19 @@ def clock_setting_line(offset: dt.timedelta) -> str:
     )
 
 
+def _import_ahead(module: str) -> None:
+    """Import module now, in a thread, so that it is ready when needed; failures are left to
+    the import that needs it."""
+
+    def load() -> None:
+        import importlib
+
+        with contextlib.suppress(Exception):
+            importlib.import_module(module)
+
+    threading.Thread(target=load, name=f"import-{module}").start()
+
+
 def run(options: Options, console: Console) -> Tally:
     """One run from the walk to the summary; raises RunLocked, UserError, InatUnreachable."""
     started = time.monotonic()
@@ -7415,6 +7597,7 @@ def run(options: Options, console: Console) -> Tally:
     with contextlib.ExitStack() as resources:
         if not resources.enter_context(run_lock(options.cache)):
             raise RunLocked(options.cache)
+        _import_ahead("pyinaturalist")  # half a second of CPU, while the walk waits on the disk
         console.say("Loading photos ")
         found = find_picture_files(options.paths, console)
         remove_leftover_copies(found.leftovers)
@@ -7424,20 +7607,17 @@ def run(options: Options, console: Console) -> Tally:
             )
         )
         console.reported_before = index.reported_before
-        photos = load_local_photos(found.pictures, index, console, options.time_offset)
-        photos = prepare_local_photos(
-            photos,
-            index,
-            console,
-            naming=options.sidecar_names,
-            all_in_sidecars=options.sidecars,
+        archive = load_archive(found, index, console, options)
+        del found
+        photos = archive.photos
+        tally.local_photos = archive.count
+        console.say(
+            f"Loaded {archive.count} local photos in {time.monotonic() - started:.1f} secs."
         )
-        tally.local_photos = len(photos)
-        console.say(f"Loaded {len(photos)} local photos in {time.monotonic() - started:.1f} secs.")
-        pairs = pairs_line(photos)
+        pairs = pairs_line(photos)  # pairs are only on the days read: a RAW file is always read
         if pairs is not None:
             console.say(pairs)
-        if not photos:
+        if not archive.count:
             named = ", ".join(show_path(Path(p)) for p in options.paths)
             console.say(f"No picture found in {named}.")
             return tally
@@ -7452,7 +7632,9 @@ def run(options: Options, console: Console) -> Tally:
         with contextlib.closing(
             ObservationStore(options.cache / "observations.sqlite", fresh=options.bypass_cache)
         ) as store:
-            observations, known, history = load_observations(options, client, store, photos)
+            observations, known, history = load_observations(
+                options, client, store, photos, archive.waiting
+            )
             lineages = load_lineages(options, client, store, [*observations, *known.values()])
             places = {}
             if options.location_names:
@@ -7469,6 +7651,8 @@ def run(options: Options, console: Console) -> Tally:
         resources.callback(photo_cache.close)
         scorer = make_scorer(options, photo_cache, console)
         resources.callback(scorer.stop)  # an error mid-day leaves no thread comparing ahead
+        days = {o.day for o in observations if o.day is not None}
+        photos = [*photos, *recall_days(archive, days, index, console, options)]
         state = RunState(
             options,
             console,

@@ -191,6 +191,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--seed", type=int, default=4)
+    parser.add_argument(
+        "--days",
+        type=int,
+        default=None,
+        help="spread the photos over about D days (default: 7 a day)",
+    )
+    parser.add_argument(
+        "--continuous",
+        action="store_true",
+        help="bioblitz days: shot without a 3-minute pause, each day one group (issue 26)",
+    )
     parser.add_argument("--prepare", action="store_true", help="only generate the archive")
     parser.add_argument(
         "--script", type=Path, default=SCRIPT, help="the inat_photos.py to run (to try a change)"
@@ -198,7 +209,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     n = args.photos
     size = args.size or (CAMERA_SIZE if n <= LARGE_ARCHIVE else SMALL_SIZE)
-    folder = args.out or Path(tempfile.gettempdir()) / f"inat_bench_{n}_{size[0]}x{size[1]}"
+    shape = f"_{args.days}d" if args.days else ""
+    shape += "_continuous" if args.continuous else ""
+    folder = args.out or Path(tempfile.gettempdir()) / f"inat_bench_{n}_{size[0]}x{size[1]}{shape}"
     folder = folder.resolve()
     print(f"inat_photos benchmark (issue 4): {n} photos of {size[0]}x{size[1]}", end="")
     if size != CAMERA_SIZE:
@@ -207,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.script.resolve() != SCRIPT:
         print(f"Running {args.script.resolve()} instead of {SCRIPT}.")
 
-    plan = plan_archive(n, size, seed=args.seed)
+    per_day = n / args.days if args.days else 7.0
+    plan = plan_archive(n, size, seed=args.seed, photos_per_day=per_day, continuous=args.continuous)
     took = build_archive(folder, plan, jobs=args.jobs)
     archive_bytes = sum((folder / item["file"]).stat().st_size for item in plan["local"])
     if took:

@@ -260,11 +260,14 @@ def plan_archive(
     other_outside: int = 100,
     phone_side: int = PHONE_SIDE,
     photos_per_day: float = 7.0,
+    continuous: bool = False,
 ) -> dict:
     """Everything about the archive, decided up front: pictures to draw, the scenario for the
     fake server, and which local file should receive which ids and caption.
 
     Paths are relative to the archive folder; local photos live under ``pristine/``.
+    continuous: a bioblitz day, shot without a pause: the next subject comes 30 s to under
+    3 minutes later (not 4 to 30 minutes), so that each day is one group of the tool.
     """
     rng = np.random.default_rng([seed, 0])
     width, height = size
@@ -290,8 +293,9 @@ def plan_archive(
             if k:
                 if rng.random() < 0.4:  # same subject: a few seconds later
                     step = int(rng.integers(4, 46))
-                else:  # the next subject, minutes later
-                    step, current = int(rng.integers(240, 1800)), None
+                else:  # the next subject, minutes later (at a bioblitz, soon after)
+                    step = int(rng.integers(30, 170) if continuous else rng.integers(240, 1800))
+                    current = None
                 if (moment + dt.timedelta(seconds=step)).date() == day:
                     moment += dt.timedelta(seconds=step)
                 else:
@@ -469,6 +473,7 @@ def plan_archive(
             "other_outside": other_outside,
             "phone_side": phone_side,
             "photos_per_day": photos_per_day,
+            **({"continuous": True} if continuous else {}),  # earlier archives stay valid
         },
         "local": local,
         "phone": phone,
