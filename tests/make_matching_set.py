@@ -1590,6 +1590,27 @@ def _burst_views(rng: random.Random, frames: int) -> list[View]:
     return views
 
 
+def handheld_views(rng: random.Random, frames: int) -> list[View]:
+    """Frames of a hand-held burst about 1 s apart: +-1 % shift, +-0.3 degrees, the subject
+    moving, a little parallax."""
+    views, move = [], [0.0, 0.0]
+    for k in range(frames):
+        if k:
+            step, t = rng.uniform(0.003, 0.01), rng.uniform(0, 2 * math.pi)
+            move = [move[0] + step * math.cos(t), move[1] + step * math.sin(t)]
+        views.append(
+            View(
+                shift=(rng.uniform(-0.01, 0.01), rng.uniform(-0.01, 0.01)),
+                tilt=rng.uniform(-0.3, 0.3),
+                subject_move=(move[0], move[1]),
+                pose=rng.uniform(-1, 1),
+                warp=rng.uniform(0.001, 0.003),
+                warp_seed=rng.randint(0, 2**31),
+            )
+        )
+    return views
+
+
 def plan(seed: int, small: bool) -> Planner:
     p = Planner(seed, small)
     rng = p.rng
@@ -2146,21 +2167,7 @@ def plan_edited(p: Planner) -> None:
         start = p.times(day, 1, start=(8 + b, 0))[0]
         frames = 3 if small else rng.randint(3, 6)
         scene = p.scene()
-        views, move = [], [0.0, 0.0]
-        for k in range(frames):
-            if k:
-                step, t = rng.uniform(0.003, 0.01), rng.uniform(0, 2 * math.pi)
-                move = [move[0] + step * math.cos(t), move[1] + step * math.sin(t)]
-            views.append(
-                View(
-                    shift=(rng.uniform(-0.01, 0.01), rng.uniform(-0.01, 0.01)),
-                    tilt=rng.uniform(-0.3, 0.3),
-                    subject_move=(move[0], move[1]),
-                    pose=rng.uniform(-1, 1),
-                    warp=rng.uniform(0.001, 0.003),
-                    warp_seed=rng.randint(0, 2**31),
-                )
-            )
+        views = handheld_views(rng, frames)
         chosen = rng.randrange(frames)
         edit = {**crop_edit(rng, 0.55, 0.9, landscape), **tone_edit(rng), **sharpen_edit(rng)}
         locals_ = []
@@ -2370,21 +2377,7 @@ def plan_families(p: Planner) -> None:
         start = p.times(day, 1, start=(8 + b, 0))[0]
         frames = 3 if p.small else rng.randint(3, 5)
         scene = p.scene()
-        views, move = [], [0.0, 0.0]
-        for k in range(frames):
-            if k:
-                step, t = rng.uniform(0.003, 0.01), rng.uniform(0, 2 * math.pi)
-                move = [move[0] + step * math.cos(t), move[1] + step * math.sin(t)]
-            views.append(
-                View(
-                    shift=(rng.uniform(-0.01, 0.01), rng.uniform(-0.01, 0.01)),
-                    tilt=rng.uniform(-0.3, 0.3),
-                    subject_move=(move[0], move[1]),
-                    pose=rng.uniform(-1, 1),
-                    warp=rng.uniform(0.001, 0.003),
-                    warp_seed=rng.randint(0, 2**31),
-                )
-            )
+        views = handheld_views(rng, frames)
         chosen = rng.randrange(frames)
         # the corrections that bend a picture first: a burst frame must not pass for them
         family = ("lens", "perspective", "lens", "overlay", "localtone")[b % 5]
