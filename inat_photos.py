@@ -1259,6 +1259,8 @@ class Comparison:
     coarse: float | None = None  # the score shrunk coarse_step times: what export filters keep
     coarse_step: int = 4  # COARSE_STEP for a large upload, less for a smaller one
     worst_part: float | None = None  # ... of the worst of its 4 x 4 parts (coarse_evidence)
+    smooth: float = 0.0  # pixels: the most a smooth correction (lens, perspective) moved a part
+    covered: float = 0.0  # fraction of the upload an overlay covers, left out of the scores
 
     @property
     def same_shot(self) -> bool:
@@ -1281,6 +1283,10 @@ class Comparison:
         """What was compensated ('cropped to 48% of the area, straightened 2.1°, tones
         adjusted') and why the pair cannot be the same shot; '' when nothing."""
         parts = [self.alignment.describe() if self.alignment else "", self.tones * "tones adjusted"]
+        if self.smooth:
+            parts.append(f"a smooth correction of up to {self.smooth:.1f} px allowed for")
+        if self.covered:
+            parts.append(f"{self.covered * 100:.0f}% covered by an overlay")
         if not self.same_shot:
             parts.append(f"parts moved by {self.misfit:.1f} px: another shot")
         return ", ".join(part for part in parts if part)
@@ -3335,6 +3341,28 @@ BAND_SHARE = 0.75  # a line (row or column) this much of one colour is a band: t
 BAND_TRIM = 0.01  # of the side, cut beyond the bands: a frame's blurred inner line, ringing
 
 
+BAND_BUSY = 0.5  # ... and a line half of it, between plain ones, holds a viewer's buttons
+BAND_GAP = 12  # ... when there are at most 1/BAND_GAP of the lines searched of them in a row
+
+
+def _close_gaps(plain: np.ndarray, busy: np.ndarray, gap: int) -> np.ndarray:
+    """plain, with runs of at most gap busy lines between plain ones counted as plain (the
+    icons and buttons of a screenshot's bars)."""
+    closed = plain.copy()
+    k = 0
+    while k < len(plain):
+        if plain[k] or not busy[k]:
+            k += 1
+            continue
+        end = k
+        while end < len(plain) and busy[end] and not plain[end]:
+            end += 1
+        if k > 0 and end < len(plain) and plain[k - 1] and plain[end] and end - k <= gap:
+            closed[k:end] = True
+        k = end
+    return closed
+
+
 def _band_depth(lines: np.ndarray) -> int:
     """How many of lines (rows from an edge inwards, as a 2-D array) are plain bands, of up
     to three colours (a mat, a line inside it); 0 when too few, or when nothing else follows
@@ -3343,7 +3371,8 @@ def _band_depth(lines: np.ndarray) -> int:
     for _ in range(3):
         rest = lines[depth:]
         colour = np.median(rest[0])
-        plain = (np.abs(rest - colour) <= BAND_TOLERANCE).mean(axis=1) >= BAND_SHARE
+        share = (np.abs(rest - colour) <= BAND_TOLERANCE).mean(axis=1)
+        plain = _close_gaps(share >= BAND_SHARE, share >= BAND_BUSY, len(lines) // BAND_GAP)
         run = int(np.argmin(plain))  # 0 when the first is not plain, or all are
         if run < 2:
             break
@@ -3710,6 +3739,8 @@ COARSER_SIDES = (400,)
 CORNER_CONTRAST = 12  # levels a corner stands out by (ORB's FAST threshold)
 FAINT_CORNERS = 5  # ... in an upload where few stand out that far
 EDGE_SLACK = 0.004  # an upload may reach this far past the local picture (estimation error)
+BENT_ERROR = 0.012  # inlier distance of the homography a bent upload is registered by
+BENT_SLACK = 0.015  # ... and how far a similarity fitted to a bent upload may reach past
 _ORB_SCALE = 1.2  # size ratio of neighbouring levels of ORB's pyramid
 
 
@@ -3733,15 +3764,18 @@ class Registration:
     spread: float  # fraction of a 4 x 4 grid over the upload that holds an inlier
     area: float  # fraction of the local picture the upload covers
     overshoot: float  # how far the upload reaches past the local picture's edges, a fraction
+    bent: bool = False  # fitted to the matches of one homography (register's bent)
+    homography: np.ndarray | None = None  # ... that homography, upload pixel -> local pixel
 
     @property
     def convincing(self) -> bool:
         """Enough consistent matches, spread over the upload, for a region inside the local
         picture: a crop of this very picture. Another shot of the scene, framed a little
-        differently, reaches past its edges."""
+        differently, reaches past its edges (a bent one, by no more than its bend)."""
         enough = len(self.inliers) >= MIN_INLIERS
         spread = self.spread >= MIN_SPREAD or len(self.inliers) >= 3 * MIN_INLIERS
-        return enough and spread and MIN_AREA <= self.area <= 1.05 and self.overshoot <= EDGE_SLACK
+        slack = BENT_SLACK if self.bent else EDGE_SLACK
+        return enough and spread and MIN_AREA <= self.area <= 1.05 and self.overshoot <= slack
 
 
 @functools.cache
@@ -3808,11 +3842,19 @@ def register_any(local: Features, upload: Features) -> Registration | None:
         found = register(local, coarser)
         if found is not None and found.convincing:
             return found
+    # A lens or perspective correction bends the picture: a similarity fits the matches near
+    # one place only. Matches that one homography fits, within a looser distance, are kept;
+    # the smooth correction measured later says whether the bend was an editor's.
+    bent = register(local, upload, bent=True)
+    if bent is not None and bent.convincing:
+        return bent
     return first
 
 
-def register(local: Features, upload: Features) -> Registration | None:
-    """The similarity transform (crop, scale, rotation) from upload to local, or None."""
+def register(local: Features, upload: Features, bent: bool = False) -> Registration | None:
+    """The similarity transform (crop, scale, rotation) from upload to local, or None; bent:
+    fitted to the matches one homography takes within BENT_ERROR (a corrected lens or
+    perspective)."""
     cv2 = _cv2()
     if min(len(local.points), len(upload.points)) < MIN_INLIERS:
         return None
@@ -3826,23 +3868,39 @@ def register(local: Features, upload: Features) -> Registration | None:
         return None
     source = upload.points[good]
     target = local.points[nearest[good, 0]]
-    matrix, mask = cv2.estimateAffinePartial2D(
-        source,
-        target,
-        method=cv2.RANSAC,
-        ransacReprojThreshold=RANSAC_ERROR * max(local.size),
-        maxIters=4000,
-        confidence=0.999,
-        refineIters=20,
-    )
-    if matrix is None or mask is None:
-        return None
-    keep = mask.ravel().astype(bool)
+    if bent:
+        homography, mask = cv2.findHomography(
+            source, target, cv2.RANSAC, BENT_ERROR * max(local.size), maxIters=4000
+        )
+        if homography is None or mask is None or mask.sum() < MIN_INLIERS:
+            return None
+        keep = mask.ravel().astype(bool)
+        matrix, _ = cv2.estimateAffinePartial2D(source[keep], target[keep], method=cv2.LMEDS)
+        if matrix is None:
+            return None
+    else:
+        homography = None
+    if not bent:
+        matrix, mask = cv2.estimateAffinePartial2D(
+            source,
+            target,
+            method=cv2.RANSAC,
+            ransacReprojThreshold=RANSAC_ERROR * max(local.size),
+            maxIters=4000,
+            confidence=0.999,
+            refineIters=20,
+        )
+        if matrix is None or mask is None:
+            return None
+        keep = mask.ravel().astype(bool)
     cells = np.floor(source[keep] / np.array(upload.size, np.float32) * 4).clip(0, 3)
     spread = len({(int(x), int(y)) for x, y in cells}) / 16
     (w, h), (local_w, local_h) = upload.size, local.size
     corners = np.array([[0, 0, 1], [w, 0, 1], [w, h, 1], [0, h, 1]], np.float64) @ matrix.T
     area = abs(np.linalg.det(matrix[:, :2])) * w * h / (local_w * local_h)
+    if homography is not None:  # a bent upload's corners lie where the homography puts them
+        own = np.array([[[0, 0]], [[w, 0]], [[w, h]], [[0, h]]], np.float64)
+        corners = cv2.perspectiveTransform(own, homography)[:, 0]
     past = np.maximum(-corners, corners - [local_w, local_h]).max()
     return Registration(
         matrix,
@@ -3851,6 +3909,8 @@ def register(local: Features, upload: Features) -> Registration | None:
         spread,
         float(area),
         max(0.0, float(past)) / max(local.size),
+        bent,
+        homography,
     )
 
 
@@ -3985,6 +4045,35 @@ def region_of(local: Image.Image, placement: Placement, size: tuple[int, int]) -
     )
 
 
+def cv2_perspective(points: np.ndarray, homography: np.ndarray) -> np.ndarray:
+    """N x 1 x 2 points through a homography, as N x 2."""
+    return _cv2().perspectiveTransform(points, homography)[:, 0]
+
+
+def region_through(local: Image.Image, homography: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """The part of local the upright upload shows through a homography (upright upload
+    pixel -> local pixel), resampled to its size (HxWx3 uint8); local is shrunk first to
+    about the upload's scale, so the warp does not alias."""
+    cv2 = _cv2()
+    scale = math.sqrt(abs(np.linalg.det(homography[:2, :2] / homography[2, 2])))
+    source = local
+    if scale > 1.05:
+        shrunk = (max(1, round(local.width / scale)), max(1, round(local.height / scale)))
+        source = local.resize(shrunk, Image.Resampling.BILINEAR)
+        fx, fy = shrunk[0] / local.width, shrunk[1] / local.height
+        homography = np.diag([fx, fy, 1.0]) @ homography
+    # OpenCV samples at pixel centres: shift into and out of continuous coordinates.
+    centres = np.array([[1, 0, -0.5], [0, 1, -0.5], [0, 0, 1]]) @ homography
+    centres = centres @ np.array([[1, 0, 0.5], [0, 1, 0.5], [0, 0, 1]])
+    return cv2.warpPerspective(
+        np.asarray(source),
+        centres,
+        size,
+        flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+        borderMode=cv2.BORDER_REPLICATE,
+    )
+
+
 REFINE_PATCH = 128  # side of the patches whose shifts sharpen a registration, pixels
 REFINE_RESPONSE = 0.15  # phase-correlation peaks below this come from flat or mismatched patches
 
@@ -4009,26 +4098,14 @@ def refine_placement(
     for a crop of this very picture, a pixel or more for another shot, where the scene moved
     by parallax between two frames.
     """
-    cv2 = _cv2()
     height, width = upload.shape[:2]
     side = min(REFINE_PATCH, min(height, width) // 3) // 2 * 2
     if side < 32:
         return Refinement(None, 0.0)
-    window = cv2.createHanningWindow((side, side), cv2.CV_32F)
-    gray = [cv2.cvtColor(p, cv2.COLOR_RGB2GRAY).astype(np.float32) for p in (upload, region)]
-    centres, shifts = [], []
-    for fy in (1 / 6, 1 / 2, 5 / 6):
-        for fx in (1 / 6, 1 / 2, 5 / 6):
-            x0 = min(max(round(fx * width) - side // 2, 0), width - side)
-            y0 = min(max(round(fy * height) - side // 2, 0), height - side)
-            patches = [g[y0 : y0 + side, x0 : x0 + side] for g in gray]
-            (dx, dy), response = cv2.phaseCorrelate(patches[0], patches[1], window)
-            if response >= REFINE_RESPONSE and abs(dx) < side / 4 and abs(dy) < side / 4:
-                centres.append((x0 + side / 2, y0 + side / 2))
-                shifts.append((dx, dy))
+    centres, shifts = _patch_shifts(region, upload, 3, REFINE_PATCH, 1 / 4)
     if len(centres) < 4:
         return Refinement(None, 0.0)
-    points, moved = np.array(centres), np.array(centres) + np.array(shifts)
+    points, moved = centres, centres + shifts
     axis_parallel = placement.alignment.angle == 0.0
     fit = _fit_motion(points, moved, axis_parallel)
     misfit = float(np.median(np.linalg.norm(points @ fit[:, :2].T + fit[:, 2] - moved, axis=1)))
@@ -4045,6 +4122,30 @@ def refine_placement(
     matrix = np.vstack([placement.matrix, [0, 0, 1]]) @ np.vstack([fit, [0, 0, 1]])
     turns = placement.alignment.turns
     return Refinement(_placement_from(matrix[:2], turns, (width, height), local_size), misfit)
+
+
+def _patch_shifts(
+    region: np.ndarray, upload: np.ndarray, grid: int, patch: int, reach: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Centres of a grid x grid grid of patches (about patch pixels) of upload and how far
+    each lies shifted in region (upload pixels, N x 2 each), for the patches phase
+    correlation is sure of and that moved less than reach of a patch."""
+    cv2 = _cv2()
+    height, width = upload.shape[:2]
+    side = min(patch, min(height, width) // 3) // 2 * 2
+    window = cv2.createHanningWindow((side, side), cv2.CV_32F)
+    gray = [cv2.cvtColor(p, cv2.COLOR_RGB2GRAY).astype(np.float32) for p in (upload, region)]
+    centres, shifts = [], []
+    for fy in np.linspace(0.5 / grid, 1 - 0.5 / grid, grid):
+        for fx in np.linspace(0.5 / grid, 1 - 0.5 / grid, grid):
+            x0 = min(max(round(fx * width) - side // 2, 0), width - side)
+            y0 = min(max(round(fy * height) - side // 2, 0), height - side)
+            patches = [g[y0 : y0 + side, x0 : x0 + side] for g in gray]
+            (dx, dy), response = cv2.phaseCorrelate(patches[0], patches[1], window)
+            if response >= REFINE_RESPONSE and max(abs(dx), abs(dy)) < side * reach:
+                centres.append((x0 + side / 2, y0 + side / 2))
+                shifts.append((dx, dy))
+    return np.array(centres, np.float64).reshape(-1, 2), np.array(shifts).reshape(-1, 2)
 
 
 def _fit_motion(points: np.ndarray, moved: np.ndarray, axis_parallel: bool) -> np.ndarray:
@@ -4064,6 +4165,131 @@ def _fit_motion(points: np.ndarray, moved: np.ndarray, axis_parallel: bool) -> n
     design[1::2] = np.c_[points[:, 1], points[:, 0], np.zeros(n), np.ones(n)]
     (a, b, tx, ty), *_ = np.linalg.lstsq(design, moved.reshape(-1), rcond=None)
     return np.array([[a, -b, tx], [b, a, ty]])
+
+
+# -- Smooth corrections: a lens profile or an upright (perspective) correction bends the
+# whole picture smoothly; another shot moves near and far things apart, and its subject.
+
+SMOOTH_FROM = 0.15  # pixels of rigid misfit from which a smooth correction is looked for
+SMOOTH_GRID = 5  # ... measured by SMOOTH_GRID x SMOOTH_GRID patches
+SMOOTH_PATCH = 96  # side of those patches, pixels
+SMOOTH_EXPLAINS = 0.3  # the correction must leave at most this share of the rigid misfit
+SMOOTH_MAX = 0.1  # ... and move no part by more than this fraction of the long side
+BENT_MISFIT = 1.0  # pixels: the misfit a bent registration's correction must explain
+
+
+@dataclass(frozen=True)
+class SmoothFit:
+    """A region resampled through a smooth correction, and what the correction left over."""
+
+    region: np.ndarray  # the region, each pixel taken where the correction says (HxWx3)
+    residual: float  # median distance of the patches from the correction, upload pixels
+    reach: float  # the most the correction moves a part, upload pixels
+
+
+def _smooth_basis(points: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """The design rows of the smooth field for x and y shifts at points (upload pixels).
+
+    Twelve terms: a shift, scale and shear per axis; the two quadratic terms of a
+    perspective correction; radial distortion (r^2 and r^4) about the centre and, for a
+    crop after the correction, about a point beside it (to first order).
+    """
+    half = max(size) / 2
+    u = (points[:, 0] - size[0] / 2) / half
+    v = (points[:, 1] - size[1] / 2) / half
+    r2 = u * u + v * v
+    one, zero = np.ones_like(u), np.zeros_like(u)
+    rows_x = np.c_[one, u, v, zero, zero, zero, u * u, u * v, u * r2, r2 + 2 * u * u, 2 * u * v,
+                   u * r2 * r2]  # fmt: skip
+    rows_y = np.c_[zero, zero, zero, one, u, v, u * v, v * v, v * r2, 2 * u * v, r2 + 2 * v * v,
+                   v * r2 * r2]  # fmt: skip
+    return rows_x, rows_y
+
+
+def _fit_smooth(points: np.ndarray, shifts: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """The smooth field's 12 terms fitted to the shifts, dropping the patches that disagree
+    (a subject that moved) twice."""
+    keep = np.ones(len(points), bool)
+    terms = np.zeros(12)
+    for _ in range(3):
+        rows_x, rows_y = _smooth_basis(points[keep], size)
+        design = np.vstack([rows_x, rows_y])
+        terms, *_ = np.linalg.lstsq(design, np.r_[shifts[keep, 0], shifts[keep, 1]], rcond=None)
+        errors = np.linalg.norm(_smooth_at(terms, points, size) - shifts, axis=1)
+        keep = errors <= max(0.3, 3 * float(np.median(errors)))
+        if keep.sum() < 16:
+            break
+    return terms
+
+
+def _smooth_at(terms: np.ndarray, points: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    rows_x, rows_y = _smooth_basis(points, size)
+    return np.c_[rows_x @ terms, rows_y @ terms]
+
+
+def smooth_correction(region: np.ndarray, upload: np.ndarray, misfit: float) -> SmoothFit | None:
+    """The region resampled through the smooth correction that best lines it up with upload,
+    when that correction explains the misfit a rigid placement left (a lens or perspective
+    correction); None when it does not (another shot: parallax and a moving subject follow
+    no lens).
+
+    The patches' shifts are fitted by a homography first (an upright correction is one
+    exactly), then what is left by the smooth field (_smooth_basis), and measured again.
+    """
+    height, width = upload.shape[:2]
+    if min(height, width) < 96:
+        return None
+    cv2 = _cv2()
+    size = (width, height)
+    points, shifts = _patch_shifts(region, upload, SMOOTH_GRID, SMOOTH_PATCH, 1 / 3)
+    if len(points) < 16:
+        return None
+    homography, _ = cv2.findHomography(points, points + shifts, cv2.RANSAC, 1.5)
+    if homography is None:
+        return None
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+    # the field is smooth: computed every 8th pixel and interpolated (8 x 8 times cheaper)
+    coarse = np.stack(
+        np.meshgrid(
+            np.linspace(0, width - 1, width // 8 + 1), np.linspace(0, height - 1, height // 8 + 1)
+        ),
+        axis=-1,
+    ).reshape(-1, 2)
+
+    def taken_from(points: np.ndarray, terms: np.ndarray) -> np.ndarray:
+        """Where upload points are taken from in region: the field, then the homography."""
+        moved = (points + _smooth_at(terms, points, size)).reshape(-1, 1, 2)
+        return cv2.perspectiveTransform(moved, homography).reshape(-1, 2)
+
+    terms = np.zeros(12)
+    for _ in range(2):  # correct, measure what is left, correct again
+        shift = (taken_from(coarse, terms) - coarse).astype(np.float32)
+        shift = shift.reshape(height // 8 + 1, width // 8 + 1, 2)
+        shift = cv2.resize(shift, (width, height), interpolation=cv2.INTER_LINEAR)
+        current = cv2.remap(
+            region,
+            xs + shift[..., 0],
+            ys + shift[..., 1],
+            cv2.INTER_CUBIC,
+            borderMode=cv2.BORDER_REPLICATE,
+        )
+        found, shifts = _patch_shifts(current, upload, SMOOTH_GRID, SMOOTH_PATCH, 1 / 3)
+        if len(found) < 16:
+            return None
+        if _ == 0:
+            terms = _fit_smooth(found, _smooth_at(terms, found, size) + shifts, size)
+    residual = float(np.median(np.linalg.norm(shifts, axis=1)))
+    # how far the correction bends the picture beyond what one similarity does
+    spots = np.array(
+        [(x, y) for x in (0, width / 2, width) for y in (0, height / 2, height)], np.float64
+    )
+    taken = taken_from(spots, terms)
+    rigid = _fit_motion(spots, taken, axis_parallel=False)
+    reach = float(np.linalg.norm(spots @ rigid[:, :2].T + rigid[:, 2] - taken, axis=1).max())
+    explained = residual <= MAX_MISFIT and residual <= SMOOTH_EXPLAINS * misfit
+    if not explained or reach > SMOOTH_MAX * max(size):
+        return None
+    return SmoothFit(current, residual, reach)
 
 
 # ---------------------------------------------------------------------------
@@ -4138,6 +4364,35 @@ def match_tones(picture: np.ndarray, reference: np.ndarray) -> np.ndarray:
     return curves_like(mixed, reference)
 
 
+LOCAL_TONE_RADIUS = 0.04  # of the long side: local tone tools change brightness this smoothly
+LOCAL_GAIN_MAX = 4.0  # a local gain is at most this (or its inverse): beyond, clipped detail
+
+
+def local_gain(picture: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """picture (uint8 HxWx3) with a smooth gain that brings its local brightness, averaged
+    over LOCAL_TONE_RADIUS, to reference's: what a graduated or radial filter, dehaze or a
+    shadows slider changed. Fine structure is left as it is, so another shot stays apart."""
+    cv2 = _cv2()
+    height, width = picture.shape[:2]
+    # brightness this smooth is measured on the pictures shrunk 8 times (8 times cheaper)
+    small = (max(1, width // 8), max(1, height // 8))
+    sigma = LOCAL_TONE_RADIUS * max(small)
+    means = [
+        cv2.GaussianBlur(
+            cv2.resize(
+                cv2.cvtColor(p, cv2.COLOR_RGB2GRAY), small, interpolation=cv2.INTER_AREA
+            ).astype(np.float32),
+            (0, 0),
+            sigma,
+        )
+        + 4.0
+        for p in (picture, reference)
+    ]
+    gain = np.clip(means[1] / means[0], 1 / LOCAL_GAIN_MAX, LOCAL_GAIN_MAX)
+    gain = cv2.resize(gain, (width, height), interpolation=cv2.INTER_LINEAR)
+    return np.clip(picture * gain[..., None] + 0.5, 0, 255).astype(np.uint8)
+
+
 COARSE_STEP = 4  # the coarse score compares large uploads at a quarter of their size
 
 
@@ -4176,6 +4431,69 @@ def coarse_evidence(
         if (y, x) not in corners  # where watermarks go, and seldom the subject
     )
     return float(tiles.mean()), worst
+
+
+OVERLAY_LINE = 0.5  # a line of SSIM tiles scoring below this along an edge: covered
+OVERLAY_SHARE = 0.8  # ... when this share of its tiles score below OVERLAY_TILE
+OVERLAY_TILE = 0.6
+OVERLAY_MIN = 0.03  # covered fractions below this are the resampled edges, not an overlay
+OVERLAY_MAX = 0.3  # more than this covered: not left out (too little of the picture is left)
+
+
+OVERLAY_TILE_SIDE = 2 * SSIM_TILE  # pixels: the tiles structure_tiles compares
+
+
+def structure_tiles(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """How alike the structure of two lined-up pictures (HxWx3 uint8) is in each tile of
+    OVERLAY_TILE_SIDE pixels: SSIM's structure term on grey levels, near 0 where one shows
+    something the other does not (a band over detail, text), whatever the tones; the tones
+    are left out, so a tone curve cannot make a dark band look like the picture under it."""
+    side = OVERLAY_TILE_SIDE
+    rows, cols = first.shape[0] // side, first.shape[1] // side
+    if rows == 0 or cols == 0:
+        return np.ones((max(rows, 1), max(cols, 1)))
+    cv2 = _cv2()
+    grey = [
+        cv2.cvtColor(p[: rows * side, : cols * side], cv2.COLOR_RGB2GRAY).astype(np.float64)
+        for p in (first, second)
+    ]
+
+    def tile_mean(values: np.ndarray) -> np.ndarray:
+        return values.reshape(rows, side, cols, side).mean(axis=(1, 3))
+
+    mean_a, mean_b = tile_mean(grey[0]), tile_mean(grey[1])
+    var_a = tile_mean(grey[0] ** 2) - mean_a**2
+    var_b = tile_mean(grey[1] ** 2) - mean_b**2
+    cov = tile_mean(grey[0] * grey[1]) - mean_a * mean_b
+    c = (0.01 * 255) ** 2  # flat against flat counts as alike
+    return (2 * cov + c) / (var_a + var_b + c)
+
+
+def overlay_box(tiles: np.ndarray) -> tuple[int, int, int, int] | None:
+    """The tiles (top, bottom, left, right; rows and columns of a tile score map) left when
+    lines of tiles with no counterpart along the edges are cut: a caption band, a frame on
+    one, two or four sides, a viewer's bars. None when nothing, or too much, is covered.
+
+    Only whole lines along an edge count: a subject that moved between two frames of a
+    burst changes a region, never a line across the picture.
+    """
+    rows, cols = tiles.shape
+    low = tiles < OVERLAY_TILE
+
+    def depth(lines: np.ndarray, busy: np.ndarray, most: int) -> int:
+        k = 0
+        while k < most and lines[k].mean() < OVERLAY_LINE and busy[k].mean() >= OVERLAY_SHARE:
+            k += 1
+        return k
+
+    top = depth(tiles, low, rows // 3)
+    bottom = rows - depth(tiles[::-1], low[::-1], rows // 3)
+    left = depth(tiles.T, low.T, cols // 3)
+    right = cols - depth(tiles.T[::-1], low.T[::-1], cols // 3)
+    covered = 1 - (bottom - top) * (right - left) / (rows * cols)
+    if covered < OVERLAY_MIN or covered > OVERLAY_MAX:
+        return None
+    return top, bottom, left, right
 
 
 # ---------------------------------------------------------------------------
@@ -4217,6 +4535,7 @@ def compare_pictures(
             return compare_by_correlation(local, upload, score_pair, gate=False)
         return quick_comparison(local, upload, score_pair)
     inliers = len(registration.inliers)
+    local_size = local.size
     placement = place_upload(registration, upload.size, local.size)
     if sharper is not None and placement.scale < 1 and (finer := sharper()) is not None:
         placement = placement.resized(finer.width / local.width, finer.height / local.height)
@@ -4230,24 +4549,42 @@ def compare_pictures(
     if refined.placement is not None and not whole:
         placement = refined.placement
         region = region_of(local, placement, size)
-    # The upload with the local picture's tones recovers exposure, curves and saturation best;
-    # where the edit clipped shadows or highlights, or made the upload black and white, the
-    # local picture with the upload's tones (clipped, or grey, alike) does. The score is the
-    # best of those tried; the coarse evidence is read from the same pair.
-    toned = match_tones(upright, region)
-    change = float(np.abs(toned.astype(np.int16) - upright).mean())
-    evidence = {"inliers": inliers, "misfit": refined.misfit, "matches": registration.matches}
-    tried = [(region, upright)] if change < TONE_SURE else []
-    if change >= TONE_MIN:
-        tried.append((region, toned))
-        if np.mean((upright <= 1) | (upright >= 254)) >= CLIPPED_MIN:
-            tried.append((curves_like(region, upright), upright))
-        if is_grey(upright):  # a black-and-white upload: the local picture made grey alike
-            tried.append((match_tones(region, upright), upright))
-    scored = [(score_pair(*pair), k) for k, pair in enumerate(tried)]
-    score, best = max(scored)
-    coarse, worst = coarse_evidence(*tried[best], step=step) or (None, None)
-    toned_best = change >= TONE_MIN and (change >= TONE_SURE or best > 0)
+    misfit, smooth = refined.misfit, None
+    if registration.homography is not None and local.size == local_size:
+        # Bent (a strong upright correction): lined up through the keypoints' homography,
+        # whatever a similarity left; what is left must be explained within BENT_MISFIT.
+        to_upload = _upright_to_upload(placement.alignment.turns, upload.width, upload.height)
+        bend = registration.homography @ to_upload
+        region = region_through(local, bend, size)
+        smooth = smooth_correction(region, upright, BENT_MISFIT)
+        if smooth is not None:  # the bend said is the homography's beyond the similarity
+            spots = np.array([[[x, y]] for x in (0, size[0]) for y in (0, size[1])], np.float64)
+            bent = cv2_perspective(spots, bend) - (spots[:, 0] @ placement.matrix[:, :2].T
+                                                   + placement.matrix[:, 2])  # fmt: skip
+            reach = float(np.linalg.norm(bent, axis=1).max()) / placement.scale
+            smooth = dataclasses.replace(smooth, reach=max(smooth.reach, reach))
+    elif misfit > SMOOTH_FROM or registration.bent:
+        smooth = smooth_correction(region, upright, max(misfit, SMOOTH_FROM))
+    if smooth is not None:  # a lens or perspective correction: compared through it
+        region, misfit = smooth.region, smooth.residual
+    evidence: dict[str, Any] = {
+        "inliers": inliers,
+        "misfit": misfit,
+        "matches": registration.matches,
+    }
+    if smooth is not None and smooth.reach >= 1.0:
+        evidence["smooth"] = round(smooth.reach, 1)
+    score, pair, toned_best = _best_tones(region, upright, score_pair)
+    if score < SSIM_THRESHOLD and (cut := overlay_box(structure_tiles(region, upright))):
+        # A band, a frame or a viewer's bars along an edge: left out of the tones fitted, the
+        # score and the parts.
+        top, bottom, left, right = (k * OVERLAY_TILE_SIDE for k in cut)
+        kept = region[top:bottom, left:right], upright[top:bottom, left:right]
+        uncovered = _best_tones(*kept, score_pair)
+        if uncovered[0] > score:
+            score, pair, toned_best = uncovered
+            evidence["covered"] = round(1 - kept[0].size / region.size, 3)
+    coarse, worst = coarse_evidence(*pair, step=step) or (None, None)
     return Comparison(
         score,
         placement.alignment,
@@ -4257,6 +4594,32 @@ def compare_pictures(
         worst_part=worst,
         **evidence,
     )
+
+
+def _best_tones(
+    region: np.ndarray, upright: np.ndarray, score_pair: ScoreFunction
+) -> tuple[float, tuple[np.ndarray, np.ndarray], bool]:
+    """The best score of a lined-up pair over the tone matchings tried, the pair it was read
+    from, and whether the tones were adjusted for it.
+
+    The upload with the local picture's tones recovers exposure, curves and saturation best;
+    where the edit clipped shadows or highlights, or made the upload black and white, the
+    local picture with the upload's tones (clipped, or grey, alike) does.
+    """
+    toned = match_tones(upright, region)
+    change = float(np.abs(toned.astype(np.int16) - upright).mean())
+    tried = [(region, upright)] if change < TONE_SURE else []
+    if change >= TONE_MIN:
+        tried.append((region, toned))
+        if np.mean((upright <= 1) | (upright >= 254)) >= CLIPPED_MIN:
+            tried.append((curves_like(region, upright), upright))
+        if is_grey(upright):  # a black-and-white upload: the local picture made grey alike
+            tried.append((match_tones(region, upright), upright))
+        # Local tone tools (graduated and radial filters, dehaze, shadows) change brightness
+        # smoothly across the picture: the toned upload brought to the region's local levels.
+        tried.append((region, local_gain(toned, region)))
+    score, best = max((score_pair(*pair), k) for k, pair in enumerate(tried))
+    return score, tried[best], change >= TONE_MIN and (change >= TONE_SURE or best > 0)
 
 
 def quick_comparison(

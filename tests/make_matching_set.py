@@ -60,6 +60,16 @@ and parameters of their own, so that the verdict is measured on what it was not 
 ``hdr``       look-alikes: the camera kept a normal and an HDR version of the same second; one
               was uploaded, as it is or edited
 
+Edits drawn by a random editor (issue 25, ``tests/random_editor.py``): each upload of a family
+category went through one operation of that family and 0-3 of others, with random parameters
+(a composition, not a listed kind); beside some a local photo that was not uploaded.
+
+``lens`` ``perspective`` ``warp`` ``overlay`` ``localtone`` ``grade`` ``filter``
+``exportsize`` ``anycrop``  the families (see random_editor.py); ``warp`` and ``grade`` were
+              held out while the tool was tuned (random_editor.HELD_OUT)
+``fburst``    look-alikes: hand-held bursts whose uploaded frame went through the random
+              editor (a lens or perspective correction, an overlay, local tones ...)
+
 ``--only CATEGORY,...`` builds some categories alone. Tune on one seed and report on another:
 the README gives figures for seed 1 (tuned on) and seed 2 (held out).
 
@@ -106,6 +116,8 @@ from make_example_pictures import (
     over,
     value_noise,
 )
+from random_editor import FAMILIES, HELD_OUT, apply_ops, export_quality, pipeline
+from random_editor import describe as describe_ops
 
 USER = {"id": 7301, "login": "bench_naturalist", "name": "Bench Naturalist"}
 # Issue 17: edits made with other operations and parameters than the tool's compensation
@@ -138,10 +150,14 @@ CATEGORIES = (
     "handheld",
     *UNMODELLED,
     "hdr",
+    *FAMILIES,
+    "fburst",
 )
 EDITED = ("tone", "croptone", "straight", "export", "heavy")  # the edited-upload categories
-LOOK_ALIKES = ("second", "handheld", "hdr")
+LOOK_ALIKES = ("second", "handheld", "hdr")  # fburst too, but not in the small set's checks
 JPEG_QUALITY = 90
+FAMILY_COUNT = 8  # uploads per family of the random editor (issue 25)
+FAMILY_BURSTS = 6  # hand-held bursts whose uploaded frame went through it
 DESIGN_SIDE = 1100  # scenes are drawn at this size (longest side), then scaled to the file
 LENS_BLUR = 1.0  # design pixels: the lens is not perfectly sharp
 MARGIN = 0.08  # the drawn canvas is this much larger than the frame on every side
@@ -1015,7 +1031,8 @@ def edit_picture(picture: Image.Image, edit: dict) -> Image.Image:
         scale = edit["side"] / max(picture.size)
         size = (round(picture.width * scale), round(picture.height * scale))
         picture = picture.resize(size, Image.Resampling.LANCZOS)
-    return finishing_edits(picture, edit)
+    picture = finishing_edits(picture, edit)
+    return apply_ops(picture, edit["ops"]) if edit.get("ops") else picture
 
 
 # -- edits the tool does not model (issue 17): OpenCV and Pillow operations with their own
@@ -1573,6 +1590,27 @@ def _burst_views(rng: random.Random, frames: int) -> list[View]:
     return views
 
 
+def handheld_views(rng: random.Random, frames: int) -> list[View]:
+    """Frames of a hand-held burst about 1 s apart: +-1 % shift, +-0.3 degrees, the subject
+    moving, a little parallax."""
+    views, move = [], [0.0, 0.0]
+    for k in range(frames):
+        if k:
+            step, t = rng.uniform(0.003, 0.01), rng.uniform(0, 2 * math.pi)
+            move = [move[0] + step * math.cos(t), move[1] + step * math.sin(t)]
+        views.append(
+            View(
+                shift=(rng.uniform(-0.01, 0.01), rng.uniform(-0.01, 0.01)),
+                tilt=rng.uniform(-0.3, 0.3),
+                subject_move=(move[0], move[1]),
+                pose=rng.uniform(-1, 1),
+                warp=rng.uniform(0.001, 0.003),
+                warp_seed=rng.randint(0, 2**31),
+            )
+        )
+    return views
+
+
 def plan(seed: int, small: bool) -> Planner:
     p = Planner(seed, small)
     rng = p.rng
@@ -1922,6 +1960,7 @@ def plan(seed: int, small: bool) -> Planner:
             p.upload(local, scene.subject, place, later, quality=p.quality())
     plan_edited(p)
     plan_unmodelled(p)
+    plan_families(p)
     return p
 
 
@@ -1984,6 +2023,8 @@ def describe_edit(edit: dict) -> str:
     for key in ("border", "frame", "pad", "watermark"):
         if edit.get(key):
             parts.append(f"{key} {edit[key]}")
+    if edit.get("ops"):
+        parts.append(describe_ops(edit["ops"]))
     return "; ".join(parts)
 
 
@@ -2126,21 +2167,7 @@ def plan_edited(p: Planner) -> None:
         start = p.times(day, 1, start=(8 + b, 0))[0]
         frames = 3 if small else rng.randint(3, 6)
         scene = p.scene()
-        views, move = [], [0.0, 0.0]
-        for k in range(frames):
-            if k:
-                step, t = rng.uniform(0.003, 0.01), rng.uniform(0, 2 * math.pi)
-                move = [move[0] + step * math.cos(t), move[1] + step * math.sin(t)]
-            views.append(
-                View(
-                    shift=(rng.uniform(-0.01, 0.01), rng.uniform(-0.01, 0.01)),
-                    tilt=rng.uniform(-0.3, 0.3),
-                    subject_move=(move[0], move[1]),
-                    pose=rng.uniform(-1, 1),
-                    warp=rng.uniform(0.001, 0.003),
-                    warp_seed=rng.randint(0, 2**31),
-                )
-            )
+        views = handheld_views(rng, frames)
         chosen = rng.randrange(frames)
         edit = {**crop_edit(rng, 0.55, 0.9, landscape), **tone_edit(rng), **sharpen_edit(rng)}
         locals_ = []
@@ -2323,6 +2350,58 @@ def plan_unmodelled(p: Planner) -> None:
                 p.jobs[i] = dataclasses.replace(p.jobs[i], develop=json.dumps(hdr_look))
             locals_.append(local)
         p.upload_shot(locals_[uploaded], edit, scene.subject, place)
+
+
+# -- issue 25: edits drawn by a random editor, and bursts whose uploaded frame went through it ---
+
+
+def random_edit(rng: random.Random, family: str) -> dict:
+    """An upload's edit: one operation of family and 0-3 of the families not held out."""
+    tuned = tuple(f for f in FAMILIES if f not in HELD_OUT)
+    ops = pipeline(rng, family, tuned)
+    return {"ops": ops, "quality": export_quality(ops, 95)}
+
+
+def plan_families(p: Planner) -> None:
+    """Each family's uploads (FAMILY_COUNT, 1 with --small), and hand-held bursts whose
+    uploaded frame went through the random editor."""
+    rng = p.rng
+    counts = dict.fromkeys(FAMILIES, FAMILY_COUNT)
+    edited_days(
+        p, FAMILIES, counts, dt.date(2025, 1, 10), lambda family, scene: random_edit(rng, family)
+    )
+    place = PLACES[2]
+    days = p.days(dt.date(2025, 9, 1), 1 if p.small else 2)
+    for b in range(1 if p.small else FAMILY_BURSTS):
+        day = days[b % len(days)]
+        start = p.times(day, 1, start=(8 + b, 0))[0]
+        frames = 3 if p.small else rng.randint(3, 5)
+        scene = p.scene()
+        views = handheld_views(rng, frames)
+        chosen = rng.randrange(frames)
+        # the corrections that bend a picture first: a burst frame must not pass for them
+        family = ("lens", "perspective", "lens", "overlay", "localtone")[b % 5]
+        edit = random_edit(rng, family)
+        locals_ = []
+        for k, view in enumerate(views):
+            note = f"hand-held burst {b + 1}, frame {k + 1} of {frames}"
+            if k == chosen:
+                note += f" (uploaded: {describe_edit(edit)})"
+            locals_.append(
+                p.local(
+                    "fburst",
+                    scene,
+                    start + dt.timedelta(seconds=k),
+                    place,
+                    None,
+                    note,
+                    view=view,
+                    camera=3,
+                    subsec=rng.randint(0, 99),
+                )
+            )
+        source = p.edited(locals_[chosen], edit)
+        p.upload_edited(locals_[chosen], source, scene.subject, place, locals_[chosen].when)
 
 
 # =============================================================================================

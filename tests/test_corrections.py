@@ -1,0 +1,167 @@
+"""Issue 25: uploads bent by a lens or perspective correction, or partly covered by an overlay,
+are found through the CLI; a burst frame beside such an upload never gets its tag.
+
+One small set (1600 x 1200, drawn by make_matching_set's planner, edited by the random
+editor's operations with chosen parameters) is served by the fake iNaturalist; inat_photos.py
+runs over it once with the default sizes, and each test reads the XMP back.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from fake_inat import FakeINaturalist
+from make_matching_set import PLACES, USER, Planner, View, write_set
+from PIL import Image
+from random_editor import lens, perspective
+from support.cli import CliResult, run_cli
+from support.images import synthetic_photo
+from support.xmp import read_photo_id
+
+import inat_photos as ip
+
+LENS = {"ops": [["lens", {"k1": 0.07, "k2": -0.01, "vig": 0.0}]]}
+PERSPECTIVE = {"ops": [["perspective", {"v": 0.05, "h": 0.0, "turn": 0.0}]]}
+BAND = {
+    "ops": [["band", {"edge": "bottom", "height": 0.13, "opacity": 1.0, "colour": [12, 12, 12]}]]
+}
+
+
+@dataclass
+class Run:
+    root: Path
+    truth: dict[str, int | None]
+    roles: dict[str, str]
+    result: CliResult
+
+    def tag(self, role: str) -> int | None:
+        return read_photo_id(self.root / self.roles[role])
+
+    def line(self, role: str) -> str | None:
+        """The console line saying which upload the role's photo was found for, if any."""
+        name = Path(self.roles[role]).name
+        return next((x for x in self.result.lines if f"{name}' " in x and " found " in x), None)
+
+
+def _plan() -> tuple[Planner, dict[str, str]]:
+    p = Planner(seed=25, small=True)
+    place = PLACES[1]
+    day = dt.datetime(2024, 5, 4, 9, 0, 0)
+    roles: dict[str, str] = {}
+    for k, (role, edit) in enumerate(
+        (("lens", LENS), ("perspective", PERSPECTIVE), ("band", BAND))
+    ):
+        when = day + dt.timedelta(minutes=20 * k)
+        scene = p.scene()
+        local = p.local("edited", scene, when, place, None, role)
+        p.upload_edited(local, p.edited(local, edit), scene.subject, place, when)
+        roles[role] = local.path
+    # A hand-held burst: the second frame uploaded with a lens correction, then deleted.
+    when = day + dt.timedelta(hours=3)
+    scene = p.scene()
+    kept = p.local("burst", scene, when, place, None, "the frame kept")
+    gone = p.local(
+        "burst",
+        scene,
+        when + dt.timedelta(seconds=1),
+        place,
+        None,
+        "uploaded with a lens correction, then deleted",
+        view=View(shift=(0.004, -0.003), subject_move=(0.012, 0.004), pose=0.6, warp=0.002),
+    )
+    p.upload_edited(gone, p.edited(gone, LENS), scene.subject, place, gone.when)
+    roles["burst kept"], roles["burst gone"] = kept.path, gone.path
+    return p, roles
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Run:
+    root = tmp_path_factory.mktemp("corrections")
+    planner, roles = _plan()
+    write_set(root, planner, jobs=1)
+    (root / roles["burst gone"]).unlink()
+    with FakeINaturalist(root / "scenario.json") as fake:
+        result = run_cli(
+            ["--user", USER["login"], str(root / "pictures")], fake.api_url, root / "cache"
+        )
+    return Run(root, planner.truth, roles, result)
+
+
+@pytest.mark.parametrize("role", ["lens", "perspective"])
+def test_an_upload_with_a_lens_or_perspective_correction_is_found(run: Run, role: str) -> None:
+    assert run.tag(role) == run.truth[run.roles[role]], run.result.stdout
+    line = run.line(role)
+    assert line is not None and "a smooth correction of up to" in line, line
+
+
+def test_an_upload_with_a_caption_band_is_found(run: Run) -> None:
+    assert run.tag("band") == run.truth[run.roles["band"]], run.result.stdout
+    line = run.line("band")
+    assert line is not None and "covered by an overlay" in line, line
+
+
+def test_a_burst_frame_is_not_taken_for_its_lens_corrected_neighbour(run: Run) -> None:
+    assert run.tag("burst kept") is None, run.result.stdout
+    assert run.line("burst kept") is None, run.result.stdout
+
+
+# -- the pieces, on small pictures --------------------------------------------------------
+
+
+def _scene(seed: int = 3) -> np.ndarray:
+    return np.asarray(synthetic_photo(480, 360, seed))
+
+
+def test_a_lens_correction_is_explained_by_the_smooth_field() -> None:
+    picture = _scene()
+    corrected = np.asarray(lens(Image.fromarray(picture), 0.06, 0.0, 0.0))
+    # the region the rigid placement gives: the picture itself, scaled like the correction
+    fit = ip.smooth_correction(picture, corrected, misfit=3.0)
+    assert fit is not None and fit.residual <= ip.MAX_MISFIT and fit.reach > 1.0
+
+
+def test_a_perspective_correction_is_explained_by_the_smooth_field() -> None:
+    picture = np.asarray(Image.fromarray(_scene(4)))
+    corrected = np.asarray(perspective(Image.fromarray(picture), 0.04, 0.0, 0.0))
+    corrected = cv2.resize(corrected, (picture.shape[1], picture.shape[0]))
+    region = cv2.resize(picture, (picture.shape[1], picture.shape[0]))
+    fit = ip.smooth_correction(region, corrected, misfit=3.0)
+    assert fit is not None and fit.residual <= ip.MAX_MISFIT
+
+
+def test_independent_motion_is_not_explained_by_the_smooth_field() -> None:
+    """A scene bent by parallax (near and far things moving apart) follows no lens."""
+    picture = _scene(5)
+    height, width = picture.shape[:2]
+    rng = np.random.default_rng(1)
+    shifts = [cv2.resize(rng.normal(0, 3.0, (4, 5)).astype(np.float32), (width, height),
+                         interpolation=cv2.INTER_CUBIC) for _ in range(2)]  # fmt: skip
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+    moved = cv2.remap(picture, xs + shifts[0], ys + shifts[1], cv2.INTER_CUBIC,
+                      borderMode=cv2.BORDER_REFLECT)  # fmt: skip
+    assert ip.smooth_correction(picture, moved, misfit=3.0) is None
+
+
+def test_an_overlay_along_an_edge_is_cut_and_a_moved_subject_is_not() -> None:
+    tiles = np.full((40, 60), 0.95)
+    banded = tiles.copy()
+    banded[-5:] = 0.1  # a caption band over the bottom eighth
+    assert ip.overlay_box(banded) == (0, 35, 0, 60)
+    moved = tiles.copy()
+    moved[15:25, 20:35] = 0.2  # a subject that moved: a region, not a line
+    assert ip.overlay_box(moved) is None
+    assert ip.overlay_box(np.full((40, 60), 0.1)) is None  # nothing in common: not cut
+
+
+def test_a_screenshots_bars_with_buttons_count_as_bands() -> None:
+    gray = np.full((400, 200), 250, np.uint8)
+    gray[60:340] = np.random.default_rng(2).integers(0, 255, (280, 200))
+    gray[370:380, 20:50] = 30  # a row of buttons in the bottom bar
+    gray[370:380, 120:150] = 30
+    box = ip.framed_box(gray)
+    assert box is not None and 60 <= box[1] <= 70 and 330 <= box[3] <= 340, box
