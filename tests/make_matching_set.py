@@ -1590,6 +1590,34 @@ def _burst_views(rng: random.Random, frames: int) -> list[View]:
     return views
 
 
+def uploaded_burst(
+    p: Planner,
+    category: str,
+    scene: Scene,
+    start: dt.datetime,
+    place: tuple,
+    views: list[View],
+    chosen: int,
+    edit: dict,
+    number: int,
+) -> None:
+    """The frames of hand-held burst number, 1 s apart from start; frame chosen uploaded
+    after edit."""
+    frames = len(views)
+    locals_ = []
+    for k, view in enumerate(views):
+        note = f"hand-held burst {number}, frame {k + 1} of {frames}"
+        if k == chosen:
+            note += f" (uploaded: {describe_edit(edit)})"
+        moment = start + dt.timedelta(seconds=k)
+        subsec = p.rng.randint(0, 99)
+        locals_.append(
+            p.local(category, scene, moment, place, None, note, view=view, camera=3, subsec=subsec)
+        )
+    source = p.edited(locals_[chosen], edit)
+    p.upload_edited(locals_[chosen], source, scene.subject, place, locals_[chosen].when)
+
+
 def handheld_views(rng: random.Random, frames: int) -> list[View]:
     """Frames of a hand-held burst about 1 s apart: +-1 % shift, +-0.3 degrees, the subject
     moving, a little parallax."""
@@ -2170,26 +2198,7 @@ def plan_edited(p: Planner) -> None:
         views = handheld_views(rng, frames)
         chosen = rng.randrange(frames)
         edit = {**crop_edit(rng, 0.55, 0.9, landscape), **tone_edit(rng), **sharpen_edit(rng)}
-        locals_ = []
-        for k, view in enumerate(views):
-            note = f"hand-held burst {b + 1}, frame {k + 1} of {frames}"
-            if k == chosen:
-                note += f" (uploaded: {describe_edit(edit)})"
-            locals_.append(
-                p.local(
-                    "handheld",
-                    scene,
-                    start + dt.timedelta(seconds=k),
-                    place,
-                    None,
-                    note,
-                    view=view,
-                    camera=3,
-                    subsec=rng.randint(0, 99),
-                )
-            )
-        source = p.edited(locals_[chosen], edit)
-        p.upload_edited(locals_[chosen], source, scene.subject, place, locals_[chosen].when)
+        uploaded_burst(p, "handheld", scene, start, place, views, chosen, edit, b + 1)
 
 
 # -- issue 17: edits the compensation does not model, and same-second HDR look-alikes --------
@@ -2382,26 +2391,7 @@ def plan_families(p: Planner) -> None:
         # the corrections that bend a picture first: a burst frame must not pass for them
         family = ("lens", "perspective", "lens", "overlay", "localtone")[b % 5]
         edit = random_edit(rng, family)
-        locals_ = []
-        for k, view in enumerate(views):
-            note = f"hand-held burst {b + 1}, frame {k + 1} of {frames}"
-            if k == chosen:
-                note += f" (uploaded: {describe_edit(edit)})"
-            locals_.append(
-                p.local(
-                    "fburst",
-                    scene,
-                    start + dt.timedelta(seconds=k),
-                    place,
-                    None,
-                    note,
-                    view=view,
-                    camera=3,
-                    subsec=rng.randint(0, 99),
-                )
-            )
-        source = p.edited(locals_[chosen], edit)
-        p.upload_edited(locals_[chosen], source, scene.subject, place, locals_[chosen].when)
+        uploaded_burst(p, "fburst", scene, start, place, views, chosen, edit, b + 1)
 
 
 # =============================================================================================

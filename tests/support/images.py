@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -31,18 +32,24 @@ def jpeg(picture: Image.Image, quality: int) -> Image.Image:
     return Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
 
 
+def _natural_texture(rng: np.random.Generator, height: int, width: int) -> Callable[[], np.ndarray]:
+    """Draws of 1/f texture (as in natural scenes) of this size: zero mean, unit variance."""
+    freq = np.hypot(np.fft.fftfreq(height)[:, None], np.fft.rfftfreq(width)[None, :])
+    amplitude = 1 / np.maximum(freq, 1 / max(height, width))
+
+    def texture() -> np.ndarray:
+        noise = rng.normal(size=amplitude.shape) + 1j * rng.normal(size=amplitude.shape)
+        field = np.fft.irfft2(amplitude * noise, s=(height, width))
+        return (field - field.mean()) / field.std()
+
+    return texture
+
+
 def synthetic_photo(width: int, height: int, seed: int) -> Image.Image:
     """A photo-like RGB picture: 1/f texture as in natural scenes, soft-edged objects, JPEG."""
     rng = np.random.default_rng(seed)
     h, w = 2 * height, 2 * width  # rendered larger then downsampled, like a camera pipeline
-    freq = np.hypot(np.fft.fftfreq(h)[:, None], np.fft.rfftfreq(w)[None, :])
-    amplitude = 1 / np.maximum(freq, 1 / max(h, w))
-
-    def texture() -> np.ndarray:
-        noise = rng.normal(size=amplitude.shape) + 1j * rng.normal(size=amplitude.shape)
-        field = np.fft.irfft2(amplitude * noise, s=(h, w))
-        return (field - field.mean()) / field.std()
-
+    texture = _natural_texture(rng, h, w)
     light, red_green, blue_yellow = texture(), texture(), texture()
     chroma = np.stack([red_green, blue_yellow, -red_green - blue_yellow], axis=-1)
     rgb = rng.uniform(60, 170, 3) + 45 * light[..., None] + 12 * chroma
@@ -61,15 +68,8 @@ def soft_cornered_photo(width: int, height: int, seed: int) -> Image.Image:
     out-of-focus background: a crop of that quarter scores higher at a small upload size
     than the whole frame, whose fine detail the downscaling loses. Quick at 2000 px."""
     rng = np.random.default_rng(seed)
-    freq = np.hypot(np.fft.fftfreq(height)[:, None], np.fft.rfftfreq(width)[None, :])
-    amplitude = 1 / np.maximum(freq, 1 / max(height, width))
-
-    def field() -> np.ndarray:
-        noise = rng.normal(size=amplitude.shape) + 1j * rng.normal(size=amplitude.shape)
-        values = np.fft.irfft2(amplitude * noise, s=(height, width))
-        return (values - values.mean()) / values.std()
-
-    light, red_green = field(), field()
+    texture = _natural_texture(rng, height, width)
+    light, red_green = texture(), texture()
     rgb = np.stack(
         [110 + 45 * light + 15 * red_green, 120 + 45 * light - 10 * red_green, 90 + 40 * light],
         axis=-1,
