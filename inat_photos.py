@@ -770,6 +770,11 @@ def _rational(text: str) -> float:
     return float(numerator) / float(denominator or 1)
 
 
+def on_earth(lat: float, lng: float) -> tuple[float, float] | None:
+    """(lat, lng) when both are in range, else None: one check for every reader of positions."""
+    return (lat, lng) if -90 <= lat <= 90 and -180 <= lng <= 180 else None
+
+
 def parse_gps(exif: dict[str, str]) -> tuple[float, float] | None:
     """(lat, lng) in degrees from EXIF GPS tags, or None when absent or invalid."""
     try:
@@ -783,9 +788,7 @@ def parse_gps(exif: dict[str, str]) -> tuple[float, float] | None:
     except (KeyError, ValueError, ZeroDivisionError, IndexError):
         return None
     lat, lng = coordinates
-    if not (-90 <= lat <= 90 and -180 <= lng <= 180) or (lat, lng) == (0.0, 0.0):
-        return None
-    return lat, lng
+    return on_earth(lat, lng) if (lat, lng) != (0.0, 0.0) else None
 
 
 def _xmp_coordinate(text: Any, negative: str) -> float:
@@ -807,7 +810,7 @@ def parse_xmp_gps(xmp: Mapping[str, Any]) -> tuple[float, float] | None:
         lng = _xmp_coordinate(xmp["Xmp.exif.GPSLongitude"], "W")
     except (KeyError, ValueError):
         return None
-    return (lat, lng) if -90 <= lat <= 90 and -180 <= lng <= 180 else None
+    return on_earth(lat, lng)
 
 
 def exif_coordinate(value: float) -> str:
@@ -842,7 +845,7 @@ def parse_location(text: Any) -> tuple[float, float] | None:
         lat, lng = (float(part) for part in parts)
     except (TypeError, ValueError):
         return None
-    return (lat, lng) if -90 <= lat <= 90 and -180 <= lng <= 180 else None
+    return on_earth(lat, lng)
 
 
 def _parse_iso_time(text: Any) -> dt.datetime | None:
