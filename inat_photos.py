@@ -608,8 +608,8 @@ class Options:
 
 # ---------------------------------------------------------------------------
 # 2. Pure parsing and names
-#    Option values, EXIF dates and GPS, API locations and times, taxon names,
-#    ordinals, distances and printable paths. No I/O.
+#    Option values, EXIF dates, GPS positions in EXIF, XMP and API form (read and
+#    written), API times, taxon names, ordinals, distances and printable paths. No I/O.
 # ---------------------------------------------------------------------------
 
 
@@ -1371,7 +1371,8 @@ class DayOutcome:
 # ---------------------------------------------------------------------------
 # 4. iNaturalist I/O
 #    The pyinaturalist session that asks the API, the SQLite store that keeps the
-#    user's observations (and the taxa above their identifications) between runs,
+#    user's observations (and the taxa above their identifications, and the places
+#    of --location-names) between runs,
 #    the cache of downloaded photos (which also downloads a run's uploads ahead, in the
 #    background), and the download ledger that keeps downloads inside an hourly and a
 #    daily budget across runs.
@@ -2224,8 +2225,9 @@ class PhotoCache:
 # ---------------------------------------------------------------------------
 # 5. Local files
 #    Finding picture files, removing copies a killed run left behind, reading the
-#    metadata this tool uses (through the LocalIndex, so reruns parse only what
-#    changed; from XMP sidecars, for RAW and HEIC files always), joining RAW+JPEG
+#    metadata this tool uses (through the LocalIndex, read once, so reruns parse only
+#    what changed and only the days that need it: load_archive; from XMP sidecars, for
+#    RAW and HEIC files always), joining RAW+JPEG
 #    pairs, and decoding pixels upright at the size a comparison needs: Pillow,
 #    pillow-heif for HEIC, LibRaw's preview or demosaic for RAW.
 # ---------------------------------------------------------------------------
@@ -3579,7 +3581,9 @@ def choose_score_function(use_gpu: bool, console: Console) -> ScoreFunction:
 #    Where an upload lies in a local picture: keypoints and RANSAC for crops (down to
 #    MIN_AREA, searched at coarser sizes too), scale, any angle and quarter turns;
 #    correlation for pictures without keypoints; phase correlation to sharpen the fit
-#    and measure the misfit of another shot. Plain bands an export added around an
+#    and measure the misfit of another shot; a homography for an upload a lens or an
+#    upright correction bent, and a smooth field (smooth_correction) that explains such
+#    a correction but not another shot's parallax. Plain bands an export added around an
 #    upload (a frame, padding) are cut off when it is decoded (framed_box, in section 6).
 # ---------------------------------------------------------------------------
 
@@ -4301,6 +4305,7 @@ def smooth_correction(region: np.ndarray, upload: np.ndarray, misfit: float) -> 
 #    colour balance are fitted and undone (match_tones); what no curve undoes
 #    (sharpening, clarity, noise reduction, recompression) is measured past: the coarse
 #    score compares the lined-up pictures shrunk, where those filters do not reach.
+#    Local tone tools (graduated filters, dehaze) are undone by a smooth local gain.
 # ---------------------------------------------------------------------------
 
 TONE_MIN = 1.5  # mean change in levels below which an upload's tones count as unedited
@@ -4502,8 +4507,10 @@ def overlay_box(tiles: np.ndarray) -> tuple[int, int, int, int] | None:
 # ---------------------------------------------------------------------------
 # 7d. Similarity: comparing pairs and the verdict
 #    compare_pictures: registration, tones and both scores of one pair; the cheap gate
-#    (likely_same_pictures); evidence_grounds, the calibrated verdict on a pair below the
-#    threshold; settled_uploads, which uploads the first, smaller size decides;
+#    (likely_same_pictures); overlays along an edge left out (overlay_box);
+#    evidence_grounds, the calibrated verdict on a pair below the threshold, where a crop
+#    and its whole frame are never rivals; settled_uploads, which uploads the first,
+#    smaller size decides (never a crop while a bigger view of its photo is open);
 #    PairScorer, the compare function matching is given: each pair once a day, at the
 #    first size and again at the larger for what it did not settle, the coming clusters'
 #    pairs ahead in background threads (interleaved), a few local photos' pictures held
@@ -4999,7 +5006,8 @@ class PairScorer:
 # ---------------------------------------------------------------------------
 # 8. Matching
 #    Pure decisions: clusters of photos taken close in time, the one-to-one
-#    assignment inside a cluster, camera-clock offsets, and match_day, which puts
+#    assignment inside a cluster (each photo paired through the uploads that show most
+#    of it first; crops then become parts), camera-clock offsets, and match_day, which puts
 #    them together (planned_pairs says which pairs it will compare first). The
 #    compare function is passed in; nothing here does I/O.
 # ---------------------------------------------------------------------------
@@ -5455,8 +5463,10 @@ def match_day(
 # 9. Writing
 #    The one place that changes a photo or its sidecar. plan_update decides, purely,
 #    what a photo should hold: ids, the caption keyword and, when asked, a hierarchical
-#    keyword and Darwin Core terms, each replacing only what this tool wrote (which it
-#    records beside them). write_update writes that through exiv2 into a copy that then
+#    keyword and Darwin Core terms, the observation's position (geotag_decision:
+#    geoprivacy first, never over the photo's own) and place names, each replacing only
+#    what this tool wrote (which it records beside them). write_update writes that
+#    through exiv2 into a copy that then
 #    replaces the photo, or its XMP sidecar, atomically.
 # ---------------------------------------------------------------------------
 
@@ -6098,7 +6108,8 @@ def replace_or_create(path: Path, data: bytes | Iterable[bytes]) -> None:
 #    The console (--quiet: changes and new problems only), the lines it prints, the
 #    Tally of what changed, and the HTML log:
 #    rows built from outcomes, thumbnails made (and cached on disk) only when a log is
-#    written, one page in sections with inline filters and every piece of text escaped.
+#    written and only for rows worth a look (a photo simply not uploaded is a line of
+#    text), one page in sections with inline filters and every piece of text escaped.
 # ---------------------------------------------------------------------------
 
 
