@@ -158,7 +158,7 @@ if not TYPE_CHECKING:
     np = _OnFirstUse("numpy", "np")
     Image = _OnFirstUse("PIL.Image", "Image")
 
-__version__ = "1.2.0"
+__version__ = "1.3.0"
 
 __all__ = [
     "DWC_NAMESPACE",
