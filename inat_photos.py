@@ -63,6 +63,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import bisect
 import contextlib
 import copy
 import dataclasses
@@ -89,7 +90,7 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, S
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
 # The modules of requirements.txt's packages, checked before any of them is imported.
@@ -4696,6 +4697,7 @@ def few_features(local: Features, upload: Features) -> bool:
 
 
 Pairs = dict[tuple[int, int], Comparison]  # (photo index, candidate index) -> comparison
+PairIndices = set[tuple[int, int]]  # (photo index, candidate index) pairs of one group
 
 
 # The verdict below the threshold, calibrated on tests/make_matching_set.py's labelled sets
@@ -4868,17 +4870,25 @@ class PairScorer:
         return compare_pictures(*pictures, self.score, sharper, named=named, step=coarse_step(size))
 
     def _each_pair(
-        self, photos: Sequence[LocalPhoto], candidates: Sequence[Candidate], work: Callable
+        self,
+        photos: Sequence[LocalPhoto],
+        candidates: Sequence[Candidate],
+        work: Callable,
+        within: PairIndices | None = None,
     ) -> dict[tuple[int, int], Any]:
-        """work(photo, candidate) for every pair, PREFETCH_AHEAD photos at a time: each group's
-        pictures are dropped once its pairs are done (a burst may put hundreds in a cluster)."""
+        """work(photo, candidate) for every pair (or those within), PREFETCH_AHEAD photos at a
+        time: each group's pictures are dropped once its pairs are done (a burst may put
+        hundreds in a cluster)."""
 
         def results() -> Iterator[tuple[tuple[int, int], Any]]:
             with ThreadPoolExecutor(max_workers=COMPARE_WORKERS) as pool:
                 for start in range(0, len(photos), PREFETCH_AHEAD):
                     group = photos[start : start + PREFETCH_AHEAD]
                     pairs = [
-                        (start + i, j) for i in range(len(group)) for j in range(len(candidates))
+                        (start + i, j)
+                        for i in range(len(group))
+                        for j in range(len(candidates))
+                        if within is None or (start + i, j) in within
                     ]
                     try:
                         done = pool.map(
@@ -4888,7 +4898,8 @@ class PairScorer:
                     finally:
                         self._done_with(group)
 
-        found = progress(results(), "Comparing", len(photos) * len(candidates))
+        total = len(photos) * len(candidates) if within is None else len(within)
+        found = progress(results(), "Comparing", total)
         return {pair: result for pair, result in found if result is not None}
 
     def _done_with(self, photos: Sequence[LocalPhoto]) -> None:
@@ -4898,11 +4909,17 @@ class PairScorer:
             self._ahead.notify_all()
         self.pictures.forget_locals(photos)
 
-    def __call__(self, photos: Sequence[LocalPhoto], candidates: Sequence[Candidate]) -> Pairs:
-        """Every pair at the first size; the uploads it does not settle again at the last."""
+    def __call__(
+        self,
+        photos: Sequence[LocalPhoto],
+        candidates: Sequence[Candidate],
+        within: PairIndices | None = None,
+    ) -> Pairs:
+        """Every pair (or those within) at the first size; the uploads it does not settle
+        again at the last."""
         first, *more = self.pictures.sizes
         self.pictures.fetch(candidates, first)
-        found = self._each_pair(photos, candidates, self.compare)
+        found = self._each_pair(photos, candidates, self.compare, within)
         if not more:
             return found
         settled = settled_uploads(found, self.threshold)
@@ -4919,7 +4936,19 @@ class PairScorer:
         uploads = [candidates[j] for j in unsettled]
         self.pictures.fetch(uploads, more[-1])
         compare = functools.partial(self.compare, size=more[-1])
-        finer = self._each_pair([photos[i] for i in again], uploads, compare)
+        finer = self._each_pair(
+            [photos[i] for i in again],
+            uploads,
+            compare,
+            None
+            if within is None
+            else {
+                (a, b)
+                for a, i in enumerate(again)
+                for b, j in enumerate(unsettled)
+                if (i, j) in within
+            },
+        )
         # A pair the last size could not compare (its download failed) keeps its first-size
         # comparison: a whole frame missing there must not leave its photo to a crop.
         fallback = {(i, j): found[(i, j)] for i in again for j in unsettled if (i, j) in found}
@@ -5012,7 +5041,18 @@ class PairScorer:
 #    compare function is passed in; nothing here does I/O.
 # ---------------------------------------------------------------------------
 
-Compare = Callable[[Sequence[LocalPhoto], Sequence[Candidate]], Pairs]
+
+class Compare(Protocol):
+    """Comparisons of every pair of photos and candidates, or only of the pairs within."""
+
+    def __call__(
+        self,
+        photos: Sequence[LocalPhoto],
+        candidates: Sequence[Candidate],
+        within: PairIndices | None = None,
+    ) -> Pairs: ...
+
+
 Likely = Callable[[Sequence[LocalPhoto], Sequence[Candidate]], dict[tuple[int, int], bool]]
 CheckedBefore = Callable[[LocalPhoto, Sequence[int]], bool]
 
@@ -5053,6 +5093,71 @@ def cluster_by_time(
         else:
             groups[-1][1].append(item)
     return [Cluster(tuple(photos), tuple(found)) for photos, found in groups]
+
+
+# A group with more pairs than this is compared through time windows. Shooting without a pause
+# (a bioblitz day) makes one group of hundreds of photos and dozens of observations, and comparing
+# all of their pairs would grow with photos x uploads; smaller groups keep every pair.
+WINDOW_FROM = 64
+
+
+def window_pairs(
+    cluster: Cluster,
+    window: int,
+    found_at: Mapping[int, Collection[dt.datetime]] | None = None,
+) -> PairIndices:
+    """A long group's pairs worth comparing: a photo within window s of its upload's observation
+    time, or of a photo already found for that observation (found_at: observation id -> those
+    photos' times), since an observation's other photos may be taken many minutes later.
+    An upload without a time is paired with every photo."""
+    times = sorted((p.corrected_time, i) for i, p in enumerate(cluster.photos))
+    keys = [t for t, _ in times]
+    reach = dt.timedelta(seconds=window)
+    pairs: PairIndices = set()
+    for j, candidate in enumerate(cluster.candidates):
+        observation = candidate.observation
+        start = observation.observed_at
+        if start is None:
+            pairs.update((i, j) for i in range(len(cluster.photos)))
+            continue
+        span = dt.timedelta(seconds=MINUTE_SPAN if observation.minute_precision else 0)
+        spans = [(start, start + span)]
+        spans += [(t, t) for t in (found_at or {}).get(observation.id, ())]
+        for first, last in spans:
+            low = bisect.bisect_left(keys, first - reach)
+            high = bisect.bisect_right(keys, last + reach)
+            pairs.update((i, j) for _, i in times[low:high])
+    return pairs
+
+
+def first_pairs(cluster: Cluster, window: int | None) -> PairIndices | None:
+    """The pairs a group's comparison starts with: None (every pair) for a small group."""
+    if window is None or len(cluster.photos) * len(cluster.candidates) <= WINDOW_FROM:
+        return None
+    return window_pairs(cluster, window)
+
+
+def compare_cluster(
+    cluster: Cluster, compare: Compare, window: int | None, threshold: float, calibrated: bool
+) -> tuple[Pairs, PairIndices | None]:
+    """Every pair of a small group compared; in a long group the pairs within time windows,
+    widened around each photo found for an observation until no window grows. Returns the
+    comparisons and the pairs that were within (None: all)."""
+    within = first_pairs(cluster, window)
+    if within is None or window is None:
+        return compare(cluster.photos, cluster.candidates), None
+    while True:
+        comparisons = compare(cluster.photos, cluster.candidates, within)
+        found_at: dict[int, list[dt.datetime]] = defaultdict(list)
+        for (i, j), found in comparisons.items():
+            if accepted_alone(found, threshold, calibrated):
+                found_at[cluster.candidates[j].observation.id].append(
+                    cluster.photos[i].corrected_time
+                )
+        wider = within | window_pairs(cluster, window, found_at)
+        if wider == within:
+            return comparisons, within
+        within = wider
 
 
 TIE_MARGIN = 0.005  # two local photos this close for one upload: too close to choose
@@ -5193,10 +5298,12 @@ def match_cluster(
     threshold: float,
     name_threshold: float = NAME_THRESHOLD,
     calibrated: bool = False,
+    window: int | None = None,
 ) -> ClusterOutcome:
-    """Compare every pair of the cluster and decide: associations, ties, parts, refusals.
-    calibrated: a pair below the threshold may be taken on its evidence (evidence_grounds)."""
-    comparisons = compare(cluster.photos, cluster.candidates)
+    """Compare the cluster's pairs and decide: associations, ties, parts, refusals.
+    calibrated: a pair below the threshold may be taken on its evidence (evidence_grounds);
+    window: a long cluster's pairs are those within this many seconds (compare_cluster)."""
+    comparisons, within = compare_cluster(cluster, compare, window, threshold, calibrated)
     # Another shot of the scene, or a pair that did not line up, may score high: never taken.
     scores = {pair: c.score for pair, c in comparisons.items() if c.eligible}
     grounds = evidence_grounds(comparisons, threshold) if calibrated else {}
@@ -5236,7 +5343,11 @@ def match_cluster(
     for i, photo in enumerate(cluster.photos):
         tried = [(c.score, j) for (li, j), c in comparisons.items() if li == i]
         if photo.path not in associated and tried:
-            uploads = frozenset(cluster.candidates[j].photo.id for _, j in tried)
+            # Uploads outside the photo's time windows were weighed too: by time, in vain.
+            weighed = {j for _, j in tried} | {
+                j for j in range(len(cluster.candidates)) if within and (i, j) not in within
+            }
+            uploads = frozenset(cluster.candidates[j].photo.id for j in weighed)
             checked.append((photo.path, uploads))
         if i in decided or not tried:
             continue
@@ -5327,12 +5438,19 @@ def planned_pairs(
 ) -> list[tuple[LocalPhoto, Candidate]]:
     """The pairs match_day compares first, in its order, so that they can be compared ahead."""
     skip = None if options.recompute else checked_before
-    return [
-        (photo, candidate)
-        for cluster in cluster_by_time(photos, candidates, options.cluster_threshold)
-        for photo in (fresh_photos(cluster, skip) if cluster.candidates else ())
-        for candidate in cluster.candidates
-    ]
+    planned = []
+    for cluster in cluster_by_time(photos, candidates, options.cluster_threshold):
+        fresh = Cluster(
+            fresh_photos(cluster, skip) if cluster.candidates else (), cluster.candidates
+        )
+        within = first_pairs(fresh, options.cluster_threshold)
+        planned += [
+            (photo, candidate)
+            for i, photo in enumerate(fresh.photos)
+            for j, candidate in enumerate(fresh.candidates)
+            if within is None or (i, j) in within
+        ]
+    return planned
 
 
 def _match_clusters(
@@ -5360,6 +5478,7 @@ def _match_clusters(
                     compare,
                     options.ssim_threshold,
                     calibrated=options.calibrated,
+                    window=options.cluster_threshold,
                 )
             )
 

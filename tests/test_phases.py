@@ -42,21 +42,32 @@ def candidate(photo_id: int, when: dt.datetime | None) -> ip.Candidate:
 class FakeCompare:
     """Scores from a table keyed by (file name, photo id); records what it was asked."""
 
-    def __init__(self, table: dict[tuple[str, int], float], areas: dict | None = None) -> None:
+    def __init__(
+        self,
+        table: dict[tuple[str, int], float],
+        areas: dict | None = None,
+        others: float | None = None,
+    ) -> None:
+        """others: the score of every pair not in the table (None: such pairs cannot be had)."""
         self.table = table
         self.areas = areas or {}
+        self.others = others
         self.asked: list[tuple[str, int]] = []
 
-    def __call__(self, photos, candidates):
+    def __call__(self, photos, candidates, within=None):
         found = {}
         for i, p in enumerate(photos):
             for j, c in enumerate(candidates):
+                if within is not None and (i, j) not in within:
+                    continue
                 key = (p.path.name, c.photo.id)
                 self.asked.append(key)
                 if key in self.table:
                     area = self.areas.get(key)
                     alignment = ip.Alignment((0.0, 0.0, area, 1.0)) if area else None
                     found[(i, j)] = ip.Comparison(self.table[key], alignment)
+                elif self.others is not None:
+                    found[(i, j)] = ip.Comparison(self.others, None)
         return found
 
     def likely(self, photos, candidates):
@@ -232,6 +243,77 @@ def test_planned_pairs_are_the_pairs_match_day_compares_first_in_its_order() -> 
     assert ("old.jpg", 1) not in compare.asked and len(compare.asked) == 5
     again = ip.planned_pairs(photos, uploads, options(recompute=True), checked_before)
     assert ("old.jpg", 1) in [(p.path.name, c.photo.id) for p, c in again]
+
+
+# -- long groups (bioblitz days) -------------------------------------------------------------
+
+
+def shared_observation(observation_id: int, when: dt.datetime, photo_ids: list[int]):
+    """Candidates for one observation with several photos, all at its one time."""
+    uploads = tuple(
+        ip.InatPhoto(i, observation_id, i * 10, k, "http://x/photos/1/square.jpg")
+        for k, i in enumerate(photo_ids)
+    )
+    observation = dataclasses.replace(candidate(observation_id, when).observation, photos=uploads)
+    observation = dataclasses.replace(observation, id=observation_id)
+    return [ip.Candidate(upload, observation) for upload in uploads]
+
+
+def bioblitz(photos: int, every: int = 60) -> tuple[list[ip.LocalPhoto], dt.datetime]:
+    """A day shot without a pause: one photo every `every` seconds, all one group."""
+    start = dt.datetime(2021, 2, 1, 8, 0)
+    return [
+        photo(f"p{k:03}.jpg", start + dt.timedelta(seconds=every * k)) for k in range(photos)
+    ], start
+
+
+def test_a_long_group_compares_pairs_that_grow_with_photos_plus_uploads() -> None:
+    """Each upload is weighed against the photos near its time, not against the whole day."""
+    for size in (60, 240):
+        photos, start = bioblitz(size)
+        uploaded = range(3, size, 6)
+        uploads = [candidate(1000 + k, start + dt.timedelta(seconds=60 * k)) for k in uploaded]
+        compare = FakeCompare({(f"p{k:03}.jpg", 1000 + k): 0.99 for k in uploaded})
+        outcome = match(photos, uploads, compare)
+        assert sorted((a.photo.path.name, a.candidate.photo.id) for a in outcome.associations) == [
+            (f"p{k:03}.jpg", 1000 + k) for k in uploaded
+        ]
+        assert len(ip.cluster_by_time(photos, uploads, ip.CLUSTER_THRESHOLD)) == 1
+        # within 180 s of a minute-precision time: at most 8 photos a minute apart per upload
+        assert len(compare.asked) <= 8 * len(uploads) < len(photos) * len(uploads) / 4
+
+
+def test_a_long_groups_window_follows_the_observations_own_photos() -> None:
+    """An observation's third photo, taken 6 minutes after its time, is still found: each
+    photo found for the observation widens its window."""
+    photos, start = bioblitz(30)
+    later = [0, 3, 6]  # minutes after the observation's time
+    uploads = shared_observation(77, start + dt.timedelta(minutes=10), [501, 502, 503])
+    table = {(f"p{10 + m:03}.jpg", 501 + k): 0.99 for k, m in enumerate(later)}
+    compare = FakeCompare(table)
+    outcome = match(photos, uploads, compare)
+    found = sorted((a.photo.path.name, a.candidate.photo.id) for a in outcome.associations)
+    assert found == sorted(table)
+    # and a photo taken after all of them, beyond every window, was never compared
+    assert not any(name == "p029.jpg" for name, _ in compare.asked)
+
+
+def test_a_long_group_is_not_compared_again_on_an_unchanged_rerun() -> None:
+    photos, start = bioblitz(60)
+    uploads = [candidate(1000 + k, start + dt.timedelta(seconds=60 * k)) for k in (5, 30, 55)]
+    first = FakeCompare({("p005.jpg", 1005): 0.99}, others=0.4)
+    outcome = match(photos, uploads, first)
+    checked = dict(outcome.checked)
+
+    def checked_before(local: ip.LocalPhoto, ids) -> bool:
+        return set(ids) <= checked.get(local.path, frozenset())
+
+    again = FakeCompare({("p005.jpg", 1005): 0.99}, others=0.4)
+    rest = [p for p in photos if p.path.name != "p005.jpg"]
+    match(rest, uploads[1:], again, checked_before=checked_before)
+    assert again.asked == []
+    planned = ip.planned_pairs(photos, uploads, options(), lambda photo, ids: False)
+    assert [(p.path.name, c.photo.id) for p, c in planned] == first.asked[: len(planned)]
 
 
 class Pictures:
