@@ -161,122 +161,6 @@ if not TYPE_CHECKING:
 
 __version__ = "1.3.0"
 
-__all__ = [
-    "DWC_NAMESPACE",
-    "DWC_PREFIX",
-    "EXIT_FILE_ERRORS",
-    "EXIT_LOCKED",
-    "EXIT_OK",
-    "EXIT_USAGE",
-    "FEW_FEATURES",
-    "HEIF_FORMATS",
-    "INAT_PIXELS",
-    "LOG_SECTIONS",
-    "MAX_MISFIT",
-    "MIN_INLIERS",
-    "NAME_THRESHOLD",
-    "PER_PAGE",
-    "PICTURE_SUFFIXES",
-    "RAW_FORMATS",
-    "SMALLEST_CROP",
-    "SSIM_THRESHOLD",
-    "TAG_CAPTION",
-    "TAG_DARWIN_CORE",
-    "TAG_DISSOCIATED",
-    "TAG_HIERARCHY",
-    "TAG_HIERARCHY_CAPTION",
-    "TAG_OBSERVATION",
-    "TAG_OBSERVATION_PHOTO",
-    "TAG_PHOTO",
-    "TAG_SUBJECT",
-    "UNLISTED_COMPARED",
-    "UNLISTED_NO_CANDIDATE",
-    "Alignment",
-    "Candidate",
-    "Comparison",
-    "Console",
-    "DayOutcome",
-    "DownloadLedger",
-    "Features",
-    "InatPhoto",
-    "InatTags",
-    "Lineage",
-    "LocalPhoto",
-    "LogBook",
-    "LogRow",
-    "Observation",
-    "OpenCLSimilarity",
-    "OpenCLUnavailable",
-    "Options",
-    "Pairs",
-    "PictureSource",
-    "Registration",
-    "TaxonName",
-    "Thumbnail",
-    "Update",
-    "assign_uploads",
-    "build_parser",
-    "cluster_by_time",
-    "coarse_alignment",
-    "coarse_evidence",
-    "compare_by_correlation",
-    "compare_pictures",
-    "confirm_command",
-    "convincing",
-    "curves_like",
-    "darwin_core_terms",
-    "decode_upright",
-    "describe_offset",
-    "describe_size",
-    "distance_m",
-    "embedded_xmp",
-    "evidence_grounds",
-    "find_clock_offset",
-    "find_features",
-    "find_local_features",
-    "find_upload_features",
-    "framed_box",
-    "grayscale",
-    "hierarchy_entry",
-    "likely_same_pictures",
-    "main",
-    "match_day",
-    "match_tones",
-    "name_sidecars",
-    "ordinal",
-    "owned_caption",
-    "pair_raw_with_exports",
-    "parse_cluster_threshold",
-    "parse_exif_datetime",
-    "parse_gps",
-    "parse_observation",
-    "parse_positive_int",
-    "parse_size",
-    "parse_ssim_threshold",
-    "parse_time_offset",
-    "picture_kind",
-    "plan_dissociation",
-    "plan_update",
-    "prepare_local_photos",
-    "read_local_photo",
-    "refine_alignment",
-    "register",
-    "register_any",
-    "register_namespace",
-    "render_log",
-    "run",
-    "same_file_name",
-    "seconds_apart",
-    "show_path",
-    "ssim_score",
-    "ssim_tiles",
-    "taxon_name",
-    "thumbnail_data_url",
-    "updated_darwin_core",
-    "updated_keywords",
-    "write_update",
-]
-
 # ---------------------------------------------------------------------------
 # 1. Settings
 #    The defaults users may edit, the fixed names of the metadata we write, and
@@ -5590,9 +5474,14 @@ def match_day(
 # ---------------------------------------------------------------------------
 
 
-def register_namespace() -> None:
+def configure_process() -> None:
+    """The settings every entry point needs before a picture is read or written: the
+    decompression-bomb limit and the tool's XMP namespaces. main, the benchmarks and the tests
+    call it; it may be called again."""
     import pyexiv2
 
+    Image.MAX_IMAGE_PIXELS = MAX_PICTURE_PIXELS
+    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
     pyexiv2.set_log_level(4)  # exiv2's own warnings are noise; we report failures ourselves
     for uri, prefix in ((INAT_NAMESPACE, INAT_PREFIX), (DWC_NAMESPACE, DWC_PREFIX)):
         with contextlib.suppress(Exception):  # already registered in this process
@@ -8423,9 +8312,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exit_request:  # argparse has printed its message
         return EXIT_USAGE if exit_request.code else EXIT_OK
     options = Options.from_args(args, os.environ)
-    Image.MAX_IMAGE_PIXELS = MAX_PICTURE_PIXELS
-    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-    register_namespace()
+    configure_process()
     console = Console(quiet=options.quiet)
     flow = associate_file if options.associate else dissociate_file if options.dissociate else run
     if options.list_problems:

@@ -146,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--small", action="store_true", help="1600 x 1200 instead of 4000 x 3000")
     parser.add_argument("--keep", type=Path, help="build in DIR and keep it")
     args = parser.parse_args(argv)
+    ip.configure_process()  # the pixel limit and namespaces, as main sets them
     size = (1600, 1200) if args.small else (4000, 3000)
     with tempfile.TemporaryDirectory() as scratch:
         out = args.keep or Path(scratch)

@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", choices=("medium", "large"), default="medium")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
     args = parser.parse_args(argv)
+    ip.configure_process()  # the pixel limit and namespaces, as main sets them
     if not args.folder.exists():
         print(f"{args.folder} is missing: run python tests/bench_archive.py --prepare first.")
         return 1

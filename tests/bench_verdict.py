@@ -43,6 +43,7 @@ def _tool() -> Any:
     module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
     sys.modules["inat_photos"] = module
     spec.loader.exec_module(module)  # type: ignore[union-attr]
+    module.configure_process()  # the pixel limit and namespaces, as main sets them
     return module
 
 

@@ -17,6 +17,13 @@ from support.examples import copy_examples  # noqa: E402
 from support.world import World, make_world  # noqa: E402
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """The process-wide settings main makes (pixel limit, XMP namespaces), for in-process tests."""
+    import inat_photos as ip
+
+    ip.configure_process()
+
+
 @pytest.fixture
 def decoded(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
     """Every picture the tool decodes from now on, as (file name, longest side asked for)."""

@@ -444,7 +444,6 @@ def test_location_names_from_places() -> None:
 
 
 def test_png_and_tiff_get_exif_gps_too(tmp_path: Path) -> None:
-    ip.register_namespace()  # as main does: the writer is called directly here
     for name in ("a.png", "a.tif"):
         path = tmp_path / name
         Image.new("RGB", (8, 6), (30, 60, 90)).save(path)

@@ -21,7 +21,16 @@ import inat_photos as ip
 tomllib = pytest.importorskip("tomllib")
 
 # The test tools and the --gpu packages: none of them belongs in requirements.txt.
-NOT_RUNTIME = {"pytest", "pytest-xdist", "hypothesis", "ruff", "trustme", "ssim-pil", "requests", "pyopencl"}
+NOT_RUNTIME = {
+    "pytest",
+    "pytest-xdist",
+    "hypothesis",
+    "ruff",
+    "trustme",
+    "ssim-pil",
+    "requests",
+    "pyopencl",
+}
 CRON_ENV = {"PATH": "/usr/bin:/bin"}
 PIP = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--no-input"]
 

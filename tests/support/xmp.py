@@ -17,7 +17,7 @@ INAT_TAGS = (ip.TAG_OBSERVATION, ip.TAG_OBSERVATION_PHOTO, ip.TAG_PHOTO)
 
 
 def read_xmp(path: Path) -> dict:
-    ip.register_namespace()
+    ip.configure_process()
     image = pyexiv2.ImageData(path.read_bytes())
     try:
         return image.read_xmp()
@@ -35,7 +35,7 @@ def read_exif(path: Path) -> dict:
 
 def write_xmp(path: Path, values: dict[str, Any]) -> None:
     """Set (None: remove) XMP properties in place, as another program would."""
-    ip.register_namespace()
+    ip.configure_process()
     with pyexiv2.Image(str(path)) as image:
         image.modify_xmp(values)
 
