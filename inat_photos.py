@@ -20,29 +20,36 @@ Point it at a photo archive and an iNaturalist login. It pairs local photos with
 uploads by time and structural similarity, then writes the iNaturalist ids and the current
 identification into each matched photo's XMP. Only metadata ever changes; pixels never do.
 
-The data flow, one section of this file per step:
+The data flow; each numbered section of this file owns one step and uses only the sections
+above it (tests/test_layout.py checks that):
 
-    command line -> Options (frozen, built once)
-    folders      -> picture files -> LocalPhoto (metadata, via the LocalIndex)
-                 -> prepare_local_photos: sidecars read, RAW+JPEG pairs joined
-    iNaturalist  -> ObservationStore (synced) -> Observation -> Candidate
-                 -> PhotoCache: downloads inside the DownloadLedger's budget; a day
-                    whose uploads the budget left out waits for a later run
-                 -> lineages (kingdom..taxon), only for --hierarchical-keywords/--darwin-core
-                 -> places (country, state, county, town), only for --location-names
-    per day:  planned_pairs(...) -> PairScorer.expect: those pairs compared ahead
-              match_day(photos, candidates, compare, options) -> DayOutcome
-                  compare = PairScorer: PictureSource (fetch, decode) + compare_pictures
-              plan_update(photo, ...) -> Update -> write_update (atomic, or dry run)
-                  geotag_decision: the observation's position, only where the photo has none
-                  into the photo, or its XMP sidecar; a pair's partners get their own Update
-              DayOutcome + updates -> console lines, log rows, Tally
-    Tally    -> summary line, HTML log, exit code
+    1-3   settings, parsing, model: Options (frozen, built once) and the values passed on
+    4     console and file plumbing: Console, progress, Memo, atomic writes
+    5-6   iNaturalist API and the cache directory's stores:
+            ObservationStore (synced) -> Observation -> Candidate
+            PhotoCache: downloads inside the DownloadLedger's budget; a day whose uploads
+              the budget left out waits for a later run
+            lineages (kingdom..taxon) for --hierarchical-keywords/--darwin-core, places
+              (country, state, county, town) for --location-names
+    7     folders -> picture files -> LocalPhoto (metadata, via the LocalIndex)
+            -> prepare_local_photos: sidecars read, RAW+JPEG pairs joined
+    8-9   decoding; compare_pictures(local, upload) -> Comparison, and the verdict
+    10    PictureSource (fetch, decode) + PairScorer: the compare function, pairs ahead
+    11    per day: planned_pairs(...) -> PairScorer.expect: those pairs compared ahead
+            match_day(photos, candidates, compare, options) -> DayOutcome (pure)
+    12    plan_update(photo, ...) -> Update -> write_update (atomic, or dry run)
+            geotag_decision: the observation's position, only where the photo has none
+            into the photo, or its XMP sidecar; a pair's partners get their own Update
+    13-14 DayOutcome + updates -> console lines, log rows, Tally -> summary, HTML log
+    15    run: the walk, the days in turn, the summary; the exit code from main (17)
+    16    --associate, --dissociate, --list-problems: one file, no matching
 
 Glossary:
   upload       a photo on iNaturalist (InatPhoto), one of an observation's photos
   candidate    an upload taken on the same day as local photos, with its observation
   cluster      local photos and candidates close together in time, compared with each other
+  window       in a long cluster (a bioblitz day), the photos within --cluster_threshold of an
+               observation's time or of a photo found for it: the only ones compared with it
   association  a local photo paired with the upload it was the source of; written as ids
   caption      the identification as a keyword, 'Coyote (Canis latrans)', in dc:subject
   part         an upload that shows part of a local photo already associated with a bigger one
@@ -131,10 +138,6 @@ def run_in_own_environment(script: Path, python: Path) -> None:
     sys.exit(2)  # EXIT_USAGE: the set-up, not a photo, is at fault
 
 
-if __name__ == "__main__":
-    run_in_own_environment(Path(sys.argv[0]), Path(sys.executable))
-
-
 if TYPE_CHECKING:
     import numpy as np
     from PIL import Image
@@ -161,12 +164,14 @@ if not TYPE_CHECKING:
 
 __version__ = "1.3.0"
 
+
 # ---------------------------------------------------------------------------
 # 1. Settings
 #    The defaults users may edit, the fixed names of the metadata we write, and
 #    Options: everything a run needs to know, read once from the command line and
 #    the environment.
 # ---------------------------------------------------------------------------
+
 
 USE_GPU = False  # change to True if you have a GPU (same as --gpu)
 
@@ -492,7 +497,7 @@ class Options:
 
 
 # ---------------------------------------------------------------------------
-# 2. Pure parsing and names
+# 2. Parsing
 #    Option values, EXIF dates, GPS positions in EXIF, XMP and API form (read and
 #    written), API times, taxon names, ordinals, distances and printable paths. No I/O.
 # ---------------------------------------------------------------------------
@@ -1133,6 +1138,9 @@ class Alignment:
         return ", ".join(parts)
 
 
+COARSE_STEP = 4  # the coarse score compares large uploads at a quarter of their size
+
+
 @dataclass(frozen=True)
 class Comparison:
     """The similarity of a local photo and a candidate, and how the two were lined up."""
@@ -1145,7 +1153,7 @@ class Comparison:
     misfit: float = 0.0  # how far parts of the pictures move against each other, pixels
     matches: int = 0  # keypoint matches before the geometry was fitted (inliers among them)
     coarse: float | None = None  # the score shrunk coarse_step times: what export filters keep
-    coarse_step: int = 4  # COARSE_STEP for a large upload, less for a smaller one
+    coarse_step: int = COARSE_STEP  # for a large upload, less for a smaller one
     worst_part: float | None = None  # ... of the worst of its 4 x 4 parts (coarse_evidence)
     smooth: float = 0.0  # pixels: the most a smooth correction (lens, perspective) moved a part
     covered: float = 0.0  # fraction of the upload an overlay covers, left out of the scores
@@ -1254,13 +1262,248 @@ class DayOutcome:
 
 
 # ---------------------------------------------------------------------------
-# 4. iNaturalist I/O
-#    The pyinaturalist session that asks the API, the SQLite store that keeps the
-#    user's observations (and the taxa above their identifications, and the places
-#    of --location-names) between runs,
-#    the cache of downloaded photos (which also downloads a run's uploads ahead, in the
-#    background), and the download ledger that keeps downloads inside an hourly and a
-#    daily budget across runs.
+# 4. Console and file plumbing
+#    What every later section may use: the Console (--quiet: changes and new problems
+#    only; the one place that counts file errors), progress bars, Memo (made once, by
+#    the first thread that asks), the process-wide settings (configure_process), and
+#    files written atomically: a copy beside the target, flushed, then renamed over it;
+#    copies a killed run left behind are removed.
+# ---------------------------------------------------------------------------
+
+
+def file_key(path: Path) -> tuple[bytes, int, int] | None:
+    """What says a file is unchanged: its absolute path, size and modification time (None
+    when it cannot be read); the local index and the thumbnail cache key files by it."""
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    return os.fsencode(path.absolute()), info.st_size, info.st_mtime_ns
+
+
+def remove_leftover_copies(leftovers: Iterable[Path]) -> None:
+    """Delete temporary copies of a run killed mid-write; each original is intact beside it."""
+    for path in leftovers:
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+
+_NOT_MADE = object()  # a Memo value still being made
+
+
+class Memo(dict):
+    """A dict whose values are made once, by the first thread that asks for them; the others
+    wait for it. None (cannot be had) is kept like any value."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lock = threading.Lock()
+        self._making: dict[Any, threading.Lock] = {}
+
+    def make(self, key: Any, make: Callable[[], Any]) -> Any:
+        value = self.get(key, _NOT_MADE)
+        if value is not _NOT_MADE:
+            return value
+        with self._lock:
+            busy = self._making.setdefault(key, threading.Lock())
+        with busy:
+            # Read with get: another thread may forget the value meanwhile.
+            value = self.get(key, _NOT_MADE)
+            if value is _NOT_MADE:
+                value = self[key] = make()
+        return value
+
+    def forget(self, keys: Iterable[Any] | None = None) -> None:
+        """Drop these keys' values, or every value."""
+        with self._lock:
+            if keys is None:
+                self.clear()
+                self._making.clear()
+            for key in keys or ():
+                self.pop(key, None)
+                self._making.pop(key, None)
+
+
+def configure_process() -> None:
+    """The settings every entry point needs before a picture is read or written: the
+    decompression-bomb limit and the tool's XMP namespaces. main, the benchmarks and the tests
+    call it; it may be called again."""
+    import pyexiv2
+
+    Image.MAX_IMAGE_PIXELS = MAX_PICTURE_PIXELS
+    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+    pyexiv2.set_log_level(4)  # exiv2's own warnings are noise; we report failures ourselves
+    for uri, prefix in ((INAT_NAMESPACE, INAT_PREFIX), (DWC_NAMESPACE, DWC_PREFIX)):
+        with contextlib.suppress(Exception):  # already registered in this process
+            pyexiv2.registerNs(uri, prefix)
+
+
+def _write_beside(
+    path: Path, data: bytes | Iterable[bytes], mode: int, owner: os.stat_result
+) -> str:
+    """Write data to a hidden temporary file beside path, flushed to disk, with mode and
+    owner's owner and group where allowed; returns its name. Nothing is left on failure."""
+    fd, temporary = tempfile.mkstemp(
+        prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX, dir=path.parent
+    )
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            for piece in [data] if isinstance(data, bytes) else data:
+                handle.write(piece)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(temporary, mode)
+        with contextlib.suppress(OSError):  # only root may give a file away
+            os.chown(temporary, owner.st_uid, owner.st_gid)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+    return temporary
+
+
+def _sync_directory(directory: Path) -> None:
+    """Flush a directory's entries (a rename) to disk where the system allows it."""
+    with contextlib.suppress(OSError):  # directories cannot be fsynced everywhere
+        dir_fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def replace_file_atomically(path: Path, data: bytes | Iterable[bytes]) -> None:
+    """Write data beside path, flush it to disk, keep path's permissions, then rename over it."""
+    original = path.stat()
+    temporary = _write_beside(path, data, stat.S_IMODE(original.st_mode), original)
+    try:
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+    _sync_directory(path.parent)
+
+
+def create_file_atomically(path: Path, data: bytes, like: Path) -> None:
+    """Create path with data, complete or not at all, with like's permissions (less execute,
+    plus the owner's write: a read-only RAW keeps an updatable sidecar).
+
+    Never replaces a file that appeared meanwhile: FileExistsError then.
+    """
+    model = like.stat()
+    mode = stat.S_IMODE(model.st_mode) & 0o666 | stat.S_IWUSR
+    temporary = _write_beside(path, data, mode, model)
+    try:
+        try:
+            os.link(temporary, path)  # fails if path exists: nothing is ever clobbered
+        except FileExistsError:
+            raise
+        except OSError:  # file systems without hard links (FAT, exFAT on memory cards)
+            if path.exists():
+                raise FileExistsError(f"{path.name} appeared meanwhile") from None
+            os.replace(temporary, path)
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+    _sync_directory(path.parent)
+
+
+def replace_or_create(path: Path, data: bytes | Iterable[bytes]) -> None:
+    """Write a file we own (the log) atomically whether or not it exists yet."""
+    if not path.exists():
+        path.write_bytes(b"")
+    replace_file_atomically(path, data)
+
+
+class Console:
+    """Prints messages and keeps count of the problems reported; never prints a secret.
+
+    say() is for progress and information, which --quiet silences; report() for changes
+    (and errors the run stops on), warn() and file_error() for problems: those are printed
+    with --quiet too, except a file's problem or notice that an earlier run reported already
+    (reported_before, the LocalIndex's memory; --list-problems lists them).
+    """
+
+    def __init__(self, stream: Any = None, quiet: bool = False) -> None:
+        self.stream = stream or sys.stdout
+        self.quiet = quiet
+        self.file_errors = 0
+        self.errors: list[tuple[Path, str]] = []  # for the HTML log's Errors section
+        self.secrets: list[str] = []
+        self.spoke = False  # printed a change or a problem: --quiet then prints the summary
+        self.reported_before: Callable[[Path, str], bool] | None = None
+
+    def hide(self, secret: str) -> None:
+        """Blank secret out of every later message, wherever it might turn up."""
+        self.secrets.append(secret)
+
+    def _clean(self, message: str) -> str:
+        for secret in self.secrets:
+            message = message.replace(secret, "[token]")
+        return message
+
+    def say(self, message: str) -> None:
+        """Progress and information: silent with --quiet."""
+        if not self.quiet:
+            print(self._clean(message), file=self.stream, flush=True)
+
+    def _repeated(self, path: Path | None, message: str) -> bool:
+        """Whether --quiet leaves this out: an earlier run reported it about this file."""
+        known = path is not None and self.reported_before is not None
+        seen = known and self.reported_before(path, message)  # type: ignore[misc]
+        return self.quiet and seen
+
+    def report(self, message: str, path: Path | None = None) -> None:
+        """A change (a tag written, a caption updated), or a notice about the file at path."""
+        if not self._repeated(path, message):
+            self.spoke = True
+            print(self._clean(message), file=self.stream, flush=True)
+
+    def warn(self, message: str, path: Path | None = None) -> None:
+        if not self._repeated(path, message):
+            self.spoke = True
+            print(self._clean(f"Warning: {message}"), file=sys.stderr, flush=True)
+
+    def file_error(self, path: Path, reason: str) -> None:
+        """Report a file that could not be read or written; the run goes on. One that --quiet
+        leaves out (reported before) leaves the exit code alone: a monitor sees what is new."""
+        self.errors.append((path, reason))
+        if not self._repeated(path, reason):
+            self.file_errors += 1
+            self.spoke = True
+            message = f"Error: {show_path(path)}: {reason}"
+            print(self._clean(message), file=sys.stderr, flush=True)
+
+
+def progress(iterable: Iterable[Any], description: str, total: int | None = None) -> Iterable[Any]:
+    """A tqdm progress bar on a terminal, the plain iterable otherwise (cron mail stays clean)."""
+    if not sys.stderr.isatty():
+        return iterable
+    from tqdm import tqdm
+
+    return tqdm(
+        iterable,
+        desc=description,
+        total=total,
+        leave=False,
+        unit="photo",
+        disable=total is not None and total < 2,
+    )
+
+
+def make_private(cache: Path, console: Console) -> None:
+    """The cache will hold true locations: readable by its owner only (it is created so)."""
+    with contextlib.suppress(OSError):
+        if os.name == "posix" and stat.S_IMODE(cache.stat().st_mode) & 0o077:
+            cache.chmod(0o700)
+            console.say(f"Made {show_path(cache)} readable by you only: it holds private data.")
+
+
+# ---------------------------------------------------------------------------
+# 5. iNaturalist API
+#    The pyinaturalist session that asks the API (rate limit, retries, paging, v1 and
+#    v2), its errors in words, and the user's token (a file, the keyring, a login).
 # ---------------------------------------------------------------------------
 
 
@@ -1558,6 +1801,49 @@ def _describe_http_error(error: BaseException) -> str:
             return text
     detail = str(error).splitlines()[0] if str(error) else type(error).__name__
     return detail[:200]
+
+
+def read_token_file(path: Path, console: Console) -> str:
+    """The token in path; warns when others may read the file, UserError when it is unusable."""
+    try:
+        info = path.stat()
+        token = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as error:
+        reason = getattr(error, "strerror", None) or type(error).__name__
+        raise UserError(f"cannot read the token file {show_path(path)} ({reason})") from None
+    if not token or len(token.split()) != 1:
+        raise UserError(f"the token file {show_path(path)} does not hold one token")
+    if os.name == "posix" and info.st_mode & (stat.S_IRGRP | stat.S_IROTH):
+        console.warn(
+            f"{show_path(path)} holds your iNaturalist token and other users may read it;"
+            f" run: chmod 600 {show_path(path)}"
+        )
+    return token
+
+
+def login_token(options: Options, client: InatClient, console: Console) -> str | None:
+    """The run's API token: --token-file, INAT_API_TOKEN, or one fetched with the login in the
+    environment or the keyring; None without any of them (the public view)."""
+    token = None
+    if options.token_file is not None:
+        token = read_token_file(options.token_file, console)
+    elif options.token:
+        token = options.token
+    elif options.password_login or options.keyring:
+        token = client.access_token()
+    if token:
+        console.hide(token)
+    return token
+
+
+# ---------------------------------------------------------------------------
+# 6. The cache directory and its stores
+#    What the tool keeps between runs, each in its own file of the cache directory:
+#    the user's observations (and the taxa above their identifications, and the places
+#    of --location-names), downloaded photos (fetched ahead, in the background), the
+#    download ledger's hourly and daily budget, the local index of files read and
+#    decisions made, the log's thumbnails, and the lock that keeps to one run at a time.
+# ---------------------------------------------------------------------------
 
 
 def _changed_since(record: dict[str, Any], moment: dt.datetime) -> bool:
@@ -2107,14 +2393,94 @@ class PhotoCache:
         return {p.id: path for p, path in zip(photos, paths, strict=True) if path is not None}
 
 
+class ThumbnailCache:
+    """The log's thumbnails on disk: local photos keyed by path, size and modification time,
+    uploads by photo id and size. A rerun makes thumbnails only for what is new."""
+
+    def __init__(self, cache: Path) -> None:
+        self.folder = cache / "thumbnails"
+
+    def local_file(self, photo: LocalPhoto) -> Path | None:
+        key = file_key(photo.path)
+        if key is None:
+            return None
+        digest = hashlib.sha1(repr(key).encode()).hexdigest()[:24]
+        return self.folder / "local" / digest[:2] / f"{digest}.jpg"
+
+    def upload_file(self, photo_id: int, size: str) -> Path:
+        return self.folder / "inat" / size / f"{photo_id}.jpg"
+
+    def carry_over(self, made: Path, photo: LocalPhoto) -> None:
+        """Keep the thumbnail made before this tool wrote into the photo (its pixels are the
+        same; its modification time and size are not)."""
+        target = self.local_file(photo)
+        if target is not None and target != made and made.exists():
+            with contextlib.suppress(OSError):
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(made, target)
+
+    def local(self, photo: LocalPhoto, picture: Callable[[], Image.Image | None]) -> Path | None:
+        """The photo's thumbnail file, made from picture() unless there already; None when
+        it cannot be had."""
+        target = self.local_file(photo)
+        if target is None:
+            return None
+        if not target.exists():
+            made = picture()
+            if made is None or not self.save(target, made):
+                return None
+        return target
+
+    def save(self, target: Path, picture: Image.Image) -> bool:
+        """Store picture reduced to a thumbnail (a new JPEG; the photo itself is only read)."""
+        small = picture.convert("RGB")  # always a copy: the caller's picture stays as it is
+        small.thumbnail((HTML_THUMBNAIL, HTML_THUMBNAIL))
+        buffer = io.BytesIO()
+        small.save(buffer, "JPEG", quality=HTML_THUMBNAIL_QUALITY)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, temporary = tempfile.mkstemp(dir=target.parent, suffix=".part")
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(buffer.getvalue())
+            os.replace(temporary, target)
+        except OSError:  # a full or read-only cache costs the log a picture, nothing more
+            return False
+        return True
+
+
+@contextlib.contextmanager
+def run_lock(cache: Path) -> Iterator[bool]:
+    """Hold an exclusive lock on the cache directory; yields False if another run has it."""
+    cache.mkdir(mode=0o700, parents=True, exist_ok=True)
+    handle = open(cache / "run.lock", "a+")  # noqa: SIM115 - held for the whole run
+    try:
+        try:
+            if os.name == "nt":
+                import msvcrt
+
+                msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
+            else:
+                import fcntl
+
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            yield False
+            return
+        yield True
+    finally:
+        handle.close()
+
+
+class RunLocked(Exception):
+    """Another run holds the lock on the cache directory."""
+
+
 # ---------------------------------------------------------------------------
-# 5. Local files
-#    Finding picture files, removing copies a killed run left behind, reading the
-#    metadata this tool uses (through the LocalIndex, read once, so reruns parse only
-#    what changed and only the days that need it: load_archive; from XMP sidecars, for
-#    RAW and HEIC files always), joining RAW+JPEG
-#    pairs, and decoding pixels upright at the size a comparison needs: Pillow,
-#    pillow-heif for HEIC, LibRaw's preview or demosaic for RAW.
+# 7. Local files
+#    Finding picture files and reading the metadata this tool uses (through the
+#    LocalIndex, read once, so reruns parse only what changed and only the days that
+#    need it: load_archive; from XMP sidecars, for RAW and HEIC files always), naming
+#    sidecars and joining RAW+JPEG pairs.
 # ---------------------------------------------------------------------------
 
 
@@ -2200,13 +2566,6 @@ def find_picture_files(arguments: Sequence[str], console: Console) -> FoundFiles
             f" (e.g. {examples})."
         )
     return FoundFiles(tuple(found), tuple(leftovers))
-
-
-def remove_leftover_copies(leftovers: Iterable[Path]) -> None:
-    """Delete temporary copies of a run killed mid-write; each original is intact beside it."""
-    for path in leftovers:
-        with contextlib.suppress(OSError):
-            path.unlink()
 
 
 def picture_kind(path: Path) -> str:
@@ -2489,7 +2848,7 @@ class LocalIndex:
     def reported_before(self, path: Path, message: str) -> bool:
         """Whether a problem (or notice) was reported about this file as it is now; the
         first report is remembered, for --quiet and --list-problems."""
-        key = self._key(path) or (os.fsencode(path.absolute()), -1, -1)
+        key = file_key(path) or (os.fsencode(path.absolute()), -1, -1)
         with self.lock:
             row = self.db.execute(
                 "SELECT size, mtime_ns FROM problems WHERE path = ? AND message = ?",
@@ -2510,17 +2869,9 @@ class LocalIndex:
         found = [(os.fsdecode(path), message, first) for path, message, first in rows]
         return [row for row in found if os.path.lexists(row[0])]
 
-    @staticmethod
-    def _key(path: Path) -> tuple[bytes, int, int] | None:
-        try:
-            info = path.stat()
-        except OSError:
-            return None
-        return os.fsencode(path.absolute()), info.st_size, info.st_mtime_ns
-
     def read(self, path: Path, console: Console) -> LocalPhoto | None:
         """The photo's metadata from the index if the file is unchanged, else from the file."""
-        key = self._key(path)
+        key = file_key(path)
         if key is not None:
             row = self.db.execute(
                 "SELECT record, taken_at FROM photos WHERE path = ? AND size = ? AND mtime_ns = ?",
@@ -2539,7 +2890,7 @@ class LocalIndex:
 
     def remember(self, photo: LocalPhoto) -> None:
         """Store what we know of photo under the file's (or its sidecar's) size and time."""
-        key = self._key(photo.sidecar or photo.path)
+        key = file_key(photo.sidecar or photo.path)
         if key is None:
             return
         if photo.sidecar is not None:
@@ -2579,7 +2930,7 @@ class LocalIndex:
         the sidecar cannot be read (reported).
         """
         assert photo.sidecar is not None
-        key = self._key(photo.sidecar)
+        key = file_key(photo.sidecar)
         if key is None:
             return photo
         row = self.db.execute(
@@ -2606,7 +2957,7 @@ class LocalIndex:
     def _stored(self, table: str, path: Path) -> Any:
         """The JSON value table ("checked", "verdicts") holds for the file at path as it is
         now and under these settings; None when there is none."""
-        key = self._key(path)
+        key = file_key(path)
         if key is None:
             return None
         row = self.db.execute(
@@ -2618,7 +2969,7 @@ class LocalIndex:
         return None
 
     def _store(self, table: str, path: Path, value: Any) -> None:
-        key = self._key(path)
+        key = file_key(path)
         if key is not None:
             self.db.execute(
                 f"INSERT OR REPLACE INTO {table} VALUES (?, ?, ?, ?, ?)",
@@ -2890,6 +3241,43 @@ def prepare_local_photos(
     return pair_raw_with_exports(ready)
 
 
+def _open_raw(path: Path) -> Any:
+    """rawpy's reader for path (names that are not UTF-8 are read through memory)."""
+    import rawpy
+
+    try:
+        os.fsencode(path).decode("utf-8")
+        return rawpy.imread(str(path))
+    except UnicodeDecodeError:
+        return rawpy.imread(io.BytesIO(path.read_bytes()))
+
+
+def sidecar_holding_tags(
+    index: LocalIndex, photo: LocalPhoto, console: Console
+) -> LocalPhoto | None:
+    """photo with the existing sidecar that holds this tool's tags while the picture does not
+    (an earlier run with --sidecars put them there); None when there is no such sidecar."""
+    if photo.tags is not None or photo.dissociated or photo.written_caption is not None:
+        return None
+    for name in sidecar_names(photo.path):
+        if not name.is_file():
+            continue
+        found = index.read_sidecar(dataclasses.replace(photo, sidecar=name), console)
+        if found is not None and (
+            found.tags is not None or found.dissociated or found.written_caption is not None
+        ):
+            return found
+    return None
+
+
+# ---------------------------------------------------------------------------
+# 8. Decoding and pictures
+#    Pixels upright at the size a comparison needs: Pillow (JPEG draft mode),
+#    pillow-heif for HEIC, LibRaw's preview or demosaic for RAW; an upload decoded
+#    without the plain bands (a frame, a border, padding) an export added around it.
+# ---------------------------------------------------------------------------
+
+
 _ORIENTATION_FIX = {  # names of Image.Transpose, looked up when Pillow is loaded
     2: "FLIP_LEFT_RIGHT",
     3: "ROTATE_180",
@@ -2948,17 +3336,6 @@ SRGB_GAMMA = (2.4, 12.92)
 _LIBRAW_FLIP = {0: 1, 3: 3, 5: 8, 6: 6}  # LibRaw's flip code -> the EXIF orientation it means
 
 
-def _open_raw(path: Path) -> Any:
-    """rawpy's reader for path (names that are not UTF-8 are read through memory)."""
-    import rawpy
-
-    try:
-        os.fsencode(path).decode("utf-8")
-        return rawpy.imread(str(path))
-    except UnicodeDecodeError:
-        return rawpy.imread(io.BytesIO(path.read_bytes()))
-
-
 def _decode_raw(path: Path, longest: int) -> Image.Image:
     """A RAW picture upright: the camera's preview JPEG when it is large enough (fast, and
     close to what people export), else a half-size demosaic.
@@ -3015,203 +3392,6 @@ def _raw_preview(raw: Any, enough: int, longest: int) -> Image.Image | None:
             return None
     picture = Image.fromarray(thumb.data).convert("RGB")
     return picture if max(picture.size) >= enough else None
-
-
-# ---------------------------------------------------------------------------
-# 6. Pictures
-#    PictureSource holds the decoded pictures of a run, local and uploaded: it
-#    fetches uploads through the photo cache, decodes each picture and finds its
-#    keypoints once while it is needed (Memo: made by the first thread that asks),
-#    saves a local photo's log thumbnail while it is decoded, and is the one place
-#    that reports a picture it could not decode. An upload is decoded without the
-#    plain bands (a frame, a border, padding) an export added around it.
-# ---------------------------------------------------------------------------
-
-
-class Memo(dict):
-    """A dict whose values are made once, by the first thread that asks for them; the others
-    wait for it. None (cannot be had) is kept like any value."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._lock = threading.Lock()
-        self._making: dict[Any, threading.Lock] = {}
-
-    def make(self, key: Any, make: Callable[[], Any]) -> Any:
-        value = self.get(key, _NOT_MADE)
-        if value is not _NOT_MADE:
-            return value
-        with self._lock:
-            busy = self._making.setdefault(key, threading.Lock())
-        with busy:
-            # Read with get: another thread may forget the value meanwhile.
-            value = self.get(key, _NOT_MADE)
-            if value is _NOT_MADE:
-                value = self[key] = make()
-        return value
-
-    def forget(self, keys: Iterable[Any] | None = None) -> None:
-        """Drop these keys' values, or every value."""
-        with self._lock:
-            if keys is None:
-                self.clear()
-                self._making.clear()
-            for key in keys or ():
-                self.pop(key, None)
-                self._making.pop(key, None)
-
-
-_NOT_MADE = object()
-
-
-class PictureSource:
-    """Decoded pictures for comparisons: uploads per day, local photos per cluster, each at
-    the iNaturalist sizes compared (sizes, smallest first)."""
-
-    def __init__(
-        self,
-        photos: PhotoCache,
-        sizes: Sequence[str],
-        console: Console,
-        log_thumbnails: ThumbnailCache | None = None,
-    ) -> None:
-        self.photos = photos
-        self.sizes = tuple(sizes)
-        self.console = console
-        self.log_thumbnails = log_thumbnails  # when given, each decoded local photo's is made
-        self.uploads = Memo()  # (photo id, size) -> picture
-        self.locals = Memo()  # (path, size) -> picture
-        self.thumbnails = Memo()
-        self.full = Memo()
-        self.upload_features = Memo()  # (photo id, size) -> Features
-        self.local_features = Memo()  # (path, size) -> Features
-        self.unreadable: set[Path] = set()
-        self.lock = threading.Lock()
-
-    def fetch(self, candidates: Sequence[Candidate], size: str | None = None) -> None:
-        """Download the uploads of these candidates in parallel, ahead of comparing them."""
-        self.photos.fetch_all([c.photo for c in candidates], size or self.sizes[0])
-
-    def upload(self, photo: InatPhoto, size: str | None = None) -> Image.Image | None:
-        """The upload at this size (the first by default); None when it cannot be had."""
-        size = size or self.sizes[0]
-
-        def decode() -> Image.Image | None:
-            path = self.photos.fetch(photo, size)
-            return None if path is None else _open_rgb(path)
-
-        return self.uploads.make((photo.id, size), decode)
-
-    def downloaded_upload(self, photo: InatPhoto) -> Image.Image | None:
-        """The upload at the smallest size this run decoded or that is already downloaded;
-        never a download."""
-        for size in self.sizes:
-            decoded = self.uploads.get((photo.id, size))
-            if decoded is not None:
-                return decoded
-        for size in self.sizes:
-            path = self.photos.path(photo, size)
-            if not photo.unavailable and path.exists():
-                return _open_rgb(path)
-        return None
-
-    def local(self, photo: LocalPhoto, size: str | None = None) -> Image.Image | None:
-        """The local picture upright, big enough to cut the smallest searched crop from it
-        at an upload of this size (the first by default)."""
-        key = self._local_key(photo, size or self.sizes[0])
-        side = round(max(INAT_PIXELS.get(key[1], 0), HTML_THUMBNAIL) / SMALLEST_CROP)
-        return self._decode(photo, side, self.locals, key, keep_thumbnail=True)
-
-    @staticmethod
-    def _local_key(photo: LocalPhoto, size: str) -> tuple[Path, str]:
-        """(path, size), or (path, 'whole') for a format that decodes every pixel anyway:
-        decoded once, whatever the size."""
-        return (photo.path, size if decodes_reduced(photo.path) else "whole")
-
-    def local_thumbnail(self, photo: LocalPhoto) -> Image.Image | None:
-        """The local picture upright at about thumbnail size (JPEGs decode at 1/8 cheaply).
-
-        A format that always decodes every pixel (HEIC, PNG, TIFF) is decoded once: its
-        thumbnail is the picture local() returns.
-        """
-        if not decodes_reduced(photo.path):
-            return self.local(photo, self.sizes[0])
-        return self._decode(photo, HTML_THUMBNAIL, self.thumbnails, photo.path)
-
-    def full_picture(self, photo: LocalPhoto) -> Image.Image | None:
-        """The local picture upright at full size, for the rare crop tighter than local()'s
-        (which is it already for formats that always decode every pixel)."""
-        if photo.path in self.unreadable or not decodes_reduced(photo.path):
-            return self.local(photo, self.sizes[-1])
-
-        def decode() -> Image.Image | None:
-            try:
-                return decode_upright(photo.path, photo.orientation, 1 << 16)
-            except (OSError, ValueError, Image.DecompressionBombError, MemoryError):
-                return None  # local() decoded it: a failure here is memory, not the file
-
-        return self.full.make(photo.path, decode)
-
-    def features(
-        self, photo: LocalPhoto, upload: InatPhoto, size: str | None = None
-    ) -> tuple[Image.Image, Features, Image.Image, Features] | None:
-        """Both pictures at this upload size and their keypoints (local, its features, upload,
-        its features), each found once while the picture is held; None when either cannot be
-        had."""
-        size = size or self.sizes[0]
-        picture = self.upload(upload, size)
-        local = self.local(photo, size) if picture is not None else None
-        if picture is None or local is None:
-            return None
-        found = self.upload_features.make((upload.id, size), lambda: find_upload_features(picture))
-        local_found = self.local_features.make(
-            self._local_key(photo, size), lambda: find_local_features(local)
-        )
-        return local, local_found, picture, found
-
-    def _decode(
-        self, photo: LocalPhoto, side: int, cache: Memo, key: Any, keep_thumbnail: bool = False
-    ) -> Image.Image | None:
-        if photo.path in self.unreadable:
-            return None
-
-        def decode() -> Image.Image | None:
-            try:
-                picture = decode_upright(photo.path, photo.orientation, side)
-            except (OSError, ValueError, Image.DecompressionBombError) as error:
-                with self.lock:
-                    if photo.path not in self.unreadable:
-                        self.unreadable.add(photo.path)
-                        self.console.file_error(photo.path, f"cannot decode picture ({error})")
-                return None
-            if keep_thumbnail and self.log_thumbnails is not None:
-                # The log's thumbnail, while the picture is decoded: the log comes after the
-                # cluster's pictures are forgotten, and would decode the file again.
-                self.log_thumbnails.local(photo, lambda: picture)
-            return picture
-
-        return cache.make(key, decode)
-
-    def forget_locals(self, photos: Iterable[LocalPhoto] | None = None) -> None:
-        """Drop these decoded local pictures, or all, once compared (memory stays flat)."""
-        if photos is None:
-            for cache in (self.locals, self.thumbnails, self.full, self.local_features):
-                cache.forget()
-            return
-        paths = [p.path for p in photos]
-        sized = [(path, size) for path in paths for size in (*self.sizes, "whole")]
-        for cache, keys in (
-            (self.locals, sized),
-            (self.local_features, sized),
-            (self.thumbnails, paths),
-            (self.full, paths),
-        ):
-            cache.forget(keys)
-
-    def forget_uploads(self) -> None:
-        """Drop decoded uploads and their keypoints once their day is done and reported."""
-        self.uploads.forget()
-        self.upload_features.forget()
 
 
 def _open_rgb(path: Path | io.BytesIO) -> Image.Image | None:
@@ -3291,13 +3471,10 @@ def framed_box(gray: np.ndarray) -> tuple[int, int, int, int] | None:
 
 
 # ---------------------------------------------------------------------------
-# 7. Similarity
-#    Decoded pictures and their keypoints in, a Comparison and a verdict out, in four
-#    parts: 7a the score, 7b registration, 7c tones and sharpness, 7d comparing pairs
-#    and the verdict (with PairScorer, the compare function matching is given).
-#
-# 7a. Similarity: the score
+# 9a. Similarity: the score
 #    SSIM-PIL's structural similarity, the number users know: numpy, or OpenCL with --gpu.
+#    Sections 9a to 9d take decoded pictures and their keypoints in and give a
+#    Comparison and a verdict out.
 # ---------------------------------------------------------------------------
 
 
@@ -3462,15 +3639,16 @@ def choose_score_function(use_gpu: bool, console: Console) -> ScoreFunction:
 
 
 # ---------------------------------------------------------------------------
-# 7b. Similarity: registration
+# 9b. Similarity: registration
 #    Where an upload lies in a local picture: keypoints and RANSAC for crops (down to
 #    MIN_AREA, searched at coarser sizes too), scale, any angle and quarter turns;
 #    correlation for pictures without keypoints; phase correlation to sharpen the fit
 #    and measure the misfit of another shot; a homography for an upload a lens or an
 #    upright correction bent, and a smooth field (smooth_correction) that explains such
 #    a correction but not another shot's parallax. Plain bands an export added around an
-#    upload (a frame, padding) are cut off when it is decoded (framed_box, in section 6).
+#    upload (a frame, padding) are cut off when it is decoded (framed_box, section 8).
 # ---------------------------------------------------------------------------
+
 
 ALIGN_SIDE = 160  # longest side of the coarse search (the cheap pre-filter), pixels
 
@@ -4185,13 +4363,14 @@ def smooth_correction(region: np.ndarray, upload: np.ndarray, misfit: float) -> 
 
 
 # ---------------------------------------------------------------------------
-# 7c. Similarity: tones and sharpness
+# 9c. Similarity: tones and sharpness
 #    What an editor changes without moving a pixel: exposure, curves, saturation and
 #    colour balance are fitted and undone (match_tones); what no curve undoes
 #    (sharpening, clarity, noise reduction, recompression) is measured past: the coarse
 #    score compares the lined-up pictures shrunk, where those filters do not reach.
 #    Local tone tools (graduated filters, dehaze) are undone by a smooth local gain.
 # ---------------------------------------------------------------------------
+
 
 TONE_MIN = 1.5  # mean change in levels below which an upload's tones count as unedited
 TONE_SURE = 6.0  # ... above which the tones certainly were edited (no score without matching)
@@ -4284,9 +4463,6 @@ def local_gain(picture: np.ndarray, reference: np.ndarray) -> np.ndarray:
     gain = np.clip(means[1] / means[0], 1 / LOCAL_GAIN_MAX, LOCAL_GAIN_MAX)
     gain = cv2.resize(gain, (width, height), interpolation=cv2.INTER_LINEAR)
     return np.clip(picture * gain[..., None] + 0.5, 0, 255).astype(np.uint8)
-
-
-COARSE_STEP = 4  # the coarse score compares large uploads at a quarter of their size
 
 
 def coarse_step(size: str) -> int:
@@ -4390,16 +4566,12 @@ def overlay_box(tiles: np.ndarray) -> tuple[int, int, int, int] | None:
 
 
 # ---------------------------------------------------------------------------
-# 7d. Similarity: comparing pairs and the verdict
+# 9d. Similarity: comparing a pair and the verdict
 #    compare_pictures: registration, tones and both scores of one pair; the cheap gate
 #    (likely_same_pictures); overlays along an edge left out (overlay_box);
 #    evidence_grounds, the calibrated verdict on a pair below the threshold, where a crop
 #    and its whole frame are never rivals; settled_uploads, which uploads the first,
-#    smaller size decides (never a crop while a bigger view of its photo is open);
-#    PairScorer, the compare function matching is given: each pair once a day, at the
-#    first size and again at the larger for what it did not settle, the coming clusters'
-#    pairs ahead in background threads (interleaved), a few local photos' pictures held
-#    at a time.
+#    smaller size decides (never a crop while a bigger view of its photo is open).
 # ---------------------------------------------------------------------------
 
 
@@ -4695,6 +4867,168 @@ def settled_uploads(comparisons: Pairs, threshold: float) -> dict[int, int]:
     return settled
 
 
+# ---------------------------------------------------------------------------
+# 10. Comparing in parallel
+#    PictureSource holds a run's decoded pictures, local and uploaded: it fetches
+#    uploads through the photo cache, decodes each picture and finds its keypoints once
+#    while it is needed, saves a local photo's log thumbnail while it is decoded, and is
+#    the one place that reports a picture it could not decode. PairScorer is the compare
+#    function matching is given: each pair once a day, at the first size and again at
+#    the larger for what it did not settle, the coming clusters' pairs ahead in
+#    background threads (interleaved), a few local photos' pictures held at a time.
+# ---------------------------------------------------------------------------
+
+
+class PictureSource:
+    """Decoded pictures for comparisons: uploads per day, local photos per cluster, each at
+    the iNaturalist sizes compared (sizes, smallest first)."""
+
+    def __init__(
+        self,
+        photos: PhotoCache,
+        sizes: Sequence[str],
+        console: Console,
+        log_thumbnails: ThumbnailCache | None = None,
+    ) -> None:
+        self.photos = photos
+        self.sizes = tuple(sizes)
+        self.console = console
+        self.log_thumbnails = log_thumbnails  # when given, each decoded local photo's is made
+        self.uploads = Memo()  # (photo id, size) -> picture
+        self.locals = Memo()  # (path, size) -> picture
+        self.thumbnails = Memo()
+        self.full = Memo()
+        self.upload_features = Memo()  # (photo id, size) -> Features
+        self.local_features = Memo()  # (path, size) -> Features
+        self.unreadable: set[Path] = set()
+        self.lock = threading.Lock()
+
+    def fetch(self, candidates: Sequence[Candidate], size: str | None = None) -> None:
+        """Download the uploads of these candidates in parallel, ahead of comparing them."""
+        self.photos.fetch_all([c.photo for c in candidates], size or self.sizes[0])
+
+    def upload(self, photo: InatPhoto, size: str | None = None) -> Image.Image | None:
+        """The upload at this size (the first by default); None when it cannot be had."""
+        size = size or self.sizes[0]
+
+        def decode() -> Image.Image | None:
+            path = self.photos.fetch(photo, size)
+            return None if path is None else _open_rgb(path)
+
+        return self.uploads.make((photo.id, size), decode)
+
+    def downloaded_upload(self, photo: InatPhoto) -> Image.Image | None:
+        """The upload at the smallest size this run decoded or that is already downloaded;
+        never a download."""
+        for size in self.sizes:
+            decoded = self.uploads.get((photo.id, size))
+            if decoded is not None:
+                return decoded
+        for size in self.sizes:
+            path = self.photos.path(photo, size)
+            if not photo.unavailable and path.exists():
+                return _open_rgb(path)
+        return None
+
+    def local(self, photo: LocalPhoto, size: str | None = None) -> Image.Image | None:
+        """The local picture upright, big enough to cut the smallest searched crop from it
+        at an upload of this size (the first by default)."""
+        key = self._local_key(photo, size or self.sizes[0])
+        side = round(max(INAT_PIXELS.get(key[1], 0), HTML_THUMBNAIL) / SMALLEST_CROP)
+        return self._decode(photo, side, self.locals, key, keep_thumbnail=True)
+
+    @staticmethod
+    def _local_key(photo: LocalPhoto, size: str) -> tuple[Path, str]:
+        """(path, size), or (path, 'whole') for a format that decodes every pixel anyway:
+        decoded once, whatever the size."""
+        return (photo.path, size if decodes_reduced(photo.path) else "whole")
+
+    def local_thumbnail(self, photo: LocalPhoto) -> Image.Image | None:
+        """The local picture upright at about thumbnail size (JPEGs decode at 1/8 cheaply).
+
+        A format that always decodes every pixel (HEIC, PNG, TIFF) is decoded once: its
+        thumbnail is the picture local() returns.
+        """
+        if not decodes_reduced(photo.path):
+            return self.local(photo, self.sizes[0])
+        return self._decode(photo, HTML_THUMBNAIL, self.thumbnails, photo.path)
+
+    def full_picture(self, photo: LocalPhoto) -> Image.Image | None:
+        """The local picture upright at full size, for the rare crop tighter than local()'s
+        (which is it already for formats that always decode every pixel)."""
+        if photo.path in self.unreadable or not decodes_reduced(photo.path):
+            return self.local(photo, self.sizes[-1])
+
+        def decode() -> Image.Image | None:
+            try:
+                return decode_upright(photo.path, photo.orientation, 1 << 16)
+            except (OSError, ValueError, Image.DecompressionBombError, MemoryError):
+                return None  # local() decoded it: a failure here is memory, not the file
+
+        return self.full.make(photo.path, decode)
+
+    def features(
+        self, photo: LocalPhoto, upload: InatPhoto, size: str | None = None
+    ) -> tuple[Image.Image, Features, Image.Image, Features] | None:
+        """Both pictures at this upload size and their keypoints (local, its features, upload,
+        its features), each found once while the picture is held; None when either cannot be
+        had."""
+        size = size or self.sizes[0]
+        picture = self.upload(upload, size)
+        local = self.local(photo, size) if picture is not None else None
+        if picture is None or local is None:
+            return None
+        found = self.upload_features.make((upload.id, size), lambda: find_upload_features(picture))
+        local_found = self.local_features.make(
+            self._local_key(photo, size), lambda: find_local_features(local)
+        )
+        return local, local_found, picture, found
+
+    def _decode(
+        self, photo: LocalPhoto, side: int, cache: Memo, key: Any, keep_thumbnail: bool = False
+    ) -> Image.Image | None:
+        if photo.path in self.unreadable:
+            return None
+
+        def decode() -> Image.Image | None:
+            try:
+                picture = decode_upright(photo.path, photo.orientation, side)
+            except (OSError, ValueError, Image.DecompressionBombError) as error:
+                with self.lock:
+                    if photo.path not in self.unreadable:
+                        self.unreadable.add(photo.path)
+                        self.console.file_error(photo.path, f"cannot decode picture ({error})")
+                return None
+            if keep_thumbnail and self.log_thumbnails is not None:
+                # The log's thumbnail, while the picture is decoded: the log comes after the
+                # cluster's pictures are forgotten, and would decode the file again.
+                self.log_thumbnails.local(photo, lambda: picture)
+            return picture
+
+        return cache.make(key, decode)
+
+    def forget_locals(self, photos: Iterable[LocalPhoto] | None = None) -> None:
+        """Drop these decoded local pictures, or all, once compared (memory stays flat)."""
+        if photos is None:
+            for cache in (self.locals, self.thumbnails, self.full, self.local_features):
+                cache.forget()
+            return
+        paths = [p.path for p in photos]
+        sized = [(path, size) for path in paths for size in (*self.sizes, "whole")]
+        for cache, keys in (
+            (self.locals, sized),
+            (self.local_features, sized),
+            (self.thumbnails, paths),
+            (self.full, paths),
+        ):
+            cache.forget(keys)
+
+    def forget_uploads(self) -> None:
+        """Drop decoded uploads and their keypoints once their day is done and reported."""
+        self.uploads.forget()
+        self.upload_features.forget()
+
+
 def interleaved(
     pairs: Sequence[tuple[LocalPhoto, Candidate]], group: int
 ) -> list[tuple[LocalPhoto, Candidate]]:
@@ -4917,12 +5251,13 @@ class PairScorer:
 
 
 # ---------------------------------------------------------------------------
-# 8. Matching
-#    Pure decisions: clusters of photos taken close in time, the one-to-one
-#    assignment inside a cluster (each photo paired through the uploads that show most
-#    of it first; crops then become parts), camera-clock offsets, and match_day, which puts
-#    them together (planned_pairs says which pairs it will compare first). The
-#    compare function is passed in; nothing here does I/O.
+# 11. Matching
+#    Pure decisions: clusters of photos taken close in time (a long one compared through
+#    time windows that follow each observation's photos), the one-to-one assignment
+#    inside a cluster (each photo paired through the uploads that show most of it first;
+#    crops then become parts), camera-clock offsets, and match_day, which puts them
+#    together (planned_pairs says which pairs it will compare first). The compare
+#    function is passed in; nothing here does I/O.
 # ---------------------------------------------------------------------------
 
 
@@ -5463,29 +5798,15 @@ def match_day(
 
 
 # ---------------------------------------------------------------------------
-# 9. Writing
+# 12. Writing
 #    The one place that changes a photo or its sidecar. plan_update decides, purely,
 #    what a photo should hold: ids, the caption keyword and, when asked, a hierarchical
 #    keyword and Darwin Core terms, the observation's position (geotag_decision:
 #    geoprivacy first, never over the photo's own) and place names, each replacing only
 #    what this tool wrote (which it records beside them). write_update writes that
-#    through exiv2 into a copy that then
-#    replaces the photo, or its XMP sidecar, atomically.
+#    through exiv2 into a copy that then replaces the photo, or its XMP sidecar,
+#    atomically (section 4).
 # ---------------------------------------------------------------------------
-
-
-def configure_process() -> None:
-    """The settings every entry point needs before a picture is read or written: the
-    decompression-bomb limit and the tool's XMP namespaces. main, the benchmarks and the tests
-    call it; it may be called again."""
-    import pyexiv2
-
-    Image.MAX_IMAGE_PIXELS = MAX_PICTURE_PIXELS
-    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-    pyexiv2.set_log_level(4)  # exiv2's own warnings are noise; we report failures ourselves
-    for uri, prefix in ((INAT_NAMESPACE, INAT_PREFIX), (DWC_NAMESPACE, DWC_PREFIX)):
-        with contextlib.suppress(Exception):  # already registered in this process
-            pyexiv2.registerNs(uri, prefix)
 
 
 def updated_keywords(keywords: Sequence[str], old: str | None, new: str) -> list[str]:
@@ -6033,168 +6354,14 @@ def _jpeg_exif(data: bytes) -> bytes | None:
     return None
 
 
-def _write_beside(
-    path: Path, data: bytes | Iterable[bytes], mode: int, owner: os.stat_result
-) -> str:
-    """Write data to a hidden temporary file beside path, flushed to disk, with mode and
-    owner's owner and group where allowed; returns its name. Nothing is left on failure."""
-    fd, temporary = tempfile.mkstemp(
-        prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX, dir=path.parent
-    )
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            for piece in [data] if isinstance(data, bytes) else data:
-                handle.write(piece)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(temporary, mode)
-        with contextlib.suppress(OSError):  # only root may give a file away
-            os.chown(temporary, owner.st_uid, owner.st_gid)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
-    return temporary
-
-
-def _sync_directory(directory: Path) -> None:
-    """Flush a directory's entries (a rename) to disk where the system allows it."""
-    with contextlib.suppress(OSError):  # directories cannot be fsynced everywhere
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-
-
-def replace_file_atomically(path: Path, data: bytes | Iterable[bytes]) -> None:
-    """Write data beside path, flush it to disk, keep path's permissions, then rename over it."""
-    original = path.stat()
-    temporary = _write_beside(path, data, stat.S_IMODE(original.st_mode), original)
-    try:
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
-    _sync_directory(path.parent)
-
-
-def create_file_atomically(path: Path, data: bytes, like: Path) -> None:
-    """Create path with data, complete or not at all, with like's permissions (less execute,
-    plus the owner's write: a read-only RAW keeps an updatable sidecar).
-
-    Never replaces a file that appeared meanwhile: FileExistsError then.
-    """
-    model = like.stat()
-    mode = stat.S_IMODE(model.st_mode) & 0o666 | stat.S_IWUSR
-    temporary = _write_beside(path, data, mode, model)
-    try:
-        try:
-            os.link(temporary, path)  # fails if path exists: nothing is ever clobbered
-        except FileExistsError:
-            raise
-        except OSError:  # file systems without hard links (FAT, exFAT on memory cards)
-            if path.exists():
-                raise FileExistsError(f"{path.name} appeared meanwhile") from None
-            os.replace(temporary, path)
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-    _sync_directory(path.parent)
-
-
-def replace_or_create(path: Path, data: bytes | Iterable[bytes]) -> None:
-    """Write a file we own (the log) atomically whether or not it exists yet."""
-    if not path.exists():
-        path.write_bytes(b"")
-    replace_file_atomically(path, data)
-
-
 # ---------------------------------------------------------------------------
-# 10. Reporting
-#    The console (--quiet: changes and new problems only), the lines it prints, the
-#    Tally of what changed, and the HTML log:
-#    rows built from outcomes, thumbnails made (and cached on disk) only when a log is
-#    written and only for rows worth a look (a photo simply not uploaded is a line of
-#    text), one page in sections with inline filters and every piece of text escaped.
+# 13. Console lines
+#    What the console says, in words: the Tally of what changed and its summary line,
+#    a line for each association, update, tie, part, near miss and unassociated upload,
+#    and the --associate command that confirms a near miss.
 # ---------------------------------------------------------------------------
 
-
-class Console:
-    """Prints messages and keeps count of the problems reported; never prints a secret.
-
-    say() is for progress and information, which --quiet silences; report() for changes
-    (and errors the run stops on), warn() and file_error() for problems: those are printed
-    with --quiet too, except a file's problem or notice that an earlier run reported already
-    (reported_before, the LocalIndex's memory; --list-problems lists them).
-    """
-
-    def __init__(self, stream: Any = None, quiet: bool = False) -> None:
-        self.stream = stream or sys.stdout
-        self.quiet = quiet
-        self.file_errors = 0
-        self.errors: list[tuple[Path, str]] = []  # for the HTML log's Errors section
-        self.secrets: list[str] = []
-        self.spoke = False  # printed a change or a problem: --quiet then prints the summary
-        self.reported_before: Callable[[Path, str], bool] | None = None
-
-    def hide(self, secret: str) -> None:
-        """Blank secret out of every later message, wherever it might turn up."""
-        self.secrets.append(secret)
-
-    def _clean(self, message: str) -> str:
-        for secret in self.secrets:
-            message = message.replace(secret, "[token]")
-        return message
-
-    def say(self, message: str) -> None:
-        """Progress and information: silent with --quiet."""
-        if not self.quiet:
-            print(self._clean(message), file=self.stream, flush=True)
-
-    def _repeated(self, path: Path | None, message: str) -> bool:
-        """Whether --quiet leaves this out: an earlier run reported it about this file."""
-        known = path is not None and self.reported_before is not None
-        seen = known and self.reported_before(path, message)  # type: ignore[misc]
-        return self.quiet and seen
-
-    def report(self, message: str, path: Path | None = None) -> None:
-        """A change (a tag written, a caption updated), or a notice about the file at path."""
-        if not self._repeated(path, message):
-            self.spoke = True
-            print(self._clean(message), file=self.stream, flush=True)
-
-    def warn(self, message: str, path: Path | None = None) -> None:
-        if not self._repeated(path, message):
-            self.spoke = True
-            print(self._clean(f"Warning: {message}"), file=sys.stderr, flush=True)
-
-    def file_error(self, path: Path, reason: str) -> None:
-        """Report a file that could not be read or written; the run goes on. One that --quiet
-        leaves out (reported before) leaves the exit code alone: a monitor sees what is new."""
-        self.errors.append((path, reason))
-        if not self._repeated(path, reason):
-            self.file_errors += 1
-            self.spoke = True
-            message = f"Error: {show_path(path)}: {reason}"
-            print(self._clean(message), file=sys.stderr, flush=True)
-
-
-def progress(iterable: Iterable[Any], description: str, total: int | None = None) -> Iterable[Any]:
-    """A tqdm progress bar on a terminal, the plain iterable otherwise (cron mail stays clean)."""
-    if not sys.stderr.isatty():
-        return iterable
-    from tqdm import tqdm
-
-    return tqdm(
-        iterable,
-        desc=description,
-        total=total,
-        leave=False,
-        unit="photo",
-        disable=total is not None and total < 2,
-    )
+BY_NAME = "matched by file name"  # said of an association the original file name decided
 
 
 @dataclass
@@ -6285,9 +6452,6 @@ def found_line(association: Association) -> str:
         f"{_distance_words(describe_distance(photo, observation))}, similarity"
         f" {comparison.score * 100:.1f}%{f' ({how})' if how else ''}."
     )
-
-
-BY_NAME = "matched by file name"  # said of an association the original file name decided
 
 
 def update_line(update: Update, dry_run: bool) -> str:
@@ -6401,6 +6565,85 @@ def offset_line(day: dt.date, offset: dt.timedelta) -> str:
     return f"{day}: camera clock appears {describe_offset(offset)}; matched with that offset"
 
 
+# A refusal this close below the threshold (or a tie) is a near miss: after the run that found
+# it, it is listed with the known rows, with its command, run after run, until the user
+# confirms it (--associate) or sets the file aside (--dissociate). Farther ones are listed
+# once, then counted.
+NEAR_MISS = 0.10
+
+
+def shell_word(text: str) -> str:
+    """text quoted for a POSIX shell; names with control characters or bytes that are not
+    UTF-8 in bash's $'...' form, so that a copied command names the very file."""
+    try:
+        text.encode("utf-8")
+        plain = text.isprintable()
+    except UnicodeEncodeError:
+        plain = False
+    if plain:
+        return shlex.quote(text)
+    escaped = "".join(
+        chr(byte) if 0x20 <= byte < 0x7F and chr(byte) not in "'\\" else f"\\x{byte:02x}"
+        for byte in os.fsencode(text)
+    )
+    return f"$'{escaped}'"
+
+
+def confirm_command(user: str, path: Path, photo_id: int) -> str:
+    """The command line that associates path with photo_id as the user confirms it."""
+    script = Path(__file__).resolve()
+    return (
+        f"{shell_word(str(script))} --user {shell_word(user)} --associate"
+        f" {shell_word(str(path.absolute()))} {photo_id}"
+    )
+
+
+def near_miss_line(refusal: Refusal, threshold: float, user: str) -> str | None:
+    """The console line for a refusal just below the threshold: its score and the command
+    that confirms it (the log has them too); None for any other refusal."""
+    candidate, comparison = refusal.candidate, refusal.comparison
+    if refusal.reason != BELOW_THRESHOLD or candidate is None or comparison is None:
+        return None
+    if comparison.score < threshold - NEAR_MISS:
+        return None
+    return (
+        f"Near miss: '{show_path(refusal.photo.path)}' and photo id {candidate.photo.id},"
+        f" similarity {comparison.score * 100:.1f}%, below the threshold of"
+        f" {threshold * 100:.4g}%; if they are the same picture, run:"
+        f" {confirm_command(user, refusal.photo.path, candidate.photo.id)}"
+    )
+
+
+def budget_line(tally: Tally, ledger: DownloadLedger) -> str | None:
+    """The one line saying that the download budget stopped the run early; None if not."""
+    if not tally.deferred:
+        return None
+    resume = dt.datetime.fromtimestamp(ledger.resumes_at()).strftime("%Y-%m-%d %H:%M")
+    return (
+        f"Download budget reached ({ledger.describe()}): {len(tally.deferred)} day(s) with"
+        f" {sum(tally.deferred.values())} photo(s) still to download are left for a later run,"
+        f" which can go on after {resume}."
+    )
+
+
+def clock_setting_line(offset: dt.timedelta) -> str:
+    """What --time_offset does to this run's photos, said once."""
+    if not offset:
+        return "Camera clock taken as right (--time_offset 0): no clock offset is looked for."
+    return (
+        f"Camera clock taken as {describe_offset(offset)} (--time_offset): every photo's time"
+        f" is moved {'back' if offset > dt.timedelta(0) else 'forward'} by that."
+    )
+
+
+# ---------------------------------------------------------------------------
+# 14. The HTML log
+#    Rows built from outcomes, thumbnails made (and cached on disk) only when a log is
+#    written and only for rows worth a look (a photo simply not uploaded is a line of
+#    text), one page in sections with inline filters and every piece of text escaped.
+# ---------------------------------------------------------------------------
+
+
 LOG_SECTIONS = {  # key -> heading, in the order the page shows them
     "new": "New associations",
     "changed": "Changed captions",
@@ -6417,13 +6660,6 @@ LOG_SECTIONS = {  # key -> heading, in the order the page shows them
 # Why a photo is counted, not listed, in a rerun's log: an earlier log showed it, unchanged.
 UNLISTED_COMPARED = "Compared in vain before with the same uploads"
 UNLISTED_NO_CANDIDATE = "Still without an iNaturalist photo near its time"
-
-
-# A refusal this close below the threshold (or a tie) is a near miss: after the run that found
-# it, it is listed with the known rows, with its command, run after run, until the user
-# confirms it (--associate) or sets the file aside (--dissociate). Farther ones are listed
-# once, then counted.
-NEAR_MISS = 0.10
 
 
 @dataclass(frozen=True)
@@ -6461,61 +6697,6 @@ class LogBook:
     unlisted: Counter[str] = field(default_factory=Counter)  # reason -> photos, not listed
 
 
-class ThumbnailCache:
-    """The log's thumbnails on disk: local photos keyed by path, size and modification time,
-    uploads by photo id and size. A rerun makes thumbnails only for what is new."""
-
-    def __init__(self, cache: Path) -> None:
-        self.folder = cache / "thumbnails"
-
-    def local_file(self, photo: LocalPhoto) -> Path | None:
-        key = LocalIndex._key(photo.path)
-        if key is None:
-            return None
-        digest = hashlib.sha1(repr(key).encode()).hexdigest()[:24]
-        return self.folder / "local" / digest[:2] / f"{digest}.jpg"
-
-    def upload_file(self, photo_id: int, size: str) -> Path:
-        return self.folder / "inat" / size / f"{photo_id}.jpg"
-
-    def carry_over(self, made: Path, photo: LocalPhoto) -> None:
-        """Keep the thumbnail made before this tool wrote into the photo (its pixels are the
-        same; its modification time and size are not)."""
-        target = self.local_file(photo)
-        if target is not None and target != made and made.exists():
-            with contextlib.suppress(OSError):
-                target.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(made, target)
-
-    def local(self, photo: LocalPhoto, picture: Callable[[], Image.Image | None]) -> Path | None:
-        """The photo's thumbnail file, made from picture() unless there already; None when
-        it cannot be had."""
-        target = self.local_file(photo)
-        if target is None:
-            return None
-        if not target.exists():
-            made = picture()
-            if made is None or not self.save(target, made):
-                return None
-        return target
-
-    def save(self, target: Path, picture: Image.Image) -> bool:
-        """Store picture reduced to a thumbnail (a new JPEG; the photo itself is only read)."""
-        small = picture.convert("RGB")  # always a copy: the caller's picture stays as it is
-        small.thumbnail((HTML_THUMBNAIL, HTML_THUMBNAIL))
-        buffer = io.BytesIO()
-        small.save(buffer, "JPEG", quality=HTML_THUMBNAIL_QUALITY)
-        try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd, temporary = tempfile.mkstemp(dir=target.parent, suffix=".part")
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(buffer.getvalue())
-            os.replace(temporary, target)
-        except OSError:  # a full or read-only cache costs the log a picture, nothing more
-            return False
-        return True
-
-
 class LogThumbnails:
     """Thumbnails for log rows: from the thumbnail cache, else made from the pictures the run
     decoded or the uploads already downloaded (never a download for the log)."""
@@ -6551,32 +6732,6 @@ class LogThumbnails:
             if picture is None or not self.store.save(target, picture):
                 return None
         return Thumbnail(target)
-
-
-def shell_word(text: str) -> str:
-    """text quoted for a POSIX shell; names with control characters or bytes that are not
-    UTF-8 in bash's $'...' form, so that a copied command names the very file."""
-    try:
-        text.encode("utf-8")
-        plain = text.isprintable()
-    except UnicodeEncodeError:
-        plain = False
-    if plain:
-        return shlex.quote(text)
-    escaped = "".join(
-        chr(byte) if 0x20 <= byte < 0x7F and chr(byte) not in "'\\" else f"\\x{byte:02x}"
-        for byte in os.fsencode(text)
-    )
-    return f"$'{escaped}'"
-
-
-def confirm_command(user: str, path: Path, photo_id: int) -> str:
-    """The command line that associates path with photo_id as the user confirms it."""
-    script = Path(__file__).resolve()
-    return (
-        f"{shell_word(str(script))} --user {shell_word(user)} --associate"
-        f" {shell_word(str(path.absolute()))} {photo_id}"
-    )
 
 
 def comparison_row(
@@ -7104,336 +7259,11 @@ def render_log(rows: Sequence[LogRow], summary: str, threshold: float, **options
 
 
 # ---------------------------------------------------------------------------
-# 11. Command line
-#    Options from argv, the run from the walk to the summary (the I/O edge that
-#    wires the phases together), and main(argv) -> int, which maps exceptions to
-#    exit codes.
+# 15. The run
+#    The run from the walk to the summary, the I/O edge that wires the phases together:
+#    observations loaded, days matched in turn (process_days), updates applied, the log
+#    and the summary written.
 # ---------------------------------------------------------------------------
-
-
-HELP_EPILOG = f"""\
-exit codes:
-  {EXIT_OK}  everything went through (the download budget may have left days for later)
-  {EXIT_FILE_ERRORS}  some files could not be read or written; each was named on stderr
-  {EXIT_USAGE}  bad command line, unknown user, refused token or login, iNaturalist unreachable
-  {EXIT_LOCKED}  another run is still going (it holds the lock in the cache directory)
-environment:
-  INAT_API_TOKEN      your API token (or --token-file); never printed or stored
-  INAT_USERNAME, INAT_PASSWORD, INAT_APP_ID, INAT_APP_SECRET
-                      a login to fetch a token with (all four)
-  INAT_PHOTOS_CACHE   the cache directory (default: the user's cache folder)
-  INAT_API_URL        another iNaturalist API, e.g. the tests' fake server
-Every option is accepted with '_' or '-' between its words (--ssim-threshold, --dry_run)."""
-
-
-def spelling_key(option: str) -> str:
-    """An option with '-' and '_' between its words alike: --dry_run and --dry-run are one."""
-    return "--" + option[2:].replace("_", "-") if option.startswith("--") else option
-
-
-class HelpFormatter(argparse.HelpFormatter):
-    """argparse's help with one spelling of each option and the epilog's lines kept."""
-
-    def _format_action_invocation(self, action: argparse.Action) -> str:
-        shown = {spelling_key(o): o for o in reversed(action.option_strings)}
-        kept = [o for o in action.option_strings if shown[spelling_key(o)] == o]
-        return super()._format_action_invocation(action_with(action, kept))
-
-    def _fill_text(self, text: str, width: int, indent: str) -> str:
-        fill = super()._fill_text  # indented lines are a table: kept as written
-        return "\n".join(
-            line if line.startswith(" ") else fill(line, width, indent)
-            for line in text.splitlines()
-        )
-
-
-def action_with(action: argparse.Action, option_strings: list[str]) -> argparse.Action:
-    """A copy of action showing these option strings."""
-    shown = copy.copy(action)
-    shown.option_strings = option_strings
-    return shown
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse's parser that takes every long option with '_' or '-' between its words, and a
-    value that starts with '-' after an option that takes one (--time_offset -30m).
-
-    The original tool's options use '_' (--ssim_threshold), newer ones '-' (--dry-run)."""
-
-    def parse_known_args(  # type: ignore[override]
-        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
-    ) -> tuple[argparse.Namespace, list[str]]:
-        actions = self._option_string_actions
-        known = {spelling_key(o): o for o in actions if o.startswith("--")}
-        given = list(sys.argv[1:] if args is None else args)
-        spelled: list[str] = []
-        while given:
-            argument = given.pop(0)
-            if argument == "--":  # what follows is a file name, whatever it looks like
-                spelled += [argument, *given]
-                break
-            name, equals, value = argument.partition("=")
-            if name.startswith("--") and name not in actions:
-                name = known.get(spelling_key(name), name)
-            taking_one = name in actions and actions[name].nargs is None and not equals
-            dashed = given and given[0][:1] == "-" and given[0][:2] != "--"
-            if taking_one and dashed and given[0].partition("=")[0] not in actions:
-                equals, value = "=", given.pop(0)  # '-30m' is a value, '-u' an option
-            spelled.append(name + equals + value)
-        return super().parse_known_args(spelled, namespace)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = ArgumentParser(
-        prog="inat_photos.py",
-        description="Find local photos that were uploaded to iNaturalist and write the "
-        "iNaturalist ids and the current identification into their XMP metadata.",
-        epilog=HELP_EPILOG,
-        formatter_class=HelpFormatter,
-    )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument(
-        "--user", "-u", help="iNaturalist user login (required, except with --dissociate)"
-    )
-    parser.add_argument("--logfile", metavar="LOGFILE", help="write an HTML log to LOGFILE")
-    parser.add_argument(
-        "--cluster_threshold",
-        type=parse_cluster_threshold,
-        default=CLUSTER_THRESHOLD,
-        metavar="SECONDS",
-        help=f"photos within this many seconds of each other are compared (default "
-        f"{CLUSTER_THRESHOLD}, at least 60)",
-    )
-    parser.add_argument(
-        "--ssim_threshold",
-        type=parse_ssim_threshold,
-        default=None,
-        metavar="THRESHOLD",
-        help=f"similarity needed to associate, 0..1 or a percentage; given, it is the only bar"
-        f" (default {SSIM_THRESHOLD}, and below it the verdict's evidence may decide)",
-    )
-    parser.add_argument(
-        "--recompute", "-r", action="store_true", help="recompute already known associations"
-    )
-    parser.add_argument(
-        "--bypass_cache",
-        action="store_true",
-        help="use no cached observations or photos; fetch afresh and refresh the cache",
-    )
-    parser.add_argument(
-        "--inat_size",
-        choices=INAT_SIZES,
-        default=None,
-        help=f"iNaturalist photo size to compare (default: {FIRST_INATSIZE} where it settles"
-        f" a pair clearly, else {SSIM_INATSIZE})",
-    )
-    parser.add_argument(
-        "--gpu",
-        action="store_true",
-        default=USE_GPU,
-        help="compute similarity on an OpenCL device (falls back to the CPU)",
-    )
-    parser.add_argument(
-        "--time_offset",
-        type=parse_time_offset,
-        default=None,
-        metavar="OFFSET",
-        help="how far the camera clock was ahead (+1h, -30m, -3:00; 0: it was right); by"
-        " default the tool looks for an offset itself, day by day, to a quarter hour",
-    )
-    parser.add_argument(
-        "--dry-run",
-        "--dry_run",
-        dest="dry_run",
-        action="store_true",
-        help="do everything but change no file; print what would change",
-    )
-    parser.add_argument(
-        "--quiet",
-        "-q",
-        action="store_true",
-        help="for cron: print nothing when nothing changed; else only the changes, new"
-        " warnings and errors, and the summary",
-    )
-    parser.add_argument(
-        "--list-problems",
-        action="store_true",
-        help="list the problems earlier runs reported about files (unreadable, no date, ...)",
-    )
-    for span, default in (("hour", MAX_DOWNLOAD_PER_HOUR), ("day", MAX_DOWNLOAD_PER_DAY)):
-        parser.add_argument(
-            f"--max-download-per-{span}",
-            type=parse_size,
-            default=default,
-            metavar="SIZE",
-            help=f"download at most this much from iNaturalist in any {span}, across runs,"
-            f" e.g. 500MB (default {describe_size(default)})",
-        )
-    parser.add_argument(
-        "--sidecars",
-        action="store_true",
-        help="write the tags of JPEG, PNG and TIFF files into XMP sidecars too and leave every"
-        " picture byte-identical (RAW and HEIC files always get sidecars)",
-    )
-    parser.add_argument(
-        "--sidecar-names",
-        "--sidecar_names",
-        dest="sidecar_names",
-        choices=SIDECAR_NAMINGS,
-        default=SIDECAR_NAMINGS[0],
-        help="name of new sidecars: IMG_1.xmp as Lightroom and Capture One read them (default),"
-        " or IMG_1.CR2.xmp as darktable and digiKam read them",
-    )
-    parser.add_argument(
-        "--hierarchical-keywords",
-        "--hierarchical_keywords",
-        dest="hierarchical_keywords",
-        action="store_true",
-        help="also write the taxonomy as a hierarchical keyword (lr:hierarchicalSubject),"
-        " e.g. Animalia|Chordata|...|Canis latrans",
-    )
-    parser.add_argument(
-        "--darwin-core",
-        "--darwin_core",
-        dest="darwin_core",
-        action="store_true",
-        help="also write Simple Darwin Core terms (dwc:scientificName, dwc:occurrenceID...)",
-    )
-    parser.add_argument(
-        "--geotag",
-        action="store_true",
-        help="write the observation's position into photos that have no GPS position of their"
-        " own (EXIF, or XMP in sidecars); never an obscured position",
-    )
-    parser.add_argument(
-        "--geotag-private",
-        "--geotag_private",
-        dest="geotag_private",
-        action="store_true",
-        help="with --geotag and your token: write the true position of your obscured or"
-        " private observations too (mind this when you share the files)",
-    )
-    parser.add_argument(
-        "--location-names",
-        "--location_names",
-        dest="location_names",
-        action="store_true",
-        help="also write the country, its code, state, city or county and the observation's"
-        " place guess into the IPTC location fields (photoshop:Country, ...)",
-    )
-    parser.add_argument(
-        "--token-file",
-        "--token_file",
-        dest="token_file",
-        metavar="PATH",
-        help="read your iNaturalist API token from PATH (or set INAT_API_TOKEN); it shows "
-        "original file names and true locations of your observations, and deletions",
-    )
-    parser.add_argument(
-        "--keyring",
-        action="store_true",
-        help="fetch a token with the login pyinaturalist keeps in the system keyring",
-    )
-    mode = parser.add_mutually_exclusive_group()
-    mode.add_argument(
-        "--associate",
-        nargs=2,
-        metavar=("FILE", "PHOTO_ID"),
-        help="associate FILE with the iNaturalist photo PHOTO_ID, as you confirm it: compared"
-        " and written even below the similarity threshold",
-    )
-    mode.add_argument(
-        "--dissociate",
-        metavar="FILE",
-        help="remove this tool's ids and caption from FILE and leave it alone on later runs"
-        " (until --recompute)",
-    )
-    parser.add_argument("paths", nargs="*", metavar="file/directory", help="pictures or folders")
-    return parser
-
-
-def usage_problem(args: argparse.Namespace) -> str | None:
-    """What is wrong with a parsed command line beyond what argparse checks; None if nothing."""
-    if args.associate and parse_positive_int(args.associate[1]) is None:
-        return f"argument --associate: not a photo id: {args.associate[1]!r}"
-    if args.list_problems:
-        return None
-    if not args.user and not args.dissociate:
-        return "the following arguments are required: --user/-u"
-    single = args.associate or args.dissociate
-    if single and args.paths:
-        return "--associate and --dissociate take one file; give no other file or folder"
-    if not single and not args.paths:
-        return "the following arguments are required: file/directory"
-    return None
-
-
-@contextlib.contextmanager
-def run_lock(cache: Path) -> Iterator[bool]:
-    """Hold an exclusive lock on the cache directory; yields False if another run has it."""
-    cache.mkdir(mode=0o700, parents=True, exist_ok=True)
-    handle = open(cache / "run.lock", "a+")  # noqa: SIM115 - held for the whole run
-    try:
-        try:
-            if os.name == "nt":
-                import msvcrt
-
-                msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
-            else:
-                import fcntl
-
-                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            yield False
-            return
-        yield True
-    finally:
-        handle.close()
-
-
-class RunLocked(Exception):
-    """Another run holds the lock on the cache directory."""
-
-
-def read_token_file(path: Path, console: Console) -> str:
-    """The token in path; warns when others may read the file, UserError when it is unusable."""
-    try:
-        info = path.stat()
-        token = path.read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError) as error:
-        reason = getattr(error, "strerror", None) or type(error).__name__
-        raise UserError(f"cannot read the token file {show_path(path)} ({reason})") from None
-    if not token or len(token.split()) != 1:
-        raise UserError(f"the token file {show_path(path)} does not hold one token")
-    if os.name == "posix" and info.st_mode & (stat.S_IRGRP | stat.S_IROTH):
-        console.warn(
-            f"{show_path(path)} holds your iNaturalist token and other users may read it;"
-            f" run: chmod 600 {show_path(path)}"
-        )
-    return token
-
-
-def login_token(options: Options, client: InatClient, console: Console) -> str | None:
-    """The run's API token: --token-file, INAT_API_TOKEN, or one fetched with the login in the
-    environment or the keyring; None without any of them (the public view)."""
-    token = None
-    if options.token_file is not None:
-        token = read_token_file(options.token_file, console)
-    elif options.token:
-        token = options.token
-    elif options.password_login or options.keyring:
-        token = client.access_token()
-    if token:
-        console.hide(token)
-    return token
-
-
-def make_private(cache: Path, console: Console) -> None:
-    """The cache will hold true locations: readable by its owner only (it is created so)."""
-    with contextlib.suppress(OSError):
-        if os.name == "posix" and stat.S_IMODE(cache.stat().st_mode) & 0o077:
-            cache.chmod(0o700)
-            console.say(f"Made {show_path(cache)} readable by you only: it holds private data.")
 
 
 @dataclass
@@ -7610,22 +7440,6 @@ def keep_file_associations(
         )
     refusals = tuple(r for r in outcome.refusals if r.photo.path not in kept)
     return dataclasses.replace(outcome, refusals=refusals)
-
-
-def near_miss_line(refusal: Refusal, threshold: float, user: str) -> str | None:
-    """The console line for a refusal just below the threshold: its score and the command
-    that confirms it (the log has them too); None for any other refusal."""
-    candidate, comparison = refusal.candidate, refusal.comparison
-    if refusal.reason != BELOW_THRESHOLD or candidate is None or comparison is None:
-        return None
-    if comparison.score < threshold - NEAR_MISS:
-        return None
-    return (
-        f"Near miss: '{show_path(refusal.photo.path)}' and photo id {candidate.photo.id},"
-        f" similarity {comparison.score * 100:.1f}%, below the threshold of"
-        f" {threshold * 100:.4g}%; if they are the same picture, run:"
-        f" {confirm_command(user, refusal.photo.path, candidate.photo.id)}"
-    )
 
 
 def apply_day(state: RunState, outcome: DayOutcome, candidates: Sequence[Candidate]) -> None:
@@ -7885,18 +7699,6 @@ def process_days(
         state.scorer.finish_day()
 
 
-def budget_line(tally: Tally, ledger: DownloadLedger) -> str | None:
-    """The one line saying that the download budget stopped the run early; None if not."""
-    if not tally.deferred:
-        return None
-    resume = dt.datetime.fromtimestamp(ledger.resumes_at()).strftime("%Y-%m-%d %H:%M")
-    return (
-        f"Download budget reached ({ledger.describe()}): {len(tally.deferred)} day(s) with"
-        f" {sum(tally.deferred.values())} photo(s) still to download are left for a later run,"
-        f" which can go on after {resume}."
-    )
-
-
 def load_observations(
     options: Options,
     client: InatClient,
@@ -7947,16 +7749,6 @@ def make_scorer(options: Options, photos: PhotoCache, console: Console) -> PairS
     thumbnails = ThumbnailCache(options.cache) if options.logfile else None
     pictures = PictureSource(photos, options.upload_sizes, console, thumbnails)
     return PairScorer(pictures, choose_score_function(options.gpu, console), options.ssim_threshold)
-
-
-def clock_setting_line(offset: dt.timedelta) -> str:
-    """What --time_offset does to this run's photos, said once."""
-    if not offset:
-        return "Camera clock taken as right (--time_offset 0): no clock offset is looked for."
-    return (
-        f"Camera clock taken as {describe_offset(offset)} (--time_offset): every photo's time"
-        f" is moved {'back' if offset > dt.timedelta(0) else 'forward'} by that."
-    )
 
 
 def _import_ahead(module: str) -> None:
@@ -8076,6 +7868,13 @@ def write_log(path: Path, log: LogBook, summary: str, threshold: float, console:
         console.file_error(path, f"cannot write log ({error})")
 
 
+# ---------------------------------------------------------------------------
+# 16. One-file modes
+#    --associate (a near miss or a tie confirmed by hand), --dissociate (the tool's tags
+#    removed, the file marked) and --list-problems: one file or the index, no matching.
+# ---------------------------------------------------------------------------
+
+
 def check_named_picture(path: Path) -> None:
     """The file --associate or --dissociate names must be a picture this tool reads."""
     if not path.is_file():
@@ -8110,24 +7909,6 @@ def open_named_photo(
     if path not in homes:
         return index, sidecar_holding_tags(index, photo, console) or photo
     return index, index.read_sidecar(dataclasses.replace(photo, sidecar=homes[path]), console)
-
-
-def sidecar_holding_tags(
-    index: LocalIndex, photo: LocalPhoto, console: Console
-) -> LocalPhoto | None:
-    """photo with the existing sidecar that holds this tool's tags while the picture does not
-    (an earlier run with --sidecars put them there); None when there is no such sidecar."""
-    if photo.tags is not None or photo.dissociated or photo.written_caption is not None:
-        return None
-    for name in sidecar_names(photo.path):
-        if not name.is_file():
-            continue
-        found = index.read_sidecar(dataclasses.replace(photo, sidecar=name), console)
-        if found is not None and (
-            found.tags is not None or found.dissociated or found.written_caption is not None
-        ):
-            return found
-    return None
 
 
 def other_owner(index: LocalIndex, photo_id: int, path: Path, console: Console) -> Path | None:
@@ -8299,6 +8080,274 @@ def list_problems(options: Options, console: Console) -> Tally:
     if not found:
         console.report("No problem was reported about files that still exist.")
     return Tally()
+
+
+# ---------------------------------------------------------------------------
+# 17. Command line
+#    argparse (both spellings of every option), usage problems, and main(argv) -> int,
+#    which maps exceptions to exit codes.
+# ---------------------------------------------------------------------------
+
+
+if __name__ == "__main__":
+    run_in_own_environment(Path(sys.argv[0]), Path(sys.executable))
+
+
+HELP_EPILOG = f"""\
+exit codes:
+  {EXIT_OK}  everything went through (the download budget may have left days for later)
+  {EXIT_FILE_ERRORS}  some files could not be read or written; each was named on stderr
+  {EXIT_USAGE}  bad command line, unknown user, refused token or login, iNaturalist unreachable
+  {EXIT_LOCKED}  another run is still going (it holds the lock in the cache directory)
+environment:
+  INAT_API_TOKEN      your API token (or --token-file); never printed or stored
+  INAT_USERNAME, INAT_PASSWORD, INAT_APP_ID, INAT_APP_SECRET
+                      a login to fetch a token with (all four)
+  INAT_PHOTOS_CACHE   the cache directory (default: the user's cache folder)
+  INAT_API_URL        another iNaturalist API, e.g. the tests' fake server
+Every option is accepted with '_' or '-' between its words (--ssim-threshold, --dry_run)."""
+
+
+def spelling_key(option: str) -> str:
+    """An option with '-' and '_' between its words alike: --dry_run and --dry-run are one."""
+    return "--" + option[2:].replace("_", "-") if option.startswith("--") else option
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """argparse's help with one spelling of each option and the epilog's lines kept."""
+
+    def _format_action_invocation(self, action: argparse.Action) -> str:
+        shown = {spelling_key(o): o for o in reversed(action.option_strings)}
+        kept = [o for o in action.option_strings if shown[spelling_key(o)] == o]
+        return super()._format_action_invocation(action_with(action, kept))
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        fill = super()._fill_text  # indented lines are a table: kept as written
+        return "\n".join(
+            line if line.startswith(" ") else fill(line, width, indent)
+            for line in text.splitlines()
+        )
+
+
+def action_with(action: argparse.Action, option_strings: list[str]) -> argparse.Action:
+    """A copy of action showing these option strings."""
+    shown = copy.copy(action)
+    shown.option_strings = option_strings
+    return shown
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser that takes every long option with '_' or '-' between its words, and a
+    value that starts with '-' after an option that takes one (--time_offset -30m).
+
+    The original tool's options use '_' (--ssim_threshold), newer ones '-' (--dry-run)."""
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        actions = self._option_string_actions
+        known = {spelling_key(o): o for o in actions if o.startswith("--")}
+        given = list(sys.argv[1:] if args is None else args)
+        spelled: list[str] = []
+        while given:
+            argument = given.pop(0)
+            if argument == "--":  # what follows is a file name, whatever it looks like
+                spelled += [argument, *given]
+                break
+            name, equals, value = argument.partition("=")
+            if name.startswith("--") and name not in actions:
+                name = known.get(spelling_key(name), name)
+            taking_one = name in actions and actions[name].nargs is None and not equals
+            dashed = given and given[0][:1] == "-" and given[0][:2] != "--"
+            if taking_one and dashed and given[0].partition("=")[0] not in actions:
+                equals, value = "=", given.pop(0)  # '-30m' is a value, '-u' an option
+            spelled.append(name + equals + value)
+        return super().parse_known_args(spelled, namespace)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = ArgumentParser(
+        prog="inat_photos.py",
+        description="Find local photos that were uploaded to iNaturalist and write the "
+        "iNaturalist ids and the current identification into their XMP metadata.",
+        epilog=HELP_EPILOG,
+        formatter_class=HelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "--user", "-u", help="iNaturalist user login (required, except with --dissociate)"
+    )
+    parser.add_argument("--logfile", metavar="LOGFILE", help="write an HTML log to LOGFILE")
+    parser.add_argument(
+        "--cluster_threshold",
+        type=parse_cluster_threshold,
+        default=CLUSTER_THRESHOLD,
+        metavar="SECONDS",
+        help=f"photos within this many seconds of each other are compared (default "
+        f"{CLUSTER_THRESHOLD}, at least 60)",
+    )
+    parser.add_argument(
+        "--ssim_threshold",
+        type=parse_ssim_threshold,
+        default=None,
+        metavar="THRESHOLD",
+        help=f"similarity needed to associate, 0..1 or a percentage; given, it is the only bar"
+        f" (default {SSIM_THRESHOLD}, and below it the verdict's evidence may decide)",
+    )
+    parser.add_argument(
+        "--recompute", "-r", action="store_true", help="recompute already known associations"
+    )
+    parser.add_argument(
+        "--bypass_cache",
+        action="store_true",
+        help="use no cached observations or photos; fetch afresh and refresh the cache",
+    )
+    parser.add_argument(
+        "--inat_size",
+        choices=INAT_SIZES,
+        default=None,
+        help=f"iNaturalist photo size to compare (default: {FIRST_INATSIZE} where it settles"
+        f" a pair clearly, else {SSIM_INATSIZE})",
+    )
+    parser.add_argument(
+        "--gpu",
+        action="store_true",
+        default=USE_GPU,
+        help="compute similarity on an OpenCL device (falls back to the CPU)",
+    )
+    parser.add_argument(
+        "--time_offset",
+        type=parse_time_offset,
+        default=None,
+        metavar="OFFSET",
+        help="how far the camera clock was ahead (+1h, -30m, -3:00; 0: it was right); by"
+        " default the tool looks for an offset itself, day by day, to a quarter hour",
+    )
+    parser.add_argument(
+        "--dry-run",
+        "--dry_run",
+        dest="dry_run",
+        action="store_true",
+        help="do everything but change no file; print what would change",
+    )
+    parser.add_argument(
+        "--quiet",
+        "-q",
+        action="store_true",
+        help="for cron: print nothing when nothing changed; else only the changes, new"
+        " warnings and errors, and the summary",
+    )
+    parser.add_argument(
+        "--list-problems",
+        action="store_true",
+        help="list the problems earlier runs reported about files (unreadable, no date, ...)",
+    )
+    for span, default in (("hour", MAX_DOWNLOAD_PER_HOUR), ("day", MAX_DOWNLOAD_PER_DAY)):
+        parser.add_argument(
+            f"--max-download-per-{span}",
+            type=parse_size,
+            default=default,
+            metavar="SIZE",
+            help=f"download at most this much from iNaturalist in any {span}, across runs,"
+            f" e.g. 500MB (default {describe_size(default)})",
+        )
+    parser.add_argument(
+        "--sidecars",
+        action="store_true",
+        help="write the tags of JPEG, PNG and TIFF files into XMP sidecars too and leave every"
+        " picture byte-identical (RAW and HEIC files always get sidecars)",
+    )
+    parser.add_argument(
+        "--sidecar-names",
+        "--sidecar_names",
+        dest="sidecar_names",
+        choices=SIDECAR_NAMINGS,
+        default=SIDECAR_NAMINGS[0],
+        help="name of new sidecars: IMG_1.xmp as Lightroom and Capture One read them (default),"
+        " or IMG_1.CR2.xmp as darktable and digiKam read them",
+    )
+    parser.add_argument(
+        "--hierarchical-keywords",
+        "--hierarchical_keywords",
+        dest="hierarchical_keywords",
+        action="store_true",
+        help="also write the taxonomy as a hierarchical keyword (lr:hierarchicalSubject),"
+        " e.g. Animalia|Chordata|...|Canis latrans",
+    )
+    parser.add_argument(
+        "--darwin-core",
+        "--darwin_core",
+        dest="darwin_core",
+        action="store_true",
+        help="also write Simple Darwin Core terms (dwc:scientificName, dwc:occurrenceID...)",
+    )
+    parser.add_argument(
+        "--geotag",
+        action="store_true",
+        help="write the observation's position into photos that have no GPS position of their"
+        " own (EXIF, or XMP in sidecars); never an obscured position",
+    )
+    parser.add_argument(
+        "--geotag-private",
+        "--geotag_private",
+        dest="geotag_private",
+        action="store_true",
+        help="with --geotag and your token: write the true position of your obscured or"
+        " private observations too (mind this when you share the files)",
+    )
+    parser.add_argument(
+        "--location-names",
+        "--location_names",
+        dest="location_names",
+        action="store_true",
+        help="also write the country, its code, state, city or county and the observation's"
+        " place guess into the IPTC location fields (photoshop:Country, ...)",
+    )
+    parser.add_argument(
+        "--token-file",
+        "--token_file",
+        dest="token_file",
+        metavar="PATH",
+        help="read your iNaturalist API token from PATH (or set INAT_API_TOKEN); it shows "
+        "original file names and true locations of your observations, and deletions",
+    )
+    parser.add_argument(
+        "--keyring",
+        action="store_true",
+        help="fetch a token with the login pyinaturalist keeps in the system keyring",
+    )
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--associate",
+        nargs=2,
+        metavar=("FILE", "PHOTO_ID"),
+        help="associate FILE with the iNaturalist photo PHOTO_ID, as you confirm it: compared"
+        " and written even below the similarity threshold",
+    )
+    mode.add_argument(
+        "--dissociate",
+        metavar="FILE",
+        help="remove this tool's ids and caption from FILE and leave it alone on later runs"
+        " (until --recompute)",
+    )
+    parser.add_argument("paths", nargs="*", metavar="file/directory", help="pictures or folders")
+    return parser
+
+
+def usage_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with a parsed command line beyond what argparse checks; None if nothing."""
+    if args.associate and parse_positive_int(args.associate[1]) is None:
+        return f"argument --associate: not a photo id: {args.associate[1]!r}"
+    if args.list_problems:
+        return None
+    if not args.user and not args.dissociate:
+        return "the following arguments are required: --user/-u"
+    single = args.associate or args.dissociate
+    if single and args.paths:
+        return "--associate and --dissociate take one file; give no other file or folder"
+    if not single and not args.paths:
+        return "the following arguments are required: file/directory"
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
