@@ -1339,10 +1339,15 @@ def configure_process() -> None:
 
 
 def _write_beside(
-    path: Path, data: bytes | Iterable[bytes], mode: int, owner: os.stat_result
+    path: Path,
+    data: bytes | Iterable[bytes],
+    mode: int,
+    owner: os.stat_result | None,
+    durable: bool = True,
 ) -> str:
-    """Write data to a hidden temporary file beside path, flushed to disk, with mode and
-    owner's owner and group where allowed; returns its name. Nothing is left on failure."""
+    """Write data to a hidden temporary file beside path (flushed to disk when durable), with
+    mode and owner's owner and group where allowed; returns its name. Nothing is left on
+    failure."""
     fd, temporary = tempfile.mkstemp(
         prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX, dir=path.parent
     )
@@ -1350,11 +1355,13 @@ def _write_beside(
         with os.fdopen(fd, "wb") as handle:
             for piece in [data] if isinstance(data, bytes) else data:
                 handle.write(piece)
-            handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                handle.flush()
+                os.fsync(handle.fileno())
         os.chmod(temporary, mode)
-        with contextlib.suppress(OSError):  # only root may give a file away
-            os.chown(temporary, owner.st_uid, owner.st_gid)
+        if owner is not None:
+            with contextlib.suppress(OSError):  # only root may give a file away
+                os.chown(temporary, owner.st_uid, owner.st_gid)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(temporary)
@@ -1407,6 +1414,83 @@ def create_file_atomically(path: Path, data: bytes, like: Path) -> None:
         with contextlib.suppress(OSError):
             os.unlink(temporary)
     _sync_directory(path.parent)
+
+
+def store_file(path: Path, data: bytes) -> None:
+    """Put a file of the cache directory in place, whole or not at all. It is not flushed to
+    disk: a crash costs a download or a thumbnail, made again, and leaves at most a temporary
+    copy, which CacheDirectory.remove_leftovers deletes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = _write_beside(path, data, 0o600, None, durable=False)
+    try:
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+
+
+@dataclass(frozen=True)
+class CacheDirectory:
+    """The cache directory's files: the one place their names are written."""
+
+    root: Path
+
+    @property
+    def observations(self) -> Path:
+        """The user's observations, taxa and places (ObservationStore)."""
+        return self.root / "observations.sqlite"
+
+    @property
+    def local_index(self) -> Path:
+        """Local files read and decisions made (LocalIndex)."""
+        return self.root / "local_index.sqlite"
+
+    @property
+    def downloads(self) -> Path:
+        """The download budget's ledger (DownloadLedger)."""
+        return self.root / "downloads.sqlite"
+
+    @property
+    def photos(self) -> Path:
+        """Downloaded uploads, a folder per size (PhotoCache)."""
+        return self.root / "photos"
+
+    @property
+    def thumbnails(self) -> Path:
+        """The HTML log's thumbnails (ThumbnailCache)."""
+        return self.root / "thumbnails"
+
+    @property
+    def run_lock(self) -> Path:
+        return self.root / "run.lock"
+
+    def api_files(self) -> dict[str, str]:
+        """pyinaturalist's session files, as its ClientSession takes them."""
+        return {
+            "cache_file": str(self.root / "api_requests.sqlite"),
+            "ratelimit_path": str(self.root / "api_ratelimit.sqlite"),
+            "lock_path": str(self.root / "api_ratelimit.lock"),
+        }
+
+    def made(self) -> CacheDirectory:
+        """The directory, created private (0700) if it is not there."""
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return self
+
+    def remove_leftovers(self) -> None:
+        """Delete the temporary copies a killed run left in the cache (and the photo cache's
+        .part files of versions before 1.4.0)."""
+        suffix = TEMPORARY_SUFFIX
+        for pattern in (
+            f"*{suffix}",
+            f"photos/*/*{suffix}",
+            f"thumbnails/*/*/*{suffix}",
+            "photos/*/*.part",
+        ):
+            for leftover in self.root.glob(pattern):
+                with contextlib.suppress(OSError):
+                    leftover.unlink()
 
 
 def replace_or_create(path: Path, data: bytes | Iterable[bytes]) -> None:
@@ -1544,11 +1628,8 @@ class InatClient:
 
         self.api_url = api_url
         self._token = token  # sent only as pyinaturalist's Authorization header
-        cache.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.session = ClientSession(
-            cache_file=str(cache / "api_requests.sqlite"),
-            ratelimit_path=str(cache / "api_ratelimit.sqlite"),
-            lock_path=str(cache / "api_ratelimit.lock"),
+            **CacheDirectory(cache).made().api_files(),
             expire_after=DO_NOT_CACHE,  # our own store keeps observations; nothing stale
             user_agent=USER_AGENT,
             timeout=HTTP_TIMEOUT,
@@ -2227,10 +2308,7 @@ class PhotoCache:
         self.ledger = ledger  # None: no budget (a single --associate)
         self.over_budget: set[int] = set()  # photos not downloaded: the budget was spent
         self.skipped: set[int] = set()  # placeholders reported in this run
-        self.folder = cache / "photos"
-        for leftover in self.folder.glob("*/*.part"):  # downloads cut off by a killed run
-            with contextlib.suppress(OSError):
-                leftover.unlink()
+        self.folder = CacheDirectory(cache).photos
         self.refresh = refresh
         self.refreshed: set[Path] = set()
         self.failed: set[Path] = set()  # asked for once in vain: not again in this run
@@ -2377,11 +2455,7 @@ class PhotoCache:
 
     def _store(self, target: Path, data: bytes) -> None:
         """Put a downloaded photo in the cache, whole or not at all."""
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, temporary = tempfile.mkstemp(dir=target.parent, suffix=".part")
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(temporary, target)
+        store_file(target, data)
         with self.lock:
             self.refreshed.add(target)
 
@@ -2398,7 +2472,7 @@ class ThumbnailCache:
     uploads by photo id and size. A rerun makes thumbnails only for what is new."""
 
     def __init__(self, cache: Path) -> None:
-        self.folder = cache / "thumbnails"
+        self.folder = CacheDirectory(cache).thumbnails
 
     def local_file(self, photo: LocalPhoto) -> Path | None:
         key = file_key(photo.path)
@@ -2438,11 +2512,7 @@ class ThumbnailCache:
         buffer = io.BytesIO()
         small.save(buffer, "JPEG", quality=HTML_THUMBNAIL_QUALITY)
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd, temporary = tempfile.mkstemp(dir=target.parent, suffix=".part")
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(buffer.getvalue())
-            os.replace(temporary, target)
+            store_file(target, buffer.getvalue())
         except OSError:  # a full or read-only cache costs the log a picture, nothing more
             return False
         return True
@@ -2451,8 +2521,7 @@ class ThumbnailCache:
 @contextlib.contextmanager
 def run_lock(cache: Path) -> Iterator[bool]:
     """Hold an exclusive lock on the cache directory; yields False if another run has it."""
-    cache.mkdir(mode=0o700, parents=True, exist_ok=True)
-    handle = open(cache / "run.lock", "a+")  # noqa: SIM115 - held for the whole run
+    handle = open(CacheDirectory(cache).made().run_lock, "a+")  # noqa: SIM115 - held for the run
     try:
         try:
             if os.name == "nt":
@@ -6248,6 +6317,27 @@ def write_update(update: Update) -> None:
     )
 
 
+def apply_update(
+    update: Update,
+    index: LocalIndex,
+    console: Console,
+    thumbnails: ThumbnailCache | None = None,
+) -> bool:
+    """Write one update and remember what the file holds now; False when the write failed
+    (reported). thumbnails: the log's cache, whose thumbnail of the photo moves to its new key
+    (its pixels are the same)."""
+    made = thumbnails.local_file(update.photo) if thumbnails else None
+    try:
+        write_update(update)
+    except OSError as error:
+        console.file_error(update.photo.path, f"cannot write metadata ({error})")
+        return False
+    index.remember(update.applied())
+    if thumbnails is not None and made is not None:
+        thumbnails.carry_over(made, update.photo)
+    return True
+
+
 def write_photo_metadata(
     path: Path,
     changes: Mapping[str, Any],
@@ -7296,17 +7386,10 @@ def perform_update(state: RunState, update: Update, counted: bool = True) -> boo
     options, console = state.options, state.console
     for line in update_lines(update, options.dry_run):
         console.report(line)
-    if not options.dry_run:
-        thumbnails = state.pictures.log_thumbnails  # None: no log, no thumbnail to keep
-        made = thumbnails.local_file(update.photo) if thumbnails else None
-        try:
-            write_update(update)
-        except OSError as error:
-            console.file_error(update.photo.path, f"cannot write metadata ({error})")
-            return False
-        state.index.remember(update.applied())
-        if thumbnails is not None and made is not None:
-            thumbnails.carry_over(made, update.photo)
+    # No log, no thumbnail to keep: log_thumbnails is None then.
+    thumbnails = state.pictures.log_thumbnails
+    if not options.dry_run and not apply_update(update, state.index, console, thumbnails):
+        return False
     if counted:
         state.tally.count(update)
     return True
@@ -7774,13 +7857,14 @@ def run(options: Options, console: Console) -> Tally:
     with contextlib.ExitStack() as resources:
         if not resources.enter_context(run_lock(options.cache)):
             raise RunLocked(options.cache)
+        CacheDirectory(options.cache).remove_leftovers()
         _import_ahead("pyinaturalist")  # half a second of CPU, while the walk waits on the disk
         console.say("Loading photos ")
         found = find_picture_files(options.paths, console)
         remove_leftover_copies(found.leftovers)
         index = resources.enter_context(
             contextlib.closing(
-                LocalIndex(options.cache / "local_index.sqlite", options.matching_settings)
+                LocalIndex(CacheDirectory(options.cache).local_index, options.matching_settings)
             )
         )
         console.reported_before = index.reported_before
@@ -7807,7 +7891,7 @@ def run(options: Options, console: Console) -> Tally:
             client.authenticate(token)
             make_private(options.cache, console)
         with contextlib.closing(
-            ObservationStore(options.cache / "observations.sqlite", fresh=options.bypass_cache)
+            ObservationStore(CacheDirectory(options.cache).observations, fresh=options.bypass_cache)
         ) as store:
             observations, known, history = load_observations(
                 options, client, store, photos, archive.waiting
@@ -7817,7 +7901,7 @@ def run(options: Options, console: Console) -> Tally:
             if options.location_names:
                 places = store.places(client, [*observations, *known.values()])
         ledger = DownloadLedger(
-            options.cache / "downloads.sqlite",
+            CacheDirectory(options.cache).downloads,
             options.max_download_per_hour,
             options.max_download_per_day,
         )
@@ -7893,7 +7977,7 @@ def open_named_photo(
     check_named_picture(path)
     index = resources.enter_context(
         contextlib.closing(
-            LocalIndex(options.cache / "local_index.sqlite", options.matching_settings)
+            LocalIndex(CacheDirectory(options.cache).local_index, options.matching_settings)
         )
     )
     photo = index.read(path, console)
@@ -7978,7 +8062,7 @@ def associate_file(options: Options, console: Console) -> Tally:
         client = InatClient(options.api_url, options.cache)
         resources.callback(client.session.close)
         store = resources.enter_context(
-            contextlib.closing(ObservationStore(options.cache / "observations.sqlite"))
+            contextlib.closing(ObservationStore(CacheDirectory(options.cache).observations))
         )
         candidate = find_upload(options, client, store, photo.corrected_time.date(), photo_id)
         observation = candidate.observation
@@ -8037,7 +8121,7 @@ def dissociate_file(options: Options, console: Console) -> Tally:
         history: set[str] = set()
         if photo.tags is not None:
             with contextlib.closing(
-                ObservationStore(options.cache / "observations.sqlite")
+                ObservationStore(CacheDirectory(options.cache).observations)
             ) as store:
                 history = store.caption_history([photo.tags.observation]).get(
                     photo.tags.observation, set()
@@ -8048,12 +8132,7 @@ def dissociate_file(options: Options, console: Console) -> Tally:
             return Tally()
         console.report(dissociation_line(update, options.dry_run))
         if not options.dry_run:
-            try:
-                write_update(update)
-            except OSError as error:
-                console.file_error(path, f"cannot write metadata ({error})")
-                return Tally()
-            index.remember(update.applied())
+            apply_update(update, index, console)
     return Tally()
 
 
@@ -8071,7 +8150,7 @@ def without_file_name(message: str, path: str) -> str:
 def list_problems(options: Options, console: Console) -> Tally:
     """--list-problems: the files' problems and notices earlier runs reported, one a line."""
     with contextlib.closing(
-        LocalIndex(options.cache / "local_index.sqlite", options.matching_settings)
+        LocalIndex(CacheDirectory(options.cache).local_index, options.matching_settings)
     ) as index:
         found = index.problems()
     for path, message, first in found:

@@ -229,6 +229,30 @@ def test_read_only_folder_is_reported(world: World, fake: FakeINaturalist) -> No
     assert temp_files(world.pictures) == []
 
 
+def test_copies_a_killed_run_left_in_the_cache_are_removed_by_the_next(
+    world: World, fake: FakeINaturalist
+) -> None:
+    """Downloads, thumbnails and the log go through one writer; whatever it left half-written
+    anywhere in the cache is deleted by the next run, and the finished files stay."""
+    assert world.run_cli(fake.api_url, "--logfile", str(world.root / "log.html")).returncode == 0
+    cache = world.cache
+    kept = sorted(p for p in cache.rglob("*") if p.is_file() and p.suffix == ".jpg")
+    assert any("photos" in p.parts for p in kept) and any("thumbnails" in p.parts for p in kept)
+    left = [
+        cache / f".observations.sqlite.x{ip.TEMPORARY_SUFFIX}",
+        kept[0].parent / f".{kept[0].name}.y{ip.TEMPORARY_SUFFIX}",
+        kept[-1].parent / f".{kept[-1].name}.z{ip.TEMPORARY_SUFFIX}",
+        next(p for p in kept if "photos" in p.parts).parent / "tmpabc.part",  # before 1.4.0
+    ]
+    for path in left:
+        path.write_bytes(b"half a download")
+
+    assert world.run_cli(fake.api_url).returncode == 0
+
+    assert [p for p in left if p.exists()] == []
+    assert all(p.exists() for p in kept)
+
+
 def test_rewritten_photos_keep_their_permissions_and_owner(
     world: World, fake: FakeINaturalist, monkeypatch, capsys
 ) -> None:
