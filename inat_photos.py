@@ -1948,10 +1948,13 @@ class ObservationStore:
         if fresh:
             self.db.executescript(
                 "DROP TABLE IF EXISTS observations; DROP TABLE IF EXISTS synced;"
-                " DROP TABLE IF EXISTS checked; DROP TABLE IF EXISTS taxa;"
-                " DROP TABLE IF EXISTS places;"
+                " DROP TABLE IF EXISTS checked; DROP TABLE IF EXISTS rechecked;"
+                " DROP TABLE IF EXISTS taxa; DROP TABLE IF EXISTS places;"
             )
-        # checked: when iNaturalist last answered for an observation id, in a listing or by
+        tables = {row[0] for row in self.db.execute("SELECT name FROM sqlite_master")}
+        if "checked" in tables and "rechecked" not in tables:  # its name before 1.4.0
+            self.db.execute("ALTER TABLE checked RENAME TO rechecked")
+        # rechecked: when iNaturalist last answered for an observation id, in a listing or by
         # id; ids it no longer has stay here too, so they are not asked for on every run.
         self.db.executescript(
             """
@@ -1961,7 +1964,8 @@ class ObservationStore:
                 user TEXT PRIMARY KEY, first_day TEXT, last_day TEXT, synced_at TEXT);
             CREATE TABLE IF NOT EXISTS captions (
                 observation_id INTEGER, caption TEXT, PRIMARY KEY (observation_id, caption));
-            CREATE TABLE IF NOT EXISTS checked (id INTEGER PRIMARY KEY, checked_at TEXT NOT NULL);
+            CREATE TABLE IF NOT EXISTS rechecked (
+                id INTEGER PRIMARY KEY, checked_at TEXT NOT NULL);
             CREATE TABLE IF NOT EXISTS taxa (
                 id INTEGER PRIMARY KEY, name TEXT NOT NULL, rank TEXT, ancestors TEXT);
             CREATE TABLE IF NOT EXISTS places (id INTEGER PRIMARY KEY, record TEXT);
@@ -1992,7 +1996,7 @@ class ObservationStore:
                     "INSERT OR IGNORE INTO captions VALUES (?, ?)",
                     (observation.id, observation.caption),
                 )
-            self.db.execute("INSERT OR REPLACE INTO checked VALUES (?, ?)", (record["id"], now))
+            self.db.execute("INSERT OR REPLACE INTO rechecked VALUES (?, ?)", (record["id"], now))
 
     def sync(self, client: InatClient, user: str, first_day: dt.date, last_day: dt.date) -> None:
         """Bring the days first_day..last_day up to date."""
@@ -2038,10 +2042,10 @@ class ObservationStore:
         now = dt.datetime.now(dt.timezone.utc).isoformat()
         for obs_id in ids:
             self.db.execute("DELETE FROM observations WHERE id = ?", (obs_id,))
-            self.db.execute("INSERT OR REPLACE INTO checked VALUES (?, ?)", (obs_id, now))
+            self.db.execute("INSERT OR REPLACE INTO rechecked VALUES (?, ?)", (obs_id, now))
 
     def _checked_since(self, obs_id: int, moment: dt.datetime) -> bool:
-        row = self.db.execute("SELECT checked_at FROM checked WHERE id = ?", (obs_id,)).fetchone()
+        row = self.db.execute("SELECT checked_at FROM rechecked WHERE id = ?", (obs_id,)).fetchone()
         try:
             return bool(row) and dt.datetime.fromisoformat(row[0]) >= moment
         except (TypeError, ValueError):  # a damaged entry: ask again
@@ -3907,7 +3911,7 @@ class Registration:
     homography: np.ndarray | None = None  # ... that homography, upload pixel -> local pixel
 
     @property
-    def convincing(self) -> bool:
+    def lined_up(self) -> bool:
         """Enough consistent matches, spread over the upload, for a region inside the local
         picture: a crop of this very picture. Another shot of the scene, framed a little
         differently, reaches past its edges (a bent one, by no more than its bend)."""
@@ -3973,19 +3977,19 @@ def find_features(
 
 def register_any(local: Features, upload: Features) -> Registration | None:
     """register at the upload's own size, else at its coarser sizes (a tight crop); the
-    first convincing registration, or the first found."""
+    first registration that lines up, or the first found."""
     first = register(local, upload)
-    if first is not None and first.convincing:
+    if first is not None and first.lined_up:
         return first
     for coarser in upload.coarser:
         found = register(local, coarser)
-        if found is not None and found.convincing:
+        if found is not None and found.lined_up:
             return found
     # A lens or perspective correction bends the picture: a similarity fits the matches near
     # one place only. Matches that one homography fits, within a looser distance, are kept;
     # the smooth correction measured later says whether the bend was an editor's.
     bent = register(local, upload, bent=True)
-    if bent is not None and bent.convincing:
+    if bent is not None and bent.lined_up:
         return bent
     return first
 
@@ -4664,7 +4668,7 @@ def compare_pictures(
     scored in full, by correlation.
     """
     registration = register_any(local_features, upload_features)
-    if registration is None or not registration.convincing:
+    if registration is None or not registration.lined_up:
         if few_features(local_features, upload_features):
             return compare_by_correlation(local, upload, score_pair, gate=not named)
         if named:
@@ -4803,7 +4807,7 @@ def likely_same_pictures(
 ) -> bool:
     """The cheap test alone: could upload show (part of) local? Keypoints, else correlation."""
     registration = register_any(local_features, upload_features)
-    if registration is not None and registration.convincing:
+    if registration is not None and registration.lined_up:
         return True
     if few_features(local_features, upload_features):
         scale = ALIGN_SIDE / max(upload.size)
@@ -4834,7 +4838,7 @@ MIN_INLIER_SHARE = 0.7  # ... and this share of its keypoint matches fitting one
 VERDICT_MARGIN = 0.02  # ... and a score this far above every other photo and upload near it
 
 
-def convincing(found: Comparison) -> bool:
+def evidence_convinces(found: Comparison) -> bool:
     """Whether a pair's own evidence would take it below the threshold (all but the margin)."""
     if not found.eligible or found.coarse is None or found.worst_part is None:
         return False
@@ -4849,8 +4853,10 @@ def convincing(found: Comparison) -> bool:
 
 def accepted_alone(found: Comparison, threshold: float, calibrated: bool) -> bool:
     """Whether a pair is taken on its own: lined up and the same shot, and above the
-    threshold or (calibrated) convincing on its evidence; the margin to rivals aside."""
-    return found.eligible and (found.score >= threshold or (calibrated and convincing(found)))
+    threshold or (calibrated) taken on its evidence; the margin to rivals aside."""
+    return found.eligible and (
+        found.score >= threshold or (calibrated and evidence_convinces(found))
+    )
 
 
 SAME_AREA = 0.03  # uploads whose areas of one local photo differ less show the same part
@@ -4895,7 +4901,7 @@ def evidence_grounds(comparisons: Pairs, threshold: float) -> dict[tuple[int, in
     registered = {pair: c for pair, c in comparisons.items() if not c.prefiltered}
     accepted = {}
     for (i, j), found in registered.items():
-        if found.score >= threshold or not convincing(found):
+        if found.score >= threshold or not evidence_convinces(found):
             continue
         ahead = lead(registered, (i, j))
         if ahead is not None and ahead < VERDICT_MARGIN:
