@@ -92,7 +92,7 @@ import tempfile
 import threading
 import time
 import warnings
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -5474,6 +5474,93 @@ def _optimal_pairs(valid: Mapping[tuple[int, int], float]) -> dict[int, int]:
     return {locals_[r]: uploads[c] for r, c in zip(rows, columns, strict=True) if matrix[r, c] > 0}
 
 
+def _qualifying(
+    scores: Mapping[tuple[int, int], float],
+    threshold: float,
+    accepted: Collection[tuple[int, int]],
+    named_locals: Mapping[int, set[int]],
+    name_threshold: float,
+) -> dict[tuple[int, int], float]:
+    """The pairs that may be associated: above threshold or accepted on their evidence; an
+    upload with named local photos only with those, which need only name_threshold."""
+
+    def qualifies(pair: tuple[int, int], score: float) -> bool:
+        local, upload = pair
+        if upload in named_locals:
+            return local in named_locals[upload] and (
+                score >= min(threshold, name_threshold) or pair in accepted
+            )
+        return score >= threshold or pair in accepted
+
+    return {pair: score for pair, score in scores.items() if qualifies(pair, score)}
+
+
+def _ties(valid: Mapping[tuple[int, int], float]) -> list[Decision]:
+    """The uploads whose two best local photos score within TIE_MARGIN: refused."""
+    ties = []
+    for upload in sorted({u for _, u in valid}):
+        ranked = sorted(
+            ((s, local) for (local, u), s in valid.items() if u == upload), reverse=True
+        )
+        best, local = ranked[0]
+        rivals = tuple(sorted(other for s, other in ranked[1:] if best - s <= TIE_MARGIN))
+        if rivals:
+            ties.append(Decision(upload, local, best, "tie", rivals))
+    return ties
+
+
+def _one_to_one(
+    valid: Mapping[tuple[int, int], float],
+    areas: Mapping[tuple[int, int], float],
+    order: Callable[[int], Any],
+    by_name: Collection[tuple[int, int]],
+) -> tuple[dict[int, int], dict[int, int]]:
+    """local -> its upload, and upload -> local for the parts: each photo is first paired
+    through the uploads that show most of it, then each upload left over goes to its best
+    photo if that has none, or takes it from an upload it is preferred to, or is a part."""
+    # A crop, which may score higher at a small size, must not hand its whole frame to a
+    # look-alike; the crops then go to a photo left without an upload, or become parts.
+    widest: dict[int, float] = defaultdict(float)
+    for local, upload in valid:
+        widest[local] = max(widest[local], areas.get((local, upload), 1.0))
+    whole = {p: s for p, s in valid.items() if areas.get(p, 1.0) >= widest[p[0]] - SAME_AREA}
+    # A named pair outweighs any score, so that a local photo takes the upload that names it.
+    upload_of = _optimal_pairs({p: s + 1.0 if p in by_name else s for p, s in whole.items()})
+
+    def prefer(upload: int, over: int, local: int) -> bool:
+        if ((local, upload) in by_name) != ((local, over) in by_name):
+            return (local, upload) in by_name
+        area, rival_area = areas.get((local, upload), 1.0), areas.get((local, over), 1.0)
+        if abs(area - rival_area) > SAME_AREA:
+            return area > rival_area
+        score, rival_score = valid[(local, upload)], valid[(local, over)]
+        if abs(score - rival_score) > TIE_MARGIN:
+            return score > rival_score
+        return order(upload) < order(over)
+
+    waiting = deque(sorted({u for _, u in valid} - set(upload_of.values()), key=order))
+    displaced: set[int] = set()
+    parts: dict[int, int] = {}
+    # Each upload is taken up at most twice (once more after it was displaced, and a displaced
+    # upload displaces no other), so the loop ends even where prefer's tolerances make it
+    # intransitive.
+    while waiting:
+        upload = waiting.popleft()
+        _, local = max((s, local) for (local, u), s in valid.items() if u == upload)
+        holder = upload_of.get(local)
+        if holder is None:
+            upload_of[local] = upload
+        elif upload not in displaced and prefer(upload, holder, local):
+            displaced.add(holder)
+            waiting.append(holder)
+            upload_of[local] = upload
+        else:
+            parts[upload] = local
+    for upload in upload_of.values():
+        parts.pop(upload, None)
+    return upload_of, parts
+
+
 def assign_uploads(
     scores: Mapping[tuple[int, int], float],
     areas: Mapping[tuple[int, int], float],
@@ -5496,79 +5583,22 @@ def assign_uploads(
     def order(upload: int) -> Any:
         return upload_order[upload] if upload < len(upload_order) else upload
 
+    def decide(names: Mapping[int, set[int]]) -> tuple[list[Decision], dict, dict, dict, set]:
+        valid = _qualifying(scores, threshold, accepted, names, name_threshold)
+        ties = _ties(valid)
+        refused = {d.upload_index for d in ties}
+        valid = {pair: s for pair, s in valid.items() if pair[1] not in refused}
+        by_name = {pair for pair in valid if pair[1] in names}
+        return ties, valid, *_one_to_one(valid, areas, order, by_name), by_name
+
     named_locals: dict[int, set[int]] = defaultdict(set)
     for local, upload in named:
         named_locals[upload].add(local)
-
-    def qualifies(pair: tuple[int, int], score: float) -> bool:
-        local, upload = pair
-        if upload in named_locals:
-            return local in named_locals[upload] and (
-                score >= min(threshold, name_threshold) or pair in accepted
-            )
-        return score >= threshold or pair in accepted
-
-    valid = {pair: score for pair, score in scores.items() if qualifies(pair, score)}
-    decisions: list[Decision] = []
-    for upload in sorted({u for _, u in valid}):
-        ranked = sorted(
-            ((s, local) for (local, u), s in valid.items() if u == upload), reverse=True
-        )
-        best, local = ranked[0]
-        rivals = tuple(sorted(other for s, other in ranked[1:] if best - s <= TIE_MARGIN))
-        if rivals:
-            decisions.append(Decision(upload, local, best, "tie", rivals))
-    refused = {d.upload_index for d in decisions}
-    valid = {pair: s for pair, s in valid.items() if pair[1] not in refused}
-    by_name = {pair for pair in valid if pair[1] in named_locals}
-    # Each photo is first paired through the uploads that show most of it: a crop of it,
-    # which may score higher at a small size, must not hand its whole frame to a look-alike.
-    # The crops then go to a photo left without an upload, or become parts.
-    widest: dict[int, float] = defaultdict(float)
-    for local, upload in valid:
-        widest[local] = max(widest[local], areas.get((local, upload), 1.0))
-    whole = {p: s for p, s in valid.items() if areas.get(p, 1.0) >= widest[p[0]] - SAME_AREA}
-    # A named pair outweighs any score, so that a local photo takes the upload that names it.
-    taken = _optimal_pairs({pair: s + 1.0 if pair in by_name else s for pair, s in whole.items()})
-
-    def prefer(upload: int, over: int, local: int) -> bool:
-        if ((local, upload) in by_name) != ((local, over) in by_name):
-            return (local, upload) in by_name
-        area, rival_area = areas.get((local, upload), 1.0), areas.get((local, over), 1.0)
-        if abs(area - rival_area) > SAME_AREA:
-            return area > rival_area
-        score, rival_score = valid[(local, upload)], valid[(local, over)]
-        if abs(score - rival_score) > TIE_MARGIN:
-            return score > rival_score
-        return order(upload) < order(over)
-
-    upload_of = dict(taken)
-    waiting = sorted({u for _, u in valid} - set(upload_of.values()), key=order)
-    parts: dict[int, int] = {}
-    budget = len(valid) ** 2  # prefer() tolerates small differences: never loop for ever
-    while waiting and budget > 0:
-        budget -= 1
-        upload = waiting.pop(0)
-        _, local = max((s, local) for (local, u), s in valid.items() if u == upload)
-        if local not in upload_of:
-            upload_of[local] = upload
-        elif prefer(upload, upload_of[local], local):
-            waiting.append(upload_of[local])
-            upload_of[local] = upload
-        else:
-            parts[upload] = local
+    ties, valid, upload_of, parts, by_name = decide(named_locals)
     # The name decided an association that the scores alone would not have made.
-    unnamed = (
-        {
-            (d.local_index, d.upload_index)
-            for d in assign_uploads(scores, areas, threshold, upload_order, accepted=accepted)
-            if d.kind == "associate"
-        }
-        if by_name
-        else set()
-    )
+    unnamed = set(decide({})[2].items()) if by_name else set()
+    decisions = list(ties)
     for local, upload in upload_of.items():
-        parts.pop(upload, None)
         decided = (local, upload) in by_name and (local, upload) not in unnamed
         decisions.append(Decision(upload, local, valid[(local, upload)], by_name=decided))
     for upload, local in parts.items():
