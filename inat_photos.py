@@ -1938,6 +1938,115 @@ def _changed_since(record: dict[str, Any], moment: dt.datetime) -> bool:
     return False
 
 
+class TaxaAndPlaces:
+    """The taxa above the observations' identifications and the places they lie in, kept in
+    the observation store's database: each asked for once, batched."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def _taxon(self, taxon_id: int) -> tuple[str, str | None, list[int] | None] | None:
+        """(name, rank, ancestor ids or None when not learnt) of a stored taxon."""
+        row = self.db.execute(
+            "SELECT name, rank, ancestors FROM taxa WHERE id = ?", (taxon_id,)
+        ).fetchone()
+        return (row[0], row[1], json.loads(row[2]) if row[2] else None) if row else None
+
+    def _put_taxon(self, record: dict[str, Any], ancestors: Sequence[int] | None) -> None:
+        taxon_id, name = _int_or_none(record.get("id")), record.get("name")
+        if taxon_id is None or not isinstance(name, str) or not name.strip():
+            return
+        known = self._taxon(taxon_id)
+        if ancestors is None and known is not None:  # keep a lineage learnt before
+            ancestors = known[2]
+        rank = record.get("rank") if isinstance(record.get("rank"), str) else None
+        self.db.execute(
+            "INSERT OR REPLACE INTO taxa VALUES (?, ?, ?, ?)",
+            (
+                taxon_id,
+                " ".join(name.split()),
+                rank,
+                json.dumps(list(ancestors)) if ancestors is not None else None,
+            ),
+        )
+
+    def lineages(
+        self, client: InatClient, observations: Iterable[Observation]
+    ) -> dict[int, Lineage]:
+        """Each observed taxon's (rank, name) from kingdom down to itself.
+
+        Ancestor names come from the taxa endpoint, asked once per taxon and batched; they
+        are kept here, so a rerun asks for nothing new.
+        """
+        wanted = {o.taxon_id: o for o in observations if o.taxon_id and o.taxon_scientific}
+
+        def ancestors_of(observation: Observation) -> list[int] | None:
+            stored = self._taxon(observation.taxon_id)  # type: ignore[arg-type]
+            ids = list(observation.ancestor_ids) or (stored[2] if stored else None)
+            if ids is None or any(self._taxon(i) is None for i in ids):
+                return None
+            return ids
+
+        missing = sorted(t for t, o in wanted.items() if ancestors_of(o) is None)
+        if missing:
+            for record in client.taxa(missing):
+                ancestors = record.get("ancestors")
+                for ancestor in ancestors if isinstance(ancestors, list) else []:
+                    if isinstance(ancestor, dict):
+                        self._put_taxon(ancestor, None)
+                self._put_taxon(record, taxon_ancestor_ids(record))
+            self.db.commit()
+        found: dict[int, Lineage] = {}
+        for taxon_id, observation in wanted.items():
+            ids = ancestors_of(observation)
+            if ids is None:  # iNaturalist did not name them all: better no tree than half of one
+                continue
+            levels = [self._taxon(i) for i in ids]
+            above = [
+                (level[1] or "", level[0])
+                for level in levels
+                if level is not None and level[1] not in (None, "stateofmatter")  # not 'Life'
+            ]
+            own = (observation.taxon_rank or "", observation.taxon_scientific or "")
+            found[taxon_id] = (*above, own)
+        return found
+
+    def places(self, client: InatClient, observations: Iterable[Observation]) -> dict[int, Place]:
+        """The places the observations lie in, by id.
+
+        Asked for once per id, PLACES_PER_REQUEST a request, and kept here; an id iNaturalist
+        does not know is kept too (as NULL), so that no rerun asks for it again.
+        """
+        wanted = sorted({i for o in observations for i in o.place_ids})
+        stored: dict[int, str | None] = {}
+        for start in range(0, len(wanted), 900):  # SQLite's limit on parameters
+            batch = wanted[start : start + 900]
+            marks = ",".join("?" * len(batch))
+            rows = self.db.execute(f"SELECT id, record FROM places WHERE id IN ({marks})", batch)
+            stored.update(rows.fetchall())
+        missing = [i for i in wanted if i not in stored]
+        if missing:
+            answered = {}
+            for record in client.places(missing):
+                place_id = _int_or_none(record.get("id"))
+                if place_id is not None:
+                    # Only what names need: the answer also holds the place's outline.
+                    kept = ("id", "name", "admin_level", "display_name", "code")
+                    answered[place_id] = json.dumps({k: record.get(k) for k in kept})
+            for place_id in missing:
+                stored[place_id] = answered.get(place_id)
+                self.db.execute(
+                    "INSERT OR REPLACE INTO places VALUES (?, ?)", (place_id, stored[place_id])
+                )
+            self.db.commit()
+        found = {}
+        for place_id, text in stored.items():
+            place = parse_place(json.loads(text)) if text else None
+            if place is not None:
+                found[place_id] = place
+        return found
+
+
 class ObservationStore:
     """The user's observations kept in SQLite between runs, refreshed with updated_since,
     and those that local photos point at asked for again by id every RECHECK_DAYS."""
@@ -1971,6 +2080,7 @@ class ObservationStore:
             CREATE TABLE IF NOT EXISTS places (id INTEGER PRIMARY KEY, record TEXT);
             """
         )
+        self.reference = TaxaAndPlaces(self.db)
 
     def close(self) -> None:
         self.db.close()
@@ -2119,107 +2229,6 @@ class ObservationStore:
             observation = parse_observation(record)
             if observation and observation.day and first_day <= observation.day <= last_day:
                 found.append((record, observation))
-        return found
-
-    def _taxon(self, taxon_id: int) -> tuple[str, str | None, list[int] | None] | None:
-        """(name, rank, ancestor ids or None when not learnt) of a stored taxon."""
-        row = self.db.execute(
-            "SELECT name, rank, ancestors FROM taxa WHERE id = ?", (taxon_id,)
-        ).fetchone()
-        return (row[0], row[1], json.loads(row[2]) if row[2] else None) if row else None
-
-    def _put_taxon(self, record: dict[str, Any], ancestors: Sequence[int] | None) -> None:
-        taxon_id, name = _int_or_none(record.get("id")), record.get("name")
-        if taxon_id is None or not isinstance(name, str) or not name.strip():
-            return
-        known = self._taxon(taxon_id)
-        if ancestors is None and known is not None:  # keep a lineage learnt before
-            ancestors = known[2]
-        rank = record.get("rank") if isinstance(record.get("rank"), str) else None
-        self.db.execute(
-            "INSERT OR REPLACE INTO taxa VALUES (?, ?, ?, ?)",
-            (
-                taxon_id,
-                " ".join(name.split()),
-                rank,
-                json.dumps(list(ancestors)) if ancestors is not None else None,
-            ),
-        )
-
-    def lineages(
-        self, client: InatClient, observations: Iterable[Observation]
-    ) -> dict[int, Lineage]:
-        """Each observed taxon's (rank, name) from kingdom down to itself.
-
-        Ancestor names come from the taxa endpoint, asked once per taxon and batched; they
-        are kept here, so a rerun asks for nothing new.
-        """
-        wanted = {o.taxon_id: o for o in observations if o.taxon_id and o.taxon_scientific}
-
-        def ancestors_of(observation: Observation) -> list[int] | None:
-            stored = self._taxon(observation.taxon_id)  # type: ignore[arg-type]
-            ids = list(observation.ancestor_ids) or (stored[2] if stored else None)
-            if ids is None or any(self._taxon(i) is None for i in ids):
-                return None
-            return ids
-
-        missing = sorted(t for t, o in wanted.items() if ancestors_of(o) is None)
-        if missing:
-            for record in client.taxa(missing):
-                ancestors = record.get("ancestors")
-                for ancestor in ancestors if isinstance(ancestors, list) else []:
-                    if isinstance(ancestor, dict):
-                        self._put_taxon(ancestor, None)
-                self._put_taxon(record, taxon_ancestor_ids(record))
-            self.db.commit()
-        found: dict[int, Lineage] = {}
-        for taxon_id, observation in wanted.items():
-            ids = ancestors_of(observation)
-            if ids is None:  # iNaturalist did not name them all: better no tree than half of one
-                continue
-            levels = [self._taxon(i) for i in ids]
-            above = [
-                (level[1] or "", level[0])
-                for level in levels
-                if level is not None and level[1] not in (None, "stateofmatter")  # not 'Life'
-            ]
-            own = (observation.taxon_rank or "", observation.taxon_scientific or "")
-            found[taxon_id] = (*above, own)
-        return found
-
-    def places(self, client: InatClient, observations: Iterable[Observation]) -> dict[int, Place]:
-        """The places the observations lie in, by id.
-
-        Asked for once per id, PLACES_PER_REQUEST a request, and kept here; an id iNaturalist
-        does not know is kept too (as NULL), so that no rerun asks for it again.
-        """
-        wanted = sorted({i for o in observations for i in o.place_ids})
-        stored: dict[int, str | None] = {}
-        for start in range(0, len(wanted), 900):  # SQLite's limit on parameters
-            batch = wanted[start : start + 900]
-            marks = ",".join("?" * len(batch))
-            rows = self.db.execute(f"SELECT id, record FROM places WHERE id IN ({marks})", batch)
-            stored.update(rows.fetchall())
-        missing = [i for i in wanted if i not in stored]
-        if missing:
-            answered = {}
-            for record in client.places(missing):
-                place_id = _int_or_none(record.get("id"))
-                if place_id is not None:
-                    # Only what names need: the answer also holds the place's outline.
-                    kept = ("id", "name", "admin_level", "display_name", "code")
-                    answered[place_id] = json.dumps({k: record.get(k) for k in kept})
-            for place_id in missing:
-                stored[place_id] = answered.get(place_id)
-                self.db.execute(
-                    "INSERT OR REPLACE INTO places VALUES (?, ?)", (place_id, stored[place_id])
-                )
-            self.db.commit()
-        found = {}
-        for place_id, text in stored.items():
-            place = parse_place(json.loads(text)) if text else None
-            if place is not None:
-                found[place_id] = place
         return found
 
 
@@ -4714,16 +4723,9 @@ def compare_pictures(
     }
     if smooth is not None and smooth.reach >= 1.0:
         evidence["smooth"] = round(smooth.reach, 1)
-    score, pair, toned_best = _best_tones(region, upright, score_pair)
-    if score < SSIM_THRESHOLD and (cut := overlay_box(structure_tiles(region, upright))):
-        # A band, a frame or a viewer's bars along an edge: left out of the tones fitted, the
-        # score and the parts.
-        top, bottom, left, right = (k * OVERLAY_TILE_SIDE for k in cut)
-        kept = region[top:bottom, left:right], upright[top:bottom, left:right]
-        uncovered = _best_tones(*kept, score_pair)
-        if uncovered[0] > score:
-            score, pair, toned_best = uncovered
-            evidence["covered"] = round(1 - kept[0].size / region.size, 3)
+    score, pair, toned_best, covered = _score_uncovered(region, upright, score_pair)
+    if covered:
+        evidence["covered"] = covered
     coarse, worst = coarse_evidence(*pair, step=step) or (None, None)
     return Comparison(
         score,
@@ -4734,6 +4736,22 @@ def compare_pictures(
         worst_part=worst,
         **evidence,
     )
+
+
+def _score_uncovered(
+    region: np.ndarray, upright: np.ndarray, score_pair: ScoreFunction
+) -> tuple[float, tuple[np.ndarray, np.ndarray], bool, float]:
+    """_best_tones of a lined-up pair, and the share of it an overlay covered (0: none). A
+    band, a frame or a viewer's bars along an edge are left out of the tones fitted, the score
+    and the parts, where that scores higher."""
+    score, pair, toned_best = _best_tones(region, upright, score_pair)
+    if score < SSIM_THRESHOLD and (cut := overlay_box(structure_tiles(region, upright))):
+        top, bottom, left, right = (k * OVERLAY_TILE_SIDE for k in cut)
+        kept = region[top:bottom, left:right], upright[top:bottom, left:right]
+        uncovered = _best_tones(*kept, score_pair)
+        if uncovered[0] > score:
+            return *uncovered, round(1 - kept[0].size / region.size, 3)
+    return score, pair, toned_best, 0.0
 
 
 def _best_tones(
@@ -5314,6 +5332,24 @@ class PairScorer:
             for thread in threads:
                 thread.join()
             self._background = None
+
+    @contextlib.contextmanager
+    def day(self, pairs: Sequence[tuple[LocalPhoto, Candidate]]) -> Iterator[PairScorer]:
+        """The compare function for one day: these pairs are compared ahead in the background
+        while the day is matched. On exit the background is stopped and the day's pictures,
+        keypoints and comparisons are dropped, whatever happened."""
+        self.expect(pairs)
+        try:
+            yield self
+        finally:
+            self.finish_day()
+
+    def left_out(self, candidates: Iterable[Candidate]) -> int:
+        """Stop comparing ahead (nothing runs in the background after this, so the day's
+        results may be written), and count the candidates the download budget left out."""
+        self.stop()
+        over = self.pictures.photos.over_budget
+        return sum(1 for c in candidates if c.photo.id in over)
 
     def finish_day(self) -> None:
         """Stop comparing ahead and drop the day's pictures, keypoints and comparisons."""
@@ -7296,6 +7332,21 @@ def _count_line(section: str, count: int) -> str:
     return f'<li><a href="#{section}">{title}</a>: {count}</li>'
 
 
+def _known_counts(known: Sequence[LogRow], unlisted: Mapping[str, int]) -> str:
+    """The known section's list items: how many of each kind, listed or only counted."""
+    open_ = sum(1 for r in known if r.command)
+    tagged = sum(1 for r in known if r.local and r.local.tags and not r.command)
+    aside = sum(1 for r in known if r.local and not r.local.tags and not r.command)
+    counts = [
+        (open_, "Near misses and ties of earlier runs, not yet confirmed (with the command)"),
+        (tagged, "Already tagged, caption current"),
+        (aside, "Set aside with --dissociate"),
+        (len(known) - open_ - tagged - aside, "iNaturalist photos an earlier log listed"),
+        *((n, f"{reason} (counted, not listed)") for reason, n in sorted(unlisted.items())),
+    ]
+    return "".join(f"<li>{html.escape(text)}: {n}</li>" for n, text in counts if n)
+
+
 def log_page(
     rows: Sequence[LogRow],
     summary: str,
@@ -7349,21 +7400,10 @@ def log_page(
             yield _row_html(row, threshold, embed) + "\n"
         yield "</tbody></table></section>\n"
     if known or unlisted:
-        open_ = sum(1 for r in known if r.command)
-        tagged = sum(1 for r in known if r.local and r.local.tags and not r.command)
-        aside = sum(1 for r in known if r.local and not r.local.tags and not r.command)
-        counts = [
-            (open_, "Near misses and ties of earlier runs, not yet confirmed (with the command)"),
-            (tagged, "Already tagged, caption current"),
-            (aside, "Set aside with --dissociate"),
-            (len(known) - open_ - tagged - aside, "iNaturalist photos an earlier log listed"),
-            *((n, f"{reason} (counted, not listed)") for reason, n in sorted(unlisted.items())),
-        ]
-        items = "".join(f"<li>{html.escape(text)}: {n}</li>" for n, text in counts if n)
         yield (
             '<section id="known" data-section="known">'
             f"<h2>{html.escape(LOG_SECTIONS['known'])} ({len(known) + sum(unlisted.values())})"
-            f"</h2>\n<ul>{items}</ul>\n"
+            f"</h2>\n<ul>{_known_counts(known, unlisted)}</ul>\n"
         )
         if known:
             yield (
@@ -7728,15 +7768,40 @@ def log_day(
             index.record_verdict(photo.path, verdict)
 
 
-def process_days(
+def refresh_known_photos(
     state: RunState,
-    photos: Sequence[LocalPhoto],
-    observations: Sequence[Observation],
+    day_photos: Sequence[LocalPhoto],
     known: Mapping[int, Observation],
     history: Mapping[int, set[str]],
 ) -> None:
-    """Refresh known photos, then match and apply each day, one day at a time."""
-    options, console = state.options, state.console
+    """The day's photos with ids: their caption checked; those set aside, listed in the log."""
+    for photo in day_photos:
+        if photo.tags:
+            observation = known.get(photo.tags.observation)
+            refresh_known(state, photo, observation, history.get(photo.tags.observation, set()))
+        elif photo.dissociated and state.log is not None:
+            note = "set aside with --dissociate; compared again only with --recompute"
+            state.log.rows.append(known_row(photo, None, state.thumbnails, note))
+
+
+@dataclass(frozen=True)
+class OpenDay:
+    """One day to match: its photos and candidates, those without a known association, and
+    the pairs planned to be compared first."""
+
+    day: dt.date
+    photos: Sequence[LocalPhoto]
+    candidates: Sequence[Candidate]
+    open_photos: Sequence[LocalPhoto]
+    open_candidates: Sequence[Candidate]
+    plan: Sequence[tuple[LocalPhoto, Candidate]]
+
+
+def open_days(
+    state: RunState, photos: Sequence[LocalPhoto], observations: Sequence[Observation]
+) -> list[OpenDay]:
+    """Every day with local photos, in order, with what is still open on it."""
+    options = state.options
     photos_by_day: dict[dt.date, list[LocalPhoto]] = defaultdict(list)
     for photo in sorted(photos, key=lambda p: (p.corrected_time, str(p.path))):
         photos_by_day[photo.corrected_time.date()].append(photo)
@@ -7747,75 +7812,80 @@ def process_days(
                 Candidate(p, observation) for p in observation.photos
             ]
     tagged = {p.tags.photo for p in photos if p.tags and not options.recompute}
-
-    def still_open(day: dt.date) -> tuple[list[LocalPhoto], list[Candidate]]:
-        """The day's photos and uploads without a known association."""
-        open_photos = [
-            p for p in photos_by_day[day] if options.recompute or not (p.tags or p.dissociated)
-        ]
-        open_candidates = [c for c in candidates_by_day.get(day, []) if c.photo.id not in tagged]
-        return open_photos, open_candidates
-
-    # Every upload the days will compare is downloaded in the background from the start, in
-    # the days' order: nothing waits on the network while a day is compared.
-    plans = {
-        day: planned_pairs(*still_open(day), options, state.index.checked_before)
-        for day in sorted(photos_by_day)
-        if day in candidates_by_day
-    }
-    ahead = {c.photo.id: c.photo for pairs in plans.values() for _, c in pairs}
-    state.pictures.photos.prefetch(list(ahead.values()), state.pictures.sizes[0])
+    days = []
     for day in sorted(photos_by_day):
         day_photos, day_candidates = photos_by_day[day], candidates_by_day.get(day, [])
-        state.tally.uploads_seen.update(c.photo.id for c in day_candidates)
-        if day_candidates:
+        open_photos = [p for p in day_photos if options.recompute or not (p.tags or p.dissociated)]
+        open_candidates = [c for c in day_candidates if c.photo.id not in tagged]
+        plan = (
+            planned_pairs(open_photos, open_candidates, options, state.index.checked_before)
+            if day_candidates
+            else []
+        )
+        days.append(OpenDay(day, day_photos, day_candidates, open_photos, open_candidates, plan))
+    return days
+
+
+def process_days(
+    state: RunState,
+    photos: Sequence[LocalPhoto],
+    observations: Sequence[Observation],
+    known: Mapping[int, Observation],
+    history: Mapping[int, set[str]],
+) -> None:
+    """Refresh known photos, then match and apply each day, one day at a time."""
+    options, console = state.options, state.console
+    days = open_days(state, photos, observations)
+    # Every upload the days will compare is downloaded in the background from the start, in
+    # the days' order: nothing waits on the network while a day is compared.
+    ahead = {c.photo.id: c.photo for d in days for _, c in d.plan}
+    state.pictures.photos.prefetch(list(ahead.values()), state.pictures.sizes[0])
+    for d in days:
+        state.tally.uploads_seen.update(c.photo.id for c in d.candidates)
+        if d.candidates:
             console.say(
-                f"{day}: {len(day_candidates)} iNat pictures and {len(day_photos)} local pictures."
+                f"{d.day}: {len(d.candidates)} iNat pictures and {len(d.photos)} local pictures."
             )
         if not options.recompute:
-            for photo in day_photos:
-                if photo.tags:
-                    observation = known.get(photo.tags.observation)
-                    refresh_known(
-                        state, photo, observation, history.get(photo.tags.observation, set())
-                    )
-                elif photo.dissociated and state.log is not None:
-                    note = "set aside with --dissociate; compared again only with --recompute"
-                    state.log.rows.append(known_row(photo, None, state.thumbnails, note))
-        open_photos, open_candidates = still_open(day)
-        if len(open_photos) < len(day_photos) and day_candidates:
+            refresh_known_photos(state, d.photos, known, history)
+        if len(d.open_photos) < len(d.photos) and d.candidates:
             console.say(
-                f"{day}: {len(open_candidates)} iNat pictures and {len(open_photos)} local"
+                f"{d.day}: {len(d.open_candidates)} iNat pictures and {len(d.open_photos)} local"
                 " pictures left after excluding known associations."
             )
-        if not day_candidates:
-            continue
-        if not options.recompute:
-            open_candidates = recall_parts(state, open_candidates)
-        left = {c.photo.id for c in open_candidates}  # recall_parts may have dropped some
-        state.scorer.expect([(p, c) for p, c in plans.get(day, ()) if c.photo.id in left])
+        if d.candidates:
+            match_and_apply_day(state, d, known, history)
+
+
+def match_and_apply_day(
+    state: RunState, d: OpenDay, known: Mapping[int, Observation], history: Mapping[int, set[str]]
+) -> None:
+    """Match one day's open photos and candidates and write what was found; a day whose
+    uploads the download budget left out waits for a later run (nothing is decided on a
+    guess)."""
+    options = state.options
+    candidates = d.open_candidates if options.recompute else recall_parts(state, d.open_candidates)
+    left = {c.photo.id for c in candidates}  # recall_parts may have dropped some
+    with state.scorer.day([(p, c) for p, c in d.plan if c.photo.id in left]) as compare:
         outcome = match_day(
-            day,
-            open_photos,
-            open_candidates,
-            state.scorer,
+            d.day,
+            d.open_photos,
+            candidates,
+            compare,
             options,
-            likely=state.scorer.likely,
+            likely=compare.likely,
             checked_before=state.index.checked_before,
-            known_today=not options.recompute and any(p.tags for p in day_photos),
+            known_today=not options.recompute and any(p.tags for p in d.photos),
         )
-        state.scorer.stop()
-        over = state.pictures.photos.over_budget
-        missing = sum(1 for c in open_candidates if c.photo.id in over)
-        if missing:  # nothing is decided on a guess: the day waits for a later run
-            state.tally.deferred[day] = missing
-        else:
-            if options.recompute:
-                outcome = keep_file_associations(
-                    state, outcome, open_photos, open_candidates, known, history
-                )
-            apply_day(state, outcome, open_candidates)
-        state.scorer.finish_day()
+        missing = compare.left_out(candidates)
+        if missing:
+            state.tally.deferred[d.day] = missing
+            return
+        if options.recompute:
+            outcome = keep_file_associations(
+                state, outcome, d.open_photos, candidates, known, history
+            )
+        apply_day(state, outcome, candidates)
 
 
 def load_observations(
@@ -7859,7 +7929,7 @@ def load_lineages(
     observations: Iterable[Observation],
 ) -> dict[int, Lineage]:
     """The lineage of each taxon of observations, only when the options write lineages."""
-    return store.lineages(client, observations) if options.needs_lineages else {}
+    return store.reference.lineages(client, observations) if options.needs_lineages else {}
 
 
 def make_scorer(options: Options, photos: PhotoCache, console: Console) -> PairScorer:
@@ -7893,15 +7963,14 @@ def run(options: Options, console: Console) -> Tally:
     with contextlib.ExitStack() as resources:
         if not resources.enter_context(run_lock(options.cache)):
             raise RunLocked(options.cache)
-        CacheDirectory(options.cache).remove_leftovers()
+        files = CacheDirectory(options.cache)
+        files.remove_leftovers()
         _import_ahead("pyinaturalist")  # half a second of CPU, while the walk waits on the disk
         console.say("Loading photos ")
         found = find_picture_files(options.paths, console)
         remove_leftover_copies(found.leftovers)
         index = resources.enter_context(
-            contextlib.closing(
-                LocalIndex(CacheDirectory(options.cache).local_index, options.matching_settings)
-            )
+            contextlib.closing(LocalIndex(files.local_index, options.matching_settings))
         )
         console.reported_before = index.reported_before
         archive = load_archive(found, index, console, options)
@@ -7927,7 +7996,7 @@ def run(options: Options, console: Console) -> Tally:
             client.authenticate(token)
             make_private(options.cache, console)
         with contextlib.closing(
-            ObservationStore(CacheDirectory(options.cache).observations, fresh=options.bypass_cache)
+            ObservationStore(files.observations, fresh=options.bypass_cache)
         ) as store:
             observations, known, history = load_observations(
                 options, client, store, photos, archive.waiting
@@ -7935,9 +8004,9 @@ def run(options: Options, console: Console) -> Tally:
             lineages = load_lineages(options, client, store, [*observations, *known.values()])
             places = {}
             if options.location_names:
-                places = store.places(client, [*observations, *known.values()])
+                places = store.reference.places(client, [*observations, *known.values()])
         ledger = DownloadLedger(
-            CacheDirectory(options.cache).downloads,
+            files.downloads,
             options.max_download_per_hour,
             options.max_download_per_day,
         )
@@ -7962,19 +8031,25 @@ def run(options: Options, console: Console) -> Tally:
             places,
         )
         process_days(state, photos, observations, known, history)
-        summary = summary_line(tally, time.monotonic() - started, options.dry_run)
-        budget = budget_line(tally, ledger)
-        if budget is not None:
-            console.report(budget)
-        if console.spoke or not options.quiet:  # --quiet: nothing when nothing changed
-            console.report(f"\n{summary}")
-        if options.logfile is not None and state.log is not None:
-            for row in state.log.rows:  # why --geotag left the photo without a position
-                note = state.notes.get(row.local.path) if row.local is not None else None
-                if note is not None and row.section in ("new", "changed", "known"):
-                    row.note = "; ".join(filter(None, [row.note, note]))
-            write_log(options.logfile, state.log, summary, options.ssim_threshold, console)
+        finish_run(state, ledger, time.monotonic() - started)
     return tally
+
+
+def finish_run(state: RunState, ledger: DownloadLedger, seconds: float) -> None:
+    """The budget line, the summary (unless --quiet and nothing changed) and the HTML log."""
+    options, console = state.options, state.console
+    summary = summary_line(state.tally, seconds, options.dry_run)
+    budget = budget_line(state.tally, ledger)
+    if budget is not None:
+        console.report(budget)
+    if console.spoke or not options.quiet:  # --quiet: nothing when nothing changed
+        console.report(f"\n{summary}")
+    if options.logfile is not None and state.log is not None:
+        for row in state.log.rows:  # why --geotag left the photo without a position
+            note = state.notes.get(row.local.path) if row.local is not None else None
+            if note is not None and row.section in ("new", "changed", "known"):
+                row.note = "; ".join(filter(None, [row.note, note]))
+        write_log(options.logfile, state.log, summary, options.ssim_threshold, console)
 
 
 def write_log(path: Path, log: LogBook, summary: str, threshold: float, console: Console) -> None:
