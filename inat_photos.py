@@ -96,6 +96,7 @@ from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
@@ -1226,6 +1227,22 @@ class Tie:
     score: float
 
 
+class Reason(str, Enum):
+    """Why a local photo was left unassociated; its value is what the log and console say
+    (and what the local index stores)."""
+
+    COMPARED_BEFORE = "compared in vain with the same uploads before"
+    BELOW_THRESHOLD = "below the similarity threshold"
+    TAKEN_BY_ANOTHER = "best candidate, associated with another photo"
+    NO_CANDIDATE = "no iNaturalist photo within the cluster threshold"
+    NAMES_ANOTHER = "best candidate, whose original file name is another photo's"
+    TIE = "tie"
+    UNSAID = ""  # not below the threshold: the comparison's note says why (another shot)
+
+    __str__ = str.__str__
+    __format__ = str.__format__
+
+
 @dataclass(frozen=True)
 class Refusal:
     """A local photo left unassociated, with its best candidate when it had one, and why."""
@@ -1233,7 +1250,56 @@ class Refusal:
     photo: LocalPhoto
     candidate: Candidate | None
     comparison: Comparison | None
+    reason: Reason
+
+
+@dataclass(frozen=True)
+class RefusalRecord:
+    """What the log said of a photo left unassociated, as the local index keeps it (JSON):
+    why, its best upload and how that scored, and whether it was a tie."""
+
     reason: str
+    upload: int | None = None
+    score: float | None = None
+    box: Box | None = None
+    turns: int = 0
+    prefiltered: bool = False
+    tie: bool = False
+
+    @classmethod
+    def of(
+        cls, reason: Reason, candidate: Candidate | None, comparison: Comparison | None
+    ) -> RefusalRecord:
+        alignment = comparison.alignment if comparison else None
+        return cls(
+            reason.value,
+            candidate.photo.id if candidate else None,
+            comparison.score if comparison else None,
+            alignment.box if alignment else None,
+            alignment.turns if alignment else 0,
+            comparison.prefiltered if comparison else False,
+            reason is Reason.TIE,
+        )
+
+    @classmethod
+    def from_json(cls, found: Any) -> RefusalRecord | None:
+        """The record from what the index stored, or None when it is not one."""
+        if not isinstance(found, dict):
+            return None
+        box = found.get("box")
+        score = found.get("score")
+        return cls(
+            str(found.get("reason") or ""),
+            found["upload"] if isinstance(found.get("upload"), int) else None,
+            float(score) if isinstance(score, (int, float)) else None,
+            tuple(map(float, box)) if isinstance(box, list) and len(box) == 4 else None,  # type: ignore[arg-type]
+            int(found.get("turns") or 0),
+            bool(found.get("prefiltered")),
+            bool(found.get("tie")),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "box": list(self.box) if self.box else None}
 
 
 @dataclass(frozen=True)
@@ -3085,14 +3151,13 @@ class LocalIndex:
                 found[photo_id] = (Path(os.fsdecode(row[0])), row[1])
         return found
 
-    def record_verdict(self, path: Path, verdict: Mapping[str, Any]) -> None:
+    def record_refusal(self, path: Path, record: RefusalRecord) -> None:
         """Remember what the log said of the file at path, as it is now, left unassociated."""
-        self._store("verdicts", path, dict(verdict))
+        self._store("verdicts", path, record.to_json())
 
-    def verdict(self, photo: LocalPhoto) -> dict[str, Any] | None:
-        """The verdict recorded for photo, if the file and the settings are unchanged since."""
-        found = self._stored("verdicts", photo.path)
-        return found if isinstance(found, dict) else None
+    def refusal_record(self, photo: LocalPhoto) -> RefusalRecord | None:
+        """What was recorded for photo, if the file and the settings are unchanged since."""
+        return RefusalRecord.from_json(self._stored("verdicts", photo.path))
 
     def reported_uploads(self, photo_ids: Iterable[int]) -> set[int]:
         """Those of photo_ids an earlier log already listed as without a local photo."""
@@ -5386,12 +5451,6 @@ class Compare(Protocol):
 Likely = Callable[[Sequence[LocalPhoto], Sequence[Candidate]], dict[tuple[int, int], bool]]
 CheckedBefore = Callable[[LocalPhoto, Sequence[int]], bool]
 
-COMPARED_BEFORE = "compared in vain with the same uploads before"
-BELOW_THRESHOLD = "below the similarity threshold"
-TAKEN_BY_ANOTHER = "best candidate, associated with another photo"
-NO_CANDIDATE = "no iNaturalist photo within the cluster threshold"
-NAMES_ANOTHER = "best candidate, whose original file name is another photo's"
-
 
 def cluster_by_time(
     local_photos: Sequence[LocalPhoto], candidates: Sequence[Candidate], threshold: int
@@ -5713,12 +5772,12 @@ def match_cluster(
             continue
         _, j = max(tried)
         candidate = cluster.candidates[j]
-        reason = TAKEN_BY_ANOTHER if candidate.photo.id in taken else BELOW_THRESHOLD
+        reason = Reason.TAKEN_BY_ANOTHER if candidate.photo.id in taken else Reason.BELOW_THRESHOLD
         refused = comparisons[(i, j)]
-        if reason == BELOW_THRESHOLD and not refused.eligible and refused.score >= threshold:
-            reason = ""  # not below it: the log's note says why (another shot, thumbnail only)
+        if reason == Reason.BELOW_THRESHOLD and not refused.eligible and refused.score >= threshold:
+            reason = Reason.UNSAID  # the log's note says why (another shot, thumbnail only)
         if (i, j) not in named and any(upload == j for _, upload in named):
-            reason = NAMES_ANOTHER
+            reason = Reason.NAMES_ANOTHER
         refusals.append(Refusal(photo, candidate, refused, reason))
     return ClusterOutcome(
         tuple(associations), tuple(ties), tuple(parts), tuple(refusals), tuple(checked)
@@ -5829,7 +5888,7 @@ def _match_clusters(
             return
         fresh = fresh_photos(cluster, checked_before)
         skipped.extend(
-            Refusal(p, None, None, COMPARED_BEFORE) for p in cluster.photos if p not in fresh
+            Refusal(p, None, None, Reason.COMPARED_BEFORE) for p in cluster.photos if p not in fresh
         )
         if fresh:
             outcomes.append(
@@ -5857,7 +5916,9 @@ def _match_clusters(
     ]
     tied = {p.path for o in outcomes for t in o.ties for p in t.photos}
     accounted = associated | tied | {r.photo.path for r in refusals}
-    refusals += [Refusal(p, None, None, NO_CANDIDATE) for p in photos if p.path not in accounted]
+    refusals += [
+        Refusal(p, None, None, Reason.NO_CANDIDATE) for p in photos if p.path not in accounted
+    ]
     checked: dict[Path, frozenset[int]] = defaultdict(frozenset)
     for path, uploads in (c for o in outcomes for c in o.checked):
         if path not in associated:
@@ -6764,7 +6825,7 @@ def near_miss_line(refusal: Refusal, threshold: float, user: str) -> str | None:
     """The console line for a refusal just below the threshold: its score and the command
     that confirms it (the log has them too); None for any other refusal."""
     candidate, comparison = refusal.candidate, refusal.comparison
-    if refusal.reason != BELOW_THRESHOLD or candidate is None or comparison is None:
+    if refusal.reason != Reason.BELOW_THRESHOLD or candidate is None or comparison is None:
         return None
     if comparison.score < threshold - NEAR_MISS:
         return None
@@ -6849,6 +6910,7 @@ class LogRow:
     day: dt.date | None = None
     command: str = ""  # the command line that confirms this pairing (refusals, ties)
     by_name: bool = False  # associated at NAME_THRESHOLD: the score is not shown as too low
+    near_miss: bool = False  # a refusal within NEAR_MISS or a tie: awaits the user's word
 
 
 @dataclass
@@ -6929,6 +6991,7 @@ def comparison_row(
         photo.corrected_time.date(),
         command,
         by_name,
+        near_miss=bool(command),  # the callers give a command only for a near miss or a tie
     )
 
 
@@ -6938,7 +7001,7 @@ def worth_a_look(refusal: Refusal, threshold: float) -> bool:
     is a line of text: the log grows with what needs a look, not with the photos compared."""
     return (
         refusal.comparison is not None
-        and refusal.reason not in (TAKEN_BY_ANOTHER, NAMES_ANOTHER)
+        and refusal.reason not in (Reason.TAKEN_BY_ANOTHER, Reason.NAMES_ANOTHER)
         and refusal.comparison.score >= threshold - NEAR_MISS
     )
 
@@ -7334,9 +7397,9 @@ def _count_line(section: str, count: int) -> str:
 
 def _known_counts(known: Sequence[LogRow], unlisted: Mapping[str, int]) -> str:
     """The known section's list items: how many of each kind, listed or only counted."""
-    open_ = sum(1 for r in known if r.command)
-    tagged = sum(1 for r in known if r.local and r.local.tags and not r.command)
-    aside = sum(1 for r in known if r.local and not r.local.tags and not r.command)
+    open_ = sum(1 for r in known if r.near_miss)
+    tagged = sum(1 for r in known if r.local and r.local.tags and not r.near_miss)
+    aside = sum(1 for r in known if r.local and not r.local.tags and not r.near_miss)
     counts = [
         (open_, "Near misses and ties of earlier runs, not yet confirmed (with the command)"),
         (tagged, "Already tagged, caption current"),
@@ -7652,38 +7715,26 @@ def apply_day(state: RunState, outcome: DayOutcome, candidates: Sequence[Candida
         log_day(state, state.log, dataclasses.replace(outcome, **shown), lonely)
 
 
-def verdict_of(
-    reason: str, candidate: Candidate | None, comparison: Comparison | None, tie: bool = False
-) -> dict[str, Any]:
-    """What the log said about a photo left unassociated, as the LocalIndex stores it."""
-    alignment = comparison.alignment if comparison else None
-    return {
-        "reason": reason,
-        "upload": candidate.photo.id if candidate else None,
-        "score": comparison.score if comparison else None,
-        "box": list(alignment.box) if alignment else None,
-        "turns": alignment.turns if alignment else 0,
-        "prefiltered": comparison.prefiltered if comparison else False,
-        "tie": tie,
-    }
+@dataclass(frozen=True)
+class NearMiss:
+    """An earlier refusal or tie that still awaits the user, with its upload and comparison."""
+
+    candidate: Candidate
+    comparison: Comparison
+    tie: bool
 
 
 def near_miss(
-    verdict: Mapping[str, Any] | None, uploads: Mapping[int, Candidate], threshold: float
-) -> tuple[Candidate, Comparison, bool] | None:
-    """An earlier verdict that still awaits the user: a tie or a refusal within NEAR_MISS of
-    the threshold, fully compared, with an upload still open. (candidate, comparison, tie)."""
-    if not verdict or verdict.get("prefiltered") or verdict.get("upload") not in uploads:
+    record: RefusalRecord | None, uploads: Mapping[int, Candidate], threshold: float
+) -> NearMiss | None:
+    """An earlier record that still awaits the user: a tie or a refusal within NEAR_MISS of
+    the threshold, fully compared, with an upload still open."""
+    if record is None or record.prefiltered or record.upload not in uploads:
         return None
-    score, box = verdict.get("score"), verdict.get("box")
-    if not isinstance(score, (int, float)) or not (
-        verdict.get("tie") or score >= threshold - NEAR_MISS
-    ):
+    if record.score is None or not (record.tie or record.score >= threshold - NEAR_MISS):
         return None
-    alignment = None
-    if isinstance(box, list) and len(box) == 4:
-        alignment = Alignment(tuple(map(float, box)), int(verdict.get("turns") or 0))  # type: ignore[arg-type]
-    return uploads[verdict["upload"]], Comparison(score, alignment), bool(verdict.get("tie"))
+    alignment = Alignment(record.box, record.turns) if record.box else None
+    return NearMiss(uploads[record.upload], Comparison(record.score, alignment), record.tie)
 
 
 def sort_refusals(
@@ -7699,20 +7750,24 @@ def sort_refusals(
     earlier: list[Refusal] = []
     tied: dict[int, list[tuple[LocalPhoto, Comparison]]] = defaultdict(list)
     for refusal in refusals:
-        verdict = index.verdict(refusal.photo)
-        if refusal.reason == COMPARED_BEFORE:
-            found = near_miss(verdict, uploads, threshold)
+        record = index.refusal_record(refusal.photo)
+        if refusal.reason == Reason.COMPARED_BEFORE:
+            found = near_miss(record, uploads, threshold)
             if found is None:
                 log.unlisted[UNLISTED_COMPARED] += 1
-            elif found[2]:
-                tied[found[0].photo.id].append((refusal.photo, found[1]))
+            elif found.tie:
+                tied[found.candidate.photo.id].append((refusal.photo, found.comparison))
             else:
-                earlier.append(Refusal(refusal.photo, found[0], found[1], BELOW_THRESHOLD))
-        elif refusal.reason == NO_CANDIDATE and verdict:
+                earlier.append(
+                    Refusal(
+                        refusal.photo, found.candidate, found.comparison, Reason.BELOW_THRESHOLD
+                    )
+                )
+        elif refusal.reason == Reason.NO_CANDIDATE and record is not None:
             # An earlier log showed it: still nothing near its time, or the uploads it was
             # compared with in vain have gone to other photos since (and left the day's open
             # candidates).
-            same = verdict.get("reason") == NO_CANDIDATE
+            same = record.reason == Reason.NO_CANDIDATE
             log.unlisted[UNLISTED_NO_CANDIDATE if same else UNLISTED_COMPARED] += 1
         else:
             fresh.append(refusal)
@@ -7720,7 +7775,7 @@ def sort_refusals(
     for upload, pairs in tied.items():
         if len(pairs) == 1:  # the other photo of the tie has changed since: a plain refusal
             photo, comparison = pairs[0]
-            earlier.append(Refusal(photo, uploads[upload], comparison, BELOW_THRESHOLD))
+            earlier.append(Refusal(photo, uploads[upload], comparison, Reason.BELOW_THRESHOLD))
         else:
             photos, comparisons = zip(*pairs, strict=True)
             ties.append(Tie(uploads[upload], photos, comparisons, max(c.score for _, c in pairs)))
@@ -7759,13 +7814,13 @@ def log_day(
     if state.options.dry_run:
         return
     index.record_reported_uploads(set(uploads) - reported - tied)
-    verdicts = [(r.photo, verdict_of(r.reason, r.candidate, r.comparison)) for r in fresh]
+    records = [(r.photo, RefusalRecord.of(r.reason, r.candidate, r.comparison)) for r in fresh]
     for tie in outcome.ties:
         for photo, comparison in zip(tie.photos, tie.comparisons, strict=True):
-            verdicts.append((photo, verdict_of("tie", tie.candidate, comparison, True)))
-    for photo, verdict in verdicts:
+            records.append((photo, RefusalRecord.of(Reason.TIE, tie.candidate, comparison)))
+    for photo, record in records:
         if photo.path not in state.pictures.unreadable:  # listed and reported again next run
-            index.record_verdict(photo.path, verdict)
+            index.record_refusal(photo.path, record)
 
 
 def refresh_known_photos(

@@ -167,7 +167,7 @@ def test_match_day_associates_refuses_and_reports_ties() -> None:
         (2, ["b1.jpg", "b2.jpg"])
     ]
     reasons = {r.photo.path.name: r.reason for r in outcome.refusals}
-    assert reasons == {"c.jpg": ip.BELOW_THRESHOLD, "lonely.jpg": ip.NO_CANDIDATE}
+    assert reasons == {"c.jpg": ip.Reason.BELOW_THRESHOLD, "lonely.jpg": ip.Reason.NO_CANDIDATE}
     assert [c.photo.id for c in outcome.unmatched] == [2, 3]
     assert dict(outcome.checked)[Path("c.jpg")] == frozenset({3})
     assert Path("a.jpg") not in dict(outcome.checked)
@@ -184,7 +184,7 @@ def test_match_day_skips_photos_compared_in_vain_before() -> None:
 
     outcome = match(photos, [candidate(1, t)], compare, checked_before=checked_before)
     assert ("old.jpg", 1) not in compare.asked
-    assert [r.reason for r in outcome.refusals] == [ip.COMPARED_BEFORE]
+    assert [r.reason for r in outcome.refusals] == [ip.Reason.COMPARED_BEFORE]
     assert [a.photo.path.name for a in outcome.associations] == ["new.jpg"]
 
 
