@@ -1357,9 +1357,18 @@ def remove_leftover_copies(leftovers: Iterable[Path]) -> None:
 _NOT_MADE = object()  # a Memo value still being made
 
 
+@dataclass(frozen=True)
+class _Failed:
+    """A Memo value whose making raised: every later asker gets the same error."""
+
+    error: BaseException
+
+
 class Memo(dict):
     """A dict whose values are made once, by the first thread that asks for them; the others
-    wait for it. None (cannot be had) is kept like any value."""
+    wait for it. None (cannot be had) is kept like any value, and so is an error: a value a
+    background thread failed to make raises that error for the foreground that asks for it,
+    which reports it in its place (background threads report nothing themselves)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -1368,15 +1377,19 @@ class Memo(dict):
 
     def make(self, key: Any, make: Callable[[], Any]) -> Any:
         value = self.get(key, _NOT_MADE)
-        if value is not _NOT_MADE:
-            return value
-        with self._lock:
-            busy = self._making.setdefault(key, threading.Lock())
-        with busy:
-            # Read with get: another thread may forget the value meanwhile.
-            value = self.get(key, _NOT_MADE)
-            if value is _NOT_MADE:
-                value = self[key] = make()
+        if value is _NOT_MADE:
+            with self._lock:
+                busy = self._making.setdefault(key, threading.Lock())
+            with busy:
+                # Read with get: another thread may forget the value meanwhile.
+                value = self.get(key, _NOT_MADE)
+                if value is _NOT_MADE:
+                    try:
+                        value = self[key] = make()
+                    except Exception as error:
+                        value = self[key] = _Failed(error)
+        if isinstance(value, _Failed):
+            raise value.error
         return value
 
     def forget(self, keys: Iterable[Any] | None = None) -> None:
@@ -5378,8 +5391,10 @@ class PairScorer:
                 self._started.add(photo.path)
             if stop.is_set():
                 return
-            with contextlib.suppress(Exception):  # matching compares the pair itself and
-                self.compare(photo, candidate)  # meets the error there
+            # An error is kept in the comparisons' Memo: matching meets it when it asks for
+            # the pair, and reports it there, once.
+            with contextlib.suppress(Exception):
+                self.compare(photo, candidate)
 
     def _no_room_for(self, photo: LocalPhoto) -> bool:
         """Whether the background is PREFETCH_AHEAD photos ahead already (lock held)."""

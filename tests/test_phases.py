@@ -501,3 +501,23 @@ def test_a_local_photo_decoded_for_comparing_gives_the_log_its_thumbnail(
         assert max(thumbnail.size) == ip.HTML_THUMBNAIL
     unseen = thumbnails.local(photo("other.jpg", dt.datetime(2021, 2, 1), path=other))
     assert unseen is not None and decoded[-1] == ("other.jpg", ip.HTML_THUMBNAIL)
+
+
+def test_an_error_made_in_the_background_is_kept_for_the_foreground() -> None:
+    """A comparison that failed ahead is not made again: the day that asks meets the error."""
+    memo = ip.Memo()
+    calls: list[int] = []
+
+    def failing() -> None:
+        calls.append(1)
+        raise ValueError("broken picture")
+
+    with pytest.raises(ValueError, match="broken picture"):
+        memo.make("pair", failing)  # in the background, this error was suppressed
+    with pytest.raises(ValueError, match="broken picture"):
+        memo.make("pair", failing)
+    assert calls == [1]
+    memo.forget(["pair"])  # the next day starts afresh
+    with pytest.raises(ValueError):
+        memo.make("pair", failing)
+    assert calls == [1, 1]
