@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pyexiv2
 from PIL import Image, ImageDraw, ImageFilter
+from support.geo import exif_dms
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = "example_pictures"
@@ -569,15 +570,7 @@ def hills_landscape() -> Image.Image:
 
 
 # -- EXIF -----------------------------------------------------------------------------------
-def dms(value: float) -> str:
-    """Degrees as an EXIF rational triple, e.g. 37.42 -> '37/1 25/1 1200/100'."""
-    value = abs(value)
-    degrees = int(value)
-    minutes = int((value - degrees) * 60)
-    hundredths = round(((value - degrees) * 60 - minutes) * 6000)
-    if hundredths == 6000:
-        minutes, hundredths = minutes + 1, 0
-    return f"{degrees}/1 {minutes}/1 {hundredths}/100"
+dms = exif_dms  # the EXIF rational triple, in hundredths of a second, as in support/geo
 
 
 def dms_decimal(text: str) -> float:

@@ -12,6 +12,7 @@ from urllib.parse import quote
 
 import pytest
 from PIL import Image
+from support import model
 from support.browser import dump_dom, find_chromium, parse_rows
 
 import inat_photos as ip
@@ -36,19 +37,8 @@ def local(folder: Path, name: str, day: dt.date, **changes) -> ip.LocalPhoto:
 
 
 def candidate(photo_id: int, caption: str, day: dt.date) -> ip.Candidate:
-    upload = ip.InatPhoto(photo_id, photo_id + 1, photo_id * 10, 1, "https://x/photos/1/a.jpg")
-    observation = ip.Observation(
-        photo_id * 10,
-        f"https://www.inaturalist.org/observations/{photo_id * 10}",
-        ip.TaxonName(caption),
-        dt.datetime.combine(day, dt.time(10, 0)),
-        True,
-        day,
-        None,
-        False,
-        (upload,),
-    )
-    return ip.Candidate(upload, observation)
+    when = dt.datetime.combine(day, dt.time(10, 0))
+    return model.candidate(photo_id, when, name=ip.TaxonName(caption))
 
 
 @pytest.fixture

@@ -24,8 +24,10 @@ import numpy as np
 import pytest
 from fake_inat import FakeINaturalist
 from PIL import Image, ImageEnhance
+from support import model
 from support.cli import CliResult, run_cli
 from support.files import snapshot
+from support.geo import gps_exif
 from support.images import texture
 from support.xmp import read_photo_id, write_exif
 
@@ -39,17 +41,7 @@ TAXON = {"name": "Canis latrans", "rank": "species", "preferred_common_name": "C
 PHOTO_IDS = {"b2.jpg": 700_001, "s2.jpg": 700_002, "p.jpg": 700_003, "d.jpg": 700_004}
 
 
-def gps_tags(lat: float, lng: float) -> dict[str, str]:
-    def dms(value: float) -> str:
-        minutes = abs(value) * 60
-        return f"{int(minutes // 60)}/1 {int(minutes % 60)}/1 {round(minutes % 1 * 60 * 100)}/100"
-
-    return {
-        "Exif.GPSInfo.GPSLatitude": dms(lat),
-        "Exif.GPSInfo.GPSLatitudeRef": "N" if lat >= 0 else "S",
-        "Exif.GPSInfo.GPSLongitude": dms(lng),
-        "Exif.GPSInfo.GPSLongitudeRef": "E" if lng >= 0 else "W",
-    }
+gps_tags = gps_exif
 
 
 @dataclasses.dataclass
@@ -455,8 +447,8 @@ def test_assign_uploads_says_by_name_only_when_the_name_decided() -> None:
 def test_a_name_never_reaches_past_its_cluster() -> None:
     when = dt.datetime(2022, 5, 14, 9, 0)
     far = ip.LocalPhoto(Path("IMG_1.jpg"), when + dt.timedelta(hours=2), None, 1, (), None)
-    upload = ip.InatPhoto(9, 10, 90, 1, "http://x/photos/9/square.jpg", None, "IMG_1.JPG")
-    observation = ip.Observation(90, "u", None, when, True, when.date(), None, False, (upload,))
+    upload = model.upload(9, original_filename="IMG_1.JPG")
+    observation = model.observation(90, when, (upload,))
 
     def compare(photos, candidates):
         return {

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from PIL import Image
+from support import model
 
 import inat_photos as ip
 
@@ -24,19 +25,8 @@ def photo(name: str, when: dt.datetime, **changes: object) -> ip.LocalPhoto:
 
 
 def candidate(photo_id: int, when: dt.datetime | None) -> ip.Candidate:
-    upload = ip.InatPhoto(photo_id, photo_id + 1, photo_id * 10, 1, "http://x/photos/1/square.jpg")
-    observation = ip.Observation(
-        photo_id * 10,
-        "u",
-        ip.TaxonName("Canis latrans", "Coyote"),
-        when,
-        True,
-        when.date() if when else DAY,
-        None,
-        False,
-        (upload,),
-    )
-    return ip.Candidate(upload, observation)
+    coyote = ip.TaxonName("Canis latrans", "Coyote")
+    return model.candidate(photo_id, when, name=coyote, observed_on=when.date() if when else DAY)
 
 
 class FakeCompare:
@@ -250,12 +240,8 @@ def test_planned_pairs_are_the_pairs_match_day_compares_first_in_its_order() -> 
 
 def shared_observation(observation_id: int, when: dt.datetime, photo_ids: list[int]):
     """Candidates for one observation with several photos, all at its one time."""
-    uploads = tuple(
-        ip.InatPhoto(i, observation_id, i * 10, k, "http://x/photos/1/square.jpg")
-        for k, i in enumerate(photo_ids)
-    )
-    observation = dataclasses.replace(candidate(observation_id, when).observation, photos=uploads)
-    observation = dataclasses.replace(observation, id=observation_id)
+    uploads = [model.upload(i, observation_id, position=k + 1) for k, i in enumerate(photo_ids)]
+    observation = model.observation(observation_id, when, uploads)
     return [ip.Candidate(upload, observation) for upload in uploads]
 
 

@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
+from support import model
+from support.geo import gps_exif
 from support.logpage import known_rows, parse_log
 
 import inat_photos as ip
@@ -222,20 +224,7 @@ def test_gps_is_none_or_a_place_on_earth(exif: dict[str, str]) -> None:
 def test_gps_reads_back_degrees_minutes_seconds(lat: float, lng: float) -> None:
     assume((lat, lng) != (0.0, 0.0))
 
-    def dms(value: float) -> str:
-        value = abs(value)
-        degrees = int(value)
-        minutes = int((value - degrees) * 60)
-        hundredths = round(((value - degrees) * 60 - minutes) * 60 * 10000)
-        return f"{degrees}/1 {minutes}/1 {hundredths}/10000"
-
-    exif = {
-        "Exif.GPSInfo.GPSLatitude": dms(lat),
-        "Exif.GPSInfo.GPSLatitudeRef": "S" if lat < 0 else "N",
-        "Exif.GPSInfo.GPSLongitude": dms(lng),
-        "Exif.GPSInfo.GPSLongitudeRef": "W" if lng < 0 else "E",
-    }
-    value = ip.parse_gps(exif)
+    value = ip.parse_gps(gps_exif(lat, lng, denominator=10000))
     assume(value is not None)  # a point that rounds to 0,0 means "no position"
     assert value[0] == pytest.approx(lat, abs=1e-6)
     assert value[1] == pytest.approx(lng, abs=1e-6)
@@ -474,16 +463,8 @@ def test_log_shows_any_text_as_text(page_input) -> None:
 
 def test_log_escapes_quotes_in_links() -> None:
     """An observation url that tries to leave its href attribute."""
-    observation = ip.Observation(
-        1,
-        'https://www.inaturalist.org/" onmouseover="alert(1)',
-        None,
-        None,
-        True,
-        None,
-        None,
-        False,
-        (),
+    observation = model.observation(
+        1, None, url='https://www.inaturalist.org/" onmouseover="alert(1)'
     )
     photo = ip.InatPhoto(2, 3, 1, 1, "https://x/square.jpg")
     page = ip.render_log(

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support import model
 
 import inat_photos as ip
 
@@ -172,11 +173,7 @@ def _local(name: str, when: dt.datetime) -> ip.LocalPhoto:
 
 
 def _candidate(photo_id: int, when: dt.datetime | None, minute: bool = True) -> ip.Candidate:
-    photo = ip.InatPhoto(photo_id, photo_id + 1, photo_id * 10, 1, "http://x/photos/1/square.jpg")
-    observation = ip.Observation(
-        photo_id * 10, "u", None, when, minute, when.date() if when else None, None, False, (photo,)
-    )
-    return ip.Candidate(photo, observation)
+    return model.candidate(photo_id, when, minute_precision=minute)
 
 
 def test_cluster_by_time_single_linkage() -> None:

@@ -17,6 +17,31 @@ from support.xmp import read_exif, read_xmp
 
 EXIFTOOL = shutil.which("exiftool")
 
+
+def exif_dms(value: float, denominator: int = 100) -> str:
+    """Degrees as an EXIF rational triple, seconds in 1/denominator: 37.42 ->
+    '37/1 25/1 1200/100' (the sign goes in the Ref tag)."""
+    value = abs(value)
+    degrees = int(value)
+    minutes = int((value - degrees) * 60)
+    seconds = round(((value - degrees) * 60 - minutes) * 60 * denominator)
+    if seconds == 60 * denominator:
+        minutes, seconds = minutes + 1, 0
+    if minutes == 60:
+        degrees, minutes = degrees + 1, 0
+    return f"{degrees}/1 {minutes}/1 {seconds}/{denominator}"
+
+
+def gps_exif(lat: float, lng: float, denominator: int = 100) -> dict[str, str]:
+    """The four EXIF GPS tags of a position."""
+    return {
+        "Exif.GPSInfo.GPSLatitude": exif_dms(lat, denominator),
+        "Exif.GPSInfo.GPSLatitudeRef": "N" if lat >= 0 else "S",
+        "Exif.GPSInfo.GPSLongitude": exif_dms(lng, denominator),
+        "Exif.GPSInfo.GPSLongitudeRef": "E" if lng >= 0 else "W",
+    }
+
+
 # What the tool may write (and --dissociate must remove), and nothing else.
 GPS_EXIF = (
     "Exif.GPSInfo.GPSLatitudeRef",

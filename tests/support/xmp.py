@@ -33,6 +33,34 @@ def read_exif(path: Path) -> dict:
         image.close()
 
 
+def read_iptc(path: Path) -> dict:
+    image = pyexiv2.ImageData(path.read_bytes())
+    try:
+        return image.read_iptc()
+    finally:
+        image.close()
+
+
+def read_raw_xmp(path: Path) -> str:
+    """The XMP packet as it is stored, for checks of its form (a Bag, a prefix)."""
+    image = pyexiv2.ImageData(path.read_bytes())
+    try:
+        return image.read_raw_xmp()
+    finally:
+        image.close()
+
+
+def write_raw_xmp(path: Path, packet: str) -> None:
+    """Replace the whole XMP packet in place, as another program would."""
+    with pyexiv2.Image(str(path)) as image:
+        image.modify_raw_xmp(packet)
+
+
+def write_iptc(path: Path, values: dict[str, Any]) -> None:
+    with pyexiv2.Image(str(path)) as image:
+        image.modify_iptc(values)
+
+
 def write_xmp(path: Path, values: dict[str, Any]) -> None:
     """Set (None: remove) XMP properties in place, as another program would."""
     ip.configure_process()
