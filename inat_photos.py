@@ -2637,11 +2637,9 @@ class RunLocked(Exception):
 
 
 # ---------------------------------------------------------------------------
-# 7. Local files
-#    Finding picture files and reading the metadata this tool uses (through the
-#    LocalIndex, read once, so reruns parse only what changed and only the days that
-#    need it: load_archive; from XMP sidecars, for RAW and HEIC files always), naming
-#    sidecars and joining RAW+JPEG pairs.
+# 7a. Local files: finding and reading
+#    Finding picture files and reading the metadata this tool uses (from XMP sidecars,
+#    for RAW and HEIC files always), naming sidecars and joining RAW+JPEG pairs.
 # ---------------------------------------------------------------------------
 
 
@@ -2909,6 +2907,117 @@ def read_local_photo(path: Path, console: Console) -> LocalPhoto | None:
         taken_at_from_exif=taken_at is not None,
         **xmp_facts(xmp),
     )
+
+
+def sidecar_names(path: Path) -> tuple[Path, Path]:
+    """(NAME.xmp, NAME.EXT.xmp): Lightroom's and Capture One's name, darktable's and digiKam's."""
+    return path.with_name(path.stem + SIDECAR_SUFFIX), path.with_name(path.name + SIDECAR_SUFFIX)
+
+
+def needs_sidecar(path: Path, all_in_sidecars: bool) -> bool:
+    """RAW and HEIF files are never written: their tags always go into a sidecar."""
+    return all_in_sidecars or path.suffix.lower() not in IN_FILE_SUFFIXES
+
+
+def name_sidecars(
+    files: Sequence[Path], naming: str, all_in_sidecars: bool, console: Console
+) -> dict[Path, Path]:
+    """The sidecar each file's tags live in, for the files that keep them in one.
+
+    An existing sidecar is used whichever its convention (the named one first); a new one gets
+    the name of --sidecar-names. NAME.xmp never serves two files: when several files of a
+    folder share a name stem (IMG_1.CR2, IMG_1.JPG), it belongs to the RAW file (to the first
+    by name if none is RAW) and the others use NAME.EXT.xmp; the run says so in one line.
+    """
+    listings: dict[Path, dict[str, str]] = {}
+
+    def existing(candidate: Path) -> Path | None:
+        """candidate as it exists in its folder, compared without case (IMG_1.XMP)."""
+        if candidate.parent not in listings:
+            try:
+                names = os.listdir(candidate.parent)
+            except OSError:
+                names = []
+            listings[candidate.parent] = {n.lower(): n for n in names}
+        found = listings[candidate.parent].get(candidate.name.lower())
+        return candidate.with_name(found) if found is not None else None
+
+    claimants: dict[tuple[Path, str], list[Path]] = defaultdict(list)
+    for path in files:
+        if needs_sidecar(path, all_in_sidecars):
+            claimants[(path.parent, path.stem.lower())].append(path)
+    homes: dict[Path, Path] = {}
+    displaced: list[tuple[Path, Path]] = []  # (file, the file that owns its NAME.xmp)
+    for group in claimants.values():
+        group.sort(key=lambda p: (p.suffix.lower() not in RAW_FORMATS, p.name))
+        for index, path in enumerate(group):
+            short, long = sidecar_names(path)
+            own_short = existing(short) if index == 0 else None
+            own_long = existing(long)
+            preferred = (own_short, own_long) if naming == "lightroom" else (own_long, own_short)
+            home = next((p for p in preferred if p is not None), None)
+            if home is None:
+                home = short if naming == "lightroom" and index == 0 else long
+            if naming == "lightroom" and index > 0 and home == long:
+                displaced.append((path, group[0]))
+            homes[path] = home
+    if displaced:
+        path, owner = displaced[0]
+        console.say(
+            f"{len(displaced)} file(s) share a name stem with a picture that owns NAME.xmp;"
+            f" their tags go into NAME.EXT.xmp (e.g. {show_path(path)}:"
+            f" {sidecar_names(path)[1].name}, as {sidecar_names(path)[0].name} is"
+            f" {owner.name}'s)."
+        )
+    return homes
+
+
+def pair_raw_with_exports(photos: Sequence[LocalPhoto]) -> list[LocalPhoto]:
+    """RAW+JPEG pairs (same folder, name stem and EXIF capture time) as one photo each.
+
+    The quickest file to decode (JPEG, then HEIF, PNG or TIFF) is compared; the others become
+    its partners and receive the same tags. The archive's order is kept.
+    """
+    groups: dict[tuple[Path, str, dt.datetime], list[LocalPhoto]] = defaultdict(list)
+    for photo in photos:
+        if photo.taken_at_from_exif:  # file times say nothing about being the same shot
+            groups[(photo.path.parent, photo.path.stem.lower(), photo.taken_at)].append(photo)
+    cost = {"plain": 0, "heif": 1, "raw": 2}
+    compared: dict[Path, LocalPhoto] = {}
+    partners: set[Path] = set()
+    for group in groups.values():
+        kinds = {picture_kind(p.path) for p in group}
+        if "raw" not in kinds or kinds == {"raw"}:
+            continue
+        first, *others = sorted(
+            group,
+            key=lambda p: (
+                cost[picture_kind(p.path)],
+                p.path.suffix.lower() not in JPEG_SUFFIXES,
+            ),
+        )
+        compared[first.path] = dataclasses.replace(first, partners=tuple(others))
+        partners.update(p.path for p in others)
+    return [compared.get(p.path, p) for p in photos if p.path not in partners]
+
+
+def _open_raw(path: Path) -> Any:
+    """rawpy's reader for path (names that are not UTF-8 are read through memory)."""
+    import rawpy
+
+    try:
+        os.fsencode(path).decode("utf-8")
+        return rawpy.imread(str(path))
+    except UnicodeDecodeError:
+        return rawpy.imread(io.BytesIO(path.read_bytes()))
+
+
+# ---------------------------------------------------------------------------
+# 7b. Local files: the local index and the days read
+#    The LocalIndex keeps what was read of each file and what was decided about it, so
+#    that reruns parse only what changed, and only the days that need it (load_archive,
+#    recall_days); prepare_local_photos joins sidecars and pairs for matching.
+# ---------------------------------------------------------------------------
 
 
 def _photo_record(photo: LocalPhoto) -> str:
@@ -3286,96 +3395,22 @@ def recall_days(
     )
 
 
-def sidecar_names(path: Path) -> tuple[Path, Path]:
-    """(NAME.xmp, NAME.EXT.xmp): Lightroom's and Capture One's name, darktable's and digiKam's."""
-    return path.with_name(path.stem + SIDECAR_SUFFIX), path.with_name(path.name + SIDECAR_SUFFIX)
-
-
-def needs_sidecar(path: Path, all_in_sidecars: bool) -> bool:
-    """RAW and HEIF files are never written: their tags always go into a sidecar."""
-    return all_in_sidecars or path.suffix.lower() not in IN_FILE_SUFFIXES
-
-
-def name_sidecars(
-    files: Sequence[Path], naming: str, all_in_sidecars: bool, console: Console
-) -> dict[Path, Path]:
-    """The sidecar each file's tags live in, for the files that keep them in one.
-
-    An existing sidecar is used whichever its convention (the named one first); a new one gets
-    the name of --sidecar-names. NAME.xmp never serves two files: when several files of a
-    folder share a name stem (IMG_1.CR2, IMG_1.JPG), it belongs to the RAW file (to the first
-    by name if none is RAW) and the others use NAME.EXT.xmp; the run says so in one line.
-    """
-    listings: dict[Path, dict[str, str]] = {}
-
-    def existing(candidate: Path) -> Path | None:
-        """candidate as it exists in its folder, compared without case (IMG_1.XMP)."""
-        if candidate.parent not in listings:
-            try:
-                names = os.listdir(candidate.parent)
-            except OSError:
-                names = []
-            listings[candidate.parent] = {n.lower(): n for n in names}
-        found = listings[candidate.parent].get(candidate.name.lower())
-        return candidate.with_name(found) if found is not None else None
-
-    claimants: dict[tuple[Path, str], list[Path]] = defaultdict(list)
-    for path in files:
-        if needs_sidecar(path, all_in_sidecars):
-            claimants[(path.parent, path.stem.lower())].append(path)
-    homes: dict[Path, Path] = {}
-    displaced: list[tuple[Path, Path]] = []  # (file, the file that owns its NAME.xmp)
-    for group in claimants.values():
-        group.sort(key=lambda p: (p.suffix.lower() not in RAW_FORMATS, p.name))
-        for index, path in enumerate(group):
-            short, long = sidecar_names(path)
-            own_short = existing(short) if index == 0 else None
-            own_long = existing(long)
-            preferred = (own_short, own_long) if naming == "lightroom" else (own_long, own_short)
-            home = next((p for p in preferred if p is not None), None)
-            if home is None:
-                home = short if naming == "lightroom" and index == 0 else long
-            if naming == "lightroom" and index > 0 and home == long:
-                displaced.append((path, group[0]))
-            homes[path] = home
-    if displaced:
-        path, owner = displaced[0]
-        console.say(
-            f"{len(displaced)} file(s) share a name stem with a picture that owns NAME.xmp;"
-            f" their tags go into NAME.EXT.xmp (e.g. {show_path(path)}:"
-            f" {sidecar_names(path)[1].name}, as {sidecar_names(path)[0].name} is"
-            f" {owner.name}'s)."
-        )
-    return homes
-
-
-def pair_raw_with_exports(photos: Sequence[LocalPhoto]) -> list[LocalPhoto]:
-    """RAW+JPEG pairs (same folder, name stem and EXIF capture time) as one photo each.
-
-    The quickest file to decode (JPEG, then HEIF, PNG or TIFF) is compared; the others become
-    its partners and receive the same tags. The archive's order is kept.
-    """
-    groups: dict[tuple[Path, str, dt.datetime], list[LocalPhoto]] = defaultdict(list)
-    for photo in photos:
-        if photo.taken_at_from_exif:  # file times say nothing about being the same shot
-            groups[(photo.path.parent, photo.path.stem.lower(), photo.taken_at)].append(photo)
-    cost = {"plain": 0, "heif": 1, "raw": 2}
-    compared: dict[Path, LocalPhoto] = {}
-    partners: set[Path] = set()
-    for group in groups.values():
-        kinds = {picture_kind(p.path) for p in group}
-        if "raw" not in kinds or kinds == {"raw"}:
+def sidecar_holding_tags(
+    index: LocalIndex, photo: LocalPhoto, console: Console
+) -> LocalPhoto | None:
+    """photo with the existing sidecar that holds this tool's tags while the picture does not
+    (an earlier run with --sidecars put them there); None when there is no such sidecar."""
+    if photo.tags is not None or photo.dissociated or photo.written_caption is not None:
+        return None
+    for name in sidecar_names(photo.path):
+        if not name.is_file():
             continue
-        first, *others = sorted(
-            group,
-            key=lambda p: (
-                cost[picture_kind(p.path)],
-                p.path.suffix.lower() not in JPEG_SUFFIXES,
-            ),
-        )
-        compared[first.path] = dataclasses.replace(first, partners=tuple(others))
-        partners.update(p.path for p in others)
-    return [compared.get(p.path, p) for p in photos if p.path not in partners]
+        found = index.read_sidecar(dataclasses.replace(photo, sidecar=name), console)
+        if found is not None and (
+            found.tags is not None or found.dissociated or found.written_caption is not None
+        ):
+            return found
+    return None
 
 
 def prepare_local_photos(
@@ -3399,35 +3434,6 @@ def prepare_local_photos(
             ready.append(found)
     index.db.commit()
     return pair_raw_with_exports(ready)
-
-
-def _open_raw(path: Path) -> Any:
-    """rawpy's reader for path (names that are not UTF-8 are read through memory)."""
-    import rawpy
-
-    try:
-        os.fsencode(path).decode("utf-8")
-        return rawpy.imread(str(path))
-    except UnicodeDecodeError:
-        return rawpy.imread(io.BytesIO(path.read_bytes()))
-
-
-def sidecar_holding_tags(
-    index: LocalIndex, photo: LocalPhoto, console: Console
-) -> LocalPhoto | None:
-    """photo with the existing sidecar that holds this tool's tags while the picture does not
-    (an earlier run with --sidecars put them there); None when there is no such sidecar."""
-    if photo.tags is not None or photo.dissociated or photo.written_caption is not None:
-        return None
-    for name in sidecar_names(photo.path):
-        if not name.is_file():
-            continue
-        found = index.read_sidecar(dataclasses.replace(photo, sidecar=name), console)
-        if found is not None and (
-            found.tags is not None or found.dissociated or found.written_caption is not None
-        ):
-            return found
-    return None
 
 
 # ---------------------------------------------------------------------------

@@ -136,3 +136,29 @@ def test_the_checks_see_a_use_from_below_and_a_constant_used_early() -> None:
         "line 6: LIMIT (section 2 used in 1)",
     ]
     assert constants_before_definition(source) == ["line 6: LIMIT (defined on line 12)"]
+
+
+SECTION_LINES = 730  # "about 700": the registration section (9b) is the longest, at about 725
+CLASS_LINES = 250
+FUNCTION_LINES = 80
+DECLARATIVE = {"build_parser"}  # a table of options, read as one
+
+
+def test_sections_classes_and_functions_stay_small() -> None:
+    source = SCRIPT.read_text(encoding="utf-8")
+    lines = source.splitlines()
+    starts = [*section_starts(lines), len(lines) + 1]
+    long_sections = [
+        f"{lines[a - 1]} ({b - a} lines)"
+        for a, b in zip(starts, starts[1:])
+        if b - a > SECTION_LINES
+    ]
+    long_code = []
+    for node in ast.walk(ast.parse(source)):
+        size = getattr(node, "end_lineno", 0) - getattr(node, "lineno", 0) + 1
+        if isinstance(node, ast.ClassDef) and size > CLASS_LINES:
+            long_code.append(f"class {node.name} ({size} lines)")
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and size > FUNCTION_LINES:
+            if node.name not in DECLARATIVE:
+                long_code.append(f"{node.name} ({size} lines)")
+    assert long_sections == [] and long_code == []
