@@ -4,6 +4,7 @@ constant is defined before any line uses it. Checked with ast on inat_photos.py 
 from __future__ import annotations
 
 import ast
+import itertools
 import re
 
 from support import SCRIPT
@@ -150,7 +151,7 @@ def test_sections_classes_and_functions_stay_small() -> None:
     starts = [*section_starts(lines), len(lines) + 1]
     long_sections = [
         f"{lines[a - 1]} ({b - a} lines)"
-        for a, b in zip(starts, starts[1:])
+        for a, b in itertools.pairwise(starts)
         if b - a > SECTION_LINES
     ]
     long_code = []
