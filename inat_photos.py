@@ -163,7 +163,7 @@ if not TYPE_CHECKING:
     np = _OnFirstUse("numpy", "np")
     Image = _OnFirstUse("PIL.Image", "Image")
 
-__version__ = "1.3.0"
+__version__ = "1.4.0"
 
 
 # ---------------------------------------------------------------------------
