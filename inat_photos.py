@@ -1458,16 +1458,20 @@ def _sync_directory(directory: Path) -> None:
             os.close(dir_fd)
 
 
-def replace_file_atomically(path: Path, data: bytes | Iterable[bytes]) -> None:
-    """Write data beside path, flush it to disk, keep path's permissions, then rename over it."""
-    original = path.stat()
-    temporary = _write_beside(path, data, stat.S_IMODE(original.st_mode), original)
+def _rename_over(temporary: str, path: Path) -> None:
+    """Rename a finished temporary copy over path; if that fails, the copy goes."""
     try:
         os.replace(temporary, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(temporary)
         raise
+
+
+def replace_file_atomically(path: Path, data: bytes | Iterable[bytes]) -> None:
+    """Write data beside path, flush it to disk, keep path's permissions, then rename over it."""
+    original = path.stat()
+    _rename_over(_write_beside(path, data, stat.S_IMODE(original.st_mode), original), path)
     _sync_directory(path.parent)
 
 
@@ -1500,13 +1504,7 @@ def store_file(path: Path, data: bytes) -> None:
     disk: a crash costs a download or a thumbnail, made again, and leaves at most a temporary
     copy, which CacheDirectory.remove_leftovers deletes."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = _write_beside(path, data, 0o600, None, durable=False)
-    try:
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
+    _rename_over(_write_beside(path, data, 0o600, None, durable=False), path)
 
 
 @dataclass(frozen=True)
@@ -1514,35 +1512,18 @@ class CacheDirectory:
     """The cache directory's files: the one place their names are written."""
 
     root: Path
+    observations: Path = field(init=False)  # ObservationStore: observations, taxa, places
+    local_index: Path = field(init=False)  # LocalIndex: files read and decisions made
+    downloads: Path = field(init=False)  # DownloadLedger: the download budget
+    photos: Path = field(init=False)  # PhotoCache: downloaded uploads, a folder per size
+    thumbnails: Path = field(init=False)  # ThumbnailCache: the HTML log's thumbnails
+    run_lock: Path = field(init=False)  # one run at a time
 
-    @property
-    def observations(self) -> Path:
-        """The user's observations, taxa and places (ObservationStore)."""
-        return self.root / "observations.sqlite"
-
-    @property
-    def local_index(self) -> Path:
-        """Local files read and decisions made (LocalIndex)."""
-        return self.root / "local_index.sqlite"
-
-    @property
-    def downloads(self) -> Path:
-        """The download budget's ledger (DownloadLedger)."""
-        return self.root / "downloads.sqlite"
-
-    @property
-    def photos(self) -> Path:
-        """Downloaded uploads, a folder per size (PhotoCache)."""
-        return self.root / "photos"
-
-    @property
-    def thumbnails(self) -> Path:
-        """The HTML log's thumbnails (ThumbnailCache)."""
-        return self.root / "thumbnails"
-
-    @property
-    def run_lock(self) -> Path:
-        return self.root / "run.lock"
+    def __post_init__(self) -> None:
+        names = ("observations.sqlite", "local_index.sqlite", "downloads.sqlite")
+        names += ("photos", "thumbnails", "run.lock")
+        for attribute, name in zip(list(self.__dataclass_fields__)[1:], names, strict=True):
+            object.__setattr__(self, attribute, self.root / name)
 
     def api_files(self) -> dict[str, str]:
         """pyinaturalist's session files, as its ClientSession takes them."""
@@ -1822,41 +1803,43 @@ class InatClient:
         path, fields = self._observations_path()
         return self._paginate(path, user_id=login, photos="true", **fields, **filters)
 
+    def _by_id(
+        self, ids: Sequence[int], per_request: int, what: str, ask: Callable[[str], Any]
+    ) -> list[dict[str, Any]]:
+        """Records asked for by id, per_request ids a request (ask gets them comma-joined);
+        an answer without results is an error, never read as "none of them exist"."""
+        found: list[dict[str, Any]] = []
+        for start in range(0, len(ids), per_request):
+            results = ask(",".join(map(str, ids[start : start + per_request]))).get("results")
+            if not isinstance(results, list):
+                raise InatUnreachable(f"unexpected answer from {what}")
+            found.extend(r for r in results if isinstance(r, dict))
+        return found
+
     def observations_by_id(self, ids: Sequence[int]) -> list[dict[str, Any]]:
         """Observations by id, ID_BATCH a request; deleted ones are simply absent."""
         path, fields = self._observations_path()
-        found: list[dict[str, Any]] = []
-        for start in range(0, len(ids), ID_BATCH):
-            batch = ids[start : start + ID_BATCH]
-            answer = self._get_json(path, id=",".join(map(str, batch)), per_page=ID_BATCH, **fields)
-            results = answer.get("results")
-            if not isinstance(results, list):  # never read as "all of them were deleted"
-                raise InatUnreachable("unexpected answer from observations")
-            found.extend(r for r in results if isinstance(r, dict))
-        return found
+        return self._by_id(
+            ids,
+            ID_BATCH,
+            "observations",
+            lambda batch: self._get_json(path, id=batch, per_page=ID_BATCH, **fields),
+        )
 
     def taxa(self, ids: Sequence[int]) -> list[dict[str, Any]]:
         """Taxa by id with their ancestors, TAXA_PER_REQUEST a request; unknown ids are absent."""
-        found: list[dict[str, Any]] = []
-        for start in range(0, len(ids), TAXA_PER_REQUEST):
-            batch = ids[start : start + TAXA_PER_REQUEST]
-            results = self._get_json(f"taxa/{','.join(map(str, batch))}").get("results")
-            if not isinstance(results, list):
-                raise InatUnreachable("unexpected answer from taxa")
-            found.extend(r for r in results if isinstance(r, dict))
-        return found
+        return self._by_id(
+            ids, TAXA_PER_REQUEST, "taxa", lambda batch: self._get_json(f"taxa/{batch}")
+        )
 
     def places(self, ids: Sequence[int]) -> list[dict[str, Any]]:
         """Places by id, PLACES_PER_REQUEST a request; unknown ids are absent."""
-        found: list[dict[str, Any]] = []
-        for start in range(0, len(ids), PLACES_PER_REQUEST):
-            batch = ids[start : start + PLACES_PER_REQUEST]
-            answer = self._get_json(f"places/{','.join(map(str, batch))}", per_page=len(batch))
-            results = answer.get("results")
-            if not isinstance(results, list):
-                raise InatUnreachable("unexpected answer from places")
-            found.extend(r for r in results if isinstance(r, dict))
-        return found
+        return self._by_id(
+            ids,
+            PLACES_PER_REQUEST,
+            "places",
+            lambda batch: self._get_json(f"places/{batch}", per_page=batch.count(",") + 1),
+        )
 
     def deleted_since(self, since: str) -> set[int]:
         """Ids of the token owner's observations deleted since an ISO time (needs a token)."""
