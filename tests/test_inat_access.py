@@ -37,7 +37,7 @@ def age_observation_checks(cache: Path, days: float) -> None:
     db = sqlite3.connect(cache / "observations.sqlite")
     try:
         tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
-        if "checked" in tables:  # absent before issue 8: the test then fails on what it checks
+        if "rechecked" in tables:  # absent before issue 8: the test then fails on what it checks
             for obs_id, when in db.execute("SELECT id, checked_at FROM rechecked").fetchall():
                 earlier = dt.datetime.fromisoformat(when) - dt.timedelta(days=days)
                 db.execute(
