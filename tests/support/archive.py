@@ -271,7 +271,8 @@ def plan_archive(
     """
     rng = np.random.default_rng([seed, 0])
     width, height = size
-    n_days = max(2, min(photos, round(photos / photos_per_day)))
+    # At least two days, but a bioblitz may be one day.
+    n_days = max(1 if continuous else 2, min(photos, round(photos / photos_per_day)))
     span = n_days * 3
     offsets = sorted(int(o) for o in rng.choice(span, n_days, replace=False))
     first_day = LAST_DAY - dt.timedelta(days=span)
