@@ -250,6 +250,9 @@ def make_picture(job: tuple[str, dict]) -> int:
 
 
 # -- the archive and its scenario -----------------------------------------------------------
+LAST = dt.time(23, 59, 59)  # the last moment of a day
+
+
 def plan_archive(
     photos: int,
     size: tuple[int, int] = CAMERA_SIZE,
@@ -299,8 +302,8 @@ def plan_archive(
                     current = None
                 if (moment + dt.timedelta(seconds=step)).date() == day:
                     moment += dt.timedelta(seconds=step)
-                else:
-                    moment += dt.timedelta(seconds=2)
+                else:  # a long day squeezed into its last minutes, never past midnight
+                    moment = min(moment + dt.timedelta(seconds=2), dt.datetime.combine(day, LAST))
             if current is None:
                 current = []
                 subjects.append(current)
