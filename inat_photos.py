@@ -5523,18 +5523,27 @@ def window_pairs(
     return pairs
 
 
+# In a long group an upload is weighed first against the photos within this many seconds of
+# its observation's time (a minute's span for a time without seconds comes on top): the photo
+# an observation's time was taken from, and its burst siblings. Only an upload not found
+# there is weighed against its whole window.
+NEAR_WINDOW = 60
+
+
 def first_pairs(cluster: Cluster, window: int | None) -> PairIndices | None:
-    """The pairs a group's comparison starts with: None (every pair) for a small group."""
+    """The pairs a group's comparison starts with: None (every pair) for a small group, the
+    photos near each upload's time for a long one."""
     if window is None or len(cluster.photos) * len(cluster.candidates) <= WINDOW_FROM:
         return None
-    return window_pairs(cluster, window)
+    return window_pairs(cluster, min(window, NEAR_WINDOW))
 
 
 def compare_cluster(
     cluster: Cluster, compare: Compare, window: int | None, threshold: float, calibrated: bool
 ) -> tuple[Pairs, PairIndices | None]:
-    """Every pair of a small group compared; in a long group the pairs within time windows,
-    widened around each photo found for an observation until no window grows. Returns the
+    """Every pair of a small group compared. In a long group, each upload first with the
+    photos near its time; an upload not found there with its whole window, which widens
+    around each photo found for its observation until no window grows. Returns the
     comparisons and the pairs that were within (None: all)."""
     within = first_pairs(cluster, window)
     if within is None or window is None:
@@ -5542,12 +5551,16 @@ def compare_cluster(
     while True:
         comparisons = compare(cluster.photos, cluster.candidates, within)
         found_at: dict[int, list[dt.datetime]] = defaultdict(list)
-        for (i, j), found in comparisons.items():
-            if accepted_alone(found, threshold, calibrated):
+        found: set[int] = set()
+        for (i, j), pair in comparisons.items():
+            if accepted_alone(pair, threshold, calibrated):
+                found.add(j)
                 found_at[cluster.candidates[j].observation.id].append(
                     cluster.photos[i].corrected_time
                 )
-        wider = within | window_pairs(cluster, window, found_at)
+        wider = within | {
+            (i, j) for i, j in window_pairs(cluster, window, found_at) if j not in found
+        }
         if wider == within:
             return comparisons, within
         within = wider
@@ -5765,11 +5778,12 @@ def match_cluster(
     checked = []
     for i, photo in enumerate(cluster.photos):
         tried = [(c.score, j) for (li, j), c in comparisons.items() if li == i]
-        if photo.path not in associated and tried:
-            # Uploads outside the photo's time windows were weighed too: by time, in vain.
-            weighed = {j for _, j in tried} | {
-                j for j in range(len(cluster.candidates)) if within and (i, j) not in within
-            }
+        # Uploads outside the photo's time windows were weighed too: by time, in vain (a
+        # photo outside every window is then not weighed again, nor searched for an offset).
+        weighed = {j for _, j in tried} | {
+            j for j in range(len(cluster.candidates)) if within and (i, j) not in within
+        }
+        if photo.path not in associated and weighed:
             uploads = frozenset(cluster.candidates[j].photo.id for j in weighed)
             checked.append((photo.path, uploads))
         if i in decided or not tried:

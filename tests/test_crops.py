@@ -25,6 +25,7 @@ from support import EXAMPLES
 from support.cli import run_cli, start_cli
 from support.files import digest
 from support.images import soft_cornered_photo
+from support.scenario import observation_record, photo_record
 from support.xmp import expected_caption, read_photo_id, write_exif, write_xmp
 
 import inat_photos as ip
@@ -65,16 +66,15 @@ def _scenario() -> dict:
     return {
         "users": [{"id": 1, "login": "crops", "name": "Crop Tester"}],
         "observations": [
-            {
-                "id": 500,
-                "user": "crops",
-                "time_observed_at": "2021-02-01T10:15:00+00:00",
-                "taxon": {"name": "Canis latrans", "rank": "species"},
-                "photos": [
-                    {"id": i, "observation_photo_id": i + 1000, "source": name, "crop": crop}
+            observation_record(
+                500,
+                "crops",
+                "2021-02-01T10:15:00+00:00",
+                [
+                    photo_record(i, name, observation_photo_id=i + 1000, crop=crop)
                     for i, name, crop in photos
                 ],
-            }
+            )
         ],
     }
 

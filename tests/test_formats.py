@@ -23,6 +23,7 @@ from support.examples import local_pictures
 from support.files import digest
 from support.formats import exif_bytes, write_dng, write_heic
 from support.images import texture
+from support.scenario import observation_record, photo_record
 from support.xmp import read_xmp, write_exif, write_xmp
 
 import inat_photos as ip
@@ -167,14 +168,15 @@ def make_world(root: Path, kinds: list[str]) -> FormatWorld:
         taxon_id = SPECIES[i % len(SPECIES)]
         obs_id, photo_id = 9100 + i, 810_000 + i
         scenario["observations"].append(
-            {
-                "id": obs_id,
-                "user": USER,
-                "time_observed_at": taken.replace(second=0).isoformat() + "+02:00",
-                "location": "46.5201,6.6302",
-                "taxon": taxon(taxon_id),
-                "photos": [{"id": photo_id, "source": export.name}],
-            }
+            observation_record(
+                obs_id,
+                USER,
+                taken.replace(second=0),
+                [photo_record(photo_id, export.name)],
+                taxon(taxon_id),
+                "+02:00",
+                location="46.5201,6.6302",
+            )
         )
         world.shots[kind] = Shot(files, obs_id, photo_id, taxon_id, taken)
     return world

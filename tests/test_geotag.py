@@ -30,6 +30,7 @@ from support.geo import (
     xmp_position,
 )
 from support.images import texture
+from support.scenario import observation_record, photo_record
 from support.world import USER, World, make_world
 from support.xmp import read_exif, read_xmp, write_exif, write_xmp
 
@@ -304,15 +305,9 @@ def test_raw_and_heic_get_the_position_in_their_sidecars(tmp_path: Path, served)
         else:
             write_heic(path, picture, taken=taken, quality=95)
         files.append(path)
+        photos = [photo_record(930_000 + i, export.name)]
         world.scenario["observations"].append(
-            {
-                "id": 9300 + i,
-                "user": USER,
-                "time_observed_at": taken.replace(second=0).isoformat() + "+00:00",
-                "taxon": {"name": "Canis latrans", "rank": "species"},
-                "location": list(OPEN),
-                "photos": [{"id": 930_000 + i, "source": export.name}],
-            }
+            observation_record(9300 + i, USER, taken.replace(second=0), photos, location=list(OPEN))
         )
     fake = served(world)
     digests = {path: digest(path) for path in files}

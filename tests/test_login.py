@@ -29,6 +29,7 @@ from support.cli import CliResult, run_cli
 from support.files import snapshot
 from support.geo import gps_exif
 from support.images import texture
+from support.scenario import observation_record
 from support.xmp import read_photo_id, write_exif
 
 import inat_photos as ip
@@ -100,15 +101,9 @@ def make_login_world(root: Path) -> LoginWorld:
         photo = {"id": PHOTO_IDS[name], "source": source.name}
         if original:
             photo["original_filename"] = original
+        obs_id = 5000 + len(world.scenario["observations"])
         world.scenario["observations"].append(
-            {
-                "id": 5000 + len(world.scenario["observations"]),
-                "user": USER,
-                "time_observed_at": taken.isoformat() + "+00:00",
-                "taxon": dict(TAXON),
-                "photos": [photo],
-                **extra,
-            }
+            observation_record(obs_id, USER, taken, [photo], TAXON, **extra)
         )
 
     burst = texture(21)  # two frames that differ only in how they were compressed

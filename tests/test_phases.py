@@ -295,9 +295,14 @@ def test_a_long_group_is_not_compared_again_on_an_unchanged_rerun() -> None:
         return set(ids) <= checked.get(local.path, frozenset())
 
     again = FakeCompare({("p005.jpg", 1005): 0.99}, others=0.4)
+    gated: list[int] = []
+    gate = again.likely
+    again.likely = lambda ps, cs: gated.append(len(ps) * len(cs)) or gate(ps, cs)  # type: ignore[method-assign]
     rest = [p for p in photos if p.path.name != "p005.jpg"]
     match(rest, uploads[1:], again, checked_before=checked_before)
     assert again.asked == []
+    # nor is the whole day searched for a clock offset: every photo was weighed, by time
+    assert gated == []
     planned = ip.planned_pairs(photos, uploads, options(), lambda photo, ids: False)
     assert [(p.path.name, c.photo.id) for p, c in planned] == first.asked[: len(planned)]
 

@@ -23,6 +23,7 @@ import pytest
 from support.cli import CliResult, run_cli, summary_numbers
 from support.files import digest
 from support.logpage import known_data, known_rows
+from support.scenario import observation_record, photo_record
 from support.world import USER, World, assert_tagged, make_world, save_picture
 from support.xmp import inat_tags, read_xmp, write_xmp
 
@@ -219,14 +220,9 @@ def test_associate_chooses_within_a_tie(tmp_path: Path) -> None:
 def test_associate_refuses_a_photo_that_is_not_one_of_the_users(tmp_path: Path) -> None:
     world = make_world(tmp_path, 1)
     world.scenario["users"].append({"id": 99, "login": "someone_else"})
+    photos = [photo_record(990_000, world.twins[0].source.name)]
     world.scenario["observations"].append(
-        {
-            "id": 9000,
-            "user": "someone_else",
-            "time_observed_at": "2022-05-14T09:00:00+00:00",
-            "taxon": {"name": "Canis latrans", "rank": "species"},
-            "photos": [{"id": 990_000, "source": world.twins[0].source.name}],
-        }
+        observation_record(9000, "someone_else", "2022-05-14T09:00:00+00:00", photos)
     )
     twin = world.twins[0]
     before = digest(twin.path)

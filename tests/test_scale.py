@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from support import SCRIPT
 from support.cli import summary_numbers
+from support.scenario import observation_record, photo_record
 from support.world import USER, World, make_world, save_picture
 from support.xmp import read_tags
 
@@ -112,15 +113,9 @@ def test_a_quiet_day_whose_upload_appears_later_is_matched(tmp_path: Path) -> No
     with world.fake() as fake:
         assert world.run_cli(fake.api_url).returncode == 0
         assert read_tags(later).observation is None
-        fake.add_observation(
-            {
-                "id": 6001,
-                "user": USER,
-                "time_observed_at": taken.isoformat() + "+00:00",
-                "taxon": {"name": "Danaus plexippus", "rank": "species"},
-                "photos": [{"id": 706001, "observation_photo_id": 806001, "source": source.name}],
-            }
-        )
+        photos = [photo_record(706001, source.name, observation_photo_id=806001)]
+        monarch = {"name": "Danaus plexippus", "rank": "species"}
+        fake.add_observation(observation_record(6001, USER, taken, photos, monarch))
         rerun = world.run_cli(fake.api_url, "--quiet")
     assert rerun.returncode == 0, rerun.stderr
     assert (read_tags(later).observation, read_tags(later).photo) == (6001, 706001)
@@ -203,14 +198,10 @@ def test_a_waiting_photo_is_kept_under_its_day_by_the_camera_clock_offset(tmp_pa
     offset = ("--time_offset", "+1h")
     with world.fake() as fake:
         assert world.run_cli(fake.api_url, *offset).returncode == 0
+        photos = [photo_record(706002, source.name, observation_photo_id=806002)]
+        hummingbird = {"name": "Calypte anna", "rank": "species"}
         fake.add_observation(
-            {
-                "id": 6002,
-                "user": USER,
-                "time_observed_at": "2022-06-01T23:30:00+00:00",
-                "taxon": {"name": "Calypte anna", "rank": "species"},
-                "photos": [{"id": 706002, "observation_photo_id": 806002, "source": source.name}],
-            }
+            observation_record(6002, USER, "2022-06-01T23:30:00+00:00", photos, hummingbird)
         )
         rerun = world.run_cli(fake.api_url, "--quiet", *offset)
     assert rerun.returncode == 0, rerun.stderr

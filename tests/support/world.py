@@ -21,6 +21,7 @@ import inat_photos as ip
 from support.cli import CliResult, run_cli, run_main, start_cli
 from support.files import snapshot
 from support.images import texture
+from support.scenario import observation_record, photo_record
 from support.xmp import read_xmp, write_exif
 
 if TYPE_CHECKING:
@@ -149,16 +150,9 @@ def make_world(
         save_picture(source, seed * 1000 + i, taken, size)
         taxon, caption = TAXA[i % len(TAXA)]
         obs_id, obs_photo_id, photo_id = 5000 + i, 800_000 + i, 700_000 + i
+        photo = photo_record(photo_id, source.name, observation_photo_id=obs_photo_id)
         world.scenario["observations"].append(
-            {
-                "id": obs_id,
-                "user": USER,
-                "time_observed_at": (taken.replace(second=0)).isoformat() + "+00:00",
-                "taxon": dict(taxon),
-                "photos": [
-                    {"id": photo_id, "observation_photo_id": obs_photo_id, "source": source.name}
-                ],
-            }
+            observation_record(obs_id, USER, taken.replace(second=0), [photo], taxon)
         )
         if i < count:
             name = names[i] if names else f"p{i:03d}.jpg"
