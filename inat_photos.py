@@ -5307,9 +5307,15 @@ class PairScorer:
         unsettled = [j for j in range(len(candidates)) if j in lined_up and j not in settled]
         if not unsettled:
             return found
-        # A photo a settled pair took keeps its other pairs too: each is far behind.
+        # A photo a settled pair took keeps its other pairs too: each is far behind. So does
+        # an upload that lined up with no photo: it was weighed, in vain, and a rerun must
+        # know it (as when every upload settles at the first size).
         taken = set(settled.values())
-        kept = {(i, j): c for (i, j), c in found.items() if j in settled or i in taken}
+        kept = {
+            (i, j): c
+            for (i, j), c in found.items()
+            if j in settled or i in taken or j not in lined_up
+        }
         again = [i for i in range(len(photos)) if i not in taken]
         uploads = [candidates[j] for j in unsettled]
         self.pictures.fetch(uploads, more[-1])

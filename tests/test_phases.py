@@ -512,3 +512,24 @@ def test_an_error_made_in_the_background_is_kept_for_the_foreground() -> None:
     with pytest.raises(ValueError):
         memo.make("pair", failing)
     assert calls == [1, 1]
+
+
+def test_an_upload_that_lined_up_with_no_photo_is_kept_as_weighed() -> None:
+    """Its pairs come back even while another upload waits for the larger size, so that the
+    photos are remembered as compared with it (a rerun compared them all again before)."""
+    t = dt.datetime(2021, 2, 1, 10, 0)
+    photos = [photo("a.jpg", t), photo("b.jpg", t)]
+    uploads = [candidate(1, t), candidate(2, t)]
+    pictures = Pictures()
+    pictures.sizes = ("medium", "large")  # type: ignore[misc]
+    scorer = ip.PairScorer(pictures, ip.ssim_score)  # type: ignore[arg-type]
+    lined = ip.Comparison(0.90, ip.Alignment((0.0, 0.0, 1.0, 1.0)))  # unsettled at medium
+    phone = ip.Comparison(0.30, prefiltered=True)  # an upload of no local photo
+    table = {("a.jpg", 1): lined, ("b.jpg", 1): ip.Comparison(0.5, prefiltered=True)}
+
+    def compare(local: ip.LocalPhoto, upload: ip.Candidate, size: str | None = None):
+        return table.get((local.path.name, upload.photo.id), phone)
+
+    scorer.compare = compare  # type: ignore[method-assign]
+    found = scorer(photos, uploads)
+    assert {(0, 1), (1, 1)} <= set(found)
