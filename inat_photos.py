@@ -1331,9 +1331,11 @@ class DayOutcome:
 # 4. Console and file plumbing
 #    What every later section may use: the Console (--quiet: changes and new problems
 #    only; the one place that counts file errors), progress bars, Memo (made once, by
-#    the first thread that asks), the process-wide settings (configure_process), and
-#    files written atomically: a copy beside the target, flushed, then renamed over it;
-#    copies a killed run left behind are removed.
+#    the first thread that asks; an error its making raised is kept for the asker), the
+#    process-wide settings (configure_process), the one atomic writer (a copy beside the
+#    target, flushed for photos and the log, then renamed over it; store_file for the
+#    cache's files), and CacheDirectory, which names the cache's files and removes the
+#    copies a killed run left there.
 # ---------------------------------------------------------------------------
 
 
@@ -5036,6 +5038,8 @@ def settled_uploads(comparisons: Pairs, threshold: float) -> dict[int, int]:
 #    function matching is given: each pair once a day, at the first size and again at
 #    the larger for what it did not settle, the coming clusters' pairs ahead in
 #    background threads (interleaved), a few local photos' pictures held at a time.
+#    PairScorer.day owns a day's threads: started with the day, stopped before anything
+#    is written (left_out), the day's pictures dropped on exit.
 # ---------------------------------------------------------------------------
 
 
