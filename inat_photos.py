@@ -7537,6 +7537,8 @@ class RunState:
     lineages: Mapping[int, Lineage] = field(default_factory=dict)  # taxon id -> kingdom..taxon
     places: Mapping[int, Place] = field(default_factory=dict)  # for --location-names
     notes: dict[Path, str] = field(default_factory=dict)  # why a photo was not geotagged
+    known: Mapping[int, Observation] = field(default_factory=dict)  # observations of tagged files
+    history: Mapping[int, set[str]] = field(default_factory=dict)  # captions each one had
 
     @property
     def thumbnails(self) -> LogThumbnails:
@@ -7640,6 +7642,13 @@ def refresh_known(
         state.log.rows.append(known_row(photo, observation, state.thumbnails))
 
 
+def refresh_tagged(state: RunState, photo: LocalPhoto) -> None:
+    """refresh_known for a photo that holds ids, with its observation as iNaturalist has it."""
+    assert photo.tags is not None
+    observation = photo.tags.observation
+    refresh_known(state, photo, state.known.get(observation), state.history.get(observation, set()))
+
+
 def recall_parts(state: RunState, candidates: Sequence[Candidate]) -> list[Candidate]:
     """Report uploads found earlier to show part of a photo still associated; drop them."""
     remembered = state.index.parts_of([c.photo.id for c in candidates])
@@ -7665,8 +7674,6 @@ def keep_file_associations(
     outcome: DayOutcome,
     photos: Sequence[LocalPhoto],
     candidates: Sequence[Candidate],
-    known: Mapping[int, Observation],
-    history: Mapping[int, set[str]],
 ) -> DayOutcome:
     """--recompute: a file that carries the ids of an upload the comparison gave to nobody
     keeps that association (one the user confirmed with --associate); outcome without its
@@ -7685,9 +7692,7 @@ def keep_file_associations(
             f"{show_path(photo.path)}: keeps its association with photo id {tags.photo}, which"
             " the file carries (not found again by comparing; --dissociate takes it back)."
         )
-        refresh_known(
-            state, photo, known.get(tags.observation), history.get(tags.observation, set())
-        )
+        refresh_tagged(state, photo)
     refusals = tuple(r for r in outcome.refusals if r.photo.path not in kept)
     return dataclasses.replace(outcome, refusals=refusals)
 
@@ -7851,17 +7856,11 @@ def log_day(
             index.record_refusal(photo.path, record)
 
 
-def refresh_known_photos(
-    state: RunState,
-    day_photos: Sequence[LocalPhoto],
-    known: Mapping[int, Observation],
-    history: Mapping[int, set[str]],
-) -> None:
+def refresh_known_photos(state: RunState, day_photos: Sequence[LocalPhoto]) -> None:
     """The day's photos with ids: their caption checked; those set aside, listed in the log."""
     for photo in day_photos:
         if photo.tags:
-            observation = known.get(photo.tags.observation)
-            refresh_known(state, photo, observation, history.get(photo.tags.observation, set()))
+            refresh_tagged(state, photo)
         elif photo.dissociated and state.log is not None:
             note = "set aside with --dissociate; compared again only with --recompute"
             state.log.rows.append(known_row(photo, None, state.thumbnails, note))
@@ -7913,8 +7912,6 @@ def process_days(
     state: RunState,
     photos: Sequence[LocalPhoto],
     observations: Sequence[Observation],
-    known: Mapping[int, Observation],
-    history: Mapping[int, set[str]],
 ) -> None:
     """Refresh known photos, then match and apply each day, one day at a time."""
     options, console = state.options, state.console
@@ -7930,19 +7927,17 @@ def process_days(
                 f"{d.day}: {len(d.candidates)} iNat pictures and {len(d.photos)} local pictures."
             )
         if not options.recompute:
-            refresh_known_photos(state, d.photos, known, history)
+            refresh_known_photos(state, d.photos)
         if len(d.open_photos) < len(d.photos) and d.candidates:
             console.say(
                 f"{d.day}: {len(d.open_candidates)} iNat pictures and {len(d.open_photos)} local"
                 " pictures left after excluding known associations."
             )
         if d.candidates:
-            match_and_apply_day(state, d, known, history)
+            match_and_apply_day(state, d)
 
 
-def match_and_apply_day(
-    state: RunState, d: OpenDay, known: Mapping[int, Observation], history: Mapping[int, set[str]]
-) -> None:
+def match_and_apply_day(state: RunState, d: OpenDay) -> None:
     """Match one day's open photos and candidates and write what was found; a day whose
     uploads the download budget left out waits for a later run (nothing is decided on a
     guess)."""
@@ -7965,9 +7960,7 @@ def match_and_apply_day(
             state.tally.deferred[d.day] = missing
             return
         if options.recompute:
-            outcome = keep_file_associations(
-                state, outcome, d.open_photos, candidates, known, history
-            )
+            outcome = keep_file_associations(state, outcome, d.open_photos, candidates)
         apply_day(state, outcome, candidates)
 
 
@@ -8102,18 +8095,10 @@ def run(options: Options, console: Console) -> Tally:
         resources.callback(scorer.stop)  # an error mid-day leaves no thread comparing ahead
         days = {o.day for o in observations if o.day is not None}
         photos = [*photos, *recall_days(archive, days, index, console, options)]
-        state = RunState(
-            options,
-            console,
-            index,
-            scorer.pictures,
-            scorer,
-            tally,
-            LogBook() if options.logfile else None,
-            lineages,
-            places,
-        )
-        process_days(state, photos, observations, known, history)
+        log = LogBook() if options.logfile else None
+        given = (options, console, index, scorer.pictures, scorer, tally, log, lineages, places)
+        state = RunState(*given, known=known, history=history)
+        process_days(state, photos, observations)
         finish_run(state, ledger, time.monotonic() - started)
     return tally
 

@@ -16,38 +16,31 @@ import inat_photos as ip
 INAT_TAGS = (ip.TAG_OBSERVATION, ip.TAG_OBSERVATION_PHOTO, ip.TAG_PHOTO)
 
 
-def read_xmp(path: Path) -> dict:
+def _read(path: Path, reader: str) -> Any:
+    """One of pyexiv2's readers ('read_xmp', 'read_exif', ...) on the file's bytes."""
     ip.configure_process()
     image = pyexiv2.ImageData(path.read_bytes())
     try:
-        return image.read_xmp()
+        return getattr(image, reader)()
     finally:
         image.close()
+
+
+def read_xmp(path: Path) -> dict:
+    return _read(path, "read_xmp")
 
 
 def read_exif(path: Path) -> dict:
-    image = pyexiv2.ImageData(path.read_bytes())
-    try:
-        return image.read_exif()
-    finally:
-        image.close()
+    return _read(path, "read_exif")
 
 
 def read_iptc(path: Path) -> dict:
-    image = pyexiv2.ImageData(path.read_bytes())
-    try:
-        return image.read_iptc()
-    finally:
-        image.close()
+    return _read(path, "read_iptc")
 
 
 def read_raw_xmp(path: Path) -> str:
     """The XMP packet as it is stored, for checks of its form (a Bag, a prefix)."""
-    image = pyexiv2.ImageData(path.read_bytes())
-    try:
-        return image.read_raw_xmp()
-    finally:
-        image.close()
+    return _read(path, "read_raw_xmp")
 
 
 def write_raw_xmp(path: Path, packet: str) -> None:
