@@ -4661,6 +4661,12 @@ OVERLAY_MAX = 0.3  # more than this covered: not left out (too little of the pic
 
 
 OVERLAY_TILE_SIDE = 2 * SSIM_TILE  # pixels: the tiles structure_tiles compares
+# Marks inside the picture (a logo, a sticker, text): regions of tiles with no counterpart.
+MARK_TILES = 4  # regions of fewer tiles are noise, not a mark
+MARK_DETAIL = 10.0  # grey levels: a region flatter than this in the upload shows no mark
+MARK_REACH = 0.08  # of the longer side: how far a subject may move between frames of a burst
+MARK_FOUND = 0.5  # correlation: the region found this well nearby moved, and is no mark
+MARK_MAX = 0.15  # more of the picture than this covered by marks: not left out
 
 
 def structure_tiles(first: np.ndarray, second: np.ndarray) -> np.ndarray:
@@ -4714,6 +4720,42 @@ def overlay_box(tiles: np.ndarray) -> tuple[int, int, int, int] | None:
     if covered < OVERLAY_MIN or covered > OVERLAY_MAX:
         return None
     return top, bottom, left, right
+
+
+def mark_tiles(region: np.ndarray, upright: np.ndarray) -> np.ndarray | None:
+    """The tiles (a bool map like structure_tiles') of marks added inside the upload: a logo,
+    a sticker, a line of text; None when there are none, or too many to leave out.
+
+    A mark is a region of tiles that nothing in the photo around it resembles. A subject that
+    moved between two frames of a burst is found a little further on, so it is never a mark.
+    """
+    tiles = structure_tiles(region, upright)
+    cv2 = _cv2()
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(
+        (tiles < OVERLAY_TILE).astype(np.uint8), connectivity=8
+    )
+    side = OVERLAY_TILE_SIDE
+    grey = [cv2.cvtColor(p, cv2.COLOR_RGB2GRAY) for p in (region, upright)]
+    height, width = grey[0].shape
+    reach = max(side, round(MARK_REACH * max(height, width)))
+    marks = np.zeros(tiles.shape, bool)
+    for k in range(1, count):
+        x, y, w, h, tile_count = (int(v) for v in stats[k])
+        if tile_count < MARK_TILES:
+            continue
+        left, top, right, bottom = x * side, y * side, (x + w) * side, (y + h) * side
+        patch = grey[1][top:bottom, left:right]
+        if float(patch.std()) < MARK_DETAIL:
+            continue
+        around = grey[0][
+            max(0, top - reach) : min(height, bottom + reach),
+            max(0, left - reach) : min(width, right + reach),
+        ]
+        if float(cv2.matchTemplate(around, patch, cv2.TM_CCOEFF_NORMED).max()) < MARK_FOUND:
+            marks |= labels == k
+    # A mark's soft edge (a shadow, the resampling around it) reaches the tiles next to it.
+    marks = cv2.dilate(marks.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+    return marks if 0 < marks.mean() <= MARK_MAX else None
 
 
 # ---------------------------------------------------------------------------
@@ -4814,13 +4856,31 @@ def _score_uncovered(
     band, a frame or a viewer's bars along an edge are left out of the tones fitted, the score
     and the parts, where that scores higher."""
     score, pair, toned_best = _best_tones(region, upright, score_pair)
+    covered = 0.0
     if score < SSIM_THRESHOLD and (cut := overlay_box(structure_tiles(region, upright))):
         top, bottom, left, right = (k * OVERLAY_TILE_SIDE for k in cut)
         kept = region[top:bottom, left:right], upright[top:bottom, left:right]
         uncovered = _best_tones(*kept, score_pair)
         if uncovered[0] > score:
-            return *uncovered, round(1 - kept[0].size / region.size, 3)
-    return score, pair, toned_best, 0.0
+            score, pair, toned_best = uncovered
+            covered = 1 - kept[0].size / region.size
+            region, upright = kept
+    # Marks are looked for in the upload as it came: a local tone matching can flatten them.
+    if score < SSIM_THRESHOLD and (marks := mark_tiles(region, upright)) is not None:
+        # The marks' tiles take the photo's own pixels, so they count as alike; the score is
+        # then read back as the mean over the rest.
+        side = OVERLAY_TILE_SIDE
+        covers = np.zeros(pair[1].shape[:2], bool)
+        covers[: marks.shape[0] * side, : marks.shape[1] * side] = marks.repeat(side, 0).repeat(
+            side, 1
+        )
+        shown = np.where(covers[..., None], pair[0], pair[1])
+        share = float(covers.mean())
+        unmarked = (score_pair(pair[0], shown) - share) / (1 - share)
+        if unmarked > score:
+            score, pair = unmarked, (pair[0], shown)
+            covered += share * (1 - covered)
+    return score, pair, toned_best, round(covered, 3)
 
 
 def _best_tones(

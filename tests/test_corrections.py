@@ -31,6 +31,9 @@ BAND = {
     "ops": [["band", {"edge": "bottom", "height": 0.13, "opacity": 1.0, "colour": [12, 12, 12]}]]
 }
 
+LOGO = {"ops": [["logo", {"x": 0.38, "y": 0.3, "size": 0.14, "seed": 7}]]}
+TEXT = {"ops": [["caption", {"x": 0.3, "y": 0.55, "size": 0.06, "seed": 3}]]}
+
 
 @dataclass
 class Run:
@@ -54,7 +57,13 @@ def _plan() -> tuple[Planner, dict[str, str]]:
     day = dt.datetime(2024, 5, 4, 9, 0, 0)
     roles: dict[str, str] = {}
     for k, (role, edit) in enumerate(
-        (("lens", LENS), ("perspective", PERSPECTIVE), ("band", BAND))
+        (
+            ("lens", LENS),
+            ("perspective", PERSPECTIVE),
+            ("band", BAND),
+            ("logo", LOGO),
+            ("text", TEXT),
+        )
     ):
         when = day + dt.timedelta(minutes=20 * k)
         scene = p.scene()
@@ -102,6 +111,14 @@ def test_an_upload_with_a_lens_or_perspective_correction_is_found(run: Run, role
 def test_an_upload_with_a_caption_band_is_found(run: Run) -> None:
     assert run.tag("band") == run.truth[run.roles["band"]], run.result.stdout
     line = run.line("band")
+    assert line is not None and "covered by an overlay" in line, line
+
+
+@pytest.mark.parametrize("role", ["logo", "text"])
+def test_an_upload_with_a_mark_over_the_picture_is_found(run: Run, role: str) -> None:
+    """A logo or a line of text inside the picture is left out of the evidence (issue 25)."""
+    assert run.tag(role) == run.truth[run.roles[role]], run.result.stdout
+    line = run.line(role)
     assert line is not None and "covered by an overlay" in line, line
 
 
@@ -165,3 +182,17 @@ def test_a_screenshots_bars_with_buttons_count_as_bands() -> None:
     gray[370:380, 120:150] = 30
     box = ip.framed_box(gray)
     assert box is not None and 60 <= box[1] <= 70 and 330 <= box[3] <= 340, box
+
+
+def test_a_mark_is_left_out_and_a_moved_subject_is_not() -> None:
+    picture = _scene(6)
+    marked = picture.copy()
+    cv2.rectangle(marked, (150, 100), (230, 150), (235, 240, 230), -1)
+    cv2.putText(marked, "iNat", (158, 135), cv2.FONT_HERSHEY_SIMPLEX, 0.9, (20, 60, 20), 2)
+    marks = ip.mark_tiles(picture, marked)
+    side = ip.OVERLAY_TILE_SIDE
+    assert marks is not None and marks[130 // side, 190 // side], marks
+    assert marks.mean() < 0.1
+    moved = picture.copy()
+    moved[100:180, 150:250] = picture[100:180, 162:262]  # the subject moved 12 px
+    assert ip.mark_tiles(picture, moved) is None
