@@ -4758,6 +4758,75 @@ def mark_tiles(region: np.ndarray, upright: np.ndarray) -> np.ndarray | None:
     return marks if 0 < marks.mean() <= MARK_MAX else None
 
 
+FRAME_LEVELS = 24  # grey levels: a frame's pixels lie this close to its colour, texture and all
+FRAME_PLAIN = 0.9  # ... this share of them
+FRAME_STEP = 0.5  # ... and this share of the photo's edge beside it differs from that colour
+FRAME_TURN = 0.01  # radians: a frame is added square to the picture
+
+
+def frame_past_edges(
+    upload: Image.Image, registration: Registration, local_size: tuple[int, int]
+) -> tuple[int, int, int, int] | None:
+    """The box of upload (left, top, right, bottom) that shows the local picture, when all
+    the upload shows past the picture's edges is a frame added on one to four sides (plain
+    or textured, of a colour the picture's edge does not continue); None otherwise.
+
+    Another shot framed a little differently reaches past the edges with more of the scene,
+    which continues the picture across the line; a frame stops at it.
+    """
+    matrix = registration.matrix
+    if abs(math.atan2(matrix[1, 0], matrix[0, 0])) > FRAME_TURN:
+        return None
+    inverse = _cv2().invertAffineTransform(matrix)
+    corners = np.array([[0, 0], [local_size[0], local_size[1]]], np.float64)
+    (x0, y0), (x1, y1) = corners @ inverse[:, :2].T + inverse[:, 2]
+    width, height = upload.size
+    box = (max(0, round(x0)), max(0, round(y0)), min(width, round(x1)), min(height, round(y1)))
+    left, top, right, bottom = box
+    if right - left < width / 2 or bottom - top < height / 2:
+        return None
+    rgb = np.asarray(upload).astype(np.int16)
+    trim = 2  # pixels: resampling blurs the line between frame and picture
+    beyond = {  # the frame beyond each edge, and the picture's line beside it
+        "top": (rgb[: top - trim], rgb[top + trim]),
+        "bottom": (rgb[bottom + trim :], rgb[bottom - trim - 1]),
+        "left": (rgb[:, : left - trim], rgb[:, left + trim]),
+        "right": (rgb[:, right + trim :], rgb[:, right - trim - 1]),
+    }
+    depth = {"top": top, "bottom": height - bottom, "left": left, "right": width - right}
+    framed = [beyond[edge] for edge, pixels in depth.items() if pixels > 2 * trim]
+    if not framed:
+        return None
+    for frame, line in framed:
+        colour = np.median(frame.reshape(-1, 3), axis=0)
+        if (np.abs(frame - colour).max(axis=-1) <= FRAME_LEVELS).mean() < FRAME_PLAIN:
+            return None
+        if (np.abs(line - colour).max(axis=-1) > FRAME_LEVELS).mean() < FRAME_STEP:
+            return None
+    return (
+        left + trim if left else 0,
+        top + trim if top else 0,
+        right - trim if right < width else width,
+        bottom - trim if bottom < height else height,
+    )
+
+
+def register_framed(
+    local_features: Features, upload: Image.Image, upload_features: Features
+) -> tuple[Registration | None, Image.Image, Features]:
+    """register_any, and for an upload that reaches past the local picture's edges with a
+    frame only (frame_past_edges), its picture inside the frame registered again."""
+    registration = register_any(local_features, upload_features)
+    if registration is None or registration.lined_up or registration.overshoot <= EDGE_SLACK:
+        return registration, upload, upload_features
+    box = frame_past_edges(upload, registration, local_features.size)
+    if box is None:
+        return registration, upload, upload_features
+    inside = upload.crop(box)
+    features = find_upload_features(inside)
+    return register_any(local_features, features), inside, features
+
+
 # ---------------------------------------------------------------------------
 # 9d. Similarity: comparing a pair and the verdict
 #    compare_pictures: registration, tones and both scores of one pair; the cheap gate
@@ -4787,7 +4856,7 @@ def compare_pictures(
     unless named (the upload's original file name is the local file's): that one is always
     scored in full, by correlation.
     """
-    registration = register_any(local_features, upload_features)
+    registration, upload, upload_features = register_framed(local_features, upload, upload_features)
     if registration is None or not registration.lined_up:
         if few_features(local_features, upload_features):
             return compare_by_correlation(local, upload, score_pair, gate=not named)
@@ -4953,7 +5022,7 @@ def likely_same_pictures(
     local: Image.Image, local_features: Features, upload: Image.Image, upload_features: Features
 ) -> bool:
     """The cheap test alone: could upload show (part of) local? Keypoints, else correlation."""
-    registration = register_any(local_features, upload_features)
+    registration = register_framed(local_features, upload, upload_features)[0]
     if registration is not None and registration.lined_up:
         return True
     if few_features(local_features, upload_features):
@@ -5066,6 +5135,7 @@ def evidence_grounds(comparisons: Pairs, threshold: float) -> dict[tuple[int, in
 # rest are compared again at the larger size (small crops, edited exports, near look-alikes).
 # Calibrated like the verdict (python tests/bench_matching.py --out SET).
 FIRST_MARGIN = 0.05  # how far the pair leads every other pair of its photo and its upload
+SMALL_UPLOAD = 0.6  # of the size's side: an upload's picture smaller there goes to the last size
 
 
 def settled_uploads(comparisons: Pairs, threshold: float) -> dict[int, int]:
@@ -5366,8 +5436,15 @@ class PairScorer:
             return found
         settled = settled_uploads(found, self.threshold)
         # An upload that no photo lined up with at the first size is not here (a phone's
-        # photo, another camera's); one not had at all (a failed download) is not asked again.
+        # photo, another camera's), unless its picture was too small there to line up (a
+        # screenshot's photo, inside the viewer); one not had at all (a failed download) is
+        # not asked again.
         lined_up = {j for (_, j), c in found.items() if not c.prefiltered}
+        lined_up |= {
+            j
+            for j, candidate in enumerate(candidates)
+            if j not in lined_up and self._too_small(candidate, first)
+        }
         unsettled = [j for j in range(len(candidates)) if j in lined_up and j not in settled]
         if not unsettled:
             return found
@@ -5401,6 +5478,12 @@ class PairScorer:
         # comparison: a whole frame missing there must not leave its photo to a crop.
         fallback = {(i, j): found[(i, j)] for i in again for j in unsettled if (i, j) in found}
         return kept | fallback | {(again[i], unsettled[j]): c for (i, j), c in finer.items()}
+
+    def _too_small(self, candidate: Candidate, size: str) -> bool:
+        """Whether an upload's picture at size is too small to line up: a frame or a viewer
+        took most of it."""
+        picture = self.pictures.upload(candidate.photo, size)
+        return picture is not None and max(picture.size) < SMALL_UPLOAD * INAT_PIXELS[size]
 
     def likely(
         self, photos: Sequence[LocalPhoto], candidates: Sequence[Candidate]

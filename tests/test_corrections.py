@@ -33,6 +33,7 @@ BAND = {
 
 LOGO = {"ops": [["logo", {"x": 0.38, "y": 0.3, "size": 0.14, "seed": 7}]]}
 TEXT = {"ops": [["caption", {"x": 0.3, "y": 0.55, "size": 0.06, "seed": 3}]]}
+FRAME = {"ops": [["sides", {"sides": ["top"], "width": 0.08, "seed": 1}]]}  # textured, purple
 
 
 @dataclass
@@ -63,6 +64,7 @@ def _plan() -> tuple[Planner, dict[str, str]]:
             ("band", BAND),
             ("logo", LOGO),
             ("text", TEXT),
+            ("frame", FRAME),
         )
     ):
         when = day + dt.timedelta(minutes=20 * k)
@@ -120,6 +122,11 @@ def test_an_upload_with_a_mark_over_the_picture_is_found(run: Run, role: str) ->
     assert run.tag(role) == run.truth[run.roles[role]], run.result.stdout
     line = run.line(role)
     assert line is not None and "covered by an overlay" in line, line
+
+
+def test_an_upload_with_a_frame_on_one_side_is_found(run: Run) -> None:
+    """The upload reaches past the photo's top edge, with a textured frame, not the scene."""
+    assert run.tag("frame") == run.truth[run.roles["frame"]], run.result.stdout
 
 
 def test_a_burst_frame_is_not_taken_for_its_lens_corrected_neighbour(run: Run) -> None:
@@ -196,3 +203,26 @@ def test_a_mark_is_left_out_and_a_moved_subject_is_not() -> None:
     moved = picture.copy()
     moved[100:180, 150:250] = picture[100:180, 162:262]  # the subject moved 12 px
     assert ip.mark_tiles(picture, moved) is None
+
+
+def _registered(upload: np.ndarray, local: np.ndarray) -> ip.Registration:
+    registration = ip.register_any(
+        ip.find_local_features(Image.fromarray(local)),
+        ip.find_upload_features(Image.fromarray(upload)),
+    )
+    assert registration is not None
+    return registration
+
+
+def test_a_frame_past_the_edge_is_cut_and_more_of_the_scene_is_not() -> None:
+    scene = np.asarray(synthetic_photo(640, 520, 8))
+    local = scene[40:]
+    framed = scene.copy()
+    framed[:40] = np.array([120, 40, 160]) + np.random.default_rng(1).integers(-8, 8, (40, 640, 1))
+    registration = _registered(framed, local)
+    assert not registration.lined_up  # it reaches past the photo's top edge
+    box = ip.frame_past_edges(Image.fromarray(framed), registration, (640, 480))
+    assert box is not None and 40 <= box[1] <= 44 and box[3] == 520, box
+    # another shot, framed higher: the upload shows more of the scene above the photo
+    registration = _registered(scene, local)
+    assert ip.frame_past_edges(Image.fromarray(scene), registration, (640, 480)) is None
