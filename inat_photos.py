@@ -64,6 +64,10 @@ Glossary:
                (sharpening, clarity, noise reduction) leave alone
   verdict      a pair below --ssim_threshold is still taken, without an explicit threshold,
                on its evidence: coarse score, matching points, margin (evidence_grounds)
+  local levels an upload's local brightness and contrast brought to the photo's, so that
+               local tone tools (graduated filters, dehaze) leave the coarse evidence alone
+  overlay      what an upload shows that the photo has no counterpart for: a band or frame
+               along an edge, a mark (logo, text) inside; left out of the scores, bounded
 """
 
 from __future__ import annotations
@@ -1158,6 +1162,7 @@ class Comparison:
     worst_part: float | None = None  # ... of the worst of its 4 x 4 parts (coarse_evidence)
     smooth: float = 0.0  # pixels: the most a smooth correction (lens, perspective) moved a part
     covered: float = 0.0  # fraction of the upload an overlay covers, left out of the scores
+    levelled: tuple[float, float] | None = None  # coarse score and worst part, local tones aside
 
     @property
     def same_shot(self) -> bool:
@@ -3795,9 +3800,9 @@ def choose_score_function(use_gpu: bool, console: Console) -> ScoreFunction:
 #    MIN_AREA, searched at coarser sizes too), scale, any angle and quarter turns;
 #    correlation for pictures without keypoints; phase correlation to sharpen the fit
 #    and measure the misfit of another shot; a homography for an upload a lens or an
-#    upright correction bent, and a smooth field (smooth_correction) that explains such
-#    a correction but not another shot's parallax. Plain bands an export added around an
-#    upload (a frame, padding) are cut off when it is decoded (framed_box, section 8).
+#    upright correction bent (the smooth field that explains it is in 9c). Plain bands an
+#    export added around an upload (a frame, padding) are cut off when it is decoded
+#    (framed_box, section 8).
 # ---------------------------------------------------------------------------
 
 
@@ -4056,26 +4061,29 @@ def find_features(
 def register_any(local: Features, upload: Features) -> Registration | None:
     """register at the upload's own size, else at its coarser sizes (a tight crop); the
     first registration that lines up, or the first found."""
-    first = register(local, upload)
+    matches = keypoint_matches(local, upload)
+    first = register(local, upload, matches)
     if first is not None and first.lined_up:
         return first
     for coarser in upload.coarser:
-        found = register(local, coarser)
+        found = register(local, coarser, keypoint_matches(local, coarser))
         if found is not None and found.lined_up:
             return found
     # A lens or perspective correction bends the picture: a similarity fits the matches near
     # one place only. Matches that one homography fits, within a looser distance, are kept;
     # the smooth correction measured later says whether the bend was an editor's.
-    bent = register(local, upload, bent=True)
+    bent = register(local, upload, matches, bent=True)
     if bent is not None and bent.lined_up:
         return bent
     return first
 
 
-def register(local: Features, upload: Features, bent: bool = False) -> Registration | None:
-    """The similarity transform (crop, scale, rotation) from upload to local, or None; bent:
-    fitted to the matches one homography takes within BENT_ERROR (a corrected lens or
-    perspective)."""
+Matches = tuple[np.ndarray, np.ndarray, int]  # upload points, their local points, match count
+
+
+def keypoint_matches(local: Features, upload: Features) -> Matches | None:
+    """The upload's keypoints whose nearest local descriptor is clearly nearer than the next
+    (the ratio test), with those local keypoints; None when too few."""
     cv2 = _cv2()
     if min(len(local.points), len(upload.points)) < MIN_INLIERS:
         return None
@@ -4087,8 +4095,19 @@ def register(local: Features, upload: Features, bent: bool = False) -> Registrat
     good = np.nonzero(distances[:, 0] < MATCH_RATIO * distances[:, 1])[0]
     if len(good) < MIN_INLIERS:
         return None
-    source = upload.points[good]
-    target = local.points[nearest[good, 0]]
+    return upload.points[good], local.points[nearest[good, 0]], len(good)
+
+
+def register(
+    local: Features, upload: Features, matches: Matches | None, bent: bool = False
+) -> Registration | None:
+    """The similarity transform (crop, scale, rotation) from upload to local fitted to their
+    keypoint matches, or None; bent: fitted to the matches one homography takes within
+    BENT_ERROR (a corrected lens or perspective)."""
+    cv2 = _cv2()
+    if matches is None:
+        return None
+    source, target, count = matches
     if bent:
         homography, mask = cv2.findHomography(
             source, target, cv2.RANSAC, BENT_ERROR * max(local.size), maxIters=4000
@@ -4126,7 +4145,7 @@ def register(local: Features, upload: Features, bent: bool = False) -> Registrat
     return Registration(
         matrix,
         np.stack([source[keep], target[keep]], axis=1),
-        len(good),
+        count,
         spread,
         float(area),
         max(0.0, float(past)) / max(local.size),
@@ -4391,6 +4410,20 @@ def _fit_motion(points: np.ndarray, moved: np.ndarray, axis_parallel: bool) -> n
 # -- Smooth corrections: a lens profile or an upright (perspective) correction bends the
 # whole picture smoothly; another shot moves near and far things apart, and its subject.
 
+# ---------------------------------------------------------------------------
+# 9c. Similarity: corrections, tones and overlays
+#    What an editor changes in a picture that lined up: a lens or upright correction is
+#    explained by a smooth field (smooth_correction) that another shot's parallax does not
+#    fit; exposure, curves, saturation and colour balance are fitted and undone
+#    (match_tones); what no curve undoes (sharpening, clarity, noise reduction,
+#    recompression) is measured past: the coarse score compares the lined-up pictures
+#    shrunk, where those filters do not reach. Local tone tools (graduated filters,
+#    dehaze) are undone by a smooth local gain, and set aside by local levels for the
+#    coarse evidence. Overlays along an edge (overlay_box), marks inside the picture
+#    (mark_tiles) and frames past the photo's edges (frame_past_edges) are found here.
+# ---------------------------------------------------------------------------
+
+
 SMOOTH_FROM = 0.15  # pixels of rigid misfit from which a smooth correction is looked for
 SMOOTH_GRID = 5  # ... measured by SMOOTH_GRID x SMOOTH_GRID patches
 SMOOTH_PATCH = 96  # side of those patches, pixels
@@ -4513,16 +4546,6 @@ def smooth_correction(region: np.ndarray, upload: np.ndarray, misfit: float) -> 
     return SmoothFit(current, residual, reach)
 
 
-# ---------------------------------------------------------------------------
-# 9c. Similarity: tones and sharpness
-#    What an editor changes without moving a pixel: exposure, curves, saturation and
-#    colour balance are fitted and undone (match_tones); what no curve undoes
-#    (sharpening, clarity, noise reduction, recompression) is measured past: the coarse
-#    score compares the lined-up pictures shrunk, where those filters do not reach.
-#    Local tone tools (graduated filters, dehaze) are undone by a smooth local gain.
-# ---------------------------------------------------------------------------
-
-
 TONE_MIN = 1.5  # mean change in levels below which an upload's tones count as unedited
 TONE_SURE = 6.0  # ... above which the tones certainly were edited (no score without matching)
 CLIPPED_MIN = 0.02  # fraction of clipped values above which an edit counts as clipping
@@ -4589,6 +4612,7 @@ def match_tones(picture: np.ndarray, reference: np.ndarray) -> np.ndarray:
 
 LOCAL_TONE_RADIUS = 0.04  # of the long side: local tone tools change brightness this smoothly
 LOCAL_GAIN_MAX = 4.0  # a local gain is at most this (or its inverse): beyond, clipped detail
+LOCAL_LEVELS_RADIUS = 0.02  # of the long side: local levels the coarse evidence sets aside
 
 
 def local_gain(picture: np.ndarray, reference: np.ndarray) -> np.ndarray:
@@ -4626,21 +4650,44 @@ PARTS = 4  # the worst part of a coarse comparison is one of PARTS x PARTS, less
 
 
 def coarse_evidence(
-    first: np.ndarray, second: np.ndarray, step: int = COARSE_STEP
+    first: np.ndarray, second: np.ndarray, step: int = COARSE_STEP, levelled: bool = False
 ) -> tuple[float, float] | None:
     """The score of two lined-up pictures shrunk step times, and of their worst part;
     None when too small. Sharpening, clarity, noise reduction and recompression change fine
     detail, which shrinking averages away, and every part alike; another frame of a burst
-    differs where its subject moved, at every size."""
+    differs where its subject moved, at every size. levelled: with second's local levels
+    brought to first's (local_levels), which leaves structure alone."""
     height, width = first.shape[:2]
     size = (width // step, height // step)
     if min(size) < PARTS * SSIM_TILE:
         return None
     cv2 = _cv2()
-    tiles = ssim_tiles(
-        cv2.resize(first, size, interpolation=cv2.INTER_AREA),
-        cv2.resize(second, size, interpolation=cv2.INTER_AREA),
-    ).mean(axis=2)
+    shrunk = [cv2.resize(p, size, interpolation=cv2.INTER_AREA) for p in (first, second)]
+    if levelled:
+        shrunk[1] = local_levels(shrunk[1], shrunk[0])
+    return _parts(ssim_tiles(*shrunk).mean(axis=2))
+
+
+def local_levels(picture: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """picture (uint8 HxWx3) with each channel's local mean and contrast, over
+    LOCAL_LEVELS_RADIUS, brought to reference's: what local tone tools (graduated filters,
+    clarity, dehaze) change. The structure within is left as it is: a moved subject stays."""
+    cv2 = _cv2()
+    sigma = LOCAL_LEVELS_RADIUS * max(picture.shape[:2])
+
+    def levels(p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        values = p.astype(np.float32)
+        mean = cv2.GaussianBlur(values, (0, 0), sigma)
+        spread = cv2.GaussianBlur(values * values, (0, 0), sigma) - mean * mean
+        return mean, np.sqrt(np.maximum(spread, 1.0))
+
+    (mean, spread), (ref_mean, ref_spread) = levels(picture), levels(reference)
+    scaled = (picture - mean) * np.clip(ref_spread / spread, 1 / LOCAL_GAIN_MAX, LOCAL_GAIN_MAX)
+    return np.clip(scaled + ref_mean + 0.5, 0, 255).astype(np.uint8)
+
+
+def _parts(tiles: np.ndarray) -> tuple[float, float]:
+    """The mean of a coarse tile score map, and of its worst part (corners left out)."""
     rows = np.array_split(np.arange(tiles.shape[0]), PARTS)
     cols = np.array_split(np.arange(tiles.shape[1]), PARTS)
     corners = {(0, 0), (0, PARTS - 1), (PARTS - 1, 0), (PARTS - 1, PARTS - 1)}
@@ -4914,6 +4961,7 @@ def compare_pictures(
         coarse=coarse,
         coarse_step=step,
         worst_part=worst,
+        levelled=coarse_evidence(*pair, step=step, levelled=True),
         **evidence,
     )
 
@@ -5050,21 +5098,33 @@ PairIndices = set[tuple[int, int]]  # (photo index, candidate index) pairs of on
 SCORE_FLOOR = 0.85  # the score a pair below the threshold needs at least
 COARSE_SURE = 0.92  # ... and the coarse score, where export filters do not reach
 PART_SURE = 0.83  # ... and its worst part: where another frame's subject moved, it is not
+PART_SURE_LEVELLED = 0.86  # ... or both read with local tones set aside (issue 25)
 MIN_INLIER_SHARE = 0.7  # ... and this share of its keypoint matches fitting one geometry
 VERDICT_MARGIN = 0.02  # ... and a score this far above every other photo and upload near it
 
 
+def coarse_decided(found: Comparison) -> tuple[float, bool] | None:
+    """The coarse score that takes a pair below the threshold, and whether it was read with
+    local tones set aside; None when neither reading does. Local tone tools (graduated
+    filters, dehaze, clarity at large radii) change levels a global tone curve cannot undo;
+    set aside, a moved subject still differs, so the worst part must then reach more."""
+    if found.coarse is None or found.worst_part is None:
+        return None
+    if found.coarse >= COARSE_SURE and found.worst_part >= PART_SURE:
+        return found.coarse, False
+    if found.levelled is not None:
+        coarse, worst = found.levelled
+        if coarse >= COARSE_SURE and worst >= PART_SURE_LEVELLED:
+            return coarse, True
+    return None
+
+
 def evidence_convinces(found: Comparison) -> bool:
     """Whether a pair's own evidence would take it below the threshold (all but the margin)."""
-    if not found.eligible or found.coarse is None or found.worst_part is None:
+    if not found.eligible:
         return False
     enough = found.inliers >= max(MIN_INLIERS, MIN_INLIER_SHARE * found.matches)
-    return (
-        enough
-        and found.score >= SCORE_FLOOR
-        and found.coarse >= COARSE_SURE
-        and found.worst_part >= PART_SURE
-    )
+    return enough and found.score >= SCORE_FLOOR and coarse_decided(found) is not None
 
 
 def accepted_alone(found: Comparison, threshold: float, calibrated: bool) -> bool:
@@ -5123,10 +5183,11 @@ def evidence_grounds(comparisons: Pairs, threshold: float) -> dict[tuple[int, in
         if ahead is not None and ahead < VERDICT_MARGIN:
             continue
         margin = "no rival" if ahead is None else f"{ahead * 100:.1f} points ahead of the next pair"
+        coarse, levelled = coarse_decided(found)  # type: ignore[misc]
+        aside = " with local tones set aside" if levelled else ""
         accepted[(i, j)] = (
-            f"{found.coarse * 100:.1f}% at {_fraction_words(found.coarse_step)},"  # type: ignore[operator]
-            f" {found.inliers} matching"
-            f" points, {margin}"
+            f"{coarse * 100:.1f}% at {_fraction_words(found.coarse_step)}{aside},"
+            f" {found.inliers} matching points, {margin}"
         )
     return accepted
 

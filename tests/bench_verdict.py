@@ -111,6 +111,7 @@ def compare_one(args: tuple[str, str, list[dict], dict]) -> list[dict]:
             for k, v in dataclasses.asdict(found).items()
             if v is None or isinstance(v, (int, float))
         }
+        evidence["levelled"] = list(found.levelled) if found.levelled else None
         rows.append(
             {
                 "local": path,
@@ -129,6 +130,8 @@ EVIDENCE = {  # name in the table -> how to read it from a pair's row
     "share of matches fitting": lambda r: r["inliers"] / r["matches"] if r["matches"] else None,
     "matching points": lambda r: r["inliers"],
     "parts moving (px)": lambda r: r["misfit"],
+    "coarse score, local tones set aside": lambda r: (r.get("levelled") or [None])[0],
+    "worst part, local tones set aside": lambda r: (r.get("levelled") or [None, None])[1],
 }
 
 
@@ -210,7 +213,7 @@ def report(rows: list[dict]) -> None:
 
 def _row(r: dict) -> str:
     return " ".join(
-        f"{name.split()[0]}={'-' if v is None else f'{v:.3f}'}"
+        f"{name.split()[0]}{'*' * ('aside' in name)}={'-' if v is None else f'{v:.3f}'}"
         for name, v in ((n, read(r)) for n, read in EVIDENCE.items())
     )
 

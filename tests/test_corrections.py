@@ -33,6 +33,14 @@ BAND = {
 
 LOGO = {"ops": [["logo", {"x": 0.38, "y": 0.3, "size": 0.14, "seed": 7}]]}
 TEXT = {"ops": [["caption", {"x": 0.3, "y": 0.55, "size": 0.06, "seed": 3}]]}
+GRADUATED = {  # a strong graduated filter, highlights pulled down, a little blur
+    "ops": [
+        ["graduated", {"angle": 210, "stops": 1.0, "at": 0.55, "soft": 0.15}],
+        ["radial", {"x": 0.35, "y": 0.6, "size": 0.25, "stops": -0.8}],
+        ["shadows", {"shadows": 0.3, "highlights": 0.45, "radius": 0.01}],
+        ["blur", {"radius": 0.7}],
+    ]
+}
 FRAME = {"ops": [["sides", {"sides": ["top"], "width": 0.08, "seed": 1}]]}  # textured, purple
 
 
@@ -65,6 +73,7 @@ def _plan() -> tuple[Planner, dict[str, str]]:
             ("logo", LOGO),
             ("text", TEXT),
             ("frame", FRAME),
+            ("graduated", GRADUATED),
         )
     ):
         when = day + dt.timedelta(minutes=20 * k)
@@ -122,6 +131,13 @@ def test_an_upload_with_a_mark_over_the_picture_is_found(run: Run, role: str) ->
     assert run.tag(role) == run.truth[run.roles[role]], run.result.stdout
     line = run.line(role)
     assert line is not None and "covered by an overlay" in line, line
+
+
+def test_an_upload_with_local_tone_tools_is_found(run: Run) -> None:
+    """Below the threshold, taken on its evidence, and the console says what decided."""
+    assert run.tag("graduated") == run.truth[run.roles["graduated"]], run.result.stdout
+    line = run.line("graduated")
+    assert line is not None and "decided by" in line, line
 
 
 def test_an_upload_with_a_frame_on_one_side_is_found(run: Run) -> None:
@@ -226,3 +242,15 @@ def test_a_frame_past_the_edge_is_cut_and_more_of_the_scene_is_not() -> None:
     # another shot, framed higher: the upload shows more of the scene above the photo
     registration = _registered(scene, local)
     assert ip.frame_past_edges(Image.fromarray(scene), registration, (640, 480)) is None
+
+
+def test_local_levels_decide_only_above_their_own_worst_part() -> None:
+    plain = {"coarse": 0.90, "worst_part": 0.80, "inliers": 300, "matches": 320}
+    levelled = ip.Comparison(0.93, None, levelled=(0.95, 0.90), **plain)
+    assert ip.coarse_decided(levelled) == (0.95, True)
+    assert ip.evidence_convinces(levelled)
+    # a moved subject: its worst part stays low with local tones set aside too
+    moved = ip.Comparison(0.93, None, levelled=(0.95, 0.84), **plain)
+    assert ip.coarse_decided(moved) is None and not ip.evidence_convinces(moved)
+    both = ip.Comparison(0.93, None, levelled=(0.99, 0.99), coarse=0.95, worst_part=0.9)
+    assert ip.coarse_decided(both) == (0.95, False)  # the plain reading first
