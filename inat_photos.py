@@ -4425,8 +4425,9 @@ def _fit_motion(points: np.ndarray, moved: np.ndarray, axis_parallel: bool) -> n
 
 
 SMOOTH_FROM = 0.15  # pixels of rigid misfit from which a smooth correction is looked for
-SMOOTH_GRID = 5  # ... measured by SMOOTH_GRID x SMOOTH_GRID patches
+SMOOTH_GRID = 7  # ... measured by SMOOTH_GRID x SMOOTH_GRID patches
 SMOOTH_PATCH = 96  # side of those patches, pixels
+SMOOTH_PASSES = 2  # ... fitted, measured again and fitted again: a strong lens needs two
 SMOOTH_EXPLAINS = 0.3  # the correction must leave at most this share of the rigid misfit
 SMOOTH_MAX = 0.1  # ... and move no part by more than this fraction of the long side
 BENT_MISFIT = 1.0  # pixels: the misfit a bent registration's correction must explain
@@ -4516,7 +4517,7 @@ def smooth_correction(region: np.ndarray, upload: np.ndarray, misfit: float) -> 
         return cv2.perspectiveTransform(moved, homography).reshape(-1, 2)
 
     terms = np.zeros(12)
-    for _ in range(2):  # correct, measure what is left, correct again
+    for measured in range(SMOOTH_PASSES + 1):  # correct, measure what is left, correct again
         shift = (taken_from(coarse, terms) - coarse).astype(np.float32)
         shift = shift.reshape(height // 8 + 1, width // 8 + 1, 2)
         shift = cv2.resize(shift, (width, height), interpolation=cv2.INTER_LINEAR)
@@ -4530,7 +4531,7 @@ def smooth_correction(region: np.ndarray, upload: np.ndarray, misfit: float) -> 
         found, shifts = _patch_shifts(current, upload, SMOOTH_GRID, SMOOTH_PATCH, 1 / 3)
         if len(found) < 16:
             return None
-        if _ == 0:
+        if measured < SMOOTH_PASSES:
             terms = _fit_smooth(found, _smooth_at(terms, found, size) + shifts, size)
     residual = float(np.median(np.linalg.norm(shifts, axis=1)))
     # how far the correction bends the picture beyond what one similarity does
