@@ -167,7 +167,7 @@ if not TYPE_CHECKING:
     np = _OnFirstUse("numpy", "np")
     Image = _OnFirstUse("PIL.Image", "Image")
 
-__version__ = "1.4.0"
+__version__ = "1.5.0"
 
 
 # ---------------------------------------------------------------------------
