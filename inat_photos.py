@@ -4078,12 +4078,11 @@ def register_any(local: Features, upload: Features) -> Registration | None:
     return first
 
 
-Matches = tuple[np.ndarray, np.ndarray, int]  # upload points, their local points, match count
-
-
-def keypoint_matches(local: Features, upload: Features) -> Matches | None:
+def keypoint_matches(
+    local: Features, upload: Features
+) -> tuple[np.ndarray, np.ndarray, int] | None:
     """The upload's keypoints whose nearest local descriptor is clearly nearer than the next
-    (the ratio test), with those local keypoints; None when too few."""
+    (the ratio test), with those local keypoints and how many there are; None when too few."""
     cv2 = _cv2()
     if min(len(local.points), len(upload.points)) < MIN_INLIERS:
         return None
@@ -4099,7 +4098,10 @@ def keypoint_matches(local: Features, upload: Features) -> Matches | None:
 
 
 def register(
-    local: Features, upload: Features, matches: Matches | None, bent: bool = False
+    local: Features,
+    upload: Features,
+    matches: tuple[np.ndarray, np.ndarray, int] | None,
+    bent: bool = False,
 ) -> Registration | None:
     """The similarity transform (crop, scale, rotation) from upload to local fitted to their
     keypoint matches, or None; bent: fitted to the matches one homography takes within
