@@ -323,6 +323,9 @@ class Pictures:
     def fetch(self, candidates, size: str | None = None) -> None:
         pass
 
+    def upload(self, photo: ip.InatPhoto, size: str | None = None):
+        return None  # no pictures
+
     def forget_locals(self, photos=None) -> None:
         self.forgotten += ["*"] if photos is None else [p.path.name for p in photos]
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from PIL import Image
 from support.world import World, assert_tagged, make_world
 from test_phases import candidate, photo
 
@@ -86,10 +87,18 @@ def test_the_first_size_leaves_near_ties_and_doubts_to_the_larger(pairs: ip.Pair
 class TableScorer(ip.PairScorer):
     """A PairScorer whose comparisons come from a table keyed by (photo, upload id, size)."""
 
-    def __init__(self, table: dict[tuple[str, int, str], ip.Comparison]) -> None:
+    def __init__(
+        self,
+        table: dict[tuple[str, int, str], ip.Comparison],
+        medium_sides: dict[int, int] | None = None,
+    ) -> None:
         pictures = type("Pictures", (), {})()
         pictures.sizes = ("medium", "large")
         pictures.fetch = lambda candidates, size=None: None
+        sides = medium_sides or {}  # upload id -> its picture's longer side at medium
+        pictures.upload = lambda photo, size=None: (
+            Image.new("RGB", (sides[photo.id], sides[photo.id] // 2)) if photo.id in sides else None
+        )
         pictures.forget_locals = lambda photos=None: None
         super().__init__(pictures, ip.ssim_score)  # type: ignore[arg-type]
         self.table = table
@@ -123,6 +132,25 @@ def test_only_unsettled_uploads_are_compared_again_at_large_with_the_photos_left
     assert found[(0, 0)].score == 0.98  # settled at medium
     assert (found[(1, 1)].score, found[(2, 1)].score) == (0.97, 0.88)  # decided at large
     assert found[(0, 1)].score == 0.4  # the taken photo keeps its medium pair
+
+
+def test_an_upload_too_small_at_medium_to_line_up_is_compared_at_large() -> None:
+    """A screenshot: the photo is a small part of it, which lines up at large only."""
+    photos = [photo(f"{n}.jpg", T) for n in range(2)]
+    uploads = [candidate(1, T), candidate(2, T)]
+    table = {
+        **{
+            (f"{n}.jpg", j, "medium"): _pair(0.3, prefiltered=True)
+            for n in range(2)
+            for j in (1, 2)
+        },
+        ("0.jpg", 1, "large"): _pair(0.97),
+    }
+    scorer = TableScorer(table, medium_sides={1: 231, 2: 500})
+    found = scorer(photos, uploads)
+    large = sorted(key for key in scorer.asked if key[2] == "large")
+    assert large == [("0.jpg", 1, "large"), ("1.jpg", 1, "large")]  # not upload 2: full size
+    assert found[(0, 0)].score == 0.97
 
 
 def test_downloads_ahead_fetch_each_photo_once_and_leave_failures_to_their_day(
