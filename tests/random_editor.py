@@ -107,9 +107,23 @@ def _r(value: float) -> float:
     return round(value, 4)
 
 
+# Operations whose parameters are each drawn uniformly from a range, in this order.
+_UNIFORM = {
+    "clarity": {"radius": (0.02, 0.08), "amount": (0.3, 1.0)},
+    "dehaze": {"radius": (0.03, 0.1), "amount": (0.2, 0.6)},
+    "shadows": {"shadows": (0.0, 0.6), "highlights": (0.0, 0.5), "radius": (0.01, 0.05)},
+    "remove": {"x": (0.1, 0.9), "y": (0.1, 0.9), "radius": (0.02, 0.06)},
+    "fade": {"lift": (0.04, 0.18), "colour": (0.6, 0.95)},
+    "vignette": {"stops": (0.3, 1.2), "start": (0.2, 0.6)},
+    "tiltshift": {"at": (0.35, 0.65), "band": (0.15, 0.35), "sigma": (2.0, 8.0)},
+}
+
+
 def draw_op(rng: random.Random, name: str) -> Op:
     """One operation with random parameters."""
     sign = rng.choice([-1, 1])
+    if name in _UNIFORM:
+        return [name, {k: _r(rng.uniform(*span)) for k, span in _UNIFORM[name].items()}]
     if name == "lens":
         k1 = sign * rng.uniform(0.02, 0.09)
         return [
@@ -171,10 +185,6 @@ def draw_op(rng: random.Random, name: str) -> Op:
                 "balance": _r(rng.uniform(-0.3, 0.3)),
             },
         ]
-    if name == "clarity":
-        return [name, {"radius": _r(rng.uniform(0.02, 0.08)), "amount": _r(rng.uniform(0.3, 1.0))}]
-    if name == "dehaze":
-        return [name, {"radius": _r(rng.uniform(0.03, 0.1)), "amount": _r(rng.uniform(0.2, 0.6))}]
     if name == "graduated":
         return [
             name,
@@ -193,15 +203,6 @@ def draw_op(rng: random.Random, name: str) -> Op:
                 "y": _r(rng.uniform(0.3, 0.7)),
                 "size": _r(rng.uniform(0.2, 0.5)),
                 "stops": _r(sign * rng.uniform(0.3, 0.9)),
-            },
-        ]
-    if name == "shadows":
-        return [
-            name,
-            {
-                "shadows": _r(rng.uniform(0.0, 0.6)),
-                "highlights": _r(rng.uniform(0.0, 0.5)),
-                "radius": _r(rng.uniform(0.01, 0.05)),
             },
         ]
     if name == "sharpen":
@@ -224,28 +225,6 @@ def draw_op(rng: random.Random, name: str) -> Op:
         return [name, {"side": rng.randint(640, 2048), "quality": rng.randint(55, 95)}]
     if name == "heal":
         return [name, {"spots": rng.randint(1, 5), "seed": rng.randrange(2**31)}]
-    if name == "remove":
-        return [
-            name,
-            {
-                "x": _r(rng.uniform(0.1, 0.9)),
-                "y": _r(rng.uniform(0.1, 0.9)),
-                "radius": _r(rng.uniform(0.02, 0.06)),
-            },
-        ]
-    if name == "fade":
-        return [name, {"lift": _r(rng.uniform(0.04, 0.18)), "colour": _r(rng.uniform(0.6, 0.95))}]
-    if name == "vignette":
-        return [name, {"stops": _r(rng.uniform(0.3, 1.2)), "start": _r(rng.uniform(0.2, 0.6))}]
-    if name == "tiltshift":
-        return [
-            name,
-            {
-                "at": _r(rng.uniform(0.35, 0.65)),
-                "band": _r(rng.uniform(0.15, 0.35)),
-                "sigma": _r(rng.uniform(2.0, 8.0)),
-            },
-        ]
     if name == "band":
         return [
             name,
