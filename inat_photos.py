@@ -3080,6 +3080,10 @@ class LocalIndex:
         self.db = sqlite3.connect(path, check_same_thread=False)
         self.lock = threading.Lock()  # problems are reported from the comparing threads too
         self.settings = settings  # comparisons made under other settings do not count
+        tables = {row[0] for row in self.db.execute("SELECT name FROM sqlite_master")}
+        if "verdicts" in tables and "refusals" not in tables:  # their names before 1.5.0
+            self.db.execute("ALTER TABLE verdicts RENAME TO refusals")
+            self.db.execute("ALTER TABLE refusals RENAME COLUMN verdict TO record")
         self.db.executescript(
             """
             CREATE TABLE IF NOT EXISTS photos (
@@ -3091,9 +3095,9 @@ class LocalIndex:
                 photo_id INTEGER PRIMARY KEY, path BLOB NOT NULL, area REAL NOT NULL);
             CREATE TABLE IF NOT EXISTS sidecars (
                 path BLOB PRIMARY KEY, size INTEGER, mtime_ns INTEGER, record TEXT NOT NULL);
-            CREATE TABLE IF NOT EXISTS verdicts (
+            CREATE TABLE IF NOT EXISTS refusals (
                 path BLOB PRIMARY KEY, size INTEGER, mtime_ns INTEGER, settings TEXT,
-                verdict TEXT NOT NULL);
+                record TEXT NOT NULL);
             CREATE TABLE IF NOT EXISTS reported_uploads (photo_id INTEGER PRIMARY KEY);
             CREATE TABLE IF NOT EXISTS problems (
                 path BLOB, size INTEGER, mtime_ns INTEGER, message TEXT, first TEXT,
@@ -3215,7 +3219,7 @@ class LocalIndex:
         return dataclasses.replace(photo, **facts)
 
     def _stored(self, table: str, path: Path) -> Any:
-        """The JSON value table ("checked", "verdicts") holds for the file at path as it is
+        """The JSON value table ("checked", "refusals") holds for the file at path as it is
         now and under these settings; None when there is none."""
         key = file_key(path)
         if key is None:
@@ -3265,11 +3269,11 @@ class LocalIndex:
 
     def record_refusal(self, path: Path, record: RefusalRecord) -> None:
         """Remember what the log said of the file at path, as it is now, left unassociated."""
-        self._store("verdicts", path, record.to_json())
+        self._store("refusals", path, record.to_json())
 
     def refusal_record(self, photo: LocalPhoto) -> RefusalRecord | None:
         """What was recorded for photo, if the file and the settings are unchanged since."""
-        return RefusalRecord.from_json(self._stored("verdicts", photo.path))
+        return RefusalRecord.from_json(self._stored("refusals", photo.path))
 
     def reported_uploads(self, photo_ids: Iterable[int]) -> set[int]:
         """Those of photo_ids an earlier log already listed as without a local photo."""
@@ -5410,7 +5414,7 @@ class PairScorer:
     """The compare function matching is given: pictures from a PictureSource, scored in parallel.
 
     Calling it with photos and candidates returns a Comparison for every pair whose pictures
-    could be had; likely() returns the cheap gate's verdict alone (keypoints line up), for the
+    could be had; lined_up() returns the cheap gate's answer alone (keypoints line up), for the
     clock-offset search. Each pair is compared once per day, perhaps ahead, in the background,
     when expect() was told which pairs come.
     """
@@ -5549,18 +5553,18 @@ class PairScorer:
         picture = self.pictures.upload(candidate.photo, size)
         return picture is not None and max(picture.size) < SMALL_UPLOAD * INAT_PIXELS[size]
 
-    def likely(
+    def lined_up(
         self, photos: Sequence[LocalPhoto], candidates: Sequence[Candidate]
     ) -> dict[tuple[int, int], bool]:
-        """The gate's verdict for every pair whose pictures could be had."""
+        """The cheap gate's answer for every pair whose pictures could be had."""
         size = self.pictures.sizes[0]
         self.pictures.fetch(candidates, size)
 
-        def verdict(photo: LocalPhoto, candidate: Candidate) -> bool | None:
+        def gate(photo: LocalPhoto, candidate: Candidate) -> bool | None:
             pictures = self.pictures.features(photo, candidate.photo, size)
             return None if pictures is None else likely_same_pictures(*pictures)
 
-        return self._each_pair(photos, candidates, verdict)
+        return self._each_pair(photos, candidates, gate)
 
     def expect(self, pairs: Sequence[tuple[LocalPhoto, Candidate]]) -> None:
         """Compare these pairs in the background, at most PREFETCH_AHEAD local photos ahead
@@ -5669,7 +5673,7 @@ class Compare(Protocol):
     ) -> Pairs: ...
 
 
-Likely = Callable[[Sequence[LocalPhoto], Sequence[Candidate]], dict[tuple[int, int], bool]]
+LinedUp = Callable[[Sequence[LocalPhoto], Sequence[Candidate]], dict[tuple[int, int], bool]]
 CheckedBefore = Callable[[LocalPhoto, Sequence[int]], bool]
 
 
@@ -6028,7 +6032,7 @@ MIN_OFFSET_MATCHES = 2  # an offset that only one match supports is never applie
 def find_clock_offset(
     photos: Sequence[LocalPhoto],
     candidates: Sequence[Candidate],
-    likely: Mapping[tuple[int, int], bool],
+    lined_up: Mapping[tuple[int, int], bool],
     compare: Compare,
     threshold: float,
     cluster_threshold: int,
@@ -6036,7 +6040,7 @@ def find_clock_offset(
 ) -> dt.timedelta | None:
     """A camera-clock error that lines up at least two strong matches on one day, or None.
 
-    likely holds the thumbnail gate's verdict for (photo, candidate) index pairs; those
+    lined_up holds the cheap gate's answer for (photo, candidate) index pairs; those
     pairs vote for the offset (rounded to a quarter hour) their times imply. The offset with
     the most votes must then be confirmed by full scores above the threshold (or, when
     calibrated, pairs whose own evidence the verdict takes).
@@ -6044,7 +6048,7 @@ def find_clock_offset(
     if len(photos) < MIN_OFFSET_MATCHES:
         return None
     votes: dict[dt.timedelta, list[tuple[LocalPhoto, Candidate]]] = defaultdict(list)
-    for (i, j), same in sorted(likely.items()):
+    for (i, j), same in sorted(lined_up.items()):
         photo, candidate = photos[i], candidates[j]
         observed = candidate.observation.observed_at
         if not same or observed is None:
@@ -6174,7 +6178,7 @@ def match_day(
     compare: Compare,
     options: Options,
     *,
-    likely: Likely,
+    lined_up: LinedUp,
     checked_before: CheckedBefore,
     known_today: bool = False,
 ) -> DayOutcome:
@@ -6203,11 +6207,11 @@ def match_day(
         and options.time_offset is None
     ):
         timed = [c for c in candidates if c.observation.observed_at is not None]
-        verdicts = likely(photos, timed)
+        gated = lined_up(photos, timed)
         offset = find_clock_offset(
             photos,
             timed,
-            verdicts,
+            gated,
             compare,
             options.ssim_threshold,
             options.cluster_threshold,
@@ -6218,7 +6222,7 @@ def match_day(
             result = _match_clusters(shifted, candidates, compare, options, None)
         else:  # every upload of the day was tried with every photo: remember that
             tried: dict[Path, frozenset[int]] = dict(result.checked)
-            for i, j in verdicts:
+            for i, j in gated:
                 tried[photos[i].path] = tried.get(photos[i].path, frozenset()) | {timed[j].photo.id}
             result = dataclasses.replace(result, checked=tuple(tried.items()))
     taken = {a.candidate.photo.id for a in result.associations + result.parts}
@@ -8158,7 +8162,7 @@ def match_and_apply_day(state: RunState, d: OpenDay) -> None:
             candidates,
             compare,
             options,
-            likely=compare.likely,
+            lined_up=compare.lined_up,
             checked_before=state.index.checked_before,
             known_today=not options.recompute and any(p.tags for p in d.photos),
         )

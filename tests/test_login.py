@@ -456,7 +456,7 @@ def test_a_name_never_reaches_past_its_cluster() -> None:
         [ip.Candidate(upload, observation)],
         compare,
         dataclasses.replace(ip.Options(user="u", paths=()), time_offset=dt.timedelta(0)),
-        likely=lambda photos, candidates: {},
+        lined_up=lambda photos, candidates: {},
         checked_before=lambda photo, uploads: False,
     )
     assert outcome.associations == ()

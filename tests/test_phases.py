@@ -60,7 +60,7 @@ class FakeCompare:
                     found[(i, j)] = ip.Comparison(self.others, None)
         return found
 
-    def likely(self, photos, candidates):
+    def lined_up(self, photos, candidates):
         return {
             (i, j): self.table.get((p.path.name, c.photo.id), 0) >= 0.9
             for i, p in enumerate(photos)
@@ -94,7 +94,7 @@ def match(photos, uploads, compare: FakeCompare, checked_before=never_checked, *
         uploads,
         compare,
         options(**changes),
-        likely=compare.likely,
+        lined_up=compare.lined_up,
         checked_before=checked_before,
     )
 
@@ -196,7 +196,7 @@ def test_match_day_finds_a_camera_clock_offset_and_matches_again() -> None:
     assert all(a.photo.clock_error == ahead for a in outcome.associations)
     # A stated offset is never searched for.
     blind = FakeCompare({})  # its gate says yes where the first one did; it scores nothing
-    blind.likely = compare.likely  # type: ignore[method-assign]
+    blind.lined_up = compare.lined_up  # type: ignore[method-assign]
     stated = match(photos, uploads, blind, time_offset=dt.timedelta(0))
     assert stated.clock_offset is None and not stated.associations
     assert blind.asked == []  # no pair confirmed: the search never ran
@@ -296,8 +296,8 @@ def test_a_long_group_is_not_compared_again_on_an_unchanged_rerun() -> None:
 
     again = FakeCompare({("p005.jpg", 1005): 0.99}, others=0.4)
     gated: list[int] = []
-    gate = again.likely
-    again.likely = lambda ps, cs: gated.append(len(ps) * len(cs)) or gate(ps, cs)  # type: ignore[method-assign]
+    gate = again.lined_up
+    again.lined_up = lambda ps, cs: gated.append(len(ps) * len(cs)) or gate(ps, cs)  # type: ignore[method-assign]
     rest = [p for p in photos if p.path.name != "p005.jpg"]
     match(rest, uploads[1:], again, checked_before=checked_before)
     assert again.asked == []
@@ -369,7 +369,7 @@ def test_pair_scorer_holds_a_few_pictures_of_a_big_cluster_at_a_time() -> None:
 
     pictures.features = features  # type: ignore[method-assign]
     scorer = ip.PairScorer(pictures, ip.ssim_score)  # type: ignore[arg-type]
-    for check in (scorer, scorer.likely):
+    for check in (scorer, scorer.lined_up):
         held.clear()
         check(burst, uploads)
         assert len(held) == len(burst) * len(uploads)

@@ -9,6 +9,7 @@ The big archives are in tests/bench_scale.py; these worlds are a few small pictu
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
 import sqlite3
 import subprocess
@@ -149,6 +150,41 @@ def test_an_index_from_before_gets_the_capture_time_column(tmp_path: Path) -> No
         }
     finally:
         index.close()
+
+
+def test_an_index_of_1_4_keeps_its_refusals_under_their_new_name(tmp_path: Path) -> None:
+    """1.4's table of refusals was called verdicts; a rerun reads what it holds."""
+    picture = tmp_path / "a.jpg"
+    save_picture(picture, 1, None, (32, 24))
+    info = picture.stat()
+    record = ip.RefusalRecord("no iNaturalist photo within the cluster threshold", 7, 0.5)
+    db = sqlite3.connect(tmp_path / "index.sqlite")
+    db.execute(
+        "CREATE TABLE verdicts (path BLOB PRIMARY KEY, size INTEGER, mtime_ns INTEGER,"
+        " settings TEXT, verdict TEXT NOT NULL)"
+    )
+    db.execute(
+        "INSERT INTO verdicts VALUES (?, ?, ?, ?, ?)",
+        (
+            bytes(picture.absolute()),
+            info.st_size,
+            info.st_mtime_ns,
+            "settings",
+            json.dumps(record.to_json()),
+        ),
+    )
+    db.commit()
+    db.close()
+    index = ip.LocalIndex(tmp_path / "index.sqlite", "settings")
+    try:
+        photo = ip.read_local_photo(picture, ip.Console(quiet=True))
+        assert photo is not None and index.refusal_record(photo) == record
+    finally:
+        index.close()
+    db = sqlite3.connect(tmp_path / "index.sqlite")
+    tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+    db.close()
+    assert "refusals" in tables and "verdicts" not in tables
 
 
 def test_the_walk_finds_each_picture_once_with_its_size_and_time(tmp_path: Path) -> None:
