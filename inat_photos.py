@@ -34,7 +34,8 @@ above it (tests/test_layout.py checks that):
     7     folders -> picture files -> LocalPhoto (metadata, via the LocalIndex)
             -> prepare_local_photos: sidecars read, RAW+JPEG pairs joined
     8-9   decoding; compare_pictures(local, upload) -> Comparison, and the verdict
-    10    PictureSource (fetch, decode) + PairScorer: the compare function, pairs ahead
+    10    every thread: PictureSource (downloads ahead, decoding) + PairScorer: the compare
+            function, pairs compared ahead
     11    per day: planned_pairs(...) -> PairScorer.expect: those pairs compared ahead
             match_day(photos, candidates, compare, options) -> DayOutcome (pure)
     12    plan_update(photo, ...) -> Update -> write_update (atomic, or dry run)
@@ -1990,9 +1991,10 @@ def login_token(options: Options, client: InatClient, console: Console) -> str |
 # 6. The cache directory and its stores
 #    What the tool keeps between runs, each in its own file of the cache directory:
 #    the user's observations (and the taxa above their identifications, and the places
-#    of --location-names), downloaded photos (fetched ahead, in the background), the
-#    download ledger's hourly and daily budget, the local index of files read and
-#    decisions made, the log's thumbnails, and the lock that keeps to one run at a time.
+#    of --location-names), downloaded photos (a download at a time: the threads that
+#    fetch ahead are section 10's), the download ledger's hourly and daily budget, the
+#    local index of files read and decisions made, the log's thumbnails, and the lock
+#    that keeps to one run at a time.
 # ---------------------------------------------------------------------------
 
 
@@ -2402,20 +2404,13 @@ class PhotoCache:
         self.http.mount("https://", adapter)
         self.lock = threading.Lock()
         self.slots = threading.BoundedSemaphore(DOWNLOAD_WORKERS)  # downloads at once, in all
-        self.ahead: ThreadPoolExecutor | None = None
 
-    def prefetch(self, photos: Sequence[InatPhoto], size: str) -> None:
-        """Download these photos in the background, in this order, while the run compares;
-        fetch() waits for one in flight. A failure here is left for fetch() to retry and
-        report, in its place in the output."""
-        wanted = [p for p in photos if not p.unavailable]
-        if not wanted:
+    def fetch_quietly(self, photo: InatPhoto, size: str) -> None:
+        """Download one photo into the cache, from a background thread: fetch() waits for it
+        while in flight, and a failure is left for fetch() to retry and report, in its place
+        in the output."""
+        if photo.unavailable:
             return
-        self.ahead = ThreadPoolExecutor(DOWNLOAD_WORKERS, thread_name_prefix="download-ahead")
-        for photo in wanted:
-            self.ahead.submit(self._fetch_ahead, photo, size)
-
-    def _fetch_ahead(self, photo: InatPhoto, size: str) -> None:
         target = self.path(photo, size)
         with self._busy(target), contextlib.suppress(Exception):
             if target not in self.failed and not self._cached(target):
@@ -2431,9 +2426,7 @@ class PhotoCache:
         return target.exists() and (not self.refresh or target in self.refreshed)
 
     def close(self) -> None:
-        """Stop downloading ahead (what is in flight finishes) and close the connections."""
-        if self.ahead is not None:
-            self.ahead.shutdown(wait=True, cancel_futures=True)
+        """Close the connections (the downloads ahead have been stopped: PictureSource)."""
         self.http.close()
 
     def path(self, photo: InatPhoto, size: str) -> Path:
@@ -2540,13 +2533,6 @@ class PhotoCache:
         store_file(target, data)
         with self.lock:
             self.refreshed.add(target)
-
-    def fetch_all(self, photos: Sequence[InatPhoto], size: str) -> dict[int, Path]:
-        """Download several photos in parallel; returns those that could be had."""
-        with ThreadPoolExecutor(max_workers=DOWNLOAD_WORKERS) as pool:
-            results = pool.map(lambda p: self.fetch(p, size), photos)
-            paths = list(progress(results, "Downloading", len(photos)))
-        return {p.id: path for p, path in zip(photos, paths, strict=True) if path is not None}
 
 
 class ThumbnailCache:
@@ -5229,8 +5215,9 @@ def settled_uploads(comparisons: Pairs, threshold: float) -> dict[int, int]:
 
 # ---------------------------------------------------------------------------
 # 10. Comparing in parallel
-#    PictureSource holds a run's decoded pictures, local and uploaded: it fetches
-#    uploads through the photo cache, decodes each picture and finds its keypoints once
+#    Every thread of a run lives here. PictureSource holds a run's decoded pictures,
+#    local and uploaded: it downloads the days' uploads ahead through the photo cache
+#    (download_ahead, stopped by close), decodes each picture and finds its keypoints once
 #    while it is needed, saves a local photo's log thumbnail while it is decoded, and is
 #    the one place that reports a picture it could not decode. PairScorer is the compare
 #    function matching is given: each pair once a day, at the first size and again at
@@ -5264,10 +5251,30 @@ class PictureSource:
         self.local_features = Memo()  # (path, size) -> Features
         self.unreadable: set[Path] = set()
         self.lock = threading.Lock()
+        self.ahead: ThreadPoolExecutor | None = None  # downloads ahead of the days
+
+    def download_ahead(self, photos: Sequence[InatPhoto], size: str) -> None:
+        """Download these photos in the background, in this order, while the run compares
+        (PhotoCache.fetch_quietly); close() stops what has not started."""
+        if not photos:
+            return
+        self.ahead = ThreadPoolExecutor(DOWNLOAD_WORKERS, thread_name_prefix="download-ahead")
+        for photo in photos:
+            self.ahead.submit(self.photos.fetch_quietly, photo, size)
+
+    def close(self) -> None:
+        """Stop downloading ahead; what is in flight finishes."""
+        if self.ahead is not None:
+            self.ahead.shutdown(wait=True, cancel_futures=True)
+            self.ahead = None
 
     def fetch(self, candidates: Sequence[Candidate], size: str | None = None) -> None:
         """Download the uploads of these candidates in parallel, ahead of comparing them."""
-        self.photos.fetch_all([c.photo for c in candidates], size or self.sizes[0])
+        photos = [c.photo for c in candidates]
+        with ThreadPoolExecutor(max_workers=DOWNLOAD_WORKERS) as pool:
+            done = pool.map(lambda photo: self.photos.fetch(photo, size or self.sizes[0]), photos)
+            for _ in progress(done, "Downloading", len(photos)):
+                pass
 
     def upload(self, photo: InatPhoto, size: str | None = None) -> Image.Image | None:
         """The upload at this size (the first by default); None when it cannot be had."""
@@ -8130,7 +8137,7 @@ def process_days(
     # Every upload the days will compare is downloaded in the background from the start, in
     # the days' order: nothing waits on the network while a day is compared.
     ahead = {c.photo.id: c.photo for d in days for _, c in d.plan}
-    state.pictures.photos.prefetch(list(ahead.values()), state.pictures.sizes[0])
+    state.pictures.download_ahead(list(ahead.values()), state.pictures.sizes[0])
     for d in days:
         state.tally.uploads_seen.update(c.photo.id for c in d.candidates)
         if d.candidates:
@@ -8303,6 +8310,7 @@ def run(options: Options, console: Console) -> Tally:
         )
         resources.callback(photo_cache.close)
         scorer = make_scorer(options, photo_cache, console)
+        resources.callback(scorer.pictures.close)  # nor downloading ahead
         resources.callback(scorer.stop)  # an error mid-day leaves no thread comparing ahead
         days = {o.day for o in observations if o.day is not None}
         photos = [*photos, *recall_days(archive, days, index, console, options)]

@@ -414,9 +414,6 @@ class PhotoCache:
         self.fetches += 1
         return self.path if photo.id == 1 else None
 
-    def fetch_all(self, photos, size: str) -> dict:
-        return {p.id: self.fetch(p, size) for p in photos}
-
 
 def test_picture_source_decodes_once_and_reports_an_unreadable_file_once(tmp_path: Path) -> None:
     good = tmp_path / "good.jpg"

@@ -197,8 +197,9 @@ def test_downloading_ahead_fills_the_cache_quietly_and_leaves_a_failure_to_fetch
         uploads = [p for r in records for p in ip.parse_observation(r).photos]
         client = ip.InatClient(fake.api_url, world.cache)
         cache = ip.PhotoCache(world.cache, client, console=ip.Console())
-        cache.prefetch(uploads, "medium")
-        cache.ahead.shutdown(wait=True)  # type: ignore[union-attr]
+        source = ip.PictureSource(cache, ("medium",), ip.Console())
+        source.download_ahead(uploads, "medium")
+        source.close()  # waits for the downloads in flight
         stored = sorted(p.name for p in (world.cache / "photos" / "medium").iterdir())
         assert stored == sorted(f"{u.id}.jpg" for u in uploads if u.id != failing)
         assert capsys.readouterr() == ("", "") and not cache.failed  # nothing said yet
