@@ -27,6 +27,7 @@ from pathlib import Path
 from fake_inat import FakeINaturalist
 from support import SCRIPT
 from support.cli import cli_env
+from support.scenario import observation_record
 from support.world import USER, save_picture
 from support.xmp import read_photo_id
 
@@ -47,14 +48,10 @@ def build(folder: Path, photos: int, uploads: int, offset: dt.timedelta) -> dict
             continue
         shutil.copyfile(pictures / name, sources / name)
         expected[name] = photo_id = 900_000 + i
+        photos_ = [{"id": photo_id, "observation_photo_id": 80_000 + i, "source": name}]
+        coyote = {"name": "Canis latrans", "rank": "species"}
         observations.append(
-            {
-                "id": 60_000 + i,
-                "user": USER,
-                "time_observed_at": taken.replace(second=0).isoformat() + "+00:00",
-                "taxon": {"name": "Canis latrans", "rank": "species"},
-                "photos": [{"id": photo_id, "observation_photo_id": 80_000 + i, "source": name}],
-            }
+            observation_record(60_000 + i, USER, taken.replace(second=0), photos_, coyote)
         )
     scenario = {"users": [{"id": 4242, "login": USER}], "observations": observations}
     (folder / "scenario.json").write_text(json.dumps(scenario), encoding="utf-8")

@@ -33,6 +33,7 @@ from make_matching_set import BACKGROUNDS, DESIGN_SIDE, SUBJECTS, Scene, View, r
 from PIL import Image
 from support import SCRIPT
 from support.formats import write_dng, write_heic
+from support.scenario import observation_record
 from support.xmp import read_photo_id, write_exif
 
 import inat_photos as ip
@@ -87,13 +88,14 @@ def build(out: Path, photos: int, size: tuple[int, int]) -> dict:
             photo_id = 930_000 + index
             truth[str(key.relative_to(out))] = photo_id
             scenario["observations"].append(
-                {
-                    "id": 60_000 + index,
-                    "user": USER,
-                    "time_observed_at": taken.replace(second=0).isoformat() + "+02:00",
-                    "taxon": {"name": "Vulpes vulpes", "rank": "species"},
-                    "photos": [{"id": photo_id, "source": export.name}],
-                }
+                observation_record(
+                    60_000 + index,
+                    USER,
+                    taken.replace(second=0),
+                    [{"id": photo_id, "source": export.name}],
+                    {"name": "Vulpes vulpes", "rank": "species"},
+                    "+02:00",
+                )
             )
     return {"scenario": scenario, "truth": truth}
 

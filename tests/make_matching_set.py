@@ -118,6 +118,7 @@ from make_example_pictures import (
 )
 from random_editor import FAMILIES, HELD_OUT, apply_ops, export_quality, pipeline
 from random_editor import describe as describe_ops
+from support.scenario import observation_record
 
 USER = {"id": 7301, "login": "bench_naturalist", "name": "Bench Naturalist"}
 # Issue 17: edits made with other operations and parameters than the tool's compensation
@@ -1473,24 +1474,25 @@ class Planner:
             "iconic_taxon_name": iconic,
         }
         self.observations.append(
-            {
-                "id": self.next_obs,
-                "user": USER["login"],
-                "observed_on": when.date().isoformat(),
-                "time_observed_at": when.strftime("%Y-%m-%dT%H:%M:00") + tz,
-                "location": f"{lat:.6f},{lng:.6f}",
-                "obscured": False,
-                "positional_accuracy": self.rng.choice([5, 8, 10, 12, 20, 30]),
-                "place_guess": place[0],
-                "created_at": created.strftime("%Y-%m-%dT%H:%M:%S") + tz,
-                "updated_at": (created + dt.timedelta(hours=self.rng.randint(0, 48))).strftime(
+            observation_record(
+                self.next_obs,
+                USER["login"],
+                when.replace(second=0, microsecond=0),
+                entries,
+                taxon,
+                tz,
+                observed_on=when.date().isoformat(),
+                location=f"{lat:.6f},{lng:.6f}",
+                obscured=False,
+                positional_accuracy=self.rng.choice([5, 8, 10, 12, 20, 30]),
+                place_guess=place[0],
+                created_at=created.strftime("%Y-%m-%dT%H:%M:%S") + tz,
+                updated_at=(created + dt.timedelta(hours=self.rng.randint(0, 48))).strftime(
                     "%Y-%m-%dT%H:%M:%S"
                 )
                 + tz,
-                "quality_grade": self.rng.choice(["research", "needs_id"]),
-                "taxon": taxon,
-                "photos": entries,
-            }
+                quality_grade=self.rng.choice(["research", "needs_id"]),
+            )
         )
         self.next_obs += self.rng.randint(50, 4000)
         return ids

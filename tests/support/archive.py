@@ -23,6 +23,7 @@ import pyexiv2
 from make_example_pictures import camera_tags, fbm
 from PIL import Image, ImageDraw, ImageFilter
 
+from support.scenario import observation_record
 from support.xmp import expected_caption
 
 GENERATOR_VERSION = 4  # bump whenever the pictures or the plan change
@@ -450,16 +451,17 @@ def plan_archive(
                 }
         when = obs["time"]
         scenario_obs.append(
-            {
-                "id": obs_id,
-                "user": USER["login"],
-                "observed_on": when.date().isoformat(),
-                "time_observed_at": when.isoformat() + TIME_ZONE,
-                "location": f"{obs['location'][0]},{obs['location'][1]}",
-                "positional_accuracy": int(rng.integers(4, 30)),
-                "taxon": taxon,
-                "photos": specs,
-            }
+            observation_record(
+                obs_id,
+                USER["login"],
+                when,
+                specs,
+                taxon,
+                TIME_ZONE,
+                observed_on=when.date().isoformat(),
+                location=f"{obs['location'][0]},{obs['location'][1]}",
+                positional_accuracy=int(rng.integers(4, 30)),
+            )
         )
     files = [item["file"] for item in local]
     assert len(set(files)) == len(files), "two local photos with one name"
