@@ -4936,6 +4936,10 @@ def compare_pictures(
         smooth = smooth_correction(region, upright, max(misfit, SMOOTH_FROM))
     if smooth is not None:  # a lens or perspective correction: compared through it
         region, misfit = smooth.region, smooth.residual
+        if not registration.bent:  # the matches that fit the bend count, not a similarity's
+            matches = keypoint_matches(local_features, upload_features)
+            bent = register(local_features, upload_features, matches, bent=True)
+            inliers = max(inliers, len(bent.inliers) if bent is not None else 0)
     evidence: dict[str, Any] = {
         "inliers": inliers,
         "misfit": misfit,
