@@ -4939,7 +4939,11 @@ def compare_pictures(
         if not registration.bent:  # the matches that fit the bend count, not a similarity's
             matches = keypoint_matches(local_features, upload_features)
             bent = register(local_features, upload_features, matches, bent=True)
-            inliers = max(inliers, len(bent.inliers) if bent is not None else 0)
+            if (
+                bent is not None
+                and len(bent.inliers) / bent.matches > inliers / registration.matches
+            ):
+                registration, inliers = bent, len(bent.inliers)
     evidence: dict[str, Any] = {
         "inliers": inliers,
         "misfit": misfit,

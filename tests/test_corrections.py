@@ -245,3 +245,15 @@ def test_local_levels_decide_only_above_their_own_worst_part() -> None:
     assert ip.coarse_decided(moved) is None and not ip.evidence_convinces(moved)
     both = ip.Comparison(0.93, None, levelled=(0.99, 0.99), coarse=0.95, worst_part=0.9)
     assert ip.coarse_decided(both) == (0.95, False)  # the plain reading first
+
+
+def test_an_upright_correction_counts_the_matches_that_fit_its_bend() -> None:
+    """A similarity fitted to an upright-corrected upload leaves most matches out (28% here,
+    below the verdict's 70%); compared through the bend, they count."""
+    picture = synthetic_photo(1600, 1200, 5)
+    upload = perspective(picture, 0.0, 0.05, -0.7)
+    upload.thumbnail((1024, 1024))
+    found = ip.compare_pictures(
+        picture, ip.find_local_features(picture), upload, ip.find_upload_features(upload)
+    )
+    assert found.smooth > 1.0 and found.inliers >= ip.MIN_INLIER_SHARE * found.matches, found
