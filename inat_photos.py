@@ -4903,7 +4903,6 @@ def compare_pictures(
         if named:
             return compare_by_correlation(local, upload, score_pair, gate=False)
         return quick_comparison(local, upload, score_pair)
-    inliers = len(registration.inliers)
     local_size = local.size
     placement = place_upload(registration, upload.size, local.size)
     if sharper is not None and placement.scale < 1 and (finer := sharper()) is not None:
@@ -4936,16 +4935,9 @@ def compare_pictures(
         smooth = smooth_correction(region, upright, max(misfit, SMOOTH_FROM))
     if smooth is not None:  # a lens or perspective correction: compared through it
         region, misfit = smooth.region, smooth.residual
-        if not registration.bent:  # the matches that fit the bend count, not a similarity's
-            matches = keypoint_matches(local_features, upload_features)
-            bent = register(local_features, upload_features, matches, bent=True)
-            if (
-                bent is not None
-                and len(bent.inliers) / bent.matches > inliers / registration.matches
-            ):
-                registration, inliers = bent, len(bent.inliers)
+        registration = _fitting_the_bend(local_features, upload_features, registration)
     evidence: dict[str, Any] = {
-        "inliers": inliers,
+        "inliers": len(registration.inliers),
         "misfit": misfit,
         "matches": registration.matches,
     }
@@ -4965,6 +4957,23 @@ def compare_pictures(
         levelled=coarse_evidence(*pair, step=step, levelled=True),
         **evidence,
     )
+
+
+def _fitting_the_bend(
+    local_features: Features, upload_features: Features, registration: Registration
+) -> Registration:
+    """The registration whose own matches fit best, once a smooth correction was allowed
+    for: a bent one (its homography's matches) rather than a similarity that left part out."""
+    if registration.bent:
+        return registration
+    matches = keypoint_matches(local_features, upload_features)
+    bent = register(local_features, upload_features, matches, bent=True)
+    if (
+        bent is None
+        or len(bent.inliers) * registration.matches <= len(registration.inliers) * bent.matches
+    ):
+        return registration
+    return bent
 
 
 def _score_uncovered(
