@@ -4643,22 +4643,22 @@ PARTS = 4  # the worst part of a coarse comparison is one of PARTS x PARTS, less
 
 
 def coarse_evidence(
-    first: np.ndarray, second: np.ndarray, step: int = COARSE_STEP, levelled: bool = False
-) -> tuple[float, float] | None:
+    first: np.ndarray, second: np.ndarray, step: int = COARSE_STEP
+) -> tuple[tuple[float, float], tuple[float, float]] | None:
     """The score of two lined-up pictures shrunk step times, and of their worst part;
     None when too small. Sharpening, clarity, noise reduction and recompression change fine
     detail, which shrinking averages away, and every part alike; another frame of a burst
-    differs where its subject moved, at every size. levelled: with second's local levels
-    brought to first's (local_levels), which leaves structure alone."""
+    differs where its subject moved, at every size. Read twice from one shrinking: as it
+    is, and with second's local levels brought to first's (local_levels), which leaves
+    structure alone."""
     height, width = first.shape[:2]
     size = (width // step, height // step)
     if min(size) < PARTS * SSIM_TILE:
         return None
     cv2 = _cv2()
-    shrunk = [cv2.resize(p, size, interpolation=cv2.INTER_AREA) for p in (first, second)]
-    if levelled:
-        shrunk[1] = local_levels(shrunk[1], shrunk[0])
-    return _parts(ssim_tiles(*shrunk).mean(axis=2))
+    small, other = (cv2.resize(p, size, interpolation=cv2.INTER_AREA) for p in (first, second))
+    plain = _parts(ssim_tiles(small, other).mean(axis=2))
+    return plain, _parts(ssim_tiles(small, local_levels(other, small)).mean(axis=2))
 
 
 def local_levels(picture: np.ndarray, reference: np.ndarray) -> np.ndarray:
@@ -4946,7 +4946,7 @@ def compare_pictures(
     score, pair, toned_best, covered = _score_uncovered(region, upright, score_pair)
     if covered:
         evidence["covered"] = covered
-    coarse, worst = coarse_evidence(*pair, step=step) or (None, None)
+    (coarse, worst), levelled = coarse_evidence(*pair, step=step) or ((None, None), None)
     return Comparison(
         score,
         placement.alignment,
@@ -4954,7 +4954,7 @@ def compare_pictures(
         coarse=coarse,
         coarse_step=step,
         worst_part=worst,
-        levelled=coarse_evidence(*pair, step=step, levelled=True),
+        levelled=levelled,
         **evidence,
     )
 
