@@ -118,6 +118,7 @@ from make_example_pictures import (
 )
 from random_editor import FAMILIES, HELD_OUT, apply_ops, export_quality, pipeline
 from random_editor import describe as describe_ops
+from support.images import noise_tile
 from support.scenario import observation_record
 
 USER = {"id": 7301, "login": "bench_naturalist", "name": "Bench Naturalist"}
@@ -930,8 +931,7 @@ def _grain(size: tuple[int, int], rng: np.random.Generator) -> Image.Image:
     """Sensor noise around 128 (a periodic tile, shifted per picture: cheap at 12 MP)."""
     w, h = size
     if size not in _GRAIN:
-        tile = np.random.default_rng(99).normal(128, 2.2, (257, 263, 3))
-        tile = np.clip(tile + 0.5, 0, 255).astype(np.uint8)
+        tile = np.clip(noise_tile(99, (257, 263, 3), 128, 2.2) + 0.5, 0, 255).astype(np.uint8)
         _GRAIN[size] = np.tile(tile, (h // 257 + 2, w // 263 + 2, 1))
     ox, oy = int(rng.integers(263)), int(rng.integers(257))
     return Image.fromarray(np.ascontiguousarray(_GRAIN[size][oy : oy + h, ox : ox + w]), "RGB")

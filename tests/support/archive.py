@@ -23,6 +23,7 @@ import pyexiv2
 from make_example_pictures import camera_tags, fbm
 from PIL import Image, ImageDraw, ImageFilter
 
+from support.images import noise_tile
 from support.scenario import observation_record
 from support.xmp import expected_caption
 
@@ -81,17 +82,6 @@ CHANGED_TAXON = {
 # -- pictures -------------------------------------------------------------------------------
 def _color(rng: np.random.Generator, low: float = 0, high: float = 255) -> tuple[int, ...]:
     return tuple(int(v) for v in rng.uniform(low, high, 3))
-
-
-_GRAIN: np.ndarray | None = None
-
-
-def _grain() -> np.ndarray:
-    """A fixed tile of colour noise (sensor grain), made once per process."""
-    global _GRAIN
-    if _GRAIN is None:
-        _GRAIN = np.random.default_rng(20240404).normal(0, 1, (512, 512, 3)).astype(np.float32)
-    return _GRAIN
 
 
 def _subject(draw: ImageDraw.ImageDraw, rng: np.random.Generator, w: int, h: int) -> None:
@@ -191,7 +181,8 @@ def draw_scene(seed: list[int], width: int, height: int) -> Image.Image:
     blades = blades.resize((width, height), Image.Resampling.BILINEAR)
     picture = Image.alpha_composite(picture.convert("RGBA"), blades).convert("RGB")
     pixels = np.asarray(picture, np.float32)
-    tile = np.roll(_grain(), tuple(rng.integers(0, 512, 2)), (0, 1))
+    noise = noise_tile(20240404, (512, 512, 3)).astype(np.float32)
+    tile = np.roll(noise, tuple(rng.integers(0, 512, 2)), (0, 1))
     reps = (height // tile.shape[0] + 1, width // tile.shape[1] + 1, 1)
     chroma = np.tile(tile, reps)[:height, :width]
     luma = np.tile(np.roll(tile[..., :1], 97, 0), reps)[:height, :width]

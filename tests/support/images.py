@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 from collections.abc import Callable
@@ -23,6 +24,16 @@ def texture(seed: int, size: tuple[int, int] = (480, 360)) -> Image.Image:
         fine.resize(size, Image.Resampling.BICUBIC),
         0.4,
     )
+
+
+@functools.cache
+def noise_tile(
+    seed: int, shape: tuple[int, int, int], mean: float = 0, sd: float = 1
+) -> np.ndarray:
+    """A fixed tile of colour noise (sensor grain), drawn once per process; read-only."""
+    tile = np.random.default_rng(seed).normal(mean, sd, shape)
+    tile.flags.writeable = False  # shared by every caller
+    return tile
 
 
 def jpeg(picture: Image.Image, quality: int) -> Image.Image:
