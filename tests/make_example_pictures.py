@@ -19,13 +19,12 @@ import json
 import math
 import sys
 import tempfile
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 import pyexiv2
 from PIL import Image, ImageDraw, ImageFilter
-from support.geo import exif_dms
+from support.geo import exif_degrees, exif_dms
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = "example_pictures"
@@ -573,11 +572,6 @@ def hills_landscape() -> Image.Image:
 dms = exif_dms  # the EXIF rational triple, in hundredths of a second, as in support/geo
 
 
-def dms_decimal(text: str) -> float:
-    d, m, s = (Fraction(part) for part in text.split())
-    return float(d + m / 60 + s / 3600)
-
-
 def with_exif(picture: Image.Image, tags: dict[str, str], orientation: int = 1) -> bytes:
     buffer = io.BytesIO()
     picture.save(buffer, "JPEG", quality=JPEG_QUALITY, optimize=True)
@@ -627,12 +621,8 @@ def camera_tags(
 
 def photo_location(tags: dict[str, str]) -> str:
     """The observation location iNaturalist takes from a photo's GPS tags."""
-    lat = dms_decimal(tags["Exif.GPSInfo.GPSLatitude"])
-    lng = dms_decimal(tags["Exif.GPSInfo.GPSLongitude"])
-    if tags["Exif.GPSInfo.GPSLatitudeRef"] == "S":
-        lat = -lat
-    if tags["Exif.GPSInfo.GPSLongitudeRef"] == "W":
-        lng = -lng
+    lat = exif_degrees(tags["Exif.GPSInfo.GPSLatitude"], tags["Exif.GPSInfo.GPSLatitudeRef"])
+    lng = exif_degrees(tags["Exif.GPSInfo.GPSLongitude"], tags["Exif.GPSInfo.GPSLongitudeRef"])
     return f"{lat:.6f},{lng:.6f}"
 
 

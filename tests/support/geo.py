@@ -60,10 +60,11 @@ LOCATION_XMP = (
 )
 
 
-def _degrees(rationals: str, ref: str, negative: str) -> float:
+def exif_degrees(rationals: str, ref: str) -> float:
+    """An EXIF rational triple and its Ref tag ('S', 'W': negative) as signed degrees."""
     parts = [Fraction(part) for part in rationals.split()]
     value = float(sum(part / 60**i for i, part in enumerate(parts)))
-    return -value if ref.strip().upper() == negative else value
+    return -value if ref.strip().upper() in ("S", "W") else value
 
 
 def exiv2_position(path: Path) -> tuple[float, float] | None:
@@ -72,8 +73,8 @@ def exiv2_position(path: Path) -> tuple[float, float] | None:
     if "Exif.GPSInfo.GPSLatitude" not in exif:
         return None
     return (
-        _degrees(exif["Exif.GPSInfo.GPSLatitude"], exif["Exif.GPSInfo.GPSLatitudeRef"], "S"),
-        _degrees(exif["Exif.GPSInfo.GPSLongitude"], exif["Exif.GPSInfo.GPSLongitudeRef"], "W"),
+        exif_degrees(exif["Exif.GPSInfo.GPSLatitude"], exif["Exif.GPSInfo.GPSLatitudeRef"]),
+        exif_degrees(exif["Exif.GPSInfo.GPSLongitude"], exif["Exif.GPSInfo.GPSLongitudeRef"]),
     )
 
 
