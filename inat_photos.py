@@ -7239,9 +7239,10 @@ def comparison_row(
     command: str = "",
     by_name: bool = False,
     pictured: bool = True,
+    near_miss: bool = False,
 ) -> LogRow:
     """A log row for a compared pair, saying what the alignment found; with pictured False,
-    a line of text without thumbnails."""
+    a line of text without thumbnails. A near miss (a tie, a refusal) awaits the user's word."""
     alignment = comparison.alignment
     if by_name:
         note = "; ".join(filter(None, [BY_NAME, note]))
@@ -7262,7 +7263,7 @@ def comparison_row(
         photo.corrected_time.date(),
         command,
         by_name,
-        near_miss=bool(command),  # the callers give a command only for a near miss or a tie
+        near_miss=near_miss,
     )
 
 
@@ -7317,6 +7318,7 @@ def day_log_rows(
                     thumbnails,
                     "; ".join(filter(None, ["tie: another local photo fits as well", note])),
                     confirm_command(user, photo.path, tie.candidate.photo.id),
+                    near_miss=True,
                 )
             )
     for refusal in outcome.refusals:
@@ -7333,6 +7335,7 @@ def day_log_rows(
                     reason,
                     command,
                     pictured=worth_a_look(refusal, threshold),
+                    near_miss=True,
                 )
             )
         else:
