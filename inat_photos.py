@@ -4812,6 +4812,11 @@ FRAME_STEP = 0.5  # ... and this share of the photo's edge beside it differs fro
 FRAME_TURN = 0.01  # radians: a frame is added square to the picture
 
 
+def _plain(pixels: np.ndarray, colour: np.ndarray) -> bool:
+    """Whether FRAME_PLAIN of these pixels lie within FRAME_LEVELS of colour."""
+    return bool((np.abs(pixels - colour).max(axis=-1) <= FRAME_LEVELS).mean() >= FRAME_PLAIN)
+
+
 def frame_past_edges(
     upload: Image.Image, registration: Registration, local_size: tuple[int, int]
 ) -> tuple[int, int, int, int] | None:
@@ -4835,21 +4840,33 @@ def frame_past_edges(
         return None
     rgb = np.asarray(upload).astype(np.int16)
     trim = 2  # pixels: resampling blurs the line between frame and picture
-    beyond = {  # the frame beyond each edge, and the picture's line beside it
-        "top": (rgb[: top - trim], rgb[top + trim]),
-        "bottom": (rgb[bottom + trim :], rgb[bottom - trim - 1]),
-        "left": (rgb[:, : left - trim], rgb[:, left + trim]),
-        "right": (rgb[:, right + trim :], rgb[:, right - trim - 1]),
-    }
     depth = {"top": top, "bottom": height - bottom, "left": left, "right": width - right}
+    beyond = {  # the frame beyond each edge, the picture's line beside it, and as deep inside
+        "top": (rgb[: top - trim], rgb[top + trim], rgb[top + trim : 2 * top]),
+        "bottom": (
+            rgb[bottom + trim :],
+            rgb[bottom - trim - 1],
+            rgb[2 * bottom - height : bottom - trim],
+        ),
+        "left": (rgb[:, : left - trim], rgb[:, left + trim], rgb[:, left + trim : 2 * left]),
+        "right": (
+            rgb[:, right + trim :],
+            rgb[:, right - trim - 1],
+            rgb[:, 2 * right - width : right - trim],
+        ),
+    }
     framed = [beyond[edge] for edge, pixels in depth.items() if pixels > 2 * trim]
     if not framed:
         return None
-    for frame, line in framed:
+    for frame, line, inside in framed:
         colour = np.median(frame.reshape(-1, 3), axis=0)
-        if (np.abs(frame - colour).max(axis=-1) <= FRAME_LEVELS).mean() < FRAME_PLAIN:
+        if not _plain(frame, colour):
             return None
-        if (np.abs(line - colour).max(axis=-1) > FRAME_LEVELS).mean() < FRAME_STEP:
+        # The scene continues across the line where the photo's edge has the strip's colour
+        # and is as plain as the strip (a sky); a plain strip beside varied picture does not.
+        if (np.abs(line - colour).max(axis=-1) > FRAME_LEVELS).mean() < FRAME_STEP and _plain(
+            inside, np.median(inside.reshape(-1, 3), axis=0)
+        ):
             return None
     return (
         left + trim if left else 0,

@@ -257,3 +257,26 @@ def test_an_upright_correction_counts_the_matches_that_fit_its_bend() -> None:
         picture, ip.find_local_features(picture), upload, ip.find_upload_features(upload)
     )
     assert found.smooth > 1.0 and found.inliers >= ip.MIN_INLIER_SHARE * found.matches, found
+
+
+def test_a_frame_of_a_colour_the_edge_shares_is_cut_and_a_sky_that_goes_on_is_not() -> None:
+    """A green frame over a photo whose top edge is mostly moss of that green: the edge is
+    varied beside the plain strip, so the strip is a frame. Above a plain sky the strip of
+    sky is more of the scene."""
+    rng = np.random.default_rng(3)
+    green = np.array([100, 126, 78])
+    scene = np.asarray(synthetic_photo(640, 520, 8)).copy()
+    moss = rng.random((5, 80)) < 0.7  # 8-pixel cells: moss, or dark bark between
+    cells = np.kron(moss, np.ones((8, 8), bool))[..., None]
+    texture = rng.integers(-10, 10, (40, 640, 1))
+    scene[40:80] = np.where(cells, green + texture, np.array([30, 20, 10]) + texture)
+    framed = scene.copy()
+    framed[:40] = green + rng.integers(-4, 4, (40, 640, 1))
+    local = scene[40:]
+    box = ip.frame_past_edges(Image.fromarray(framed), _registered(framed, local), (640, 480))
+    assert box is not None and 40 <= box[1] <= 44 and box[3] == 520, box
+
+    sky = scene.copy()
+    sky[:80] = np.array([150, 190, 235]) + rng.integers(-6, 6, (80, 640, 1))
+    registration = _registered(sky, sky[40:])
+    assert ip.frame_past_edges(Image.fromarray(sky), registration, (640, 480)) is None
