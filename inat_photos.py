@@ -4822,7 +4822,8 @@ def frame_past_edges(
 ) -> tuple[int, int, int, int] | None:
     """The box of upload (left, top, right, bottom) that shows the local picture, when all
     the upload shows past the picture's edges is a frame added on one to four sides (plain
-    or textured, of a colour the picture's edge does not continue); None otherwise.
+    or textured, of a colour the picture's edge does not continue, or beside picture that is
+    not plain); None otherwise.
 
     Another shot framed a little differently reaches past the edges with more of the scene,
     which continues the picture across the line; a frame stops at it.
