@@ -160,6 +160,7 @@ LOOK_ALIKES = ("second", "handheld", "hdr")  # fburst too, but not in the small 
 JPEG_QUALITY = 90
 FAMILY_COUNT = 8  # uploads per family of the random editor (issue 25)
 FAMILY_BURSTS = 6  # hand-held bursts whose uploaded frame went through it
+LATER_FAMILIES = ("annotate",)  # added after sets were drawn: planned after the bursts
 DESIGN_SIDE = 1100  # scenes are drawn at this size (longest side), then scaled to the file
 LENS_BLUR = 1.0  # design pixels: the lens is not perfectly sharp
 MARGIN = 0.08  # the drawn canvas is this much larger than the frame on every side
@@ -2378,8 +2379,9 @@ def plan_families(p: Planner) -> None:
     uploaded frame went through the random editor."""
     rng = p.rng
     counts = dict.fromkeys(FAMILIES, FAMILY_COUNT)
+    early = tuple(f for f in FAMILIES if f not in LATER_FAMILIES)
     edited_days(
-        p, FAMILIES, counts, dt.date(2025, 1, 10), lambda family, scene: random_edit(rng, family)
+        p, early, counts, dt.date(2025, 1, 10), lambda family, scene: random_edit(rng, family)
     )
     place = PLACES[2]
     days = p.days(dt.date(2025, 9, 1), 1 if p.small else 2)
@@ -2394,6 +2396,14 @@ def plan_families(p: Planner) -> None:
         family = ("lens", "perspective", "lens", "overlay", "localtone")[b % 5]
         edit = random_edit(rng, family)
         uploaded_burst(p, "fburst", scene, start, place, views, chosen, edit, b + 1)
+    # Families added later are drawn last: the sets drawn before keep every picture.
+    edited_days(
+        p,
+        LATER_FAMILIES,
+        counts,
+        dt.date(2025, 10, 10),
+        lambda family, scene: random_edit(rng, family),
+    )
 
 
 # =============================================================================================

@@ -25,6 +25,8 @@ Families (``FAMILIES``):
                 filled in from its surroundings)
 ``stylize``     a faded film look (lifted blacks, less colour), an artistic vignette, a
                 tilt-shift blur outside a band
+``annotate``    what a user draws to point at the organism: a circle or ellipse around it,
+                an arrow towards it, in a bright colour
 """
 
 from __future__ import annotations
@@ -49,12 +51,14 @@ FAMILIES = (
     "anycrop",
     "retouch",
     "stylize",
+    "annotate",
 )
 # Held out while the tool was tuned: the tuned families' uploads never draw their operations.
 # warp and grade were chosen before the first run of the baseline (stop 29) and looked at
 # after that tuning; retouch and stylize were added in stop 31, before any run on them, and
-# first looked at after the tuning of stop 31.
-HELD_OUT = ("warp", "grade", "retouch", "stylize")
+# first looked at after the tuning of stop 31; annotate was added in stop 32, before any run
+# on it.
+HELD_OUT = ("warp", "grade", "retouch", "stylize", "annotate")
 Array = np.ndarray
 Op = list  # [name, params]
 
@@ -71,6 +75,7 @@ _OPS = {
     "anycrop": ("crop",),
     "retouch": ("heal", "remove"),
     "stylize": ("fade", "vignette", "tiltshift"),
+    "annotate": ("circle", "arrow"),
 }
 _ORDER = (
     "lens",
@@ -100,6 +105,8 @@ _ORDER = (
     "sides",
     "caption",
     "screenshot",
+    "circle",
+    "arrow",
 )
 
 
@@ -117,6 +124,9 @@ _UNIFORM = {
     "vignette": {"stops": (0.3, 1.2), "start": (0.2, 0.6)},
     "tiltshift": {"at": (0.35, 0.65), "band": (0.15, 0.35), "sigma": (2.0, 8.0)},
 }
+
+
+_INKS = ([230, 30, 30], [255, 220, 0], [255, 255, 255], [20, 200, 255])  # what users draw in
 
 
 def draw_op(rng: random.Random, name: str) -> Op:
@@ -278,6 +288,14 @@ def draw_op(rng: random.Random, name: str) -> Op:
                 "seed": rng.randrange(2**31),
             },
         ]
+    if name in ("circle", "arrow"):
+        x, y = rng.uniform(0.2, 0.8), rng.uniform(0.2, 0.8)
+        drawn = {"x": _r(x), "y": _r(y), "width": _r(rng.uniform(0.004, 0.012))}
+        if name == "circle":
+            drawn |= {"radius": _r(rng.uniform(0.05, 0.2)), "aspect": _r(rng.uniform(0.7, 1.3))}
+        else:  # from anywhere in the picture to just short of the point
+            drawn |= {"tail_x": _r(rng.uniform(0.05, 0.95)), "tail_y": _r(rng.uniform(0.05, 0.95))}
+        return [name, {**drawn, "colour": rng.choice(_INKS)}]
     raise ValueError(name)
 
 
@@ -479,6 +497,8 @@ def apply_op(picture: Image.Image, name: str, p: dict) -> Image.Image:
         return overlay(picture, name, p)
     if name in ("heal", "remove"):
         return retouch(picture, name, p)
+    if name in ("circle", "arrow"):
+        return annotate(picture, name, p)
     x = _f(picture)
     side = max(x.shape[:2])
     if name == "balance":
@@ -680,6 +700,25 @@ def overlay(picture: Image.Image, name: str, p: dict) -> Image.Image:
 
 
 WORK_SIDE = 2048  # the editor works at iNaturalist's largest size (it keeps no more)
+
+
+def annotate(picture: Image.Image, name: str, p: dict) -> Image.Image:
+    """A circle (an ellipse) around a point, or an arrow towards it, drawn antialiased."""
+    x = np.array(picture)  # a writable copy: OpenCV draws in place
+    w, h = picture.size
+    side = max(w, h)
+    width = max(1, round(p["width"] * side))
+    colour = tuple(int(v) for v in p["colour"])
+    centre = (round(p["x"] * w), round(p["y"] * h))
+    if name == "circle":
+        axes = (round(p["radius"] * side), round(p["radius"] * p["aspect"] * side))
+        cv2.ellipse(x, centre, axes, 0, 0, 360, colour, width, cv2.LINE_AA)
+    else:
+        tail = np.array([p["tail_x"] * w, p["tail_y"] * h])
+        head = tail + (np.array(centre) - tail) * 0.85  # pointing at it, not covering it
+        start, end = tuple(round(v) for v in tail), tuple(round(v) for v in head)
+        cv2.arrowedLine(x, start, end, colour, width, cv2.LINE_AA, tipLength=0.15)
+    return Image.fromarray(x, "RGB")
 
 
 def apply_ops(picture: Image.Image, ops: list[Op]) -> Image.Image:
