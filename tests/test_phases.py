@@ -533,3 +533,39 @@ def test_an_upload_that_lined_up_with_no_photo_is_kept_as_weighed() -> None:
     scorer.compare = compare  # type: ignore[method-assign]
     found = scorer(photos, uploads)
     assert {(0, 1), (1, 1)} <= set(found)
+
+
+class NoThumbnails:
+    """LogThumbnails without pictures."""
+
+    def local(self, photo, outline=None):
+        return None
+
+    def upload(self, photo):
+        return None
+
+
+def test_the_log_marks_ties_and_refusals_as_near_misses_and_nothing_else() -> None:
+    """A near miss awaits the user's word: the known section counts it as still open."""
+    when = dt.datetime(2021, 2, 1, 10)
+    taken, one, other, low, alone = (photo(f"{n}.jpg", when) for n in "abcde")
+    upload, tied = candidate(1, when), candidate(2, when)
+    good, fair = ip.Comparison(0.97, None), ip.Comparison(0.9, None)
+    outcome = ip.DayOutcome(
+        DAY,
+        associations=(ip.Association(taken, upload, good),),
+        ties=(ip.Tie(tied, (one, other), (fair, fair), 0.9),),
+        refusals=(
+            ip.Refusal(low, upload, fair, ip.Reason.BELOW_THRESHOLD),
+            ip.Refusal(alone, None, None, ip.Reason.NO_CANDIDATE),
+        ),
+    )
+    rows = ip.day_log_rows(outcome, NoThumbnails(), "user")  # type: ignore[arg-type]
+    flags = {(row.section, row.local.path.name): row.near_miss for row in rows if row.local}
+    assert flags == {
+        ("new", "a.jpg"): False,
+        ("tie", "b.jpg"): True,
+        ("tie", "c.jpg"): True,
+        ("refused", "d.jpg"): True,
+        ("refused", "e.jpg"): False,
+    }
