@@ -4407,9 +4407,6 @@ def _fit_motion(points: np.ndarray, moved: np.ndarray, axis_parallel: bool) -> n
     return np.array([[a, -b, tx], [b, a, ty]])
 
 
-# -- Smooth corrections: a lens profile or an upright (perspective) correction bends the
-# whole picture smoothly; another shot moves near and far things apart, and its subject.
-
 # ---------------------------------------------------------------------------
 # 9c. Similarity: corrections, tones and overlays
 #    What an editor changes in a picture that lined up: a lens or upright correction is
@@ -4423,6 +4420,9 @@ def _fit_motion(points: np.ndarray, moved: np.ndarray, axis_parallel: bool) -> n
 #    (mark_tiles) and frames past the photo's edges (frame_past_edges) are found here.
 # ---------------------------------------------------------------------------
 
+
+# -- Smooth corrections: a lens profile or an upright (perspective) correction bends the
+# whole picture smoothly; another shot moves near and far things apart, and its subject.
 
 SMOOTH_FROM = 0.15  # pixels of rigid misfit from which a smooth correction is looked for
 SMOOTH_GRID = 7  # ... measured by SMOOTH_GRID x SMOOTH_GRID patches
@@ -4546,6 +4546,8 @@ def smooth_correction(region: np.ndarray, upload: np.ndarray, misfit: float) -> 
         return None
     return SmoothFit(current, residual, reach)
 
+
+# -- Tones: what an editor changes without moving a pixel, globally or locally.
 
 TONE_MIN = 1.5  # mean change in levels below which an upload's tones count as unedited
 TONE_SURE = 6.0  # ... above which the tones certainly were edited (no score without matching)
@@ -4701,6 +4703,9 @@ def _parts(tiles: np.ndarray) -> tuple[float, float]:
     return float(tiles.mean()), worst
 
 
+# -- Overlays: what an upload shows that the photo has no counterpart for, left out of the
+# scores (bands and frames along an edge, marks inside, frames past the photo's edges).
+
 OVERLAY_LINE = 0.5  # a line of SSIM tiles scoring below this along an edge: covered
 OVERLAY_SHARE = 0.8  # ... when this share of its tiles score below OVERLAY_TILE
 OVERLAY_TILE = 0.6
@@ -4812,9 +4817,12 @@ FRAME_STEP = 0.5  # ... and this share of the photo's edge beside it differs fro
 FRAME_TURN = 0.01  # radians: a frame is added square to the picture
 
 
-def _plain(pixels: np.ndarray, colour: np.ndarray) -> bool:
-    """Whether FRAME_PLAIN of these pixels lie within FRAME_LEVELS of colour."""
-    return bool((np.abs(pixels - colour).max(axis=-1) <= FRAME_LEVELS).mean() >= FRAME_PLAIN)
+def _near(pixels: np.ndarray, colour: np.ndarray | None = None) -> float:
+    """The share of these pixels (int16, ... x 3) within FRAME_LEVELS of colour (by default
+    their median colour)."""
+    if colour is None:
+        colour = np.median(pixels.reshape(-1, 3), axis=0)
+    return float((np.abs(pixels - colour).max(axis=-1) <= FRAME_LEVELS).mean())
 
 
 def frame_past_edges(
@@ -4861,13 +4869,11 @@ def frame_past_edges(
         return None
     for frame, line, inside in framed:
         colour = np.median(frame.reshape(-1, 3), axis=0)
-        if not _plain(frame, colour):
+        if _near(frame, colour) < FRAME_PLAIN:
             return None
-        # The scene continues across the line where the photo's edge has the strip's colour
-        # and is as plain as the strip (a sky); a plain strip beside varied picture does not.
-        if (np.abs(line - colour).max(axis=-1) > FRAME_LEVELS).mean() < FRAME_STEP and _plain(
-            inside, np.median(inside.reshape(-1, 3), axis=0)
-        ):
+        # The scene continues across the line where the photo's edge keeps the strip's colour
+        # and the photo is plain there too (a sky); beside varied picture a plain strip stops.
+        if _near(line, colour) > 1 - FRAME_STEP and _near(inside) >= FRAME_PLAIN:
             return None
     return (
         left + trim if left else 0,
@@ -5313,9 +5319,9 @@ class PictureSource:
 
     def fetch(self, candidates: Sequence[Candidate], size: str | None = None) -> None:
         """Download the uploads of these candidates in parallel, ahead of comparing them."""
-        photos = [c.photo for c in candidates]
+        photos, size = [c.photo for c in candidates], size or self.sizes[0]
         with ThreadPoolExecutor(max_workers=DOWNLOAD_WORKERS) as pool:
-            done = pool.map(lambda photo: self.photos.fetch(photo, size or self.sizes[0]), photos)
+            done = pool.map(lambda photo: self.photos.fetch(photo, size), photos)
             for _ in progress(done, "Downloading", len(photos)):
                 pass
 
