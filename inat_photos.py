@@ -1171,7 +1171,9 @@ class Comparison:
     worst_part: float | None = None  # ... of the worst of its 4 x 4 parts (coarse_evidence)
     smooth: float = 0.0  # pixels: the most a smooth correction (lens, perspective) moved a part
     covered: float = 0.0  # fraction of the upload an overlay covers, left out of the scores
-    levelled: tuple[float, float] | None = None  # coarse score and worst part, local tones aside
+    levelled: tuple[float, float] | None = (
+        None  # ... local tones aside, where the plain reading does not decide
+    )
 
     @property
     def same_shot(self) -> bool:
@@ -4369,12 +4371,13 @@ def _patch_shifts(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Centres of a grid x grid grid of patches (about patch pixels) of upload and how far
     each lies shifted in region (upload pixels, N x 2 each), for the patches phase
-    correlation is sure of and that moved less than reach of a patch."""
+    correlation is sure of and that moved less than reach of a patch. Either picture may be
+    given in grey already."""
     cv2 = _cv2()
     height, width = upload.shape[:2]
     side = min(patch, min(height, width) // 3) // 2 * 2
     window = cv2.createHanningWindow((side, side), cv2.CV_32F)
-    gray = [cv2.cvtColor(p, cv2.COLOR_RGB2GRAY).astype(np.float32) for p in (upload, region)]
+    gray = [_grey(p).astype(np.float32) for p in (upload, region)]
     centres, shifts = [], []
     for fy in np.linspace(0.5 / grid, 1 - 0.5 / grid, grid):
         for fx in np.linspace(0.5 / grid, 1 - 0.5 / grid, grid):
@@ -4386,6 +4389,11 @@ def _patch_shifts(
                 centres.append((x0 + side / 2, y0 + side / 2))
                 shifts.append((dx, dy))
     return np.array(centres, np.float64).reshape(-1, 2), np.array(shifts).reshape(-1, 2)
+
+
+def _grey(picture: np.ndarray) -> np.ndarray:
+    """An HxWx3 picture in grey; a grey one as it is."""
+    return picture if picture.ndim == 2 else _cv2().cvtColor(picture, _cv2().COLOR_RGB2GRAY)
 
 
 def _fit_motion(points: np.ndarray, moved: np.ndarray, axis_parallel: bool) -> np.ndarray:
@@ -4496,6 +4504,7 @@ def smooth_correction(region: np.ndarray, upload: np.ndarray, misfit: float) -> 
         return None
     cv2 = _cv2()
     size = (width, height)
+    upload = _grey(upload)  # measured in grey, as _patch_shifts would each time
     points, shifts = _patch_shifts(region, upload, SMOOTH_GRID, SMOOTH_PATCH, 1 / 3)
     if len(points) < 16:
         return None
@@ -4553,6 +4562,7 @@ TONE_MIN = 1.5  # mean change in levels below which an upload's tones count as u
 TONE_SURE = 6.0  # ... above which the tones certainly were edited (no score without matching)
 CLIPPED_MIN = 0.02  # fraction of clipped values above which an edit counts as clipping
 _TONE_SAMPLE = 4  # tones are fitted on every fourth pixel in each direction
+TONE_JUDGED_FROM = 128  # pixels: pairs this big choose their tone matching at half size
 
 
 def _tone_curve(source: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -4653,22 +4663,22 @@ PARTS = 4  # the worst part of a coarse comparison is one of PARTS x PARTS, less
 
 
 def coarse_evidence(
-    first: np.ndarray, second: np.ndarray, step: int = COARSE_STEP
-) -> tuple[tuple[float, float], tuple[float, float]] | None:
+    first: np.ndarray, second: np.ndarray, step: int = COARSE_STEP, levelled: bool = False
+) -> tuple[float, float] | None:
     """The score of two lined-up pictures shrunk step times, and of their worst part;
     None when too small. Sharpening, clarity, noise reduction and recompression change fine
     detail, which shrinking averages away, and every part alike; another frame of a burst
-    differs where its subject moved, at every size. Read twice from one shrinking: as it
-    is, and with second's local levels brought to first's (local_levels), which leaves
-    structure alone."""
+    differs where its subject moved, at every size. levelled: read with second's local
+    levels brought to first's (local_levels), which leaves structure alone."""
     height, width = first.shape[:2]
     size = (width // step, height // step)
     if min(size) < PARTS * SSIM_TILE:
         return None
     cv2 = _cv2()
     small, other = (cv2.resize(p, size, interpolation=cv2.INTER_AREA) for p in (first, second))
-    plain = _parts(ssim_tiles(small, other).mean(axis=2))
-    return plain, _parts(ssim_tiles(small, local_levels(other, small)).mean(axis=2))
+    if levelled:
+        other = local_levels(other, small)
+    return _parts(ssim_tiles(small, other).mean(axis=2))
 
 
 def local_levels(picture: np.ndarray, reference: np.ndarray) -> np.ndarray:
@@ -4978,7 +4988,11 @@ def compare_pictures(
     score, pair, toned_best, covered = _score_uncovered(region, upright, score_pair)
     if covered:
         evidence["covered"] = covered
-    (coarse, worst), levelled = coarse_evidence(*pair, step=step) or ((None, None), None)
+    coarse, worst = coarse_evidence(*pair, step=step) or (None, None)
+    levelled = None
+    if coarse is not None and not (coarse >= COARSE_SURE and worst >= PART_SURE):
+        # read with local tones set aside only where the plain reading does not decide
+        levelled = coarse_evidence(*pair, step=step, levelled=True)
     return Comparison(
         score,
         placement.alignment,
@@ -5064,8 +5078,23 @@ def _best_tones(
         # Local tone tools (graduated and radial filters, dehaze, shadows) change brightness
         # smoothly across the picture: the toned upload brought to the region's local levels.
         tried.append((region, local_gain(toned, region)))
-    score, best = max((score_pair(*pair), k) for k, pair in enumerate(tried))
+    best = _likely_best(tried, score_pair)
+    score = score_pair(*tried[best])
     return score, tried[best], change >= TONE_MIN and (change >= TONE_SURE or best > 0)
+
+
+def _likely_best(tried: list[tuple[np.ndarray, np.ndarray]], score_pair: ScoreFunction) -> int:
+    """Which of several tone matchings of one pair scores best, judged at half size (a
+    quarter of the work): they differ in tones, which shrinking leaves as they are."""
+    if len(tried) == 1 or min(tried[0][0].shape[:2]) < TONE_JUDGED_FROM:
+        return max(range(len(tried)), key=lambda k: (score_pair(*tried[k]), k))
+    cv2 = _cv2()
+
+    def halved(picture: np.ndarray) -> np.ndarray:
+        size = (picture.shape[1] // 2, picture.shape[0] // 2)
+        return cv2.resize(picture, size, interpolation=cv2.INTER_AREA)
+
+    return max(range(len(tried)), key=lambda k: (score_pair(*map(halved, tried[k])), k))
 
 
 def quick_comparison(
@@ -5486,6 +5515,7 @@ class PairScorer:
         self._started: set[Path] = set()  # local photos the background has begun on
         self._finished: set[Path] = set()  # local photos whose cluster matching is done with
         self._background: tuple[list[threading.Thread], threading.Event] | None = None
+        self._expected: list[tuple[Path, int]] = []  # the pairs the background was given
 
     def compare(
         self, photo: LocalPhoto, candidate: Candidate, size: str | None = None
@@ -5625,8 +5655,13 @@ class PairScorer:
     def expect(self, pairs: Sequence[tuple[LocalPhoto, Candidate]]) -> None:
         """Compare these pairs in the background, at most PREFETCH_AHEAD local photos ahead
         of the matching, in turns across photos: clusters are small, so their own pairs
-        rarely keep every core busy, and downloading and decoding wait for no one."""
+        rarely keep every core busy, and downloading and decoding wait for no one. Pairs
+        already coming (the day was expected while the one before was written) go on."""
+        wanted = [(photo.path, candidate.photo.id) for photo, candidate in pairs]
+        if self._background is not None and wanted == self._expected:
+            return
         self.stop()
+        self._expected = wanted
         if len(pairs) < 2:
             return
         stop = threading.Event()
@@ -8190,7 +8225,7 @@ def process_days(
     # the days' order: nothing waits on the network while a day is compared.
     ahead = {c.photo.id: c.photo for d in days for _, c in d.plan}
     state.pictures.download_ahead(list(ahead.values()), state.pictures.sizes[0])
-    for d in days:
+    for number, d in enumerate(days):
         state.tally.uploads_seen.update(c.photo.id for c in d.candidates)
         if d.candidates:
             console.say(
@@ -8204,13 +8239,15 @@ def process_days(
                 " pictures left after excluding known associations."
             )
         if d.candidates:
-            match_and_apply_day(state, d)
+            following = next((later for later in days[number + 1 :] if later.candidates), None)
+            match_and_apply_day(state, d, following)
 
 
-def match_and_apply_day(state: RunState, d: OpenDay) -> None:
+def match_and_apply_day(state: RunState, d: OpenDay, following: OpenDay | None = None) -> None:
     """Match one day's open photos and candidates and write what was found; a day whose
     uploads the download budget left out waits for a later run (nothing is decided on a
-    guess)."""
+    guess). The following day's pairs are compared in the background while this day's files
+    are written: they are other files, and writing keeps no core busy."""
     options = state.options
     candidates = d.open_candidates if options.recompute else recall_parts(state, d.open_candidates)
     left = {c.photo.id for c in candidates}  # recall_parts may have dropped some
@@ -8226,12 +8263,14 @@ def match_and_apply_day(state: RunState, d: OpenDay) -> None:
             known_today=not options.recompute and any(p.tags for p in d.photos),
         )
         missing = compare.left_out(candidates)
-        if missing:
-            state.tally.deferred[d.day] = missing
-            return
-        if options.recompute:
-            outcome = keep_file_associations(state, outcome, d.open_photos, candidates)
-        apply_day(state, outcome, candidates)
+    if missing:
+        state.tally.deferred[d.day] = missing
+        return
+    if options.recompute:
+        outcome = keep_file_associations(state, outcome, d.open_photos, candidates)
+    if following is not None:
+        state.scorer.expect(following.plan)
+    apply_day(state, outcome, candidates)
 
 
 def load_observations(
