@@ -4721,6 +4721,7 @@ OVERLAY_SHARE = 0.8  # ... when this share of its tiles score below OVERLAY_TILE
 OVERLAY_TILE = 0.6
 OVERLAY_MIN = 0.03  # covered fractions below this are the resampled edges, not an overlay
 OVERLAY_MAX = 0.3  # more than this covered: not left out (too little of the picture is left)
+OVERLAY_SHADE = 20.0  # grey levels a tile of a translucent band stays apart after tone matching
 
 
 OVERLAY_TILE_SIDE = 2 * SSIM_TILE  # pixels: the tiles structure_tiles compares
@@ -4756,6 +4757,25 @@ def structure_tiles(first: np.ndarray, second: np.ndarray) -> np.ndarray:
     cov = tile_mean(grey[0] * grey[1]) - mean_a * mean_b
     c = (0.01 * 255) ** 2  # flat against flat counts as alike
     return (2 * cov + c) / (var_a + var_b + c)
+
+
+def unlike_tiles(region: np.ndarray, upright: np.ndarray) -> np.ndarray:
+    """structure_tiles, with 0 where the upload's tiles, its tones matched to region's as a
+    whole, stay more than OVERLAY_SHADE levels brighter or darker: a translucent band keeps
+    the structure of what it covers (flat sky, or detail at a fraction of its contrast), not
+    its shade."""
+    tiles = structure_tiles(region, upright)
+    side = OVERLAY_TILE_SIDE
+    rows, cols = tiles.shape
+    if rows * side > region.shape[0] or cols * side > region.shape[1]:
+        return tiles  # smaller than a tile: structure_tiles' placeholder
+
+    def shade(picture: np.ndarray) -> np.ndarray:
+        grey = _grey(picture[: rows * side, : cols * side]).astype(np.float32)
+        return grey.reshape(rows, side, cols, side).mean(axis=(1, 3))
+
+    apart = np.abs(shade(match_tones(upright, region)) - shade(region)) > OVERLAY_SHADE
+    return np.where(apart, 0.0, tiles)
 
 
 def overlay_box(tiles: np.ndarray) -> tuple[int, int, int, int] | None:
@@ -5030,7 +5050,7 @@ def _score_uncovered(
     and the parts, where that scores higher."""
     score, pair, toned_best = _best_tones(region, upright, score_pair)
     covered = 0.0
-    if score < SSIM_THRESHOLD and (cut := overlay_box(structure_tiles(region, upright))):
+    if score < SSIM_THRESHOLD and (cut := overlay_box(unlike_tiles(region, upright))):
         top, bottom, left, right = (k * OVERLAY_TILE_SIDE for k in cut)
         kept = region[top:bottom, left:right], upright[top:bottom, left:right]
         uncovered = _best_tones(*kept, score_pair)

@@ -18,7 +18,7 @@ import pytest
 from fake_inat import FakeINaturalist
 from make_matching_set import PLACES, USER, Planner, View, write_set
 from PIL import Image
-from random_editor import lens, perspective
+from random_editor import apply_op, lens, perspective
 from support.cli import CliResult, run_cli
 from support.images import synthetic_photo
 from support.xmp import read_photo_id
@@ -187,6 +187,19 @@ def test_an_overlay_along_an_edge_is_cut_and_a_moved_subject_is_not() -> None:
     moved[15:25, 20:35] = 0.2  # a subject that moved: a region, not a line
     assert ip.overlay_box(moved) is None
     assert ip.overlay_box(np.full((40, 60), 0.1)) is None  # nothing in common: not cut
+
+
+def test_a_translucent_band_over_a_graduated_upload_is_left_out() -> None:
+    """A caption band at 70% opacity keeps the structure under it (flat sky stays flat, detail
+    keeps its lines at a third of the contrast): its shade, after the tones are matched, gives
+    it away. Without the band the same upload has nothing left out."""
+    picture = _scene(6)
+    graded = apply_op(Image.fromarray(picture), "graduated",
+                      {"angle": 126, "stops": 0.9, "at": 0.4, "soft": 0.1})  # fmt: skip
+    band = {"edge": "top", "height": 0.14, "opacity": 0.7, "colour": [40, 80, 90]}
+    banded = np.asarray(apply_op(graded, "band", band))
+    assert ip._score_uncovered(picture, banded, ip.ssim_score)[3] > 0.1
+    assert ip._score_uncovered(picture, np.asarray(graded), ip.ssim_score)[3] == 0.0
 
 
 def test_a_screenshots_bars_with_buttons_count_as_bands() -> None:
