@@ -3966,6 +3966,8 @@ CORNER_CONTRAST = 12  # levels a corner stands out by (ORB's FAST threshold)
 FAINT_CORNERS = 5  # ... in an upload where few stand out that far
 EDGE_SLACK = 0.004  # an upload may reach this far past the local picture (estimation error)
 BENT_ERROR = 0.012  # inlier distance of the homography a bent upload is registered by
+GUIDE_RADIUS = 0.06  # of the local picture's longer side: how far from where a partial
+# registration puts an upload keypoint its guided match is looked for
 BENT_SLACK = 0.015  # ... and how far a similarity fitted to a bent upload may reach past
 _ORB_SCALE = 1.2  # size ratio of neighbouring levels of ORB's pyramid
 
@@ -3992,6 +3994,8 @@ class Registration:
     overshoot: float  # how far the upload reaches past the local picture's edges, a fraction
     bent: bool = False  # fitted to the matches of one homography (register's bent)
     homography: np.ndarray | None = None  # ... that homography, upload pixel -> local pixel
+    # guided (guided_matches): the ratio-test matches its geometry fits, and how many there are
+    evidence: tuple[int, int] | None = None
 
     @property
     def lined_up(self) -> bool:
@@ -4075,7 +4079,65 @@ def register_any(local: Features, upload: Features) -> Registration | None:
     bent = register(local, upload, matches, bent=True)
     if bent is not None and bent.lined_up:
         return bent
-    return first
+    return _guided_registration(local, upload, matches, (first, bent)) or first
+
+
+def _guided_registration(
+    local: Features,
+    upload: Features,
+    matches: tuple[np.ndarray, np.ndarray, int] | None,
+    tried: tuple[Registration | None, ...],
+) -> Registration | None:
+    """A registration that lines up through guided_matches, led by a partial one tried (at
+    least MIN_INLIERS inliers; a similarity first: fitted to matches in one place, it
+    reaches the rest more surely than a homography); its evidence is the ratio-test matches
+    its geometry fits, as for any registration. None when there is none."""
+    if matches is None:
+        return None
+    for prior in tried:
+        if prior is None or len(prior.inliers) < MIN_INLIERS:
+            continue
+        found = guided_matches(local, upload, prior)
+        for bent in (False, True):
+            guided = register(local, upload, found, bent=bent)
+            if guided is None or not guided.lined_up:
+                continue
+            source, target, count = matches
+            if guided.homography is not None:
+                taken, error = cv2_perspective(source[:, None], guided.homography), BENT_ERROR
+            else:
+                taken, error = source @ guided.matrix[:, :2].T + guided.matrix[:, 2], RANSAC_ERROR
+            fits = np.linalg.norm(taken - target, axis=1) <= error * max(local.size)
+            return dataclasses.replace(guided, evidence=(int(fits.sum()), count))
+    return None
+
+
+def guided_matches(
+    local: Features, upload: Features, prior: Registration
+) -> tuple[np.ndarray, np.ndarray, int] | None:
+    """Each upload keypoint's nearest local descriptor among the local keypoints within
+    GUIDE_RADIUS of where prior puts it, when clearly nearer than the next there; None when
+    too few. Repetitive texture (leaves, gravel, grass) defeats the ratio test over the
+    whole picture, not among neighbours."""
+    if prior.homography is not None:
+        predicted = cv2_perspective(upload.points[:, None].astype(np.float64), prior.homography)
+    else:
+        predicted = upload.points @ prior.matrix[:, :2].T + prior.matrix[:, 2]
+    gaps = ((predicted[:, None, :] - local.points[None, :, :]) ** 2).sum(axis=2)
+    rows, cols = np.nonzero(gaps <= (GUIDE_RADIUS * max(local.size)) ** 2)
+    if len(rows) < MIN_INLIERS:
+        return None
+    bits = np.unpackbits(upload.descriptors[rows] ^ local.descriptors[cols], axis=1)
+    distances = bits.sum(axis=1, dtype=np.int32)
+    order = np.lexsort((distances, rows))  # by upload keypoint, nearest first
+    rows, cols, distances = rows[order], cols[order], distances[order]
+    starts = np.nonzero(np.r_[True, rows[1:] != rows[:-1]])[0]
+    ends = np.r_[starts[1:], len(rows)]
+    following = np.where(ends - starts >= 2, distances[np.minimum(starts + 1, len(rows) - 1)], 256)
+    good = starts[distances[starts] < MATCH_RATIO * following]
+    if len(good) < MIN_INLIERS:
+        return None
+    return upload.points[rows[good]], local.points[cols[good]], len(good)
 
 
 def keypoint_matches(
@@ -4998,11 +5060,8 @@ def compare_pictures(
     if smooth is not None:  # a lens or perspective correction: compared through it
         region, misfit = smooth.region, smooth.residual
         registration = _fitting_the_bend(local_features, upload_features, registration)
-    evidence: dict[str, Any] = {
-        "inliers": len(registration.inliers),
-        "misfit": misfit,
-        "matches": registration.matches,
-    }
+    inliers, matched = registration.evidence or (len(registration.inliers), registration.matches)
+    evidence: dict[str, Any] = {"inliers": inliers, "misfit": misfit, "matches": matched}
     if smooth is not None and smooth.reach >= 1.0:
         evidence["smooth"] = round(smooth.reach, 1)
     score, pair, toned_best, covered = _score_uncovered(region, upright, score_pair)
@@ -5029,8 +5088,9 @@ def _fitting_the_bend(
     local_features: Features, upload_features: Features, registration: Registration
 ) -> Registration:
     """The registration whose own matches fit best, once a smooth correction was allowed
-    for: a bent one (its homography's matches) rather than a similarity that left part out."""
-    if registration.bent:
+    for: a bent one (its homography's matches) rather than a similarity that left part out;
+    a guided one counts its evidence on the ratio-test matches already."""
+    if registration.bent or registration.evidence is not None:
         return registration
     matches = keypoint_matches(local_features, upload_features)
     bent = register(local_features, upload_features, matches, bent=True)

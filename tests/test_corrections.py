@@ -165,6 +165,29 @@ def test_a_perspective_correction_is_explained_by_the_smooth_field() -> None:
     assert fit is not None and fit.residual <= ip.MAX_MISFIT
 
 
+def test_look_alike_texture_lines_up_through_guided_matches() -> None:
+    """Leaf litter: thirty leaf shapes, each seen all over the picture, fail the ratio test
+    over the whole picture; only the subject's keypoints, in one corner, pass it. Looked for
+    near where those put them, through a keystone, the leaves line the upload up."""
+    rng = np.random.default_rng(4)
+    shapes = rng.integers(0, 256, (30, 32), dtype=np.uint8)
+    points = np.r_[rng.uniform((0, 0), (1000, 750), (600, 2)),
+                   rng.uniform((80, 80), (220, 220), (40, 2))].astype(np.float32)  # fmt: skip
+    found = np.r_[shapes[rng.integers(0, 30, 600)], rng.integers(0, 256, (40, 32), np.uint8)]
+    local = ip.Features(points, found, (1000, 750))
+    keystone = np.array([[0.5, 0.0, 0.0], [0.0, 0.5, 0.0], [-0.00003, 0.0, 1.0]])
+    moved = cv2.perspectiveTransform(points[:, None].astype(np.float64), keystone)[:, 0]
+    noise = np.where(rng.random(found.shape) < 0.03, rng.integers(0, 256, found.shape), 0)
+    shown = (moved[:, 0] < 500) & (moved[:, 1] < 375)  # the keystone widens the far side
+    found = (found ^ noise.astype(np.uint8))[shown]
+    upload = ip.Features(moved[shown].astype(np.float32), found, (500, 375))
+    assert not ip.register(local, upload, ip.keypoint_matches(local, upload)).lined_up
+    registration = ip.register_any(local, upload)
+    assert registration is not None and registration.lined_up, registration
+    inliers, matches = registration.evidence
+    assert inliers >= ip.MIN_INLIER_SHARE * matches  # the corner's sure matches fit it too
+
+
 def test_independent_motion_is_not_explained_by_the_smooth_field() -> None:
     """A scene bent by parallax (near and far things moving apart) follows no lens."""
     picture = _scene(5)
