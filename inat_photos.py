@@ -4123,8 +4123,13 @@ def guided_matches(
         predicted = cv2_perspective(upload.points[:, None].astype(np.float64), prior.homography)
     else:
         predicted = upload.points @ prior.matrix[:, :2].T + prior.matrix[:, 2]
-    gaps = ((predicted[:, None, :] - local.points[None, :, :]) ** 2).sum(axis=2)
-    rows, cols = np.nonzero(gaps <= (GUIDE_RADIUS * max(local.size)) ** 2)
+    from scipy.spatial import cKDTree  # imported with the assignment's scipy.optimize anyway
+
+    reach = GUIDE_RADIUS * max(local.size)
+    near = cKDTree(predicted).sparse_distance_matrix(
+        cKDTree(local.points), reach, output_type="ndarray"
+    )
+    rows, cols = near["i"], near["j"]
     if len(rows) < MIN_INLIERS:
         return None
     bits = np.unpackbits(upload.descriptors[rows] ^ local.descriptors[cols], axis=1)
@@ -4821,11 +4826,11 @@ def structure_tiles(first: np.ndarray, second: np.ndarray) -> np.ndarray:
     return (2 * cov + c) / (var_a + var_b + c)
 
 
-def unlike_tiles(region: np.ndarray, upright: np.ndarray) -> np.ndarray:
-    """structure_tiles, with 0 where the upload's tiles, its tones matched to region's as a
-    whole, stay more than OVERLAY_SHADE levels brighter or darker: a translucent band keeps
-    the structure of what it covers (flat sky, or detail at a fraction of its contrast), not
-    its shade."""
+def unlike_tiles(region: np.ndarray, upright: np.ndarray, toned: np.ndarray) -> np.ndarray:
+    """structure_tiles, with 0 where the tiles of toned (upright with region's tones as a
+    whole, match_tones) stay more than OVERLAY_SHADE levels brighter or darker than
+    region's: a translucent band keeps the structure of what it covers (flat sky, or detail
+    at a fraction of its contrast), not its shade."""
     tiles = structure_tiles(region, upright)
     side = OVERLAY_TILE_SIDE
     rows, cols = tiles.shape
@@ -4836,7 +4841,7 @@ def unlike_tiles(region: np.ndarray, upright: np.ndarray) -> np.ndarray:
         grey = _grey(picture[: rows * side, : cols * side]).astype(np.float32)
         return grey.reshape(rows, side, cols, side).mean(axis=(1, 3))
 
-    apart = np.abs(shade(match_tones(upright, region)) - shade(region)) > OVERLAY_SHADE
+    apart = np.abs(shade(toned) - shade(region)) > OVERLAY_SHADE
     return np.where(apart, 0.0, tiles)
 
 
@@ -5108,9 +5113,10 @@ def _score_uncovered(
     """_best_tones of a lined-up pair, and the share of it an overlay covered (0: none). A
     band, a frame or a viewer's bars along an edge are left out of the tones fitted, the score
     and the parts, where that scores higher."""
-    score, pair, toned_best = _best_tones(region, upright, score_pair)
+    toned = match_tones(upright, region)
+    score, pair, toned_best = _best_tones(region, upright, score_pair, toned)
     covered = 0.0
-    if score < SSIM_THRESHOLD and (cut := overlay_box(unlike_tiles(region, upright))):
+    if score < SSIM_THRESHOLD and (cut := overlay_box(unlike_tiles(region, upright, toned))):
         top, bottom, left, right = (k * OVERLAY_TILE_SIDE for k in cut)
         kept = region[top:bottom, left:right], upright[top:bottom, left:right]
         uncovered = _best_tones(*kept, score_pair)
@@ -5137,16 +5143,20 @@ def _score_uncovered(
 
 
 def _best_tones(
-    region: np.ndarray, upright: np.ndarray, score_pair: ScoreFunction
+    region: np.ndarray,
+    upright: np.ndarray,
+    score_pair: ScoreFunction,
+    toned: np.ndarray | None = None,
 ) -> tuple[float, tuple[np.ndarray, np.ndarray], bool]:
     """The best score of a lined-up pair over the tone matchings tried, the pair it was read
     from, and whether the tones were adjusted for it.
 
     The upload with the local picture's tones recovers exposure, curves and saturation best;
     where the edit clipped shadows or highlights, or made the upload black and white, the
-    local picture with the upload's tones (clipped, or grey, alike) does.
+    local picture with the upload's tones (clipped, or grey, alike) does. toned: the upload
+    with the region's tones (match_tones), when already made.
     """
-    toned = match_tones(upright, region)
+    toned = match_tones(upright, region) if toned is None else toned
     change = float(np.abs(toned.astype(np.int16) - upright).mean())
     tried = [(region, upright)] if change < TONE_SURE else []
     if change >= TONE_MIN:
