@@ -3966,6 +3966,7 @@ CORNER_CONTRAST = 12  # levels a corner stands out by (ORB's FAST threshold)
 FAINT_CORNERS = 5  # ... in an upload where few stand out that far
 EDGE_SLACK = 0.004  # an upload may reach this far past the local picture (estimation error)
 BENT_ERROR = 0.012  # inlier distance of the homography a bent upload is registered by
+BENT_FROM_SHARE = 0.6  # a similarity that fits fewer of the matches: a homography is tried
 GUIDE_RADIUS = 0.06  # of the local picture's longer side: how far from where a partial
 # registration puts an upload keypoint its guided match is looked for
 BENT_SLACK = 0.015  # ... and how far a similarity fitted to a bent upload may reach past
@@ -4068,6 +4069,13 @@ def register_any(local: Features, upload: Features) -> Registration | None:
     matches = keypoint_matches(local, upload)
     first = register(local, upload, matches)
     if first is not None and first.lined_up:
+        if len(first.inliers) >= BENT_FROM_SHARE * first.matches:
+            return first
+        # Most matches left out: a strong upright correction (in both directions) bends the
+        # picture past what a similarity fits; one homography may fit them.
+        bent = register(local, upload, matches, bent=True)
+        if bent is not None and bent.lined_up and len(bent.inliers) > 1.5 * len(first.inliers):
+            return bent
         return first
     for coarser in upload.coarser:
         found = register(local, coarser, keypoint_matches(local, coarser))

@@ -188,6 +188,26 @@ def test_look_alike_texture_lines_up_through_guided_matches() -> None:
     assert inliers >= ip.MIN_INLIER_SHARE * matches  # the corner's sure matches fit it too
 
 
+def test_a_strong_upright_correction_both_ways_is_registered_by_a_homography() -> None:
+    """Keystones corrected in both directions move the corners far from where one similarity
+    puts them: it fits the matches in the middle only, one homography fits them all."""
+    rng = np.random.default_rng(8)
+    points = rng.uniform((0, 0), (1000, 750), (500, 2))
+    local = ip.Features(points.astype(np.float32), rng.integers(0, 256, (500, 32), np.uint8),
+                        (1000, 750))  # fmt: skip
+    keystones = np.array([[0.52, 0.0, 0.0], [0.0, 0.52, 0.0], [0.00006, 0.00006, 1.0]])
+    centred = np.array([[1, 0, 250], [0, 1, 187.5], [0, 0, 1]]) @ keystones
+    upright = centred @ np.array([[1, 0, -500], [0, 1, -375], [0, 0, 1]])
+    moved = cv2.perspectiveTransform(points[:, None], upright)[:, 0]
+    shown = ((moved >= 0) & (moved < (500, 375))).all(axis=1)
+    upload = ip.Features(moved[shown].astype(np.float32), local.descriptors[shown], (500, 375))
+    similarity = ip.register(local, upload, ip.keypoint_matches(local, upload))
+    assert similarity.lined_up and len(similarity.inliers) < 0.6 * similarity.matches
+    registration = ip.register_any(local, upload)
+    assert registration is not None and registration.bent and registration.lined_up
+    assert len(registration.inliers) > 0.9 * registration.matches
+
+
 def test_independent_motion_is_not_explained_by_the_smooth_field() -> None:
     """A scene bent by parallax (near and far things moving apart) follows no lens."""
     picture = _scene(5)
