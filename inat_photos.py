@@ -75,7 +75,7 @@ from __future__ import annotations
 
 import sys
 
-__version__ = "1.5.1"
+__version__ = "1.5.2"
 
 if __name__ == "__main__" and sys.argv[1:] == ["--version"]:
     # Python compiles this whole file before its first line runs; answering here spares
@@ -5014,6 +5014,16 @@ def register_framed(
 # ---------------------------------------------------------------------------
 
 
+# The verdict below the threshold, calibrated on tests/make_matching_set.py's labelled sets
+# (python tests/bench_verdict.py SET prints the evidence of true and closest wrong pairs).
+SCORE_FLOOR = 0.85  # the score a pair below the threshold needs at least
+COARSE_SURE = 0.92  # ... and the coarse score, where export filters do not reach
+PART_SURE = 0.83  # ... and its worst part: where another frame's subject moved, it is not
+PART_SURE_LEVELLED = 0.86  # ... or both read with local tones set aside (issue 25)
+MIN_INLIER_SHARE = 0.7  # ... and this share of its keypoint matches fitting one geometry
+VERDICT_MARGIN = 0.02  # ... and a score this far above every other photo and upload near it
+
+
 def compare_pictures(
     local: Image.Image,
     local_features: Features,
@@ -5081,10 +5091,9 @@ def compare_pictures(
     if covered:
         evidence["covered"] = covered
     coarse, worst = coarse_evidence(*pair, step=step) or (None, None)
-    levelled = None
-    if coarse is not None and not (coarse >= COARSE_SURE and worst >= PART_SURE):
-        # read with local tones set aside only where the plain reading does not decide
-        levelled = coarse_evidence(*pair, step=step, levelled=True)
+    # read with local tones set aside only where the plain reading does not decide
+    plain = coarse is None or (coarse >= COARSE_SURE and worst >= PART_SURE)
+    levelled = None if plain else coarse_evidence(*pair, step=step, levelled=True)
     return Comparison(
         score,
         placement.alignment,
@@ -5260,16 +5269,6 @@ def few_features(local: Features, upload: Features) -> bool:
 
 Pairs = dict[tuple[int, int], Comparison]  # (photo index, candidate index) -> comparison
 PairIndices = set[tuple[int, int]]  # (photo index, candidate index) pairs of one group
-
-
-# The verdict below the threshold, calibrated on tests/make_matching_set.py's labelled sets
-# (python tests/bench_verdict.py SET prints the evidence of true and closest wrong pairs).
-SCORE_FLOOR = 0.85  # the score a pair below the threshold needs at least
-COARSE_SURE = 0.92  # ... and the coarse score, where export filters do not reach
-PART_SURE = 0.83  # ... and its worst part: where another frame's subject moved, it is not
-PART_SURE_LEVELLED = 0.86  # ... or both read with local tones set aside (issue 25)
-MIN_INLIER_SHARE = 0.7  # ... and this share of its keypoint matches fitting one geometry
-VERDICT_MARGIN = 0.02  # ... and a score this far above every other photo and upload near it
 
 
 def coarse_decided(found: Comparison) -> tuple[float, bool] | None:
