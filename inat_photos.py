@@ -3800,7 +3800,8 @@ def choose_score_function(use_gpu: bool, console: Console) -> ScoreFunction:
 #    MIN_AREA, searched at coarser sizes too), scale, any angle and quarter turns;
 #    correlation for pictures without keypoints; phase correlation to sharpen the fit
 #    and measure the misfit of another shot; a homography for an upload a lens or an
-#    upright correction bent (the smooth field that explains it is in 9c). Plain bands an
+#    upright correction bent (the smooth field that explains it is in 9c); guided matches
+#    where look-alike texture defeats the ratio test (guided_matches). Plain bands an
 #    export added around an upload (a frame, padding) are cut off when it is decoded
 #    (framed_box, section 8).
 # ---------------------------------------------------------------------------
@@ -4499,8 +4500,9 @@ def _fit_motion(points: np.ndarray, moved: np.ndarray, axis_parallel: bool) -> n
 #    recompression) is measured past: the coarse score compares the lined-up pictures
 #    shrunk, where those filters do not reach. Local tone tools (graduated filters,
 #    dehaze) are undone by a smooth local gain, and set aside by local levels for the
-#    coarse evidence. Overlays along an edge (overlay_box), marks inside the picture
-#    (mark_tiles) and frames past the photo's edges (frame_past_edges) are found here.
+#    coarse evidence. Overlays along an edge (overlay_box; translucent ones by their
+#    shade, unlike_tiles), marks inside the picture (mark_tiles) and frames past the
+#    photo's edges (frame_past_edges) are found here.
 # ---------------------------------------------------------------------------
 
 
