@@ -1171,9 +1171,8 @@ class Comparison:
     worst_part: float | None = None  # ... of the worst of its 4 x 4 parts (coarse_evidence)
     smooth: float = 0.0  # pixels: the most a smooth correction (lens, perspective) moved a part
     covered: float = 0.0  # fraction of the upload an overlay covers, left out of the scores
-    levelled: tuple[float, float] | None = (
-        None  # ... local tones aside, where the plain reading does not decide
-    )
+    # ... both read with local tones set aside, only where the plain reading does not decide
+    levelled: tuple[float, float] | None = None
 
     @property
     def same_shot(self) -> bool:
@@ -3997,7 +3996,21 @@ class Registration:
     bent: bool = False  # fitted to the matches of one homography (register's bent)
     homography: np.ndarray | None = None  # ... that homography, upload pixel -> local pixel
     # guided (guided_matches): the ratio-test matches its geometry fits, and how many there are
-    evidence: tuple[int, int] | None = None
+    fitted_matches: tuple[int, int] | None = None
+
+    @property
+    def counts(self) -> tuple[int, int]:
+        """Inliers and matches as the verdict counts them: a guided registration's are the
+        ratio-test matches its geometry fits, and how many passed that test."""
+        return self.fitted_matches or (len(self.inliers), self.matches)
+
+    def put(self, points: np.ndarray) -> np.ndarray:
+        """Where these upload points (N x 2) lie in the local picture: through the homography
+        of a bent registration, else through the similarity."""
+        if self.homography is not None:
+            moved = points.reshape(-1, 1, 2).astype(np.float64)
+            return _cv2().perspectiveTransform(moved, self.homography)[:, 0]
+        return points @ self.matrix[:, :2].T + self.matrix[:, 2]
 
     @property
     def lined_up(self) -> bool:
@@ -4112,12 +4125,9 @@ def _guided_registration(
             if guided is None or not guided.lined_up:
                 continue
             source, target, count = matches
-            if guided.homography is not None:
-                taken, error = cv2_perspective(source[:, None], guided.homography), BENT_ERROR
-            else:
-                taken, error = source @ guided.matrix[:, :2].T + guided.matrix[:, 2], RANSAC_ERROR
-            fits = np.linalg.norm(taken - target, axis=1) <= error * max(local.size)
-            return dataclasses.replace(guided, evidence=(int(fits.sum()), count))
+            error = (BENT_ERROR if guided.bent else RANSAC_ERROR) * max(local.size)
+            fits = np.linalg.norm(guided.put(source) - target, axis=1) <= error
+            return dataclasses.replace(guided, fitted_matches=(int(fits.sum()), count))
     return None
 
 
@@ -4128,14 +4138,10 @@ def guided_matches(
     GUIDE_RADIUS of where prior puts it, when clearly nearer than the next there; None when
     too few. Repetitive texture (leaves, gravel, grass) defeats the ratio test over the
     whole picture, not among neighbours."""
-    if prior.homography is not None:
-        predicted = cv2_perspective(upload.points[:, None].astype(np.float64), prior.homography)
-    else:
-        predicted = upload.points @ prior.matrix[:, :2].T + prior.matrix[:, 2]
     from scipy.spatial import cKDTree  # imported with the assignment's scipy.optimize anyway
 
     reach = GUIDE_RADIUS * max(local.size)
-    near = cKDTree(predicted).sparse_distance_matrix(
+    near = cKDTree(prior.put(upload.points)).sparse_distance_matrix(
         cKDTree(local.points), reach, output_type="ndarray"
     )
     rows, cols = near["i"], near["j"]
@@ -4469,7 +4475,10 @@ def _patch_shifts(
 
 def _grey(picture: np.ndarray) -> np.ndarray:
     """An HxWx3 picture in grey; a grey one as it is."""
-    return picture if picture.ndim == 2 else _cv2().cvtColor(picture, _cv2().COLOR_RGB2GRAY)
+    if picture.ndim == 2:
+        return picture
+    cv2 = _cv2()
+    return cv2.cvtColor(picture, cv2.COLOR_RGB2GRAY)
 
 
 def _fit_motion(points: np.ndarray, moved: np.ndarray, axis_parallel: bool) -> np.ndarray:
@@ -4501,7 +4510,7 @@ def _fit_motion(points: np.ndarray, moved: np.ndarray, axis_parallel: bool) -> n
 #    shrunk, where those filters do not reach. Local tone tools (graduated filters,
 #    dehaze) are undone by a smooth local gain, and set aside by local levels for the
 #    coarse evidence. Overlays along an edge (overlay_box; translucent ones by their
-#    shade, unlike_tiles), marks inside the picture (mark_tiles) and frames past the
+#    shade, structure_tiles), marks inside the picture (mark_tiles) and frames past the
 #    photo's edges (frame_past_edges) are found here.
 # ---------------------------------------------------------------------------
 
@@ -4810,19 +4819,25 @@ MARK_FOUND = 0.5  # correlation: the region found this well nearby moved, and is
 MARK_MAX = 0.15  # more of the picture than this covered by marks: not left out
 
 
-def structure_tiles(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+def structure_tiles(
+    first: np.ndarray, second: np.ndarray, toned: np.ndarray | None = None
+) -> np.ndarray:
     """How alike the structure of two lined-up pictures (HxWx3 uint8) is in each tile of
     OVERLAY_TILE_SIDE pixels: SSIM's structure term on grey levels, near 0 where one shows
     something the other does not (a band over detail, text), whatever the tones; the tones
-    are left out, so a tone curve cannot make a dark band look like the picture under it."""
+    are left out, so a tone curve cannot make a dark band look like the picture under it.
+
+    toned (second with first's tones as a whole, match_tones): its tiles that stay more
+    than OVERLAY_SHADE levels from first's count 0 as well. A translucent band keeps the
+    structure of what it covers (flat sky, detail at a fraction of its contrast), not its
+    shade."""
     side = OVERLAY_TILE_SIDE
     rows, cols = first.shape[0] // side, first.shape[1] // side
     if rows == 0 or cols == 0:
         return np.ones((max(rows, 1), max(cols, 1)))
-    cv2 = _cv2()
     grey = [
-        cv2.cvtColor(p[: rows * side, : cols * side], cv2.COLOR_RGB2GRAY).astype(np.float64)
-        for p in (first, second)
+        _grey(p[: rows * side, : cols * side]).astype(np.float64)
+        for p in (first, second, *([] if toned is None else [toned]))
     ]
 
     def tile_mean(values: np.ndarray) -> np.ndarray:
@@ -4833,26 +4848,10 @@ def structure_tiles(first: np.ndarray, second: np.ndarray) -> np.ndarray:
     var_b = tile_mean(grey[1] ** 2) - mean_b**2
     cov = tile_mean(grey[0] * grey[1]) - mean_a * mean_b
     c = (0.01 * 255) ** 2  # flat against flat counts as alike
-    return (2 * cov + c) / (var_a + var_b + c)
-
-
-def unlike_tiles(region: np.ndarray, upright: np.ndarray, toned: np.ndarray) -> np.ndarray:
-    """structure_tiles, with 0 where the tiles of toned (upright with region's tones as a
-    whole, match_tones) stay more than OVERLAY_SHADE levels brighter or darker than
-    region's: a translucent band keeps the structure of what it covers (flat sky, or detail
-    at a fraction of its contrast), not its shade."""
-    tiles = structure_tiles(region, upright)
-    side = OVERLAY_TILE_SIDE
-    rows, cols = tiles.shape
-    if rows * side > region.shape[0] or cols * side > region.shape[1]:
-        return tiles  # smaller than a tile: structure_tiles' placeholder
-
-    def shade(picture: np.ndarray) -> np.ndarray:
-        grey = _grey(picture[: rows * side, : cols * side]).astype(np.float32)
-        return grey.reshape(rows, side, cols, side).mean(axis=(1, 3))
-
-    apart = np.abs(shade(toned) - shade(region)) > OVERLAY_SHADE
-    return np.where(apart, 0.0, tiles)
+    alike = (2 * cov + c) / (var_a + var_b + c)
+    if toned is None:
+        return alike
+    return np.where(np.abs(tile_mean(grey[2]) - mean_a) > OVERLAY_SHADE, 0.0, alike)
 
 
 def overlay_box(tiles: np.ndarray) -> tuple[int, int, int, int] | None:
@@ -5085,7 +5084,7 @@ def compare_pictures(
     if smooth is not None:  # a lens or perspective correction: compared through it
         region, misfit = smooth.region, smooth.residual
         registration = _fitting_the_bend(local_features, upload_features, registration)
-    inliers, matched = registration.evidence or (len(registration.inliers), registration.matches)
+    inliers, matched = registration.counts
     evidence: dict[str, Any] = {"inliers": inliers, "misfit": misfit, "matches": matched}
     if smooth is not None and smooth.reach >= 1.0:
         evidence["smooth"] = round(smooth.reach, 1)
@@ -5114,7 +5113,7 @@ def _fitting_the_bend(
     """The registration whose own matches fit best, once a smooth correction was allowed
     for: a bent one (its homography's matches) rather than a similarity that left part out;
     a guided one counts its evidence on the ratio-test matches already."""
-    if registration.bent or registration.evidence is not None:
+    if registration.bent or registration.fitted_matches is not None:
         return registration
     matches = keypoint_matches(local_features, upload_features)
     bent = register(local_features, upload_features, matches, bent=True)
@@ -5135,7 +5134,7 @@ def _score_uncovered(
     toned = match_tones(upright, region)
     score, pair, toned_best = _best_tones(region, upright, score_pair, toned)
     covered = 0.0
-    if score < SSIM_THRESHOLD and (cut := overlay_box(unlike_tiles(region, upright, toned))):
+    if score < SSIM_THRESHOLD and (cut := overlay_box(structure_tiles(region, upright, toned))):
         top, bottom, left, right = (k * OVERLAY_TILE_SIDE for k in cut)
         kept = region[top:bottom, left:right], upright[top:bottom, left:right]
         uncovered = _best_tones(*kept, score_pair)

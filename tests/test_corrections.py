@@ -184,7 +184,7 @@ def test_look_alike_texture_lines_up_through_guided_matches() -> None:
     assert not ip.register(local, upload, ip.keypoint_matches(local, upload)).lined_up
     registration = ip.register_any(local, upload)
     assert registration is not None and registration.lined_up, registration
-    inliers, matches = registration.evidence
+    inliers, matches = registration.fitted_matches
     assert inliers >= ip.MIN_INLIER_SHARE * matches  # the corner's sure matches fit it too
 
 
