@@ -1171,6 +1171,7 @@ class Comparison:
     worst_part: float | None = None  # ... of the worst of its 4 x 4 parts (coarse_evidence)
     smooth: float = 0.0  # pixels: the most a smooth correction (lens, perspective) moved a part
     covered: float = 0.0  # fraction of the upload an overlay covers, left out of the scores
+    warped: float = 0.0  # fraction of the picture a local warp (liquify) moved, allowed for
     # ... both read with local tones set aside, only where the plain reading does not decide
     levelled: tuple[float, float] | None = None
 
@@ -1199,6 +1200,8 @@ class Comparison:
             parts.append(f"a smooth correction of up to {self.smooth:.1f} px allowed for")
         if self.covered:
             parts.append(f"{self.covered * 100:.0f}% covered by an overlay")
+        if self.warped:
+            parts.append(f"a local warp over {self.warped * 100:.0f}% of the picture allowed for")
         if not self.same_shot:
             parts.append(f"parts moved by {self.misfit:.1f} px: another shot")
         return ", ".join(part for part in parts if part)
@@ -4642,6 +4645,65 @@ def smooth_correction(region: np.ndarray, upload: np.ndarray, misfit: float) -> 
     return SmoothFit(current, residual, reach)
 
 
+# -- Local warps ("liquify"): an editor pushes a small region smoothly and leaves the rest
+# in place. Another frame's subject moves too, but over a still background: its motion
+# stops at its outline, while a push fades out over a wide reach.
+
+WARP_SIDE = 512  # pixels: the dense motion of a pair is measured at about this longest side
+WARP_MOVED = 0.001  # of the longest side: a pixel that moved further is moved
+WARP_SHARE = 0.22  # a local warp moves at most this share of the picture
+WARP_RISE = 0.027  # of the longest side: the moved part's peak over its steepest slope
+
+
+@dataclass(frozen=True)
+class LocalWarp:
+    """Where each pixel of an upload is taken from in its region, once a local warp is
+    allowed for, and the share of the picture that moved."""
+
+    flow: np.ndarray  # HxWx2 float32 at the region's size: upload pixel -> region offset
+    share: float
+
+    def applied(self, region: np.ndarray) -> np.ndarray:
+        """The region with each pixel taken from where the warp says (HxWx3 uint8)."""
+        cv2 = _cv2()
+        height, width = region.shape[:2]
+        ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+        return cv2.remap(
+            region,
+            xs + self.flow[..., 0],
+            ys + self.flow[..., 1],
+            cv2.INTER_LINEAR,
+            borderMode=cv2.BORDER_REPLICATE,
+        )
+
+
+def local_warp(region: np.ndarray, upload: np.ndarray) -> LocalWarp | None:
+    """The dense motion from upload to region when it is a local warp: at most WARP_SHARE
+    of the picture moved, and the motion builds up over at least WARP_RISE of the side (a
+    moved subject's stops within a few pixels at its outline). None otherwise."""
+    cv2 = _cv2()
+    height, width = region.shape[:2]
+    scale = min(1.0, WARP_SIDE / max(height, width))
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    first, second = (
+        cv2.resize(_grey(p), size, interpolation=cv2.INTER_AREA) for p in (region, upload)
+    )
+    flow = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM).calc(second, first, None)
+    longest = max(size)
+    shift = np.hypot(flow[..., 0], flow[..., 1])
+    moved = shift > WARP_MOVED * longest
+    share = float(moved.mean())
+    if share == 0.0 or share > WARP_SHARE:
+        return None
+    slopes = [cv2.Sobel(flow[..., c], cv2.CV_32F, *d, ksize=3) / 8 for c in (0, 1)
+              for d in ((1, 0), (0, 1))]  # fmt: skip
+    steepest = float(np.percentile(np.sqrt(sum(s * s for s in slopes))[moved], 99))
+    if float(np.percentile(shift[moved], 99)) < WARP_RISE * longest * steepest:
+        return None
+    full = cv2.resize(flow, (width, height), interpolation=cv2.INTER_LINEAR)
+    return LocalWarp(full / np.float32(scale), share)
+
+
 # -- Tones: what an editor changes without moving a pixel, globally or locally.
 
 TONE_MIN = 1.5  # mean change in levels below which an upload's tones count as unedited
@@ -5088,22 +5150,49 @@ def compare_pictures(
     evidence: dict[str, Any] = {"inliers": inliers, "misfit": misfit, "matches": matched}
     if smooth is not None and smooth.reach >= 1.0:
         evidence["smooth"] = round(smooth.reach, 1)
+    score, toned_best, read, pair = _read_lined_up(region, upright, score_pair, step)
+    worth = _warp_worth_trying(read, misfit) and pair[0].shape == region.shape
+    if worth and (warp := local_warp(*pair)) is not None:  # a local warp: compared through it
+        warped = warp.applied(region)
+        again = _read_lined_up(warped, upright, score_pair, step)
+        moved = refine_placement(placement, warped, upright, local.size).misfit
+        if moved <= MAX_MISFIT and _plainly_alike(again[2]):
+            score, toned_best, read, _ = again
+            evidence.update(misfit=moved, warped=round(warp.share, 3))
+    return Comparison(
+        score, placement.alignment, tones=toned_best, coarse_step=step, **read, **evidence
+    )
+
+
+def _read_lined_up(
+    region: np.ndarray, upright: np.ndarray, score_pair: ScoreFunction, step: int
+) -> tuple[float, bool, dict[str, Any], tuple[np.ndarray, np.ndarray]]:
+    """A lined-up pair's score, whether its tones were adjusted, what else is read from it
+    (the covered share and the coarse evidence, as Comparison names them) and the pair
+    the scores were read from."""
     score, pair, toned_best, covered = _score_uncovered(region, upright, score_pair)
-    if covered:
-        evidence["covered"] = covered
     coarse, worst = coarse_evidence(*pair, step=step) or (None, None)
     # read with local tones set aside only where the plain reading does not decide
     plain = coarse is None or (coarse >= COARSE_SURE and worst >= PART_SURE)
     levelled = None if plain else coarse_evidence(*pair, step=step, levelled=True)
-    return Comparison(
-        score,
-        placement.alignment,
-        tones=toned_best,
-        coarse=coarse,
-        coarse_step=step,
-        worst_part=worst,
-        levelled=levelled,
-        **evidence,
+    read = {"coarse": coarse, "worst_part": worst, "levelled": levelled, "covered": covered}
+    return score, toned_best, read, pair
+
+
+def _plainly_alike(read: dict[str, Any]) -> bool:
+    """Whether a pair's coarse score and worst part, read as they are, reach the verdict's."""
+    coarse, worst = read["coarse"], read["worst_part"]
+    return coarse is not None and coarse >= COARSE_SURE and worst >= PART_SURE
+
+
+def _warp_worth_trying(read: dict[str, Any], misfit: float) -> bool:
+    """Whether a local warp may be what keeps a pair from the verdict: alike as a whole at
+    the coarse size, but a part differs or moved (as where an editor pushed a region)."""
+    coarse = read["coarse"]
+    return (
+        coarse is not None
+        and coarse >= COARSE_SURE
+        and (not _plainly_alike(read) or misfit > MAX_MISFIT)
     )
 
 

@@ -18,7 +18,7 @@ import pytest
 from fake_inat import FakeINaturalist
 from make_matching_set import PLACES, USER, Planner, View, write_set
 from PIL import Image
-from random_editor import apply_op, lens, perspective
+from random_editor import apply_op, lens, liquify, perspective
 from support.cli import CliResult, run_cli
 from support.images import synthetic_photo
 from support.xmp import read_photo_id
@@ -42,6 +42,16 @@ GRADUATED = {  # a strong graduated filter, highlights pulled down, a little blu
     ]
 }
 FRAME = {"ops": [["sides", {"sides": ["top"], "width": 0.08, "seed": 1}]]}  # textured, purple
+LIQUIFY = {  # three regions pushed by about a percent of the short side, then sharpened
+    "ops": [
+        ["liquify", {"bumps": [
+            {"x": 0.42, "y": 0.45, "radius": 0.09, "dx": 0.012, "dy": -0.009},
+            {"x": 0.66, "y": 0.62, "radius": 0.08, "dx": -0.011, "dy": 0.008},
+            {"x": 0.3, "y": 0.7, "radius": 0.07, "dx": 0.01, "dy": 0.01},
+        ]}],
+        ["sharpen", {"radius": 1.5, "amount": 0.8}],
+    ]
+}  # fmt: skip
 
 
 @dataclass
@@ -74,6 +84,7 @@ def _plan() -> tuple[Planner, dict[str, str]]:
             ("text", TEXT),
             ("frame", FRAME),
             ("graduated", GRADUATED),
+            ("liquify", LIQUIFY),
         )
     ):
         when = day + dt.timedelta(minutes=20 * k)
@@ -121,6 +132,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Run:
         ("logo", "covered by an overlay"),  # a mark inside the picture (issue 25)
         ("text", "covered by an overlay"),
         ("graduated", "decided by"),  # local tone tools: below the threshold, on its evidence
+        ("liquify", "a local warp over"),  # regions pushed by an editor's liquify tool
     ],
 )
 def test_an_edited_upload_is_found_and_its_line_says_what_was_allowed_for(
@@ -230,6 +242,35 @@ def test_an_overlay_along_an_edge_is_cut_and_a_moved_subject_is_not() -> None:
     moved[15:25, 20:35] = 0.2  # a subject that moved: a region, not a line
     assert ip.overlay_box(moved) is None
     assert ip.overlay_box(np.full((40, 60), 0.1)) is None  # nothing in common: not cut
+
+
+def test_a_liquify_push_is_a_local_warp_and_a_moved_subject_is_not() -> None:
+    """An editor's push fades out over a wide reach, and the pair is compared through it; a
+    subject moved over a still background (another frame) stops at its outline, and so
+    does a block of the picture moved as a whole."""
+    picture = _scene(5)
+    bump = {"x": 0.45, "y": 0.5, "radius": 0.09, "dx": 0.012, "dy": -0.008}
+    pushed = np.asarray(liquify(Image.fromarray(picture), [bump]))
+    warp = ip.local_warp(picture, pushed)
+    assert warp is not None and 0 < warp.share <= ip.WARP_SHARE
+    before = ip.coarse_evidence(picture, pushed, step=2)
+    after = ip.coarse_evidence(warp.applied(picture), pushed, step=2)
+    assert before is not None and after is not None
+    assert before[1] < ip.PART_SURE <= after[1], (before, after)
+    subject = _scene(105)
+
+    def frame(x: int, y: int) -> np.ndarray:
+        """The subject, a textured disc, at (x, y) over the same background."""
+        shown, disc = picture.copy(), np.zeros(picture.shape[:2], np.uint8)
+        cv2.circle(disc, (x, y), 45, 1, -1)
+        shown[disc > 0] = subject[disc > 0]
+        return shown
+
+    assert ip.local_warp(frame(240, 180), frame(244, 178)) is None
+    assert ip.local_warp(frame(240, 180), frame(248, 176)) is None
+    block = picture.copy()
+    block[100:180, 150:250] = picture[100:180, 156:256]
+    assert ip.local_warp(picture, block) is None
 
 
 def test_a_translucent_band_over_a_graduated_upload_is_left_out() -> None:
