@@ -5275,6 +5275,9 @@ def _best_tones(
         # Local tone tools (graduated and radial filters, dehaze, shadows) change brightness
         # smoothly across the picture: the toned upload brought to the region's local levels.
         tried.append((region, local_gain(toned, region)))
+        # ... or brought to them first, then given the region's tones: across a strong
+        # graduated filter one level stands for two, which a curve fitted first averages.
+        tried.append((region, match_tones(local_gain(upright, region), region)))
     best = _likely_best(tried, score_pair)
     score = score_pair(*tried[best])
     return score, tried[best], change >= TONE_MIN and (change >= TONE_SURE or best > 0)

@@ -131,7 +131,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Run:
         ("band", "covered by an overlay"),  # a caption band along an edge
         ("logo", "covered by an overlay"),  # a mark inside the picture (issue 25)
         ("text", "covered by an overlay"),
-        ("graduated", "decided by"),  # local tone tools: below the threshold, on its evidence
+        ("graduated", "tones adjusted"),  # local tone tools: the gain brought before the tones
         ("liquify", "a local warp over"),  # regions pushed by an editor's liquify tool
     ],
 )
@@ -271,6 +271,17 @@ def test_a_liquify_push_is_a_local_warp_and_a_moved_subject_is_not() -> None:
     block = picture.copy()
     block[100:180, 150:250] = picture[100:180, 156:256]
     assert ip.local_warp(picture, block) is None
+
+
+def test_a_strong_graduated_filter_is_undone_by_the_local_gain_before_the_tones() -> None:
+    """A stop darker over half the picture: a level of the upload stands for two of the
+    photo's, so a tone curve fitted first flattens it; the gain brought first leaves one."""
+    picture = _scene(5)
+    graduated = {"angle": 183, "stops": -1.0, "at": 0.42, "soft": 0.3}
+    graded = np.asarray(apply_op(Image.fromarray(picture), "graduated", graduated))
+    score, pair, toned = ip._best_tones(picture, graded, ip.ssim_score)
+    assert toned and score > 0.97, score
+    assert ip.coarse_evidence(*pair, step=2)[1] > ip.PART_SURE
 
 
 def test_a_translucent_band_over_a_graduated_upload_is_left_out() -> None:
