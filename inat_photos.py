@@ -4116,11 +4116,13 @@ def _guided_registration(
     """A registration that lines up through guided_matches, led by a partial one tried (at
     least MIN_INLIERS inliers; a similarity first: fitted to matches in one place, it
     reaches the rest more surely than a homography); its evidence is the ratio-test matches
-    its geometry fits, as for any registration. None when there is none."""
+    its geometry fits, as for any registration. None when there is none. A prior that
+    shrinks the upload below MIN_AREA leads nowhere (it would put every upload keypoint
+    near every local one)."""
     if matches is None:
         return None
     for prior in tried:
-        if prior is None or len(prior.inliers) < MIN_INLIERS:
+        if prior is None or len(prior.inliers) < MIN_INLIERS or prior.area < MIN_AREA:
             continue
         found = guided_matches(local, upload, prior)
         for bent in (False, True):
