@@ -75,7 +75,7 @@ from __future__ import annotations
 
 import sys
 
-__version__ = "1.5.2"
+__version__ = "1.5.3"
 
 if __name__ == "__main__" and sys.argv[1:] == ["--version"]:
     # Python compiles this whole file before its first line runs; answering here spares
