@@ -6,8 +6,8 @@ The CLI tests run against the fake iNaturalist with a generated world of one day
     09:00  a burst: b1.jpg and b2.jpg, one picture saved twice; b2 was uploaded as
            'B2.JPEG' (another case and extension). Without the name the two tie.
     09:30  a second shot: s1.jpg, then s2.jpg a few percent to the side; s2 was uploaded after
-           editing (contrast, gamma and a vignette: tone matching undoes the first two, not
-           the darkened corners), so it scores below 95 %: the verdict's evidence takes it.
+           editing (contrast, gamma and a vignette: since 1.5.3 the tone matching undoes the
+           darkened corners too, by bringing the local brightness first); never s1.
     10:00  p.jpg, with GPS, uploaded to an obscured observation 11 m away.
     10:30  d.jpg, uploaded as it is; its observation is deleted between two runs.
 """
@@ -161,10 +161,10 @@ def test_without_a_token_nothing_changes(login_world: LoginWorld, login_fake) ->
     found = tagged(login_world)
     assert found["b1.jpg"] is None and found["b2.jpg"] is None  # a tie: too close to choose
     assert any("too close to choose" in line for line in first.lines)
-    # The edit scores below 95 %; the verdict takes it on its evidence (issue 17), and never
-    # the other shot.
+    # The edited shot is found (above 95 % since 1.5.3, on the verdict's evidence before),
+    # never the other shot.
     assert found["s2.jpg"] == PHOTO_IDS["s2.jpg"] and found["s1.jpg"] is None
-    assert "decided by" in login_world.line(first, "s2.jpg")
+    assert "tones adjusted" in login_world.line(first, "s2.jpg")
     assert "distance from observation obscured" in login_world.line(first, "p.jpg")
     assert "matched by file name" not in first.stdout
     requests = login_fake.api_requests()
@@ -189,7 +189,7 @@ def test_with_a_token_the_file_name_picks_the_exact_frame(
     assert found["s2.jpg"] == PHOTO_IDS["s2.jpg"] and found["s1.jpg"] is None
     assert found["p.jpg"] == PHOTO_IDS["p.jpg"] and found["d.jpg"] == PHOTO_IDS["d.jpg"]
     assert login_world.line(result, "b2.jpg").endswith("(matched by file name).")
-    # The evidence took the edited shot before the name was needed (issue 17).
+    # The edited shot was found before the name was needed (issue 17).
     assert "matched by file name" not in login_world.line(result, "s2.jpg")
     assert "matched by file name" not in login_world.line(result, "d.jpg")  # no rival there
     assert "too close to choose" not in result.stdout
