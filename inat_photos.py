@@ -69,6 +69,8 @@ Glossary:
                local tone tools (graduated filters, dehaze) leave the coarse evidence alone
   overlay      what an upload shows that the photo has no counterpart for: a band or frame
                along an edge, a mark (logo, text) inside; left out of the scores, bounded
+  local warp   a liquify push: a small region moved smoothly, the rest in place; the photo
+               is resampled through it (local_warp), a moved subject never is
 """
 
 from __future__ import annotations
@@ -4509,14 +4511,16 @@ def _fit_motion(points: np.ndarray, moved: np.ndarray, axis_parallel: bool) -> n
 # 9c. Similarity: corrections, tones and overlays
 #    What an editor changes in a picture that lined up: a lens or upright correction is
 #    explained by a smooth field (smooth_correction) that another shot's parallax does not
-#    fit; exposure, curves, saturation and colour balance are fitted and undone
-#    (match_tones); what no curve undoes (sharpening, clarity, noise reduction,
-#    recompression) is measured past: the coarse score compares the lined-up pictures
-#    shrunk, where those filters do not reach. Local tone tools (graduated filters,
-#    dehaze) are undone by a smooth local gain, and set aside by local levels for the
-#    coarse evidence. Overlays along an edge (overlay_box; translucent ones by their
-#    shade, structure_tiles), marks inside the picture (mark_tiles) and frames past the
-#    photo's edges (frame_past_edges) are found here.
+#    fit, a liquify push by a local, gentle dense motion (local_warp) that a subject moved
+#    over a still background does not; exposure, curves, saturation and colour balance are
+#    fitted and undone (match_tones); what no curve undoes (sharpening, clarity, noise
+#    reduction, recompression) is measured past: the coarse score compares the lined-up
+#    pictures shrunk, where those filters do not reach. Local tone tools (graduated
+#    filters, dehaze) are undone by a smooth local gain, before or after the tone curve,
+#    and set aside by local levels for the coarse evidence. Overlays along an edge
+#    (overlay_box; translucent ones by their shade, structure_tiles), marks inside the
+#    picture (mark_tiles) and frames past the photo's edges (frame_past_edges) are found
+#    here.
 # ---------------------------------------------------------------------------
 
 
