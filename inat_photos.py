@@ -4585,6 +4585,21 @@ def _smooth_at(terms: np.ndarray, points: np.ndarray, size: tuple[int, int]) -> 
     return np.c_[rows_x @ terms, rows_y @ terms]
 
 
+def _resampled(picture: np.ndarray, shift: np.ndarray, interpolation: int) -> np.ndarray:
+    """picture with each pixel taken from where shift (HxWx2 float32, pixels) moves it to;
+    the edges repeat."""
+    cv2 = _cv2()
+    height, width = picture.shape[:2]
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+    return cv2.remap(
+        picture,
+        xs + shift[..., 0],
+        ys + shift[..., 1],
+        interpolation,
+        borderMode=cv2.BORDER_REPLICATE,
+    )
+
+
 def smooth_correction(region: np.ndarray, upload: np.ndarray, misfit: float) -> SmoothFit | None:
     """The region resampled through the smooth correction that best lines it up with upload,
     when that correction explains the misfit a rigid placement left (a lens or perspective
@@ -4606,7 +4621,6 @@ def smooth_correction(region: np.ndarray, upload: np.ndarray, misfit: float) -> 
     homography, _ = cv2.findHomography(points, points + shifts, cv2.RANSAC, 1.5)
     if homography is None:
         return None
-    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
     # the field is smooth: computed every 8th pixel and interpolated (8 x 8 times cheaper)
     coarse = np.stack(
         np.meshgrid(
@@ -4625,13 +4639,7 @@ def smooth_correction(region: np.ndarray, upload: np.ndarray, misfit: float) -> 
         shift = (taken_from(coarse, terms) - coarse).astype(np.float32)
         shift = shift.reshape(height // 8 + 1, width // 8 + 1, 2)
         shift = cv2.resize(shift, (width, height), interpolation=cv2.INTER_LINEAR)
-        current = cv2.remap(
-            region,
-            xs + shift[..., 0],
-            ys + shift[..., 1],
-            cv2.INTER_CUBIC,
-            borderMode=cv2.BORDER_REPLICATE,
-        )
+        current = _resampled(region, shift, cv2.INTER_CUBIC)
         found, shifts = _patch_shifts(current, upload, SMOOTH_GRID, SMOOTH_PATCH, 1 / 3)
         if len(found) < 16:
             return None
@@ -4671,16 +4679,7 @@ class LocalWarp:
 
     def applied(self, region: np.ndarray) -> np.ndarray:
         """The region with each pixel taken from where the warp says (HxWx3 uint8)."""
-        cv2 = _cv2()
-        height, width = region.shape[:2]
-        ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
-        return cv2.remap(
-            region,
-            xs + self.flow[..., 0],
-            ys + self.flow[..., 1],
-            cv2.INTER_LINEAR,
-            borderMode=cv2.BORDER_REPLICATE,
-        )
+        return _resampled(region, self.flow, _cv2().INTER_LINEAR)
 
 
 def local_warp(region: np.ndarray, upload: np.ndarray) -> LocalWarp | None:
@@ -5075,7 +5074,8 @@ def register_framed(
 
 # ---------------------------------------------------------------------------
 # 9d. Similarity: comparing a pair and the verdict
-#    compare_pictures: registration, tones and both scores of one pair; the cheap gate
+#    compare_pictures: registration, tones and both scores of one pair, through a smooth
+#    correction or a local warp where one explains what moved; the cheap gate
 #    (likely_same_pictures); overlays along an edge left out (overlay_box);
 #    evidence_grounds, the calibrated verdict on a pair below the threshold, where a crop
 #    and its whole frame are never rivals; settled_uploads, which uploads the first,
@@ -5091,6 +5091,12 @@ PART_SURE = 0.83  # ... and its worst part: where another frame's subject moved,
 PART_SURE_LEVELLED = 0.86  # ... or both read with local tones set aside (issue 25)
 MIN_INLIER_SHARE = 0.7  # ... and this share of its keypoint matches fitting one geometry
 VERDICT_MARGIN = 0.02  # ... and a score this far above every other photo and upload near it
+
+
+def coarse_sure(coarse: float | None, worst: float | None, part: float = PART_SURE) -> bool:
+    """Whether a coarse score and its worst part reach the verdict's (the worst part, read
+    with local tones set aside, must reach part)."""
+    return coarse is not None and worst is not None and coarse >= COARSE_SURE and worst >= part
 
 
 def compare_pictures(
@@ -5157,12 +5163,16 @@ def compare_pictures(
     if smooth is not None and smooth.reach >= 1.0:
         evidence["smooth"] = round(smooth.reach, 1)
     score, toned_best, read, pair = _read_lined_up(region, upright, score_pair, step)
-    worth = _warp_worth_trying(read, misfit) and pair[0].shape == region.shape
+    # a local warp may be what keeps a pair alike as a whole from the verdict: a part that
+    # differs or moved, as where an editor pushed a region
+    overall = read["coarse"] is not None and read["coarse"] >= COARSE_SURE
+    in_parts = coarse_sure(read["coarse"], read["worst_part"]) and misfit <= MAX_MISFIT
+    worth = overall and not in_parts and pair[0].shape == region.shape
     if worth and (warp := local_warp(*pair)) is not None:  # a local warp: compared through it
         warped = warp.applied(region)
         again = _read_lined_up(warped, upright, score_pair, step)
         moved = refine_placement(placement, warped, upright, local.size).misfit
-        if moved <= MAX_MISFIT and _plainly_alike(again[2]):
+        if moved <= MAX_MISFIT and coarse_sure(again[2]["coarse"], again[2]["worst_part"]):
             score, toned_best, read, _ = again
             evidence.update(misfit=moved, warped=round(warp.share, 3))
     return Comparison(
@@ -5179,27 +5189,10 @@ def _read_lined_up(
     score, pair, toned_best, covered = _score_uncovered(region, upright, score_pair)
     coarse, worst = coarse_evidence(*pair, step=step) or (None, None)
     # read with local tones set aside only where the plain reading does not decide
-    plain = coarse is None or (coarse >= COARSE_SURE and worst >= PART_SURE)
+    plain = coarse is None or coarse_sure(coarse, worst)
     levelled = None if plain else coarse_evidence(*pair, step=step, levelled=True)
     read = {"coarse": coarse, "worst_part": worst, "levelled": levelled, "covered": covered}
     return score, toned_best, read, pair
-
-
-def _plainly_alike(read: dict[str, Any]) -> bool:
-    """Whether a pair's coarse score and worst part, read as they are, reach the verdict's."""
-    coarse, worst = read["coarse"], read["worst_part"]
-    return coarse is not None and coarse >= COARSE_SURE and worst >= PART_SURE
-
-
-def _warp_worth_trying(read: dict[str, Any], misfit: float) -> bool:
-    """Whether a local warp may be what keeps a pair from the verdict: alike as a whole at
-    the coarse size, but a part differs or moved (as where an editor pushed a region)."""
-    coarse = read["coarse"]
-    return (
-        coarse is not None
-        and coarse >= COARSE_SURE
-        and (not _plainly_alike(read) or misfit > MAX_MISFIT)
-    )
 
 
 def _fitting_the_bend(
@@ -5375,14 +5368,10 @@ def coarse_decided(found: Comparison) -> tuple[float, bool] | None:
     local tones set aside; None when neither reading does. Local tone tools (graduated
     filters, dehaze, clarity at large radii) change levels a global tone curve cannot undo;
     set aside, a moved subject still differs, so the worst part must then reach more."""
-    if found.coarse is None or found.worst_part is None:
-        return None
-    if found.coarse >= COARSE_SURE and found.worst_part >= PART_SURE:
+    if coarse_sure(found.coarse, found.worst_part):
         return found.coarse, False
-    if found.levelled is not None:
-        coarse, worst = found.levelled
-        if coarse >= COARSE_SURE and worst >= PART_SURE_LEVELLED:
-            return coarse, True
+    if found.levelled is not None and coarse_sure(*found.levelled, part=PART_SURE_LEVELLED):
+        return found.levelled[0], True
     return None
 
 

@@ -271,6 +271,26 @@ def test_a_liquify_push_is_a_local_warp_and_a_moved_subject_is_not() -> None:
     block = picture.copy()
     block[100:180, 150:250] = picture[100:180, 156:256]
     assert ip.local_warp(picture, block) is None
+    # a push over most of the picture: the whole frame moved, as a hand-held frame does
+    bump = {"x": 0.5, "y": 0.5, "radius": 0.3, "dx": 0.012, "dy": 0.008}
+    assert ip.local_warp(picture, np.asarray(liquify(Image.fromarray(picture), [bump]))) is None
+
+
+def test_guided_matches_skip_a_prior_that_shrinks_the_upload_to_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Such a prior puts every upload keypoint near every local one: all pairs, no line-up."""
+    rng = np.random.default_rng(3)
+    local = ip.Features(rng.uniform(0, 1000, (400, 2)).astype(np.float32),
+                        rng.integers(0, 256, (400, 32), np.uint8), (1000, 750))  # fmt: skip
+    upload = ip.Features(local.points[:200] / 2, local.descriptors[:200], (500, 375))
+    matches = ip.keypoint_matches(local, upload)
+    tiny = np.array([[0.01, 0.0, 500.0], [0.0, 0.01, 375.0]])  # the upload shrunk 100 times
+    prior = ip.Registration(tiny, np.zeros((30, 2, 2)), 40, 0.5, 0.0001, 0.0)
+    asked = []
+    monkeypatch.setattr(ip, "guided_matches", lambda *args: asked.append(args))
+    assert ip._guided_registration(local, upload, matches, (prior,)) is None
+    assert not asked
 
 
 def test_a_strong_graduated_filter_is_undone_by_the_local_gain_before_the_tones() -> None:
