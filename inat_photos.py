@@ -1122,6 +1122,7 @@ class Alignment:
     # The corners of the upright upload (top left, top right, bottom right, bottom left) in the
     # local picture; empty when they are those of box.
     corners: tuple[Point, ...] = ()
+    mirrored: bool = False  # the user flipped it left to right (before the quarter turns)
 
     @property
     def outline(self) -> tuple[Point, ...]:
@@ -1140,11 +1141,13 @@ class Alignment:
     @property
     def whole(self) -> bool:
         """True when the upload is the whole picture as it is (no crop, no turn, no angle)."""
-        return self.area >= WHOLE_AREA and self.turns == 0 and abs(self.angle) < STRAIGHT_MIN
+        straight = self.turns == 0 and abs(self.angle) < STRAIGHT_MIN and not self.mirrored
+        return self.area >= WHOLE_AREA and straight
 
     def describe(self) -> str:
-        """'cropped to 64% of the area, straightened 2.1°, rotated 90°' or '' when none."""
-        parts = []
+        """'mirrored, cropped to 64% of the area, straightened 2.1°, rotated 90°' or '' when
+        none."""
+        parts = ["mirrored"] if self.mirrored else []
         if self.area < WHOLE_AREA:
             parts.append(f"cropped to {self.area * 100:.0f}% of the area")
         if abs(self.angle) >= STRAIGHT_MIN:
@@ -1285,6 +1288,7 @@ class RefusalRecord:
     turns: int = 0
     prefiltered: bool = False
     tie: bool = False
+    mirrored: bool = False
 
     @classmethod
     def of(
@@ -1299,6 +1303,7 @@ class RefusalRecord:
             alignment.turns if alignment else 0,
             comparison.prefiltered if comparison else False,
             reason is Reason.TIE,
+            alignment.mirrored if alignment else False,
         )
 
     @classmethod
@@ -1316,6 +1321,7 @@ class RefusalRecord:
             int(found.get("turns") or 0),
             bool(found.get("prefiltered")),
             bool(found.get("tie")),
+            bool(found.get("mirrored")),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -5600,17 +5606,25 @@ class PictureSource:
         return self.full.make(photo.path, decode)
 
     def features(
-        self, photo: LocalPhoto, upload: InatPhoto, size: str | None = None
+        self, photo: LocalPhoto, upload: InatPhoto, size: str | None = None, mirrored: bool = False
     ) -> tuple[Image.Image, Features, Image.Image, Features] | None:
         """Both pictures at this upload size and their keypoints (local, its features, upload,
         its features), each found once while the picture is held; None when either cannot be
-        had."""
+        had. mirrored: the upload flipped left to right."""
         size = size or self.sizes[0]
         picture = self.upload(upload, size)
+        if picture is not None and mirrored:
+            flipped = picture
+            picture = self.uploads.make(
+                (upload.id, size, "mirrored"),
+                lambda: flipped.transpose(Image.Transpose.FLIP_LEFT_RIGHT),
+            )
         local = self.local(photo, size) if picture is not None else None
         if picture is None or local is None:
             return None
-        found = self.upload_features.make((upload.id, size), lambda: find_upload_features(picture))
+        found = self.upload_features.make(
+            (upload.id, size, mirrored), lambda: find_upload_features(picture)
+        )
         local_found = self.local_features.make(
             self._local_key(photo, size), lambda: find_local_features(local)
         )
@@ -5695,30 +5709,46 @@ class PairScorer:
         self.pictures = pictures
         self.score = score
         self.threshold = threshold  # what a pair settled at the first size must reach
-        self.comparisons = Memo()  # (local path, upload id) -> Comparison, for this day
+        self.comparisons = Memo()  # (local path, upload id, size, mirrored) -> Comparison
         self._ahead = threading.Condition()  # the background waits on it for room
         self._started: set[Path] = set()  # local photos the background has begun on
         self._finished: set[Path] = set()  # local photos whose cluster matching is done with
         self._background: tuple[list[threading.Thread], threading.Event] | None = None
         self._expected: list[tuple[Path, int]] = []  # the pairs the background was given
+        self.mirrored: set[int] = set()  # uploads that line up flipped left to right only
 
     def compare(
-        self, photo: LocalPhoto, candidate: Candidate, size: str | None = None
+        self,
+        photo: LocalPhoto,
+        candidate: Candidate,
+        size: str | None = None,
+        mirrored: bool | None = None,
     ) -> Comparison | None:
-        """One pair at one upload size (the first by default), compared once per day."""
+        """One pair at one upload size (the first by default), compared once per day; the
+        upload mirrored when it was found so (by default) or when asked."""
         size = size or self.pictures.sizes[0]
-        key = (photo.path, candidate.photo.id, size)
-        return self.comparisons.make(key, lambda: self._compare(photo, candidate, size))
+        if mirrored is None:
+            mirrored = candidate.photo.id in self.mirrored
+        key = (photo.path, candidate.photo.id, size, mirrored)
+        return self.comparisons.make(key, lambda: self._compare(photo, candidate, size, mirrored))
 
-    def _compare(self, photo: LocalPhoto, candidate: Candidate, size: str) -> Comparison | None:
+    def _compare(
+        self, photo: LocalPhoto, candidate: Candidate, size: str, mirrored: bool
+    ) -> Comparison | None:
         """Registration by keypoints first, the full score only for pairs that line up, and
         always for a pair named by the upload's original file name."""
-        pictures = self.pictures.features(photo, candidate.photo, size)
+        pictures = self.pictures.features(photo, candidate.photo, size, mirrored)
         if pictures is None:
             return None
         named = same_file_name(photo.path.name, candidate.photo.original_filename)
         sharper = functools.partial(self.pictures.full_picture, photo)
-        return compare_pictures(*pictures, self.score, sharper, named=named, step=coarse_step(size))
+        step = coarse_step(size)
+        found = compare_pictures(*pictures, self.score, sharper, named=named, step=step)
+        if mirrored and found.alignment is not None:
+            found = dataclasses.replace(
+                found, alignment=dataclasses.replace(found.alignment, mirrored=True)
+            )
+        return found
 
     def _each_pair(
         self,
@@ -5771,6 +5801,7 @@ class PairScorer:
         first, *more = self.pictures.sizes
         self.pictures.fetch(candidates, first)
         found = self._each_pair(photos, candidates, self.compare, within)
+        found |= self._found_mirrored(photos, candidates, found)
         if not more:
             return found
         settled = settled_uploads(found, self.threshold)
@@ -5817,6 +5848,27 @@ class PairScorer:
         # comparison: a whole frame missing there must not leave its photo to a crop.
         fallback = {(i, j): found[(i, j)] for i in again for j in unsettled if (i, j) in found}
         return kept | fallback | {(again[i], unsettled[j]): c for (i, j), c in finer.items()}
+
+    def _found_mirrored(
+        self, photos: Sequence[LocalPhoto], candidates: Sequence[Candidate], found: Pairs
+    ) -> Pairs:
+        """The pairs of each upload no photo lined up with, compared again with the upload
+        flipped left to right (an editor's mirror), for the uploads that then line up; those
+        are compared mirrored from then on."""
+        lined_up = {j for (_, j), c in found.items() if not c.prefiltered}
+        lost = [
+            j
+            for j in sorted({j for _, j in found} - lined_up)
+            if candidates[j].photo.id not in self.mirrored
+        ]
+        if not lost:
+            return {}
+        within = {(i, lost.index(j)) for i, j in found if j in lost}
+        flipped = functools.partial(self.compare, mirrored=True)
+        again = self._each_pair(photos, [candidates[j] for j in lost], flipped, within)
+        kept = {b for (_, b), c in again.items() if not c.prefiltered}
+        self.mirrored.update(candidates[lost[b]].photo.id for b in kept)
+        return {(i, lost[b]): c for (i, b), c in again.items() if b in kept}
 
     def _too_small(self, candidate: Candidate, size: str) -> bool:
         """Whether an upload's picture at size is too small to line up: a frame or a viewer
@@ -8256,7 +8308,9 @@ def near_miss(
         return None
     if record.score is None or not (record.tie or record.score >= threshold - NEAR_MISS):
         return None
-    alignment = Alignment(record.box, record.turns) if record.box else None
+    alignment = None
+    if record.box:
+        alignment = Alignment(record.box, record.turns, mirrored=record.mirrored)
     return NearMiss(uploads[record.upload], Comparison(record.score, alignment), record.tie)
 
 

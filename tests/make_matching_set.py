@@ -65,8 +65,9 @@ category went through one operation of that family and 0-3 of others, with rando
 (a composition, not a listed kind); beside some a local photo that was not uploaded.
 
 ``lens`` ``perspective`` ``warp`` ``overlay`` ``localtone`` ``grade`` ``filter``
-``exportsize`` ``anycrop``  the families (see random_editor.py); ``warp`` and ``grade`` were
-              held out while the tool was tuned (random_editor.HELD_OUT)
+``exportsize`` ``anycrop`` ``retouch`` ``stylize`` ``annotate`` ``mirror``  the families
+              (see random_editor.py); those of random_editor.HELD_OUT were held out while the
+              tool was tuned; annotate and mirror, added later, are planned after the bursts
 ``fburst``    look-alikes: hand-held bursts whose uploaded frame went through the random
               editor (a lens or perspective correction, an overlay, local tones ...)
 
@@ -160,7 +161,9 @@ LOOK_ALIKES = ("second", "handheld", "hdr")  # fburst too, but not in the small 
 JPEG_QUALITY = 90
 FAMILY_COUNT = 8  # uploads per family of the random editor (issue 25)
 FAMILY_BURSTS = 6  # hand-held bursts whose uploaded frame went through it
-LATER_FAMILIES = ("annotate",)  # added after sets were drawn: planned after the bursts
+# Added after sets were drawn: planned after the bursts, and never mixed into other uploads'
+# edits, so that the sets drawn before keep every picture.
+LATER_FAMILIES = ("annotate", "mirror")
 DESIGN_SIDE = 1100  # scenes are drawn at this size (longest side), then scaled to the file
 LENS_BLUR = 1.0  # design pixels: the lens is not perfectly sharp
 MARGIN = 0.08  # the drawn canvas is this much larger than the frame on every side
@@ -2368,8 +2371,9 @@ def plan_unmodelled(p: Planner) -> None:
 
 
 def random_edit(rng: random.Random, family: str) -> dict:
-    """An upload's edit: one operation of family and 0-3 of the families not held out."""
-    tuned = tuple(f for f in FAMILIES if f not in HELD_OUT)
+    """An upload's edit: one operation of family and 0-3 of the families not held out (nor
+    added later)."""
+    tuned = tuple(f for f in FAMILIES if f not in HELD_OUT and f not in LATER_FAMILIES)
     ops = pipeline(rng, family, tuned)
     return {"ops": ops, "quality": export_quality(ops, 95)}
 

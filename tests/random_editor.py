@@ -27,6 +27,8 @@ Families (``FAMILIES``):
                 tilt-shift blur outside a band
 ``annotate``    what a user draws to point at the organism: a circle or ellipse around it,
                 an arrow towards it, in a bright colour
+``mirror``      the crop tool's flip: left to right, or top to bottom (a flip left to right
+                and half a turn)
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ FAMILIES = (
     "retouch",
     "stylize",
     "annotate",
+    "mirror",
 )
 # Held out while the tool was tuned: the tuned families' uploads never draw their operations.
 # warp and grade were chosen before the first run of the baseline (stop 29) and looked at
@@ -76,6 +79,7 @@ _OPS = {
     "retouch": ("heal", "remove"),
     "stylize": ("fade", "vignette", "tiltshift"),
     "annotate": ("circle", "arrow"),
+    "mirror": ("flip",),
 }
 _ORDER = (
     "lens",
@@ -83,6 +87,7 @@ _ORDER = (
     "liquify",
     "heal",
     "remove",
+    "flip",
     "crop",
     "balance",
     "hue",
@@ -144,6 +149,8 @@ def draw_op(rng: random.Random, name: str) -> Op:
                 "vig": _r(rng.uniform(0.1, 0.35) if rng.random() < 0.5 else 0.0),
             },
         ]
+    if name == "flip":
+        return [name, {"axis": "vertical" if rng.random() < 0.25 else "horizontal"}]
     if name == "perspective":
         kind = rng.choice(["vertical", "horizontal", "both"])
         amount = {k: 0.0 for k in ("v", "h")}
@@ -487,6 +494,11 @@ def apply_op(picture: Image.Image, name: str, p: dict) -> Image.Image:
         return liquify(picture, p["bumps"])
     if name == "crop":
         return crop(picture, p["area"], p["aspect"], p["x"], p["y"])
+    if name == "flip":
+        vertical = p["axis"] == "vertical"
+        return picture.transpose(
+            Image.Transpose.FLIP_TOP_BOTTOM if vertical else Image.Transpose.FLIP_LEFT_RIGHT
+        )
     if name == "export":
         scale = p["side"] / max(picture.size)
         if scale < 1:

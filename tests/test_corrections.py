@@ -1,5 +1,5 @@
-"""Issue 25: uploads bent by a lens or perspective correction, or partly covered by an overlay,
-are found through the CLI; a burst frame beside such an upload never gets its tag.
+"""Issue 25: uploads bent by a lens or perspective correction, partly covered by an overlay,
+or mirrored, are found through the CLI; a burst frame beside such an upload never gets its tag.
 
 One small set (1600 x 1200, drawn by make_matching_set's planner, edited by the random
 editor's operations with chosen parameters) is served by the fake iNaturalist; inat_photos.py
@@ -52,6 +52,13 @@ LIQUIFY = {  # three regions pushed by about a percent of the short side, then s
         ["sharpen", {"radius": 1.5, "amount": 0.8}],
     ]
 }  # fmt: skip
+MIRROR = {  # the crop tool's flip, a crop and sharpening
+    "ops": [
+        ["flip", {"axis": "horizontal"}],
+        ["crop", {"area": 0.7, "aspect": 1.5, "x": 0.4, "y": 0.55}],
+        ["sharpen", {"radius": 1.0, "amount": 0.6}],
+    ]
+}
 
 
 @dataclass
@@ -85,6 +92,7 @@ def _plan() -> tuple[Planner, dict[str, str]]:
             ("frame", FRAME),
             ("graduated", GRADUATED),
             ("liquify", LIQUIFY),
+            ("mirror", MIRROR),
         )
     ):
         when = day + dt.timedelta(minutes=20 * k)
@@ -107,6 +115,21 @@ def _plan() -> tuple[Planner, dict[str, str]]:
     )
     p.upload_edited(gone, p.edited(gone, LENS), scene.subject, place, gone.when)
     roles["burst kept"], roles["burst gone"] = kept.path, gone.path
+    # Another, the second frame uploaded mirrored, then deleted.
+    when = day + dt.timedelta(hours=4)
+    scene = p.scene()
+    kept = p.local("burst", scene, when, place, None, "the frame kept")
+    gone = p.local(
+        "burst",
+        scene,
+        when + dt.timedelta(seconds=1),
+        place,
+        None,
+        "uploaded mirrored, then deleted",
+        view=View(shift=(0.004, -0.003), subject_move=(0.012, 0.004), pose=0.6, warp=0.002),
+    )
+    p.upload_edited(gone, p.edited(gone, MIRROR), scene.subject, place, gone.when)
+    roles["mirrored burst kept"], roles["mirrored burst gone"] = kept.path, gone.path
     return p, roles
 
 
@@ -116,6 +139,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Run:
     planner, roles = _plan()
     write_set(root, planner, jobs=1)
     (root / roles["burst gone"]).unlink()
+    (root / roles["mirrored burst gone"]).unlink()
     with FakeINaturalist(root / "scenario.json") as fake:
         result = run_cli(
             ["--user", USER["login"], str(root / "pictures")], fake.api_url, root / "cache"
@@ -133,6 +157,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Run:
         ("text", "covered by an overlay"),
         ("graduated", "tones adjusted"),  # local tone tools: the gain brought before the tones
         ("liquify", "a local warp over"),  # regions pushed by an editor's liquify tool
+        ("mirror", "mirrored"),  # flipped left to right in the crop tool
     ],
 )
 def test_an_edited_upload_is_found_and_its_line_says_what_was_allowed_for(
@@ -151,6 +176,11 @@ def test_an_upload_with_a_frame_on_one_side_is_found(run: Run) -> None:
 def test_a_burst_frame_is_not_taken_for_its_lens_corrected_neighbour(run: Run) -> None:
     assert run.tag("burst kept") is None, run.result.stdout
     assert run.line("burst kept") is None, run.result.stdout
+
+
+def test_a_burst_frame_is_not_taken_for_its_mirrored_neighbour(run: Run) -> None:
+    assert run.tag("mirrored burst kept") is None, run.result.stdout
+    assert run.line("mirrored burst kept") is None, run.result.stdout
 
 
 # -- the pieces, on small pictures --------------------------------------------------------

@@ -204,7 +204,7 @@ class _Canned(ip.PairScorer):
         super().__init__(pictures, score=None)  # type: ignore[arg-type]
         self.canned = canned
 
-    def compare(self, photo, candidate, size=None):  # type: ignore[override]
+    def compare(self, photo, candidate, size=None, mirrored=None):  # type: ignore[override]
         return self.canned[(photo.index, candidate.index, size or "medium")]
 
 

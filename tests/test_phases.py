@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from PIL import Image
 from support import model
+from support.images import synthetic_photo
 
 import inat_photos as ip
 
@@ -316,7 +317,13 @@ class Pictures:
         self.asked: list[tuple[str, int]] = []
         self.forgotten: list[str] = []
 
-    def features(self, local: ip.LocalPhoto, upload: ip.InatPhoto, size: str | None = None):
+    def features(
+        self,
+        local: ip.LocalPhoto,
+        upload: ip.InatPhoto,
+        size: str | None = None,
+        mirrored: bool = False,
+    ):
         self.asked.append((local.path.name, upload.id))
         return None  # no pictures: the comparison is None
 
@@ -362,7 +369,9 @@ def test_pair_scorer_holds_a_few_pictures_of_a_big_cluster_at_a_time() -> None:
     held: list[int] = []
     asked = pictures.features
 
-    def features(local: ip.LocalPhoto, upload: ip.InatPhoto, size: str | None = None):
+    def features(
+        local: ip.LocalPhoto, upload: ip.InatPhoto, size: str | None = None, mirrored=False
+    ):
         names = {name for name, _ in pictures.asked} | {local.path.name}
         held.append(len(names - set(pictures.forgotten)))
         return asked(local, upload)
@@ -376,6 +385,50 @@ def test_pair_scorer_holds_a_few_pictures_of_a_big_cluster_at_a_time() -> None:
         assert max(held) <= ip.PREFETCH_AHEAD
         pictures.asked.clear()
         pictures.forgotten.clear()
+
+
+class DrawnPictures(Pictures):
+    """Pictures drawn in memory (name -> picture), each upload the picture of its id."""
+
+    def __init__(self, drawn: dict[str, Image.Image], uploads: dict[int, Image.Image]) -> None:
+        super().__init__()
+        self.drawn, self.uploads = drawn, uploads
+        self.mirrored: list[tuple[str, int]] = []
+
+    def features(self, local, upload, size=None, mirrored=False):  # type: ignore[override]
+        (self.mirrored if mirrored else self.asked).append((local.path.name, upload.id))
+        picture = self.uploads[upload.id]
+        if mirrored:
+            picture = picture.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        drawn = self.drawn[local.path.name]
+        found = ip.find_local_features(drawn), ip.find_upload_features(picture)
+        return drawn, found[0], picture, found[1]
+
+    def upload(self, photo: ip.InatPhoto, size: str | None = None):
+        return self.uploads[photo.id]
+
+    def full_picture(self, photo: ip.LocalPhoto):
+        return None
+
+
+def test_an_upload_no_photo_lines_up_with_is_compared_mirrored() -> None:
+    """An editor's flip: the upload lines up with its photo only mirrored, and is compared
+    mirrored from then on; an upload that lines up as it is never is."""
+    t = dt.datetime(2021, 2, 1, 10, 0)
+    drawn = {"a.jpg": synthetic_photo(480, 360, 4), "b.jpg": synthetic_photo(480, 360, 5)}
+    flipped = drawn["a.jpg"].transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    pictures = DrawnPictures(drawn, {1: flipped, 2: drawn["b.jpg"]})
+    scorer = ip.PairScorer(pictures, ip.ssim_score)  # type: ignore[arg-type]
+    locals_ = [photo("a.jpg", t), photo("b.jpg", t)]
+    found = scorer(locals_, [candidate(1, t), candidate(2, t)])
+    mirrored = found[(0, 0)]
+    assert not mirrored.prefiltered and mirrored.score > 0.95
+    assert mirrored.alignment is not None and mirrored.alignment.mirrored
+    assert "mirrored" in mirrored.describe()
+    assert found[(1, 0)].prefiltered or found[(1, 0)].score < 0.5
+    assert not found[(1, 1)].prefiltered and not found[(1, 1)].alignment.mirrored
+    assert sorted(pictures.mirrored) == [("a.jpg", 1), ("b.jpg", 1)]
+    assert scorer.mirrored == {1}
 
 
 def test_pair_scorer_compares_at_most_a_few_photos_ahead() -> None:
@@ -527,7 +580,7 @@ def test_an_upload_that_lined_up_with_no_photo_is_kept_as_weighed() -> None:
     phone = ip.Comparison(0.30, prefiltered=True)  # an upload of no local photo
     table = {("a.jpg", 1): lined, ("b.jpg", 1): ip.Comparison(0.5, prefiltered=True)}
 
-    def compare(local: ip.LocalPhoto, upload: ip.Candidate, size: str | None = None):
+    def compare(local: ip.LocalPhoto, upload: ip.Candidate, size=None, mirrored=None):
         return table.get((local.path.name, upload.photo.id), phone)
 
     scorer.compare = compare  # type: ignore[method-assign]
