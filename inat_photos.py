@@ -77,7 +77,7 @@ from __future__ import annotations
 
 import sys
 
-__version__ = "1.5.3"
+__version__ = "1.5.4"
 
 if __name__ == "__main__" and sys.argv[1:] == ["--version"]:
     # Python compiles this whole file before its first line runs; answering here spares
@@ -5254,6 +5254,13 @@ def _score_uncovered(
     return score, pair, toned_best, round(covered, 3)
 
 
+# A tone matching: (region, upright upload, the upload with the region's tones) -> the pair
+# it scores.
+ToneMatching = Callable[
+    ["np.ndarray", "np.ndarray", "np.ndarray"], tuple["np.ndarray", "np.ndarray"]
+]
+
+
 def _best_tones(
     region: np.ndarray,
     upright: np.ndarray,
@@ -5270,36 +5277,39 @@ def _best_tones(
     """
     toned = match_tones(upright, region) if toned is None else toned
     change = float(np.abs(toned.astype(np.int16) - upright).mean())
-    tried = [(region, upright)] if change < TONE_SURE else []
+    tried: list[ToneMatching] = [lambda r, u, t: (r, u)] if change < TONE_SURE else []
     if change >= TONE_MIN:
-        tried.append((region, toned))
+        tried.append(lambda r, u, t: (r, t))
         if np.mean((upright <= 1) | (upright >= 254)) >= CLIPPED_MIN:
-            tried.append((curves_like(region, upright), upright))
+            tried.append(lambda r, u, t: (curves_like(r, u), u))
         if is_grey(upright):  # a black-and-white upload: the local picture made grey alike
-            tried.append((match_tones(region, upright), upright))
+            tried.append(lambda r, u, t: (match_tones(r, u), u))
         # Local tone tools (graduated and radial filters, dehaze, shadows) change brightness
         # smoothly across the picture: the toned upload brought to the region's local levels.
-        tried.append((region, local_gain(toned, region)))
+        tried.append(lambda r, u, t: (r, local_gain(t, r)))
         # ... or brought to them first, then given the region's tones: across a strong
         # graduated filter one level stands for two, which a curve fitted first averages.
-        tried.append((region, match_tones(local_gain(upright, region), region)))
-    best = _likely_best(tried, score_pair)
-    score = score_pair(*tried[best])
-    return score, tried[best], change >= TONE_MIN and (change >= TONE_SURE or best > 0)
+        tried.append(lambda r, u, t: (r, match_tones(local_gain(u, r), r)))
+    best = _likely_best(tried, (region, upright, toned), score_pair)
+    pair = tried[best](region, upright, toned)
+    score = score_pair(*pair)
+    return score, pair, change >= TONE_MIN and (change >= TONE_SURE or best > 0)
 
 
-def _likely_best(tried: list[tuple[np.ndarray, np.ndarray]], score_pair: ScoreFunction) -> int:
-    """Which of several tone matchings of one pair scores best, judged at half size (a
-    quarter of the work): they differ in tones, which shrinking leaves as they are."""
-    if len(tried) == 1 or min(tried[0][0].shape[:2]) < TONE_JUDGED_FROM:
-        return max(range(len(tried)), key=lambda k: (score_pair(*tried[k]), k))
-    cv2 = _cv2()
-
-    def halved(picture: np.ndarray) -> np.ndarray:
-        size = (picture.shape[1] // 2, picture.shape[0] // 2)
-        return cv2.resize(picture, size, interpolation=cv2.INTER_AREA)
-
-    return max(range(len(tried)), key=lambda k: (score_pair(*map(halved, tried[k])), k))
+def _likely_best(
+    tried: list[ToneMatching],
+    pictures: tuple[np.ndarray, np.ndarray, np.ndarray],
+    score_pair: ScoreFunction,
+) -> int:
+    """Which of several tone matchings of one pair scores best, each made and judged at half
+    size (a quarter of the work): they differ in tones, which shrinking leaves as they are."""
+    if len(tried) == 1:
+        return 0
+    if min(pictures[0].shape[:2]) >= TONE_JUDGED_FROM:
+        cv2 = _cv2()
+        size = (pictures[0].shape[1] // 2, pictures[0].shape[0] // 2)
+        pictures = tuple(cv2.resize(p, size, interpolation=cv2.INTER_AREA) for p in pictures)
+    return max(range(len(tried)), key=lambda k: (score_pair(*tried[k](*pictures)), k))
 
 
 def quick_comparison(
@@ -5490,8 +5500,9 @@ def settled_uploads(comparisons: Pairs, threshold: float) -> dict[int, int]:
 #    while it is needed, saves a local photo's log thumbnail while it is decoded, and is
 #    the one place that reports a picture it could not decode. PairScorer is the compare
 #    function matching is given: each pair once a day, at the first size and again at
-#    the larger for what it did not settle, the coming clusters' pairs ahead in
-#    background threads (interleaved), a few local photos' pictures held at a time.
+#    the larger for what it did not settle (and an upload no photo lined up with, again
+#    mirrored), a few local photos' pictures held at a time; ComparingAhead compares the
+#    coming clusters' pairs in background threads (interleaved).
 #    PairScorer.day owns a day's threads: started with the day, stopped before anything
 #    is written (left_out), the day's pictures dropped on exit.
 # ---------------------------------------------------------------------------
@@ -5694,6 +5705,92 @@ def interleaved(
     ]
 
 
+class ComparingAhead:
+    """Background threads that compare the coming pairs through compare, at most
+    PREFETCH_AHEAD local photos ahead of the matching, which says (done_with) which photos
+    it is done with."""
+
+    def __init__(self, compare: Callable[[LocalPhoto, Candidate], Any]) -> None:
+        self.compare = compare
+        self._room = threading.Condition()  # the background waits on it for room
+        self._started: set[Path] = set()  # local photos the background has begun on
+        self._finished: set[Path] = set()  # local photos whose cluster matching is done with
+        self._threads: tuple[list[threading.Thread], threading.Event] | None = None
+        self._expected: list[tuple[Path, int]] = []  # the pairs the background was given
+
+    def expect(self, pairs: Sequence[tuple[LocalPhoto, Candidate]]) -> None:
+        """Compare these pairs in the background, at most PREFETCH_AHEAD local photos ahead
+        of the matching, in turns across photos: clusters are small, so their own pairs
+        rarely keep every core busy, and downloading and decoding wait for no one. Pairs
+        already coming (the day was expected while the one before was written) go on."""
+        wanted = [(photo.path, candidate.photo.id) for photo, candidate in pairs]
+        if self._threads is not None and wanted == self._expected:
+            return
+        self.stop()
+        self._expected = wanted
+        if len(pairs) < 2:
+            return
+        stop = threading.Event()
+        queue = iter(interleaved(pairs, PREFETCH_AHEAD))
+        threads = [
+            threading.Thread(
+                target=self._run, args=(queue, stop), name="compare-ahead", daemon=True
+            )
+            for _ in range(COMPARE_WORKERS)
+        ]
+        self._threads = (threads, stop)
+        for thread in threads:
+            thread.start()
+
+    def _run(self, queue: Iterator[tuple[LocalPhoto, Candidate]], stop: threading.Event) -> None:
+        while not stop.is_set():
+            with self._room:  # the threads take the pairs in turn, in order
+                pair = next(queue, None)
+                if pair is None:
+                    return
+                photo, candidate = pair
+                if photo.path in self._finished:
+                    continue
+                while not stop.is_set() and self._no_room_for(photo):
+                    self._room.wait(0.5)
+                self._started.add(photo.path)
+            if stop.is_set():
+                return
+            # An error is kept in the comparisons' Memo: matching meets it when it asks for
+            # the pair, and reports it there, once.
+            with contextlib.suppress(Exception):
+                self.compare(photo, candidate)
+
+    def _no_room_for(self, photo: LocalPhoto) -> bool:
+        """Whether the background is PREFETCH_AHEAD photos ahead already (lock held)."""
+        if photo.path in self._started:
+            return False
+        return len(self._started - self._finished) >= PREFETCH_AHEAD
+
+    def stop(self) -> None:
+        """Stop comparing ahead; returns once the background threads have ended."""
+        if self._threads is not None:
+            threads, stop = self._threads
+            stop.set()
+            with self._room:
+                self._room.notify_all()
+            for thread in threads:
+                thread.join()
+            self._threads = None
+
+    def done_with(self, photos: Iterable[Path]) -> None:
+        """Let the background go further ahead: the matching is done with these photos."""
+        with self._room:
+            self._finished.update(photos)
+            self._room.notify_all()
+
+    def forget(self) -> None:
+        """Stop, and forget the day's photos."""
+        self.stop()
+        self._started.clear()
+        self._finished.clear()
+
+
 class PairScorer:
     """The compare function matching is given: pictures from a PictureSource, scored in parallel.
 
@@ -5710,11 +5807,7 @@ class PairScorer:
         self.score = score
         self.threshold = threshold  # what a pair settled at the first size must reach
         self.comparisons = Memo()  # (local path, upload id, size, mirrored) -> Comparison
-        self._ahead = threading.Condition()  # the background waits on it for room
-        self._started: set[Path] = set()  # local photos the background has begun on
-        self._finished: set[Path] = set()  # local photos whose cluster matching is done with
-        self._background: tuple[list[threading.Thread], threading.Event] | None = None
-        self._expected: list[tuple[Path, int]] = []  # the pairs the background was given
+        self.ahead = ComparingAhead(lambda photo, candidate: self.compare(photo, candidate))
         self.mirrored: set[int] = set()  # uploads that line up flipped left to right only
 
     def compare(
@@ -5785,9 +5878,7 @@ class PairScorer:
 
     def _done_with(self, photos: Sequence[LocalPhoto]) -> None:
         """Let the background go further ahead, and drop these photos' pictures."""
-        with self._ahead:
-            self._finished.update(p.path for p in photos)
-            self._ahead.notify_all()
+        self.ahead.done_with(p.path for p in photos)
         self.pictures.forget_locals(photos)
 
     def __call__(
@@ -5890,66 +5981,12 @@ class PairScorer:
         return self._each_pair(photos, candidates, gate)
 
     def expect(self, pairs: Sequence[tuple[LocalPhoto, Candidate]]) -> None:
-        """Compare these pairs in the background, at most PREFETCH_AHEAD local photos ahead
-        of the matching, in turns across photos: clusters are small, so their own pairs
-        rarely keep every core busy, and downloading and decoding wait for no one. Pairs
-        already coming (the day was expected while the one before was written) go on."""
-        wanted = [(photo.path, candidate.photo.id) for photo, candidate in pairs]
-        if self._background is not None and wanted == self._expected:
-            return
-        self.stop()
-        self._expected = wanted
-        if len(pairs) < 2:
-            return
-        stop = threading.Event()
-        queue = iter(interleaved(pairs, PREFETCH_AHEAD))
-        threads = [
-            threading.Thread(
-                target=self._compare_ahead, args=(queue, stop), name="compare-ahead", daemon=True
-            )
-            for _ in range(COMPARE_WORKERS)
-        ]
-        self._background = (threads, stop)
-        for thread in threads:
-            thread.start()
-
-    def _compare_ahead(
-        self, queue: Iterator[tuple[LocalPhoto, Candidate]], stop: threading.Event
-    ) -> None:
-        while not stop.is_set():
-            with self._ahead:  # the threads take the pairs in turn, in order
-                pair = next(queue, None)
-                if pair is None:
-                    return
-                photo, candidate = pair
-                if photo.path in self._finished:
-                    continue
-                while not stop.is_set() and self._no_room_for(photo):
-                    self._ahead.wait(0.5)
-                self._started.add(photo.path)
-            if stop.is_set():
-                return
-            # An error is kept in the comparisons' Memo: matching meets it when it asks for
-            # the pair, and reports it there, once.
-            with contextlib.suppress(Exception):
-                self.compare(photo, candidate)
-
-    def _no_room_for(self, photo: LocalPhoto) -> bool:
-        """Whether the background is PREFETCH_AHEAD photos ahead already (lock held)."""
-        if photo.path in self._started:
-            return False
-        return len(self._started - self._finished) >= PREFETCH_AHEAD
+        """Compare these pairs ahead, in the background (ComparingAhead.expect)."""
+        self.ahead.expect(pairs)
 
     def stop(self) -> None:
         """Stop comparing ahead; returns once the background threads have ended."""
-        if self._background is not None:
-            threads, stop = self._background
-            stop.set()
-            with self._ahead:
-                self._ahead.notify_all()
-            for thread in threads:
-                thread.join()
-            self._background = None
+        self.ahead.stop()
 
     @contextlib.contextmanager
     def day(self, pairs: Sequence[tuple[LocalPhoto, Candidate]]) -> Iterator[PairScorer]:
@@ -5971,10 +6008,8 @@ class PairScorer:
 
     def finish_day(self) -> None:
         """Stop comparing ahead and drop the day's pictures, keypoints and comparisons."""
-        self.stop()
+        self.ahead.forget()
         self.comparisons.forget()
-        self._started.clear()
-        self._finished.clear()
         self.pictures.forget_locals()
         self.pictures.forget_uploads()
 

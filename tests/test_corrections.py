@@ -334,6 +334,24 @@ def test_a_strong_graduated_filter_is_undone_by_the_local_gain_before_the_tones(
     assert ip.coarse_evidence(*pair, step=2)[1] > ip.PART_SURE
 
 
+def test_the_tone_matchings_not_chosen_are_made_at_half_size_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Choosing among the tone matchings costs a quarter of making them all at full size;
+    the one chosen is made at full size and scored there."""
+    picture = _scene(5)
+    brighter = np.clip(picture.astype(np.float64) * 1.3 + 12, 0, 255).astype(np.uint8)
+    made: list[tuple[int, ...]] = []
+    gain = ip.local_gain
+    monkeypatch.setattr(ip, "local_gain", lambda p, r: made.append(p.shape) or gain(p, r))
+    score, pair, toned = ip._best_tones(picture, brighter, ip.ssim_score)
+    assert toned and score > 0.97, score
+    assert pair[0].shape == picture.shape and pair[1].shape == picture.shape
+    half = (picture.shape[0] // 2, picture.shape[1] // 2, 3)
+    assert made.count(half) == 2, made  # the two local gains, tried
+    assert made.count(picture.shape) <= 1, made  # and one made again only if it was chosen
+
+
 def test_a_translucent_band_over_a_graduated_upload_is_left_out() -> None:
     """A caption band at 70% opacity keeps the structure under it (flat sky stays flat, detail
     keeps its lines at a third of the contrast): its shade, after the tones are matched, gives

@@ -104,8 +104,12 @@ class TableScorer(ip.PairScorer):
         self.table = table
         self.asked: list[tuple[str, int, str]] = []
 
-    def _compare(self, photo: ip.LocalPhoto, candidate: ip.Candidate, size: str) -> Any:
+    def _compare(
+        self, photo: ip.LocalPhoto, candidate: ip.Candidate, size: str, mirrored: bool = False
+    ) -> Any:
         key = (photo.path.name, candidate.photo.id, size)
+        if mirrored:  # an upload no photo lined up with, again mirrored: it lines up no better
+            return None
         self.asked.append(key)
         return self.table.get(key)
 
