@@ -5095,7 +5095,7 @@ SCORE_FLOOR = 0.85  # the score a pair below the threshold needs at least
 COARSE_SURE = 0.92  # ... and the coarse score, where export filters do not reach
 PART_SURE = 0.83  # ... and its worst part: where another frame's subject moved, it is not
 PART_SURE_LEVELLED = 0.86  # ... or both read with local tones set aside (issue 25)
-MIN_INLIER_SHARE = 0.7  # ... and this share of its keypoint matches fitting one geometry
+MIN_INLIER_SHARE = 0.6  # ... and this share of its keypoint matches fitting one geometry
 VERDICT_MARGIN = 0.02  # ... and a score this far above every other photo and upload near it
 
 

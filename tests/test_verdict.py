@@ -158,6 +158,15 @@ def test_evidence_refuses_what_a_look_alike_could_reach(pairs: ip.Pairs) -> None
     assert ip.evidence_grounds(pairs, 0.95) == {}
 
 
+def test_evidence_takes_a_pair_whose_edit_left_a_third_of_its_matches_out() -> None:
+    """A liquify push or a caption over detail leaves some matches off the one geometry; the
+    rest of the evidence still decides (a look-alike loses the worst part, not the share)."""
+    grounds = ip.evidence_grounds(
+        {(0, 0): _comparison(0.91, 0.985, inliers=130, matches=200)}, 0.95
+    )
+    assert grounds == {(0, 0): "98.5% at a quarter of the size, 130 matching points, no rival"}
+
+
 def test_evidence_leaves_pairs_above_the_threshold_to_the_score() -> None:
     assert ip.evidence_grounds({(0, 0): _comparison(0.97, 0.99)}, 0.95) == {}
 
