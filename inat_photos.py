@@ -4115,6 +4115,21 @@ def register_any(local: Features, upload: Features) -> Registration | None:
     return _guided_registration(local, upload, matches, (first, bent)) or first
 
 
+MIRROR_PROBE = 4  # a flipped upload is first matched by every 4th of its keypoints
+
+
+def may_line_up(local: Features, upload: Features) -> bool:
+    """The cheap probe before a full comparison (of a flipped upload): every MIRROR_PROBE-th
+    of the upload's keypoints, or all of them at a coarser size (a tight crop), fit one
+    similarity with at least half of MIN_INLIERS of their matches."""
+    probe = Features(upload.points[::MIRROR_PROBE], upload.descriptors[::MIRROR_PROBE], upload.size)
+    for level in (probe, *upload.coarser):
+        found = register(local, level, keypoint_matches(local, level))
+        if found is not None and len(found.inliers) >= MIN_INLIERS // 2:
+            return True
+    return False
+
+
 def _guided_registration(
     local: Features,
     upload: Features,
@@ -5527,7 +5542,7 @@ class PictureSource:
         self.locals = Memo()  # (path, size) -> picture
         self.thumbnails = Memo()
         self.full = Memo()
-        self.upload_features = Memo()  # (photo id, size) -> Features
+        self.upload_keypoints = Memo()  # (photo id, size, mirrored) -> Features
         self.local_features = Memo()  # (path, size) -> Features
         self.unreadable: set[Path] = set()
         self.lock = threading.Lock()
@@ -5616,6 +5631,26 @@ class PictureSource:
 
         return self.full.make(photo.path, decode)
 
+    def upload_features(
+        self, upload: InatPhoto, size: str | None = None, mirrored: bool = False
+    ) -> tuple[Image.Image, Features] | None:
+        """The upload at this size (flipped left to right when mirrored) and its keypoints,
+        found once while it is held; None when it cannot be had."""
+        size = size or self.sizes[0]
+        picture = self.upload(upload, size)
+        if picture is None:
+            return None
+        if mirrored:
+            plain = picture
+            picture = self.uploads.make(
+                (upload.id, size, "mirrored"),
+                lambda: plain.transpose(Image.Transpose.FLIP_LEFT_RIGHT),
+            )
+        found = self.upload_keypoints.make(
+            (upload.id, size, mirrored), lambda: find_upload_features(picture)
+        )
+        return picture, found
+
     def features(
         self, photo: LocalPhoto, upload: InatPhoto, size: str | None = None, mirrored: bool = False
     ) -> tuple[Image.Image, Features, Image.Image, Features] | None:
@@ -5623,23 +5658,14 @@ class PictureSource:
         its features), each found once while the picture is held; None when either cannot be
         had. mirrored: the upload flipped left to right."""
         size = size or self.sizes[0]
-        picture = self.upload(upload, size)
-        if picture is not None and mirrored:
-            flipped = picture
-            picture = self.uploads.make(
-                (upload.id, size, "mirrored"),
-                lambda: flipped.transpose(Image.Transpose.FLIP_LEFT_RIGHT),
-            )
-        local = self.local(photo, size) if picture is not None else None
-        if picture is None or local is None:
+        held = self.upload_features(upload, size, mirrored)
+        local = self.local(photo, size) if held is not None else None
+        if held is None or local is None:
             return None
-        found = self.upload_features.make(
-            (upload.id, size, mirrored), lambda: find_upload_features(picture)
-        )
         local_found = self.local_features.make(
             self._local_key(photo, size), lambda: find_local_features(local)
         )
-        return local, local_found, picture, found
+        return local, local_found, *held
 
     def _decode(
         self, photo: LocalPhoto, side: int, cache: Memo, key: Any, keep_thumbnail: bool = False
@@ -5683,7 +5709,7 @@ class PictureSource:
     def forget_uploads(self) -> None:
         """Drop decoded uploads and their keypoints once their day is done and reported."""
         self.uploads.forget()
-        self.upload_features.forget()
+        self.upload_keypoints.forget()
 
 
 def interleaved(
@@ -5809,6 +5835,7 @@ class PairScorer:
         self.comparisons = Memo()  # (local path, upload id, size, mirrored) -> Comparison
         self.ahead = ComparingAhead(lambda photo, candidate: self.compare(photo, candidate))
         self.mirrored: set[int] = set()  # uploads that line up flipped left to right only
+        self._seen: dict[Path, Features] = {}  # local keypoints at the first size, this call
 
     def compare(
         self,
@@ -5833,6 +5860,8 @@ class PairScorer:
         pictures = self.pictures.features(photo, candidate.photo, size, mirrored)
         if pictures is None:
             return None
+        if size == self.pictures.sizes[0]:  # for the mirror's probe, once pictures are gone
+            self._seen[photo.path] = pictures[1]
         named = same_file_name(photo.path.name, candidate.photo.original_filename)
         sharper = functools.partial(self.pictures.full_picture, photo)
         step = coarse_step(size)
@@ -5893,6 +5922,8 @@ class PairScorer:
         self.pictures.fetch(candidates, first)
         found = self._each_pair(photos, candidates, self.compare, within)
         found |= self._found_mirrored(photos, candidates, found)
+        for photo in photos:
+            self._seen.pop(photo.path, None)
         if not more:
             return found
         settled = settled_uploads(found, self.threshold)
@@ -5945,7 +5976,8 @@ class PairScorer:
     ) -> Pairs:
         """The pairs of each upload no photo lined up with, compared again with the upload
         flipped left to right (an editor's mirror), for the uploads that then line up; those
-        are compared mirrored from then on."""
+        are compared mirrored from then on. A pair the flip cannot line up (may_line_up, on
+        the keypoints kept) is not decoded again."""
         lined_up = {j for (_, j), c in found.items() if not c.prefiltered}
         lost = [
             j
@@ -5954,7 +5986,17 @@ class PairScorer:
         ]
         if not lost:
             return {}
-        within = {(i, lost.index(j)) for i, j in found if j in lost}
+
+        def worth(i: int, j: int) -> bool:
+            local = self._seen.get(photos[i].path)
+            if local is None:
+                return True
+            flipped = self.pictures.upload_features(candidates[j].photo, mirrored=True)
+            return flipped is not None and may_line_up(local, flipped[1])
+
+        within = {(i, lost.index(j)) for i, j in found if j in lost and worth(i, j)}
+        if not within:
+            return {}
         flipped = functools.partial(self.compare, mirrored=True)
         again = self._each_pair(photos, [candidates[j] for j in lost], flipped, within)
         kept = {b for (_, b), c in again.items() if not c.prefiltered}
@@ -6009,6 +6051,7 @@ class PairScorer:
     def finish_day(self) -> None:
         """Stop comparing ahead and drop the day's pictures, keypoints and comparisons."""
         self.ahead.forget()
+        self._seen.clear()
         self.comparisons.forget()
         self.pictures.forget_locals()
         self.pictures.forget_uploads()
