@@ -77,6 +77,24 @@ class Run:
         return next((x for x in self.result.lines if f"{name}' " in x and " found " in x), None)
 
 
+def _burst_with_its_upload_gone(p: Planner, when: dt.datetime, edit: dict) -> tuple[str, str]:
+    """Two hand-held frames a second apart, the second uploaded with edit (the caller deletes
+    it); their paths."""
+    place, scene = PLACES[1], p.scene()
+    kept = p.local("burst", scene, when, place, None, "the frame kept")
+    gone = p.local(
+        "burst",
+        scene,
+        when + dt.timedelta(seconds=1),
+        place,
+        None,
+        "uploaded edited, then deleted",
+        view=View(shift=(0.004, -0.003), subject_move=(0.012, 0.004), pose=0.6, warp=0.002),
+    )
+    p.upload_edited(gone, p.edited(gone, edit), scene.subject, place, gone.when)
+    return kept.path, gone.path
+
+
 def _plan() -> tuple[Planner, dict[str, str]]:
     p = Planner(seed=25, small=True)
     place = PLACES[1]
@@ -100,36 +118,11 @@ def _plan() -> tuple[Planner, dict[str, str]]:
         local = p.local("edited", scene, when, place, None, role)
         p.upload_edited(local, p.edited(local, edit), scene.subject, place, when)
         roles[role] = local.path
-    # A hand-held burst: the second frame uploaded with a lens correction, then deleted.
-    when = day + dt.timedelta(hours=3)
-    scene = p.scene()
-    kept = p.local("burst", scene, when, place, None, "the frame kept")
-    gone = p.local(
-        "burst",
-        scene,
-        when + dt.timedelta(seconds=1),
-        place,
-        None,
-        "uploaded with a lens correction, then deleted",
-        view=View(shift=(0.004, -0.003), subject_move=(0.012, 0.004), pose=0.6, warp=0.002),
-    )
-    p.upload_edited(gone, p.edited(gone, LENS), scene.subject, place, gone.when)
-    roles["burst kept"], roles["burst gone"] = kept.path, gone.path
-    # Another, the second frame uploaded mirrored, then deleted.
-    when = day + dt.timedelta(hours=4)
-    scene = p.scene()
-    kept = p.local("burst", scene, when, place, None, "the frame kept")
-    gone = p.local(
-        "burst",
-        scene,
-        when + dt.timedelta(seconds=1),
-        place,
-        None,
-        "uploaded mirrored, then deleted",
-        view=View(shift=(0.004, -0.003), subject_move=(0.012, 0.004), pose=0.6, warp=0.002),
-    )
-    p.upload_edited(gone, p.edited(gone, MIRROR), scene.subject, place, gone.when)
-    roles["mirrored burst kept"], roles["mirrored burst gone"] = kept.path, gone.path
+    # Hand-held bursts: the second frame uploaded with a lens correction, or mirrored, then
+    # deleted.
+    for hours, edit, role in ((3, LENS, "burst"), (4, MIRROR, "mirrored burst")):
+        kept, gone = _burst_with_its_upload_gone(p, day + dt.timedelta(hours=hours), edit)
+        roles[f"{role} kept"], roles[f"{role} gone"] = kept, gone
     return p, roles
 
 
