@@ -35,7 +35,8 @@ above it (tests/test_layout.py checks that):
             -> prepare_local_photos: sidecars read, RAW+JPEG pairs joined
     8-9   decoding; compare_pictures(local, upload) -> Comparison, and the verdict
     10    every thread: PictureSource (downloads ahead, decoding) + PairScorer: the compare
-            function, pairs compared ahead
+            function (an upload no photo lined up with, again flipped) + ComparingAhead:
+            pairs compared ahead
     11    per day: planned_pairs(...) -> PairScorer.expect: those pairs compared ahead
             match_day(photos, candidates, compare, options) -> DayOutcome (pure)
     12    plan_update(photo, ...) -> Update -> write_update (atomic, or dry run)
@@ -71,6 +72,8 @@ Glossary:
                along an edge, a mark (logo, text) inside; left out of the scores, bounded
   local warp   a liquify push: a small region moved smoothly, the rest in place; the photo
                is resampled through it (local_warp), a moved subject never is
+  mirrored     an upload the user flipped left to right: looked for flipped only when no
+               photo lined up with it as it is (PairScorer._found_mirrored)
 """
 
 from __future__ import annotations
@@ -3811,7 +3814,8 @@ def choose_score_function(use_gpu: bool, console: Console) -> ScoreFunction:
 #    correlation for pictures without keypoints; phase correlation to sharpen the fit
 #    and measure the misfit of another shot; a homography for an upload a lens or an
 #    upright correction bent (the smooth field that explains it is in 9c); guided matches
-#    where look-alike texture defeats the ratio test (guided_matches). Plain bands an
+#    where look-alike texture defeats the ratio test (guided_matches); the cheap probe a
+#    flipped upload passes before a full comparison (may_line_up). Plain bands an
 #    export added around an upload (a frame, padding) are cut off when it is decoded
 #    (framed_box, section 8).
 # ---------------------------------------------------------------------------
@@ -5394,6 +5398,11 @@ Pairs = dict[tuple[int, int], Comparison]  # (photo index, candidate index) -> c
 PairIndices = set[tuple[int, int]]  # (photo index, candidate index) pairs of one group
 
 
+def lined_up_uploads(comparisons: Pairs) -> set[int]:
+    """The candidates some photo lined up with (a comparison not prefiltered)."""
+    return {j for (_, j), found in comparisons.items() if not found.prefiltered}
+
+
 def coarse_decided(found: Comparison) -> tuple[float, bool] | None:
     """The coarse score that takes a pair below the threshold, and whether it was read with
     local tones set aside; None when neither reading does. Local tone tools (graduated
@@ -5511,13 +5520,14 @@ def settled_uploads(comparisons: Pairs, threshold: float) -> dict[int, int]:
 # 10. Comparing in parallel
 #    Every thread of a run lives here. PictureSource holds a run's decoded pictures,
 #    local and uploaded: it downloads the days' uploads ahead through the photo cache
-#    (download_ahead, stopped by close), decodes each picture and finds its keypoints once
-#    while it is needed, saves a local photo's log thumbnail while it is decoded, and is
-#    the one place that reports a picture it could not decode. PairScorer is the compare
-#    function matching is given: each pair once a day, at the first size and again at
-#    the larger for what it did not settle (and an upload no photo lined up with, again
-#    mirrored), a few local photos' pictures held at a time; ComparingAhead compares the
-#    coming clusters' pairs in background threads (interleaved).
+#    (download_ahead, stopped by close), decodes each picture (an upload also flipped,
+#    where asked) and finds its keypoints once while it is needed, saves a local photo's
+#    log thumbnail while it is decoded, and is the one place that reports a picture it
+#    could not decode. PairScorer is the compare function matching is given: each pair
+#    once a day, at the first size and again at the larger for what it did not settle
+#    (and an upload no photo lined up with, again mirrored), a few local photos'
+#    pictures held at a time; ComparingAhead compares the coming clusters' pairs in
+#    background threads (interleaved).
 #    PairScorer.day owns a day's threads: started with the day, stopped before anything
 #    is written (left_out), the day's pictures dropped on exit.
 # ---------------------------------------------------------------------------
@@ -5931,7 +5941,7 @@ class PairScorer:
         # photo, another camera's), unless its picture was too small there to line up (a
         # screenshot's photo, inside the viewer); one not had at all (a failed download) is
         # not asked again.
-        lined_up = {j for (_, j), c in found.items() if not c.prefiltered}
+        lined_up = lined_up_uploads(found)
         lined_up |= {
             j
             for j, candidate in enumerate(candidates)
@@ -5978,10 +5988,9 @@ class PairScorer:
         flipped left to right (an editor's mirror), for the uploads that then line up; those
         are compared mirrored from then on. A pair the flip cannot line up (may_line_up, on
         the keypoints kept) is not decoded again."""
-        lined_up = {j for (_, j), c in found.items() if not c.prefiltered}
         lost = [
             j
-            for j in sorted({j for _, j in found} - lined_up)
+            for j in sorted({j for _, j in found} - lined_up_uploads(found))
             if candidates[j].photo.id not in self.mirrored
         ]
         if not lost:
@@ -5994,7 +6003,8 @@ class PairScorer:
             flipped = self.pictures.upload_features(candidates[j].photo, mirrored=True)
             return flipped is not None and may_line_up(local, flipped[1])
 
-        within = {(i, lost.index(j)) for i, j in found if j in lost and worth(i, j)}
+        position = {j: b for b, j in enumerate(lost)}
+        within = {(i, position[j]) for i, j in found if j in position and worth(i, j)}
         if not within:
             return {}
         flipped = functools.partial(self.compare, mirrored=True)

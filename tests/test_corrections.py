@@ -21,6 +21,7 @@ from PIL import Image
 from random_editor import apply_op, lens, liquify, perspective
 from support.cli import CliResult, run_cli
 from support.images import synthetic_photo
+from support.logpage import parse_log
 from support.xmp import read_photo_id
 
 import inat_photos as ip
@@ -134,9 +135,8 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Run:
     (root / roles["burst gone"]).unlink()
     (root / roles["mirrored burst gone"]).unlink()
     with FakeINaturalist(root / "scenario.json") as fake:
-        result = run_cli(
-            ["--user", USER["login"], str(root / "pictures")], fake.api_url, root / "cache"
-        )
+        arguments = ["--user", USER["login"], "--logfile", str(root / "log.html")]
+        result = run_cli([*arguments, str(root / "pictures")], fake.api_url, root / "cache")
     return Run(root, planner.truth, roles, result)
 
 
@@ -174,6 +174,12 @@ def test_a_burst_frame_is_not_taken_for_its_lens_corrected_neighbour(run: Run) -
 def test_a_burst_frame_is_not_taken_for_its_mirrored_neighbour(run: Run) -> None:
     assert run.tag("mirrored burst kept") is None, run.result.stdout
     assert run.line("mirrored burst kept") is None, run.result.stdout
+    # it was weighed against the upload flipped, and refused: its subject moved
+    text = [chunk.strip() for chunk in parse_log((run.root / "log.html").read_text()).text]
+    start = text.index(Path(run.roles["mirrored burst kept"]).name)
+    end = next((k for k in range(start + 1, len(text)) if text[k].endswith(".jpg")), len(text))
+    row = " ".join(text[start:end])  # up to the next row's file
+    assert "mirrored" in row and "another shot" in row, row
 
 
 # -- the pieces, on small pictures --------------------------------------------------------
