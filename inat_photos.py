@@ -80,7 +80,7 @@ from __future__ import annotations
 
 import sys
 
-__version__ = "1.5.4"
+__version__ = "1.5.5"
 
 if __name__ == "__main__" and sys.argv[1:] == ["--version"]:
     # Python compiles this whole file before its first line runs; answering here spares
@@ -6429,8 +6429,11 @@ def match_cluster(
         candidate = cluster.candidates[j]
         reason = Reason.TAKEN_BY_ANOTHER if candidate.photo.id in taken else Reason.BELOW_THRESHOLD
         refused = comparisons[(i, j)]
-        if reason == Reason.BELOW_THRESHOLD and not refused.eligible and refused.score >= threshold:
-            reason = Reason.UNSAID  # the log's note says why (another shot, thumbnail only)
+        # The log's note says why (another shot, thumbnail only). Another shot is no near
+        # miss, however close it scored: its parts moved, and no edit does that.
+        unsaid = refused.score >= threshold or not refused.same_shot
+        if reason == Reason.BELOW_THRESHOLD and not refused.eligible and unsaid:
+            reason = Reason.UNSAID
         if (i, j) not in named and any(upload == j for _, upload in named):
             reason = Reason.NAMES_ANOTHER
         refusals.append(Refusal(photo, candidate, refused, reason))
@@ -8391,8 +8394,11 @@ def near_miss(
     record: RefusalRecord | None, uploads: Mapping[int, Candidate], threshold: float
 ) -> NearMiss | None:
     """An earlier record that still awaits the user: a tie or a refusal within NEAR_MISS of
-    the threshold, fully compared, with an upload still open."""
+    the threshold, fully compared, with an upload still open. A pair refused as another
+    shot (its reason unsaid) awaits nothing."""
     if record is None or record.prefiltered or record.upload not in uploads:
+        return None
+    if record.reason == Reason.UNSAID:
         return None
     if record.score is None or not (record.tie or record.score >= threshold - NEAR_MISS):
         return None

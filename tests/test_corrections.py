@@ -171,6 +171,15 @@ def test_a_burst_frame_is_not_taken_for_its_lens_corrected_neighbour(run: Run) -
     assert run.line("burst kept") is None, run.result.stdout
 
 
+def test_a_burst_frame_refused_as_another_shot_is_offered_to_nobody(run: Run) -> None:
+    """Its subject moved: no near-miss line invites the user to tag it, however close it
+    scored (the log keeps its row, which says why)."""
+    for role in ("burst kept", "mirrored burst kept"):
+        name = Path(run.roles[role]).name
+        offered = [x for x in run.result.lines if x.startswith("Near miss: ") and name in x]
+        assert offered == [], offered
+
+
 def test_a_burst_frame_is_not_taken_for_its_mirrored_neighbour(run: Run) -> None:
     assert run.tag("mirrored burst kept") is None, run.result.stdout
     assert run.line("mirrored burst kept") is None, run.result.stdout

@@ -165,6 +165,40 @@ def test_match_day_associates_refuses_and_reports_ties() -> None:
     assert outcome.clock_offset is None
 
 
+class MovedCompare(FakeCompare):
+    """One pair, lined up, its parts moved by misfit pixels; the coarse score fell too, so
+    the verdict leaves it to the threshold."""
+
+    def __init__(self, score: float, misfit: float) -> None:
+        super().__init__({})
+        self.score, self.misfit = score, misfit
+
+    def __call__(self, photos, candidates, within=None):
+        evidence = {"coarse": 0.9, "worst_part": 0.9, "inliers": 400, "matches": 405}
+        return {(0, 0): ip.Comparison(self.score, None, misfit=self.misfit, **evidence)}
+
+    def lined_up(self, photos, candidates):
+        return {(0, 0): True}
+
+
+@pytest.mark.parametrize("score", [0.94, 0.88])
+def test_a_pair_refused_as_another_shot_is_no_near_miss(score: float) -> None:
+    """However close it scored, now or in a later run: its parts moved, no edit does that."""
+    t = dt.datetime(2021, 2, 1, 10, 0)
+    uploads = [candidate(1, t)]
+    still, moved = (
+        match([photo("a.jpg", t)], uploads, MovedCompare(score, misfit), ssim_threshold=0.95)
+        for misfit in (0.2, 1.5)
+    )
+    offered = []
+    for outcome in (still, moved):
+        [refusal] = outcome.refusals
+        record = ip.RefusalRecord.of(refusal.reason, refusal.candidate, refusal.comparison)
+        line = ip.near_miss_line(refusal, 0.95, "u")
+        offered.append((line is not None, ip.near_miss(record, {1: uploads[0]}, 0.95) is not None))
+    assert offered == [(True, True), (False, False)]
+
+
 def test_match_day_skips_photos_compared_in_vain_before() -> None:
     t = dt.datetime(2021, 2, 1, 10, 0)
     photos = [photo("old.jpg", t), photo("new.jpg", t + dt.timedelta(seconds=5))]
