@@ -4900,6 +4900,7 @@ OVERLAY_TILE = 0.6
 OVERLAY_MIN = 0.03  # covered fractions below this are the resampled edges, not an overlay
 OVERLAY_MAX = 0.3  # more than this covered: not left out (too little of the picture is left)
 OVERLAY_SHADE = 20.0  # grey levels a tile of a translucent band stays apart after tone matching
+OVERLAY_PLAIN = 1.0  # grey levels: an upload's tile spread less than this is one flat colour
 
 
 OVERLAY_TILE_SIDE = 2 * SSIM_TILE  # pixels: the tiles structure_tiles compares
@@ -4946,27 +4947,45 @@ def structure_tiles(
     return np.where(np.abs(tile_mean(grey[2]) - mean_a) > OVERLAY_SHADE, 0.0, alike)
 
 
-def overlay_box(tiles: np.ndarray) -> tuple[int, int, int, int] | None:
+def flat_tiles(picture: np.ndarray) -> np.ndarray:
+    """Which tiles of structure_tiles' grid are one flat colour in picture (HxWx3 uint8): the
+    empty stretch of a solid band, where flat against flat scores as alike."""
+    side = OVERLAY_TILE_SIDE
+    rows, cols = picture.shape[0] // side, picture.shape[1] // side
+    grey = _grey(picture[: rows * side, : cols * side]).astype(np.float32)
+    return grey.reshape(rows, side, cols, side).std(axis=(1, 3)) < OVERLAY_PLAIN
+
+
+def overlay_box(
+    tiles: np.ndarray, flat: np.ndarray | None = None
+) -> tuple[int, int, int, int] | None:
     """The tiles (top, bottom, left, right; rows and columns of a tile score map) left when
     lines of tiles with no counterpart along the edges are cut: a caption band, a frame on
     one, two or four sides, a viewer's bars. None when nothing, or too much, is covered.
 
     Only whole lines along an edge count: a subject that moved between two frames of a
-    burst changes a region, never a line across the picture.
+    burst changes a region, never a line across the picture. flat (flat_tiles of the
+    upload): a line whose tiles are covered or flat is cut too, when a covered line lies
+    deeper (a solid band's empty stretch over a plain part of the photo).
     """
     rows, cols = tiles.shape
     low = tiles < OVERLAY_TILE
+    flat = np.zeros_like(low) if flat is None else flat[:rows, :cols]
 
-    def depth(lines: np.ndarray, busy: np.ndarray, most: int) -> int:
-        k = 0
-        while k < most and lines[k].mean() < OVERLAY_LINE and busy[k].mean() >= OVERLAY_SHARE:
+    def depth(lines: np.ndarray, busy: np.ndarray, plain: np.ndarray, most: int) -> int:
+        k = found = 0
+        while k < most:
+            if lines[k].mean() < OVERLAY_LINE and busy[k].mean() >= OVERLAY_SHARE:
+                found = k + 1
+            elif (busy[k] | plain[k]).mean() < OVERLAY_SHARE:
+                break
             k += 1
-        return k
+        return found
 
-    top = depth(tiles, low, rows // 3)
-    bottom = rows - depth(tiles[::-1], low[::-1], rows // 3)
-    left = depth(tiles.T, low.T, cols // 3)
-    right = cols - depth(tiles.T[::-1], low.T[::-1], cols // 3)
+    top = depth(tiles, low, flat, rows // 3)
+    bottom = rows - depth(tiles[::-1], low[::-1], flat[::-1], rows // 3)
+    left = depth(tiles.T, low.T, flat.T, cols // 3)
+    right = cols - depth(tiles.T[::-1], low.T[::-1], flat.T[::-1], cols // 3)
     covered = 1 - (bottom - top) * (right - left) / (rows * cols)
     if covered < OVERLAY_MIN or covered > OVERLAY_MAX:
         return None
@@ -5247,7 +5266,8 @@ def _score_uncovered(
     toned = match_tones(upright, region)
     score, pair, toned_best = _best_tones(region, upright, score_pair, toned)
     covered = 0.0
-    if score < SSIM_THRESHOLD and (cut := overlay_box(structure_tiles(region, upright, toned))):
+    tiles = structure_tiles(region, upright, toned) if score < SSIM_THRESHOLD else None
+    if tiles is not None and (cut := overlay_box(tiles, flat_tiles(upright))):
         top, bottom, left, right = (k * OVERLAY_TILE_SIDE for k in cut)
         kept = region[top:bottom, left:right], upright[top:bottom, left:right]
         uncovered = _best_tones(*kept, score_pair)

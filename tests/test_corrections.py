@@ -282,6 +282,24 @@ def test_an_overlay_along_an_edge_is_cut_and_a_moved_subject_is_not() -> None:
     assert ip.overlay_box(np.full((40, 60), 0.1)) is None  # nothing in common: not cut
 
 
+def test_a_solid_band_is_cut_where_its_empty_stretch_looks_like_a_plain_photo() -> None:
+    """Flat against flat scores as alike: the band's first lines (text on the left only,
+    over an out-of-focus part) are cut with the covered lines below them, and a plain sky
+    with nothing covered below it is not."""
+    rng = np.random.default_rng(4)
+    upload = rng.integers(0, 256, (560, 840, 3), dtype=np.uint8)
+    upload[:70] = (30, 60, 40)  # a solid band, 5 lines of 14 px tiles
+    tiles = np.full((40, 60), 0.95)
+    tiles[:2, :20] = 0.1  # the caption's text
+    tiles[2:5] = 0.1  # the band over detail in the photo
+    flat = ip.flat_tiles(upload)
+    assert flat[:5, 20:].all() and not flat[5:].any()
+    assert ip.overlay_box(tiles) is None  # the first line is mostly alike: nothing was cut
+    assert ip.overlay_box(tiles, flat) == (5, 40, 0, 60)
+    sky = np.full((40, 60), 0.95)  # flat in the upload, alike, and nothing covered below
+    assert ip.overlay_box(sky, flat) is None
+
+
 def test_a_liquify_push_is_a_local_warp_and_a_moved_subject_is_not() -> None:
     """An editor's push fades out over a wide reach, and the pair is compared through it; a
     subject moved over a still background (another frame) stops at its outline, and so
