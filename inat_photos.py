@@ -5054,11 +5054,14 @@ def frame_past_edges(
     which continues the picture across the line; a frame stops at it.
     """
     matrix = registration.matrix
-    if abs(math.atan2(matrix[1, 0], matrix[0, 0])) > FRAME_TURN:
+    angle = math.atan2(matrix[1, 0], matrix[0, 0])  # a quarter turn (a flip) keeps it square
+    if abs((angle + math.pi / 4) % (math.pi / 2) - math.pi / 4) > FRAME_TURN:
         return None
     inverse = _cv2().invertAffineTransform(matrix)
-    corners = np.array([[0, 0], [local_size[0], local_size[1]]], np.float64)
-    (x0, y0), (x1, y1) = corners @ inverse[:, :2].T + inverse[:, 2]
+    right, bottom = local_size
+    corners = np.array([[0, 0], [right, 0], [0, bottom], [right, bottom]], np.float64)
+    seen = corners @ inverse[:, :2].T + inverse[:, 2]
+    (x0, y0), (x1, y1) = seen.min(axis=0), seen.max(axis=0)
     width, height = upload.size
     box = (max(0, round(x0)), max(0, round(y0)), min(width, round(x1)), min(height, round(y1)))
     left, top, right, bottom = box

@@ -53,6 +53,12 @@ LIQUIFY = {  # three regions pushed by about a percent of the short side, then s
         ["sharpen", {"radius": 1.5, "amount": 0.8}],
     ]
 }  # fmt: skip
+FLIPPED_FRAME = {  # a textured frame under the picture, then flipped top to bottom
+    "ops": [
+        ["sides", {"sides": ["bottom"], "width": 0.08, "seed": 2}],
+        ["flip", {"axis": "vertical"}],
+    ]
+}
 MIRROR = {  # the crop tool's flip, a crop and sharpening
     "ops": [
         ["flip", {"axis": "horizontal"}],
@@ -124,6 +130,10 @@ def _plan() -> tuple[Planner, dict[str, str]]:
     for hours, edit, role in ((3, LENS, "burst"), (4, MIRROR, "mirrored burst")):
         kept, gone = _burst_with_its_upload_gone(p, day + dt.timedelta(hours=hours), edit)
         roles[f"{role} kept"], roles[f"{role} gone"] = kept, gone
+    when, scene = day + dt.timedelta(hours=5), p.scene()
+    local = p.local("edited", scene, when, place, None, "flipped framed")
+    p.upload_edited(local, p.edited(local, FLIPPED_FRAME), scene.subject, place, when)
+    roles["flipped framed"] = local.path
     return p, roles
 
 
@@ -151,6 +161,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Run:
         ("graduated", "tones adjusted"),  # local tone tools: the gain brought before the tones
         ("liquify", "a local warp over"),  # regions pushed by an editor's liquify tool
         ("mirror", "mirrored"),  # flipped left to right in the crop tool
+        ("flipped framed", "mirrored, rotated 180°"),  # a frame past the edge, turned
     ],
 )
 def test_an_edited_upload_is_found_and_its_line_says_what_was_allowed_for(
@@ -435,6 +446,19 @@ def test_a_frame_past_the_edge_is_cut_and_more_of_the_scene_is_not() -> None:
     # another shot, framed higher: the upload shows more of the scene above the photo
     registration = _registered(scene, local)
     assert ip.frame_past_edges(Image.fromarray(scene), registration, (640, 480)) is None
+
+
+def test_a_frame_past_the_edge_of_a_turned_upload_is_cut() -> None:
+    """Turned half way (a flip top to bottom is compared as a mirror turned half way), the
+    frame over the top lies under the picture."""
+    scene = np.asarray(synthetic_photo(640, 520, 8))
+    framed = scene.copy()
+    framed[:40] = np.array([120, 40, 160]) + np.random.default_rng(1).integers(-8, 8, (40, 640, 1))
+    turned = np.ascontiguousarray(framed[::-1, ::-1])
+    registration = _registered(turned, scene[40:])
+    assert not registration.lined_up
+    box = ip.frame_past_edges(Image.fromarray(turned), registration, (640, 480))
+    assert box is not None and box[1] == 0 and 476 <= box[3] <= 480, box
 
 
 def test_local_levels_decide_only_above_their_own_worst_part() -> None:
