@@ -4909,7 +4909,9 @@ MARK_TILES = 4  # regions of fewer tiles are noise, not a mark
 MARK_DETAIL = 10.0  # grey levels: a region flatter than this in the upload shows no mark
 MARK_REACH = 0.08  # of the longer side: how far a subject may move between frames of a burst
 MARK_FOUND = 0.5  # correlation: the region found this well nearby moved, and is no mark
-MARK_MAX = 0.15  # more of the picture than this covered by marks: not left out
+MARK_MAX = 0.2  # more of the picture than this covered by marks: not left out
+MARK_EDGE = 0.8  # a tile beside a mark scoring below this holds its soft edge
+MARK_APART = 24  # grey levels: a mark's pixels differ from the photo's by more than this
 
 
 def structure_tiles(
@@ -4996,8 +4998,10 @@ def mark_tiles(region: np.ndarray, upright: np.ndarray) -> np.ndarray | None:
     """The tiles (a bool map like structure_tiles') of marks added inside the upload: a logo,
     a sticker, a line of text; None when there are none, or too many to leave out.
 
-    A mark is a region of tiles that nothing in the photo around it resembles. A subject that
-    moved between two frames of a burst is found a little further on, so it is never a mark.
+    A mark is a region of tiles whose pixels that differ from the photo's nothing in the
+    photo around it resembles (those pixels, not the region's bounding box: a circle drawn
+    round the subject holds the subject). A subject that moved between two frames of a
+    burst is found a little further on, so it is never a mark.
     """
     tiles = structure_tiles(region, upright)
     cv2 = _cv2()
@@ -5021,10 +5025,18 @@ def mark_tiles(region: np.ndarray, upright: np.ndarray) -> np.ndarray | None:
             max(0, top - reach) : min(height, bottom + reach),
             max(0, left - reach) : min(width, right + reach),
         ]
-        if float(cv2.matchTemplate(around, patch, cv2.TM_CCOEFF_NORMED).max()) < MARK_FOUND:
+        # what the upload shows there that the photo does not: a drawn line, not the tile
+        own = np.kron(labels[y : y + h, x : x + w] == k, np.ones((side, side), np.uint8))
+        apart = cv2.absdiff(patch, grey[0][top:bottom, left:right]) > MARK_APART
+        own &= cv2.dilate(apart.astype(np.uint8), np.ones((3, 3), np.uint8))
+        if not own.any():
+            continue
+        found = cv2.matchTemplate(around, patch, cv2.TM_CCOEFF_NORMED, mask=own)
+        if float(np.max(found, initial=-1.0, where=np.isfinite(found))) < MARK_FOUND:
             marks |= labels == k
-    # A mark's soft edge (a shadow, the resampling around it) reaches the tiles next to it.
-    marks = cv2.dilate(marks.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+    # A mark's soft edge (a shadow, the resampling around it) lowers the tiles next to it.
+    grown = cv2.dilate(marks.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+    marks |= grown & (tiles < MARK_EDGE)
     return marks if 0 < marks.mean() <= MARK_MAX else None
 
 

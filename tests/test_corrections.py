@@ -425,6 +425,17 @@ def test_a_mark_is_left_out_and_a_moved_subject_is_not() -> None:
     assert ip.mark_tiles(picture, moved) is None
 
 
+def test_a_circle_drawn_round_the_subject_is_a_mark_and_what_it_holds_is_not() -> None:
+    picture = _scene(6)
+    circled = picture.copy()
+    cv2.ellipse(circled, (240, 180), (120, 90), 0, 0, 360, (240, 220, 30), 3)
+    marks = ip.mark_tiles(picture, circled)
+    side = ip.OVERLAY_TILE_SIDE
+    assert marks is not None and marks[180 // side, 120 // side] and marks[90 // side, 240 // side]
+    assert not marks[180 // side, 240 // side]  # the subject inside still counts
+    assert marks.mean() <= ip.MARK_MAX
+
+
 def _registered(upload: np.ndarray, local: np.ndarray) -> ip.Registration:
     registration = ip.register_any(
         ip.find_local_features(Image.fromarray(local)),
