@@ -4543,8 +4543,10 @@ def _fit_motion(points: np.ndarray, moved: np.ndarray, axis_parallel: bool) -> n
 #    pictures shrunk, where those filters do not reach. Local tone tools (graduated
 #    filters, dehaze) are undone by a smooth local gain, before or after the tone curve,
 #    and set aside by local levels for the coarse evidence. Overlays along an edge
-#    (overlay_box; translucent ones by their shade, structure_tiles), marks inside the
-#    picture (mark_tiles) and frames past the photo's edges (frame_past_edges) are found
+#    (overlay_box; translucent ones by their shade, structure_tiles; a solid band's empty
+#    stretch by its flat tiles, flat_tiles), marks inside the picture by the pixels they
+#    add (mark_tiles: a logo, text, a circle drawn round the subject) and frames past the
+#    photo's edges, square to it or turned by quarter turns (frame_past_edges), are found
 #    here.
 # ---------------------------------------------------------------------------
 
@@ -4914,6 +4916,17 @@ MARK_EDGE = 0.8  # a tile beside a mark scoring below this holds its soft edge
 MARK_APART = 24  # grey levels: a mark's pixels differ from the photo's by more than this
 
 
+def _grey_tiles(picture: np.ndarray, dtype: type) -> np.ndarray:
+    """picture (HxWx3 uint8) in grey, cut into the whole tiles of OVERLAY_TILE_SIDE pixels
+    the overlay checks read (rows x side x cols x side)."""
+    side = OVERLAY_TILE_SIDE
+    rows, cols = picture.shape[0] // side, picture.shape[1] // side
+    if rows == 0 or cols == 0:  # a strip thinner than a tile: no tile (OpenCV wants pixels)
+        return np.zeros((rows, side, cols, side), dtype)
+    grey = _grey(picture[: rows * side, : cols * side]).astype(dtype)
+    return grey.reshape(rows, side, cols, side)
+
+
 def structure_tiles(
     first: np.ndarray, second: np.ndarray, toned: np.ndarray | None = None
 ) -> np.ndarray:
@@ -4931,12 +4944,11 @@ def structure_tiles(
     if rows == 0 or cols == 0:
         return np.ones((max(rows, 1), max(cols, 1)))
     grey = [
-        _grey(p[: rows * side, : cols * side]).astype(np.float64)
-        for p in (first, second, *([] if toned is None else [toned]))
+        _grey_tiles(p, np.float64) for p in (first, second, *([] if toned is None else [toned]))
     ]
 
     def tile_mean(values: np.ndarray) -> np.ndarray:
-        return values.reshape(rows, side, cols, side).mean(axis=(1, 3))
+        return values.mean(axis=(1, 3))
 
     mean_a, mean_b = tile_mean(grey[0]), tile_mean(grey[1])
     var_a = tile_mean(grey[0] ** 2) - mean_a**2
@@ -4952,10 +4964,7 @@ def structure_tiles(
 def flat_tiles(picture: np.ndarray) -> np.ndarray:
     """Which tiles of structure_tiles' grid are one flat colour in picture (HxWx3 uint8): the
     empty stretch of a solid band, where flat against flat scores as alike."""
-    side = OVERLAY_TILE_SIDE
-    rows, cols = picture.shape[0] // side, picture.shape[1] // side
-    grey = _grey(picture[: rows * side, : cols * side]).astype(np.float32)
-    return grey.reshape(rows, side, cols, side).std(axis=(1, 3)) < OVERLAY_PLAIN
+    return _grey_tiles(picture, np.float32).std(axis=(1, 3)) < OVERLAY_PLAIN
 
 
 def overlay_box(
@@ -5060,13 +5069,14 @@ def frame_past_edges(
     """The box of upload (left, top, right, bottom) that shows the local picture, when all
     the upload shows past the picture's edges is a frame added on one to four sides (plain
     or textured, of a colour the picture's edge does not continue, or beside picture that is
-    not plain); None otherwise.
+    not plain); None otherwise. The upload may be turned by quarter turns, not straightened.
 
     Another shot framed a little differently reaches past the edges with more of the scene,
     which continues the picture across the line; a frame stops at it.
     """
     matrix = registration.matrix
-    angle = math.atan2(matrix[1, 0], matrix[0, 0])  # a quarter turn (a flip) keeps it square
+    # a flip top to bottom is compared as a mirror turned half way: square all the same
+    angle = math.atan2(matrix[1, 0], matrix[0, 0])
     if abs((angle + math.pi / 4) % (math.pi / 2) - math.pi / 4) > FRAME_TURN:
         return None
     inverse = _cv2().invertAffineTransform(matrix)

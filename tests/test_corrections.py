@@ -309,6 +309,9 @@ def test_a_solid_band_is_cut_where_its_empty_stretch_looks_like_a_plain_photo() 
     assert ip.overlay_box(tiles, flat) == (5, 40, 0, 60)
     sky = np.full((40, 60), 0.95)  # flat in the upload, alike, and nothing covered below
     assert ip.overlay_box(sky, flat) is None
+    strip = np.zeros((10, 300, 3), np.uint8)  # thinner than a tile: no tile, no error
+    assert ip.flat_tiles(strip).shape == (0, 300 // ip.OVERLAY_TILE_SIDE)
+    assert ip.overlay_box(np.ones((1, 1)), ip.flat_tiles(strip)) is None
 
 
 def test_a_liquify_push_is_a_local_warp_and_a_moved_subject_is_not() -> None:
@@ -433,7 +436,12 @@ def test_a_circle_drawn_round_the_subject_is_a_mark_and_what_it_holds_is_not() -
     side = ip.OVERLAY_TILE_SIDE
     assert marks is not None and marks[180 // side, 120 // side] and marks[90 // side, 240 // side]
     assert not marks[180 // side, 240 // side]  # the subject inside still counts
-    assert marks.mean() <= ip.MARK_MAX
+    assert not marks[180 // side, 120 // side + 1]  # beside the ring, a tile its edge left alike
+    # a thick marker stroke round most of the picture: 17% of it, still left out
+    thick = picture.copy()
+    cv2.ellipse(thick, (240, 180), (200, 150), 0, 0, 360, (240, 220, 30), 14)
+    marks = ip.mark_tiles(picture, thick)
+    assert marks is not None and 0.15 < marks.mean() <= ip.MARK_MAX
 
 
 def _registered(upload: np.ndarray, local: np.ndarray) -> ip.Registration:
