@@ -80,7 +80,7 @@ from __future__ import annotations
 
 import sys
 
-__version__ = "1.5.5"
+__version__ = "1.5.6"
 
 if __name__ == "__main__" and sys.argv[1:] == ["--version"]:
     # Python compiles this whole file before its first line runs; answering here spares
@@ -3606,24 +3606,34 @@ def _band_depth(lines: np.ndarray) -> int:
     """How many of lines (rows from an edge inwards, as a 2-D array) are plain bands, of up
     to three colours (a mat, a line inside it); 0 when too few, or when nothing else follows
     (a plain picture)."""
-    depth = 0
+    depth, gap = 0, len(lines) // BAND_GAP
     for _ in range(3):
-        rest = lines[depth:]
-        colour = np.median(rest[0])
-        share = (np.abs(rest - colour) <= BAND_TOLERANCE).mean(axis=1)
-        plain = _close_gaps(share >= BAND_SHARE, share >= BAND_BUSY, len(lines) // BAND_GAP)
-        run = int(np.argmin(plain))  # 0 when the first is not plain, or all are
+        run = _plain_run(lines[depth:], gap)
+        # between two bands, resampling may leave a line of neither colour (a phone's bar
+        # above the viewer's black)
+        if run < 2 and depth and (after := _plain_run(lines[depth + 1 :], gap)) >= 2:
+            run = 1 + after
         if run < 2:
             break
         depth += run
     return depth if depth >= 3 else 0
 
 
+def _plain_run(lines: np.ndarray, gap: int) -> int:
+    """How many of lines, from the first, are of the first one's colour (text and buttons on
+    them allowed, see _close_gaps); 0 when all are."""
+    colour = np.median(lines[0])
+    share = (np.abs(lines - colour) <= BAND_TOLERANCE).mean(axis=1)
+    plain = _close_gaps(share >= BAND_SHARE, share >= BAND_BUSY, gap)
+    return int(np.argmin(plain))  # 0 when the first is not plain, or all are
+
+
 def framed_box(gray: np.ndarray) -> tuple[int, int, int, int] | None:
     """The picture inside a frame, border or padding an export added (left, top, right,
     bottom), or None. Only bands on two opposite edges count: one plain edge is sky."""
     height, width = gray.shape
-    deep_y, deep_x = height * 2 // 5, width * 2 // 5  # a panorama padded to a square: 2:1
+    # a panorama padded to a square (2:1), or shown on a phone's screen (up to 4:1)
+    deep_y, deep_x = height * 9 // 20, width * 9 // 20
     signed = gray.astype(np.int16)
     top, bottom = _band_depth(signed[:deep_y]), _band_depth(signed[::-1][:deep_y])
     left, right = _band_depth(signed.T[:deep_x]), _band_depth(signed.T[::-1][:deep_x])
@@ -6008,10 +6018,7 @@ class PairScorer:
         uploads = [candidates[j] for j in unsettled]
         self.pictures.fetch(uploads, more[-1])
         compare = functools.partial(self.compare, size=more[-1])
-        finer = self._each_pair(
-            [photos[i] for i in again],
-            uploads,
-            compare,
+        finer_within = (
             None
             if within is None
             else {
@@ -6019,20 +6026,27 @@ class PairScorer:
                 for a, i in enumerate(again)
                 for b, j in enumerate(unsettled)
                 if (i, j) in within
-            },
+            }
         )
+        finer = self._each_pair([photos[i] for i in again], uploads, compare, finer_within)
+        # a screenshot too small to line up at the first size was not tried mirrored there
+        finer |= self._found_mirrored([photos[i] for i in again], uploads, finer, more[-1])
         # A pair the last size could not compare (its download failed) keeps its first-size
         # comparison: a whole frame missing there must not leave its photo to a crop.
         fallback = {(i, j): found[(i, j)] for i in again for j in unsettled if (i, j) in found}
         return kept | fallback | {(again[i], unsettled[j]): c for (i, j), c in finer.items()}
 
     def _found_mirrored(
-        self, photos: Sequence[LocalPhoto], candidates: Sequence[Candidate], found: Pairs
+        self,
+        photos: Sequence[LocalPhoto],
+        candidates: Sequence[Candidate],
+        found: Pairs,
+        size: str | None = None,
     ) -> Pairs:
-        """The pairs of each upload no photo lined up with, compared again with the upload
-        flipped left to right (an editor's mirror), for the uploads that then line up; those
-        are compared mirrored from then on. A pair the flip cannot line up (may_line_up, on
-        the keypoints kept) is not decoded again."""
+        """The pairs of each upload no photo lined up with, compared again at size with the
+        upload flipped left to right (an editor's mirror), for the uploads that then line up;
+        those are compared mirrored from then on. At the first size, a pair the flip cannot
+        line up (may_line_up, on the keypoints kept) is not decoded again."""
         lost = [
             j
             for j in sorted({j for _, j in found} - lined_up_uploads(found))
@@ -6042,7 +6056,7 @@ class PairScorer:
             return {}
 
         def worth(i: int, j: int) -> bool:
-            local = self._seen.get(photos[i].path)
+            local = self._seen.get(photos[i].path) if size is None else None
             if local is None:
                 return True
             flipped = self.pictures.upload_features(candidates[j].photo, mirrored=True)
@@ -6052,7 +6066,7 @@ class PairScorer:
         within = {(i, position[j]) for i, j in found if j in position and worth(i, j)}
         if not within:
             return {}
-        flipped = functools.partial(self.compare, mirrored=True)
+        flipped = functools.partial(self.compare, size=size, mirrored=True)
         again = self._each_pair(photos, [candidates[j] for j in lost], flipped, within)
         kept = {b for (_, b), c in again.items() if not c.prefiltered}
         self.mirrored.update(candidates[lost[b]].photo.id for b in kept)

@@ -59,6 +59,13 @@ FLIPPED_FRAME = {  # a textured frame under the picture, then flipped top to bot
         ["flip", {"axis": "vertical"}],
     ]
 }
+SCREENSHOT = {  # a panorama crop, flipped, then shown in a phone's dark viewer
+    "ops": [
+        ["crop", {"area": 0.6, "aspect": 2.6, "x": 0.5, "y": 0.5}],
+        ["flip", {"axis": "horizontal"}],
+        ["screenshot", {"phone": [1080, 2340], "dark": True, "seed": 4}],
+    ]
+}
 MIRROR = {  # the crop tool's flip, a crop and sharpening
     "ops": [
         ["flip", {"axis": "horizontal"}],
@@ -134,6 +141,10 @@ def _plan() -> tuple[Planner, dict[str, str]]:
     local = p.local("edited", scene, when, place, None, "flipped framed")
     p.upload_edited(local, p.edited(local, FLIPPED_FRAME), scene.subject, place, when)
     roles["flipped framed"] = local.path
+    when, scene = day + dt.timedelta(hours=6), p.scene()
+    local = p.local("edited", scene, when, place, None, "mirrored panorama screenshot")
+    p.upload_edited(local, p.edited(local, SCREENSHOT), scene.subject, place, when)
+    roles["screenshot"] = local.path
     return p, roles
 
 
@@ -162,6 +173,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Run:
         ("liquify", "a local warp over"),  # regions pushed by an editor's liquify tool
         ("mirror", "mirrored"),  # flipped left to right in the crop tool
         ("flipped framed", "mirrored, rotated 180°"),  # a frame past the edge, turned
+        ("screenshot", "mirrored"),  # too small at medium: tried mirrored at large
     ],
 )
 def test_an_edited_upload_is_found_and_its_line_says_what_was_allowed_for(
@@ -412,6 +424,20 @@ def test_a_screenshots_bars_with_buttons_count_as_bands() -> None:
     gray[370:380, 120:150] = 30
     box = ip.framed_box(gray)
     assert box is not None and 60 <= box[1] <= 70 and 330 <= box[3] <= 340, box
+
+
+def test_a_panorama_on_a_phones_screen_is_cut_from_the_viewer() -> None:
+    """The viewer's black reaches past 40% of the screenshot's height above and below a 2.6:1
+    crop, and resampling left a line between the phone's bar and the black of neither."""
+    picture = Image.fromarray(_scene(5)).crop((0, 100, 400, 254))  # 400 x 154
+    shot = apply_op(picture, "screenshot", {"phone": [1080, 2340], "dark": True, "seed": 1})
+    served = shot.resize((473, 1024), Image.Resampling.LANCZOS)  # iNaturalist's large
+    gray = np.asarray(served.convert("L"))
+    shown = round(154 * 1080 / 400 * 1024 / 2340)  # the picture's rows, about 182
+    top = (1024 - shown) // 2
+    box = ip.framed_box(gray)
+    assert box is not None and top <= box[1] <= top + 12, (box, top)
+    assert top + shown - 12 <= box[3] <= top + shown, (box, top + shown)
 
 
 def test_a_mark_is_left_out_and_a_moved_subject_is_not() -> None:
