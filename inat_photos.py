@@ -4569,6 +4569,7 @@ SMOOTH_GRID = 7  # ... measured by SMOOTH_GRID x SMOOTH_GRID patches
 SMOOTH_PATCH = 96  # side of those patches, pixels
 SMOOTH_PASSES = 2  # ... fitted, measured again and fitted again: a strong lens needs two
 SMOOTH_EXPLAINS = 0.3  # the correction must leave at most this share of the rigid misfit
+SMOOTH_NOISE = 0.3  # ... or this many pixels: what the patches measure between two exports
 SMOOTH_MAX = 0.1  # ... and move no part by more than this fraction of the long side
 BENT_MISFIT = 1.0  # pixels: the misfit a bent registration's correction must explain
 
@@ -4690,7 +4691,9 @@ def smooth_correction(region: np.ndarray, upload: np.ndarray, misfit: float) -> 
     taken = taken_from(spots, terms)
     rigid = _fit_motion(spots, taken, axis_parallel=False)
     reach = float(np.linalg.norm(spots @ rigid[:, :2].T + rigid[:, 2] - taken, axis=1).max())
-    explained = residual <= MAX_MISFIT and residual <= SMOOTH_EXPLAINS * misfit
+    # A nearly rigid pair is not held to a finer residual than the measurement can give (a
+    # small export at low quality).
+    explained = residual <= min(MAX_MISFIT, max(SMOOTH_EXPLAINS * misfit, SMOOTH_NOISE))
     if not explained or reach > SMOOTH_MAX * max(size):
         return None
     return SmoothFit(current, residual, reach)
