@@ -3621,7 +3621,9 @@ def _band_depth(lines: np.ndarray) -> int:
 
 def _plain_run(lines: np.ndarray, gap: int) -> int:
     """How many of lines, from the first, are of the first one's colour (text and buttons on
-    them allowed, see _close_gaps); 0 when all are."""
+    them allowed, see _close_gaps); 0 when all are, or when there are fewer than two."""
+    if len(lines) < 2:
+        return 0
     colour = np.median(lines[0])
     share = (np.abs(lines - colour) <= BAND_TOLERANCE).mean(axis=1)
     plain = _close_gaps(share >= BAND_SHARE, share >= BAND_BUSY, gap)

@@ -463,6 +463,16 @@ def test_a_panorama_on_a_phones_screen_is_cut_from_the_viewer() -> None:
     assert top + shown - 12 <= box[3] <= top + shown, (box, top + shown)
 
 
+def test_a_plain_strip_ending_one_line_short_of_the_depth_searched_is_no_band() -> None:
+    """The strip's last plain line is the deepest searched but one: passing over one line
+    after it leaves no line to look at (this raised IndexError in 8f09636)."""
+    gray = np.random.default_rng(5).integers(0, 255, (100, 80), dtype=np.uint8)
+    deep = 100 * 9 // 20
+    gray[: deep - 1] = 50
+    gray[deep - 1] = 200
+    assert ip.framed_box(gray) is None
+
+
 def test_a_mark_is_left_out_and_a_moved_subject_is_not() -> None:
     picture = _scene(6)
     marked = picture.copy()
