@@ -4558,8 +4558,8 @@ def _fit_motion(points: np.ndarray, moved: np.ndarray, axis_parallel: bool) -> n
 #    (overlay_box; translucent ones by their shade, structure_tiles; a solid band's empty
 #    stretch by its flat tiles, flat_tiles), marks inside the picture by the pixels they
 #    add (mark_tiles: a logo, text, a circle drawn round the subject) and frames past the
-#    photo's edges, square to it or turned by quarter turns (frame_past_edges), are found
-#    here.
+#    photo's edges, square to it or turned by quarter turns (frame_past_edges), or beside
+#    an upright correction (frame_past_bent_edges), are found here.
 # ---------------------------------------------------------------------------
 
 
@@ -5068,6 +5068,7 @@ FRAME_LEVELS = 24  # grey levels: a frame's pixels lie this close to its colour,
 FRAME_PLAIN = 0.9  # ... this share of them
 FRAME_STEP = 0.5  # ... and this share of the photo's edge beside it differs from that colour
 FRAME_TURN = 0.01  # radians: a frame is added square to the picture
+BENT_FRAME_GAIN = 1.2  # ... or to an upright correction, whose homography fits this many more
 
 
 def _near(pixels: np.ndarray, colour: np.ndarray | None = None) -> float:
@@ -5098,14 +5099,66 @@ def frame_past_edges(
     right, bottom = local_size
     corners = np.array([[0, 0], [right, 0], [0, bottom], [right, bottom]], np.float64)
     seen = corners @ inverse[:, :2].T + inverse[:, 2]
-    (x0, y0), (x1, y1) = seen.min(axis=0), seen.max(axis=0)
+    return _framed_inside(np.asarray(upload).astype(np.int16), seen)
+
+
+def frame_past_bent_edges(
+    upload: Image.Image, homography: np.ndarray, local_size: tuple[int, int]
+) -> tuple[int, int, int, int] | None:
+    """frame_past_edges for an upright correction, lined up by a homography (upload to
+    local): the frame was added square to the corrected picture, which the editor cropped
+    inside the photo's bent outline, so each frame is followed inwards to where it ends."""
+    right, bottom = local_size
+    corners = np.array([[[0, 0]], [[right, 0]], [[0, bottom]], [[right, bottom]]], np.float64)
+    (x0, y0), (x1, y1), (x2, y2), (x3, y3) = _cv2().perspectiveTransform(
+        corners, np.linalg.inv(homography)
+    )[:, 0]
+    if min(x1, x3) <= max(x0, x2) or min(y2, y3) <= max(y0, y1):
+        return None  # turned: the upright correction is looked for unturned only
+    # the box the bent outline surely holds: past it, the upload shows a frame or nothing,
+    # up to the outline's own error
     width, height = upload.size
-    box = (max(0, round(x0)), max(0, round(y0)), min(width, round(x1)), min(height, round(y1)))
+    left, top, right, bottom = max(x0, x2), max(y0, y1), min(x1, x3), min(y2, y3)
+    slack_x, slack_y = BENT_SLACK * width, BENT_SLACK * height
+    inner = np.array(
+        [
+            [left if left > slack_x else 0.0, top if top > slack_y else 0.0],
+            [
+                right if right < width - slack_x else float(width),
+                bottom if bottom < height - slack_y else float(height),
+            ],
+        ]
+    )
+    return _framed_inside(np.asarray(upload).astype(np.int16), inner, inwards=True)
+
+
+def _framed_inside(
+    rgb: np.ndarray, seen: np.ndarray, inwards: bool = False
+) -> tuple[int, int, int, int] | None:
+    """The box inside the frames of rgb (int16 HxWx3) past the bounding box of seen (where
+    the local picture's corners lie in the upload), when each strip there is a frame;
+    inwards: each strip is also followed inwards, line by line, while the lines keep the
+    frame's colour."""
+    (x0, y0), (x1, y1) = seen.min(axis=0), seen.max(axis=0)
+    height, width = rgb.shape[:2]
+    box = [max(0, round(x0)), max(0, round(y0)), min(width, round(x1)), min(height, round(y1))]
     left, top, right, bottom = box
     if right - left < width / 2 or bottom - top < height / 2:
         return None
-    rgb = np.asarray(upload).astype(np.int16)
     trim = 2  # pixels: resampling blurs the line between frame and picture
+    if inwards:  # the lines (rows or columns, from the edge inwards) of each side
+        for k, (lines, depth) in enumerate(
+            ((rgb.transpose(1, 0, 2), left), (rgb, top),
+             (rgb.transpose(1, 0, 2)[::-1], width - right), (rgb[::-1], height - bottom))
+        ):  # fmt: skip
+            if depth <= 2 * trim:
+                continue
+            colour = np.median(lines[: depth - trim].reshape(-1, 3), axis=0)
+            limit = (width if k % 2 == 0 else height) // 4
+            while depth < limit and _near(lines[depth], colour) >= FRAME_PLAIN:
+                depth += 1
+            box[k] = depth if k < 2 else (width if k == 2 else height) - depth
+        left, top, right, bottom = box
     depth = {"top": top, "bottom": height - bottom, "left": left, "right": width - right}
     beyond = {  # the frame beyond each edge, the picture's line beside it, and as deep inside
         "top": (rgb[: top - trim], rgb[top + trim], rgb[top + trim : 2 * top]),
@@ -5144,11 +5197,17 @@ def register_framed(
     local_features: Features, upload: Image.Image, upload_features: Features
 ) -> tuple[Registration | None, Image.Image, Features]:
     """register_any, and for an upload that reaches past the local picture's edges with a
-    frame only (frame_past_edges), its picture inside the frame registered again."""
+    frame only (frame_past_edges; frame_past_bent_edges where a homography fits many more
+    matches: an upright correction), its picture inside the frame registered again."""
     registration = register_any(local_features, upload_features)
     if registration is None or registration.lined_up or registration.overshoot <= EDGE_SLACK:
         return registration, upload, upload_features
     box = frame_past_edges(upload, registration, local_features.size)
+    if box is None:
+        matches = keypoint_matches(local_features, upload_features)
+        bent = register(local_features, upload_features, matches, bent=True)
+        if bent is not None and len(bent.inliers) > BENT_FRAME_GAIN * len(registration.inliers):
+            box = frame_past_bent_edges(upload, bent.homography, local_features.size)
     if box is None:
         return registration, upload, upload_features
     inside = upload.crop(box)

@@ -59,6 +59,12 @@ FLIPPED_FRAME = {  # a textured frame under the picture, then flipped top to bot
         ["flip", {"axis": "vertical"}],
     ]
 }
+UPRIGHT_FRAME = {  # an upright correction, then a frame on one side
+    "ops": [
+        ["perspective", {"v": -0.05, "h": 0.0, "turn": 0.0}],
+        ["sides", {"sides": ["right"], "width": 0.09, "seed": 5}],
+    ]
+}
 SCREENSHOT = {  # a panorama crop, flipped, then shown in a phone's dark viewer
     "ops": [
         ["crop", {"area": 0.6, "aspect": 2.6, "x": 0.5, "y": 0.5}],
@@ -145,6 +151,10 @@ def _plan() -> tuple[Planner, dict[str, str]]:
     local = p.local("edited", scene, when, place, None, "mirrored panorama screenshot")
     p.upload_edited(local, p.edited(local, SCREENSHOT), scene.subject, place, when)
     roles["screenshot"] = local.path
+    when, scene = day + dt.timedelta(hours=7), p.scene()
+    local = p.local("edited", scene, when, place, None, "upright, framed on one side")
+    p.upload_edited(local, p.edited(local, UPRIGHT_FRAME), scene.subject, place, when)
+    roles["upright framed"] = local.path
     return p, roles
 
 
@@ -174,6 +184,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Run:
         ("mirror", "mirrored"),  # flipped left to right in the crop tool
         ("flipped framed", "mirrored, rotated 180°"),  # a frame past the edge, turned
         ("screenshot", "mirrored"),  # too small at medium: tried mirrored at large
+        ("upright framed", "a smooth correction of up to"),  # the frame followed inwards
     ],
 )
 def test_an_edited_upload_is_found_and_its_line_says_what_was_allowed_for(
@@ -537,6 +548,32 @@ def test_a_frame_past_the_edge_of_a_turned_upload_is_cut() -> None:
     assert not registration.lined_up
     box = ip.frame_past_edges(Image.fromarray(turned), registration, (640, 480))
     assert box is not None and box[1] == 0 and 476 <= box[3] <= 480, box
+
+
+def test_a_frame_beside_an_upright_correction_is_followed_to_where_it_ends() -> None:
+    """The similarity turns to follow the bend, so the square frame test does not run; the
+    homography's outline of the photo stops inside the frame, which is followed inwards.
+    Another view of the scene, reaching past the photo's edge, is not cut."""
+    picture = synthetic_photo(1600, 1200, 5)
+    local = picture.resize((1000, 750), Image.Resampling.LANCZOS)
+    corrected = perspective(picture, -0.056, 0.0, 0.0)
+    framed = apply_op(corrected, "sides", {"sides": ["right"], "width": 0.095, "seed": 3})
+    framed.thumbnail((1024, 1024))
+    local_features = ip.find_local_features(local)
+    registration, inside, _ = ip.register_framed(
+        local_features, framed, ip.find_upload_features(framed)
+    )
+    assert registration is not None and registration.lined_up
+    assert 920 <= inside.width <= 935 and inside.height == framed.height, inside.size
+    # more of the scene to the right: no frame there
+    wider = synthetic_photo(1760, 1200, 5)
+    wider.paste(picture, (0, 0))
+    more = perspective(wider, -0.056, 0.0, 0.0)
+    more.thumbnail((1024, 1024))
+    found = ip.find_upload_features(more)
+    bent = ip.register(local_features, found, ip.keypoint_matches(local_features, found), True)
+    assert bent is not None and not bent.lined_up
+    assert ip.frame_past_bent_edges(more, bent.homography, local_features.size) is None
 
 
 def test_local_levels_decide_only_above_their_own_worst_part() -> None:
