@@ -203,7 +203,11 @@ def test_downloading_ahead_fills_the_cache_quietly_and_leaves_a_failure_to_fetch
         cache = ip.PhotoCache(world.cache, client, console=ip.Console())
         source = ip.PictureSource(cache, ("medium",), ip.Console())
         source.download_ahead(uploads, "medium")
-        source.close()  # waits for the downloads in flight
+        # a run compares while these download: let them all start and end (close() alone
+        # cancels those still queued, and the third was sometimes not started yet)
+        assert source.ahead is not None
+        source.ahead.shutdown(wait=True)
+        source.close()
         stored = sorted(p.name for p in (world.cache / "photos" / "medium").iterdir())
         assert stored == sorted(f"{u.id}.jpg" for u in uploads if u.id != failing)
         assert capsys.readouterr() == ("", "") and not cache.failed  # nothing said yet
