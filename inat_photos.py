@@ -4107,28 +4107,36 @@ def find_features(
 def register_any(local: Features, upload: Features) -> Registration | None:
     """register at the upload's own size, else at its coarser sizes (a tight crop); the
     first registration that lines up, or the first found."""
+    return register_tried(local, upload)[0]
+
+
+def register_tried(
+    local: Features, upload: Features
+) -> tuple[Registration | None, Registration | None]:
+    """register_any's registration, and the homography it fitted at the upload's own size
+    when nothing lined up (None otherwise): register_framed looks for a frame beside it."""
     matches = keypoint_matches(local, upload)
     first = register(local, upload, matches)
     if first is not None and first.lined_up:
         if len(first.inliers) >= BENT_FROM_SHARE * first.matches:
-            return first
+            return first, None
         # Most matches left out: a strong upright correction (in both directions) bends the
         # picture past what a similarity fits; one homography may fit them.
         bent = register(local, upload, matches, bent=True)
         if bent is not None and bent.lined_up and len(bent.inliers) > 1.5 * len(first.inliers):
-            return bent
-        return first
+            return bent, None
+        return first, None
     for coarser in upload.coarser:
         found = register(local, coarser, keypoint_matches(local, coarser))
         if found is not None and found.lined_up:
-            return found
+            return found, None
     # A lens or perspective correction bends the picture: a similarity fits the matches near
     # one place only. Matches that one homography fits, within a looser distance, are kept;
     # the smooth correction measured later says whether the bend was an editor's.
     bent = register(local, upload, matches, bent=True)
     if bent is not None and bent.lined_up:
-        return bent
-    return _guided_registration(local, upload, matches, (first, bent)) or first
+        return bent, None
+    return _guided_registration(local, upload, matches, (first, bent)) or first, bent
 
 
 MIRROR_PROBE = 4  # a flipped upload is first matched by every 4th of its keypoints
@@ -5199,15 +5207,13 @@ def register_framed(
     """register_any, and for an upload that reaches past the local picture's edges with a
     frame only (frame_past_edges; frame_past_bent_edges where a homography fits many more
     matches: an upright correction), its picture inside the frame registered again."""
-    registration = register_any(local_features, upload_features)
+    registration, bent = register_tried(local_features, upload_features)
     if registration is None or registration.lined_up or registration.overshoot <= EDGE_SLACK:
         return registration, upload, upload_features
     box = frame_past_edges(upload, registration, local_features.size)
-    if box is None:
-        matches = keypoint_matches(local_features, upload_features)
-        bent = register(local_features, upload_features, matches, bent=True)
-        if bent is not None and len(bent.inliers) > BENT_FRAME_GAIN * len(registration.inliers):
-            box = frame_past_bent_edges(upload, bent.homography, local_features.size)
+    gain = 0.0 if bent is None else len(bent.inliers) / max(1, len(registration.inliers))
+    if box is None and bent is not None and gain > BENT_FRAME_GAIN:
+        box = frame_past_bent_edges(upload, bent.homography, local_features.size)
     if box is None:
         return registration, upload, upload_features
     inside = upload.crop(box)
@@ -5644,9 +5650,10 @@ def settled_uploads(comparisons: Pairs, threshold: float) -> dict[int, int]:
 #    log thumbnail while it is decoded, and is the one place that reports a picture it
 #    could not decode. PairScorer is the compare function matching is given: each pair
 #    once a day, at the first size and again at the larger for what it did not settle
-#    (and an upload no photo lined up with, again mirrored), a few local photos'
-#    pictures held at a time; ComparingAhead compares the coming clusters' pairs in
-#    background threads (interleaved).
+#    (and an upload no photo lined up with, again mirrored, at the larger size too for a
+#    screenshot too small at the first), a few local photos' pictures held at a time;
+#    ComparingAhead compares the coming clusters' pairs in background threads
+#    (interleaved).
 #    PairScorer.day owns a day's threads: started with the day, stopped before anything
 #    is written (left_out), the day's pictures dropped on exit.
 # ---------------------------------------------------------------------------
@@ -6092,9 +6099,10 @@ class PairScorer:
                 if (i, j) in within
             }
         )
-        finer = self._each_pair([photos[i] for i in again], uploads, compare, finer_within)
+        later = [photos[i] for i in again]
+        finer = self._each_pair(later, uploads, compare, finer_within)
         # a screenshot too small to line up at the first size was not tried mirrored there
-        finer |= self._found_mirrored([photos[i] for i in again], uploads, finer, more[-1])
+        finer |= self._found_mirrored(later, uploads, finer, more[-1])
         # A pair the last size could not compare (its download failed) keeps its first-size
         # comparison: a whole frame missing there must not leave its photo to a crop.
         fallback = {(i, j): found[(i, j)] for i in again for j in unsettled if (i, j) in found}
