@@ -4105,16 +4105,13 @@ def find_features(
 
 
 def register_any(local: Features, upload: Features) -> Registration | None:
-    """register at the upload's own size, else at its coarser sizes (a tight crop); the
-    first registration that lines up, or the first found."""
+    """The first of register_tried: the registration to compare through."""
     return register_tried(local, upload)[0]
 
 
-def register_tried(
-    local: Features, upload: Features
-) -> tuple[Registration | None, Registration | None]:
-    """register_any's registration, and the homography it fitted at the upload's own size
-    when nothing lined up (None otherwise): register_framed looks for a frame beside it."""
+def register_tried(local: Features, upload: Features) -> tuple[Registration | None, ...]:
+    """register at the upload's size, else at coarser ones (a tight crop): the first that lines
+    up, or the first found; and, when none did, the homography tried (register_framed's)."""
     matches = keypoint_matches(local, upload)
     first = register(local, upload, matches)
     if first is not None and first.lined_up:
