@@ -80,7 +80,7 @@ from __future__ import annotations
 
 import sys
 
-__version__ = "1.5.6"
+__version__ = "1.5.7"
 
 if __name__ == "__main__" and sys.argv[1:] == ["--version"]:
     # Python compiles this whole file before its first line runs; answering here spares
@@ -5237,6 +5237,9 @@ PART_SURE = 0.83  # ... and its worst part: where another frame's subject moved,
 PART_SURE_LEVELLED = 0.86  # ... or both read with local tones set aside (issue 25)
 MIN_INLIER_SHARE = 0.6  # ... and this share of its keypoint matches fitting one geometry
 VERDICT_MARGIN = 0.02  # ... and a score this far above every other photo and upload near it
+# ... or above at all, its worst part this far above theirs: grain and blur press every
+# frame of a burst towards one score, where the frame that moved still differs in a part
+PART_LEAD = 0.03
 
 
 def coarse_sure(coarse: float | None, worst: float | None, part: float = PART_SURE) -> bool:
@@ -5562,19 +5565,39 @@ def shows_less(found: Comparison, than: Comparison) -> bool:
     return found.area < than.area - SAME_AREA
 
 
-def lead(comparisons: Pairs, pair: tuple[int, int]) -> float | None:
-    """How far pair scores above every other pair that shares its photo or its upload;
-    None when it has no such rival. An upload that shows clearly more or less of the same
-    photo is no rival: the photo keeps both, one as a part, and a crop (sharper at a small
-    size) never pushes out the frame it was cut from, nor that frame the crop."""
+def lead(comparisons: Pairs, pair: tuple[int, int]) -> tuple[float, float] | None:
+    """How far pair scores above its rivals, and its worst part above those of the rivals
+    within VERDICT_MARGIN (-1 where one is unread); None when it has none."""
+    # Rivals share its photo or its upload. An upload showing clearly more or less of the
+    # same photo is none: the photo keeps both, one as a part, and a crop (sharper at a small
+    # size) never pushes out the frame it was cut from, nor that frame the crop.
     i, j = pair
     found = comparisons[pair]
     rivals = [
-        c.score
+        c
         for (a, b), c in comparisons.items()
         if (a == i) != (b == j) and not (a == i and (shows_less(c, found) or shows_less(found, c)))
     ]
-    return found.score - max(rivals) if rivals else None
+    if not rivals:
+        return None
+    ahead = found.score - max(c.score for c in rivals)
+    close = [best_part(c) for c in rivals if found.score - c.score < VERDICT_MARGIN]
+    parts, own = [p for p in close if p is not None], best_part(found)
+    if own is None or len(parts) < len(close):
+        return ahead, -1.0
+    return ahead, own - max(parts, default=0.0)
+
+
+def best_part(found: Comparison) -> float | None:
+    """A pair's worst part, read plain or with local tones set aside, whichever is higher;
+    None where neither was read."""
+    parts = [found.worst_part, found.levelled[1] if found.levelled else None]
+    return max((p for p in parts if p is not None), default=None)
+
+
+def leads_enough(ahead: tuple[float, float] | None) -> bool:
+    """Whether a pair's lead over its rivals (lead) lets the verdict take it."""
+    return ahead is None or ahead[0] >= VERDICT_MARGIN or (ahead[0] > 0 and ahead[1] >= PART_LEAD)
 
 
 def _fraction_words(step: int) -> str:
@@ -5598,9 +5621,13 @@ def evidence_grounds(comparisons: Pairs, threshold: float) -> dict[tuple[int, in
         if found.score >= threshold or not evidence_convinces(found):
             continue
         ahead = lead(registered, (i, j))
-        if ahead is not None and ahead < VERDICT_MARGIN:
+        if not leads_enough(ahead):
             continue
-        margin = "no rival" if ahead is None else f"{ahead * 100:.1f} points ahead of the next pair"
+        margin = (
+            "no rival" if ahead is None else f"{ahead[0] * 100:.1f} points ahead of the next pair"
+        )
+        if ahead is not None and ahead[0] < VERDICT_MARGIN:
+            margin += f", its worst part {ahead[1] * 100:.1f} points ahead"
         coarse, levelled = coarse_decided(found)  # type: ignore[misc]
         aside = " with local tones set aside" if levelled else ""
         accepted[(i, j)] = (
@@ -5633,7 +5660,7 @@ def settled_uploads(comparisons: Pairs, threshold: float) -> dict[int, int]:
         ):
             continue
         ahead = lead(comparisons, (i, j))
-        if ahead is None or ahead >= FIRST_MARGIN:
+        if ahead is None or ahead[0] >= FIRST_MARGIN:
             settled[j] = i
     return settled
 

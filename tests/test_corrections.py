@@ -3,7 +3,8 @@ or mirrored, are found through the CLI; a burst frame beside such an upload neve
 
 One small set (1600 x 1200, drawn by make_matching_set's planner, edited by the random
 editor's operations with chosen parameters) is served by the fake iNaturalist; inat_photos.py
-runs over it once with the default sizes, and each test reads the XMP back.
+runs over it once with the default sizes, and each test reads the XMP back. A grainy
+burst has two pictures and a run of its own.
 """
 
 from __future__ import annotations
@@ -70,6 +71,14 @@ SCREENSHOT = {  # a panorama crop, flipped, then shown in a phone's dark viewer
         ["crop", {"area": 0.6, "aspect": 2.6, "x": 0.5, "y": 0.5}],
         ["flip", {"axis": "horizontal"}],
         ["screenshot", {"phone": [1080, 2340], "dark": True, "seed": 4}],
+    ]
+}
+GRAINY = {  # a lens correction under noise reduction, blur and strong grain
+    "ops": [
+        ["lens", {"k1": -0.044, "k2": -0.005, "vig": 0.0}],
+        ["denoise", {"kind": "gauss", "strength": 0.8}],
+        ["blur", {"radius": 1.3}],
+        ["grain", {"sigma": 7.0, "size": 0.83, "seed": 3}],
     ]
 }
 MIRROR = {  # the crop tool's flip, a crop and sharpening
@@ -198,6 +207,26 @@ def test_an_edited_upload_is_found_and_its_line_says_what_was_allowed_for(
 def test_an_upload_with_a_frame_on_one_side_is_found(run: Run) -> None:
     """The upload reaches past the photo's top edge, with a textured frame, not the scene."""
     assert run.tag("frame") == run.truth[run.roles["frame"]], run.result.stdout
+
+
+def test_a_grainy_burst_frame_is_told_from_its_neighbour_by_the_part_that_moved(
+    tmp_path: Path,
+) -> None:
+    """Grain presses both frames of a burst to within a point or two of each other; the
+    uploaded frame is found by its worst part, and the next frame is left alone."""
+    p, place = Planner(seed=31, small=True), PLACES[1]
+    when, scene = dt.datetime(2024, 5, 4, 9, 0, 0), p.scene()
+    uploaded = p.local("burst", scene, when, place, None, "grainy frame, uploaded")
+    later = View(subject_move=(0.002, 0.001), pose=0.2, warp=0.001)
+    after = p.local("burst", scene, when + dt.timedelta(seconds=1), place, None, "next", view=later)
+    p.upload_edited(uploaded, p.edited(uploaded, GRAINY), scene.subject, place, when)
+    write_set(tmp_path, p, jobs=1)
+    with FakeINaturalist(tmp_path / "scenario.json") as fake:
+        pictures = str(tmp_path / "pictures")
+        result = run_cli(["--user", USER["login"], pictures], fake.api_url, tmp_path / "cache")
+    assert read_photo_id(tmp_path / uploaded.path) == p.truth[uploaded.path], result.stdout
+    assert read_photo_id(tmp_path / after.path) is None, result.stdout
+    assert "its worst part" in result.stdout, result.stdout
 
 
 def test_a_burst_frame_is_not_taken_for_its_lens_corrected_neighbour(run: Run) -> None:

@@ -175,7 +175,7 @@ def test_a_crop_is_no_rival_of_the_frame_it_was_cut_from() -> None:
         (0, 1): _lined_up(0.94),
         (1, 1): _lined_up(0.60),
     }
-    assert ip.lead(comparisons, (0, 1)) == pytest.approx(0.34)
+    assert ip.lead(comparisons, (0, 1))[0] == pytest.approx(0.34)
     assert ip.lead(comparisons, (0, 0)) is None
     assert set(ip.evidence_grounds(comparisons, 0.95)) == {(0, 1)}
     # The crop does not settle at the first size while the bigger view is still to weigh.

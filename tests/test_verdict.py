@@ -158,6 +158,22 @@ def test_evidence_refuses_what_a_look_alike_could_reach(pairs: ip.Pairs) -> None
     assert ip.evidence_grounds(pairs, 0.95) == {}
 
 
+def test_evidence_takes_a_grainy_frame_whose_neighbour_differs_in_a_part() -> None:
+    """Grain and blur press a burst's frames towards one score: the uploaded frame leads its
+    neighbour by under VERDICT_MARGIN, but the neighbour's moved subject sinks one part."""
+    frame = _comparison(0.943, 0.983, worst_part=0.972)
+    pairs = {(0, 0): frame, (1, 0): _comparison(0.927, 0.971, worst_part=0.935)}
+    assert ip.evidence_grounds(pairs, 0.95) == {
+        (0, 0): "98.3% at a quarter of the size, 400 matching points, 1.6 points ahead of"
+        " the next pair, its worst part 3.7 points ahead"
+    }
+    alike = {(0, 0): frame, (1, 0): _comparison(0.927, 0.971, worst_part=0.96)}
+    unread = {(0, 0): frame, (1, 0): _comparison(0.927, None, worst_part=None)}
+    behind = {(0, 0): frame, (0, 1): _comparison(0.95, 0.99, worst_part=0.9)}
+    for rivals in (alike, unread, behind):
+        assert ip.evidence_grounds(rivals, 0.95) == {}, rivals
+
+
 def test_evidence_takes_a_pair_whose_edit_left_a_third_of_its_matches_out() -> None:
     """A liquify push or a caption over detail leaves some matches off the one geometry; the
     rest of the evidence still decides (a look-alike loses the worst part, not the share)."""
