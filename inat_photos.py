@@ -5120,20 +5120,13 @@ def frame_past_bent_edges(
     )[:, 0]
     if min(x1, x3) <= max(x0, x2) or min(y2, y3) <= max(y0, y1):
         return None  # turned: the upright correction is looked for unturned only
-    # the box the bent outline surely holds: past it, the upload shows a frame or nothing,
-    # up to the outline's own error
+    # the box the bent outline surely holds, less the outline's own error: past it, the
+    # upload shows a frame or nothing (a strip followed inwards to where the frame ends)
     width, height = upload.size
-    left, top, right, bottom = max(x0, x2), max(y0, y1), min(x1, x3), min(y2, y3)
     slack_x, slack_y = BENT_SLACK * width, BENT_SLACK * height
-    inner = np.array(
-        [
-            [left if left > slack_x else 0.0, top if top > slack_y else 0.0],
-            [
-                right if right < width - slack_x else float(width),
-                bottom if bottom < height - slack_y else float(height),
-            ],
-        ]
-    )
+    left, top = max(0.0, max(x0, x2) - slack_x), max(0.0, max(y0, y1) - slack_y)
+    right, bottom = min(width, min(x1, x3) + slack_x), min(height, min(y2, y3) + slack_y)
+    inner = np.array([[left, top], [right, bottom]])
     return _framed_inside(np.asarray(upload).astype(np.int16), inner, inwards=True)
 
 

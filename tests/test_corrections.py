@@ -605,6 +605,27 @@ def test_a_frame_beside_an_upright_correction_is_followed_to_where_it_ends() -> 
     assert ip.frame_past_bent_edges(more, bent.homography, local_features.size) is None
 
 
+def test_a_frame_beside_an_upright_correction_is_found_past_the_outlines_own_error() -> None:
+    """Where keypoints are few (a tilt-shift blur at an edge), the homography's outline of
+    the photo may stop short of the frame, inside the picture; within BENT_SLACK the frame is
+    still found, and cut where it ends."""
+    picture = synthetic_photo(1600, 1200, 5)
+    local_features = ip.find_local_features(picture.resize((1000, 750), Image.Resampling.LANCZOS))
+    framed = apply_op(
+        perspective(picture, -0.056, 0.0, 0.0),
+        "sides",
+        {"sides": ["right"], "width": 0.095, "seed": 3},
+    )
+    framed.thumbnail((1024, 1024))
+    found = ip.find_upload_features(framed)
+    bent = ip.register(local_features, found, ip.keypoint_matches(local_features, found), True)
+    assert bent is not None
+    for short in (0, 10):  # pixels: the outline's right edge that much further inside
+        moved = bent.homography @ np.array([[1.0, 0.0, short], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+        box = ip.frame_past_bent_edges(framed, moved, local_features.size)
+        assert box is not None and box[:2] == (0, 0) and 929 <= box[2] <= 934, (short, box)
+
+
 def test_local_levels_decide_only_above_their_own_worst_part() -> None:
     plain = {"coarse": 0.90, "worst_part": 0.80, "inliers": 300, "matches": 320}
     levelled = ip.Comparison(0.93, None, levelled=(0.95, 0.90), **plain)
