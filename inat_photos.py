@@ -5217,7 +5217,8 @@ def register_framed(
 #    correction or a local warp where one explains what moved; the cheap gate
 #    (likely_same_pictures); overlays along an edge left out (overlay_box);
 #    evidence_grounds, the calibrated verdict on a pair below the threshold, where a crop
-#    and its whole frame are never rivals; settled_uploads, which uploads the first,
+#    and its whole frame are never rivals and a small lead holds where the worst part
+#    leads too (lead, leads_enough); settled_uploads, which uploads the first,
 #    smaller size decides (never a crop while a bigger view of its photo is open).
 # ---------------------------------------------------------------------------
 
