@@ -100,6 +100,7 @@ import functools
 import hashlib
 import html
 import io
+import itertools
 import json
 import logging
 import math
@@ -4114,19 +4115,18 @@ def register_tried(local: Features, upload: Features) -> tuple[Registration | No
     up, or the first found; and, when none did, the homography tried (register_framed's)."""
     matches = keypoint_matches(local, upload)
     first = register(local, upload, matches)
-    if first is not None and first.lined_up:
-        if len(first.inliers) >= BENT_FROM_SHARE * first.matches:
-            return first, None
-        # Most matches left out: a strong upright correction (in both directions) bends the
-        # picture past what a similarity fits; one homography may fit them.
-        bent = register(local, upload, matches, bent=True)
-        if bent is not None and bent.lined_up and len(bent.inliers) > 1.5 * len(first.inliers):
-            return bent, None
-        return first, None
-    for coarser in upload.coarser:
-        found = register(local, coarser, keypoint_matches(local, coarser))
-        if found is not None and found.lined_up:
+    coarser = (register(local, c, keypoint_matches(local, c)) for c in upload.coarser)
+    for found in itertools.chain([first], coarser):  # the coarser sizes only where needed
+        if found is None or not found.lined_up:
+            continue
+        if len(found.inliers) >= BENT_FROM_SHARE * found.matches:
             return found, None
+        # Most matches left out: a strong upright correction (in both directions) bends the
+        # picture past what a similarity fits; one homography at the upload's size may fit them.
+        bent = register(local, upload, matches, bent=True)
+        if bent is not None and bent.lined_up and len(bent.inliers) > 1.5 * len(found.inliers):
+            return bent, None
+        return found, None
     # A lens or perspective correction bends the picture: a similarity fits the matches near
     # one place only. Matches that one homography fits, within a looser distance, are kept;
     # the smooth correction measured later says whether the bend was an editor's.
@@ -4645,7 +4645,9 @@ def _resampled(picture: np.ndarray, shift: np.ndarray, interpolation: int) -> np
     )
 
 
-def smooth_correction(region: np.ndarray, upload: np.ndarray, misfit: float) -> SmoothFit | None:
+def smooth_correction(
+    region: np.ndarray, upload: np.ndarray, misfit: float, through: bool = False
+) -> SmoothFit | None:
     """The region resampled through the smooth correction that best lines it up with upload,
     when that correction explains the misfit a rigid placement left (a lens or perspective
     correction); None when it does not (another shot: parallax and a moving subject follow
@@ -4653,6 +4655,8 @@ def smooth_correction(region: np.ndarray, upload: np.ndarray, misfit: float) -> 
 
     The patches' shifts are fitted by a homography first (an upright correction is one
     exactly), then what is left by the smooth field (_smooth_basis), and measured again.
+    through: the region is lined up through a homography already, so the field is also
+    fitted alone, and the closer fit kept.
     """
     height, width = upload.shape[:2]
     if min(height, width) < 96:
@@ -4666,6 +4670,29 @@ def smooth_correction(region: np.ndarray, upload: np.ndarray, misfit: float) -> 
     homography, _ = cv2.findHomography(points, points + shifts, cv2.RANSAC, 1.5)
     if homography is None:
         return None
+    # A homography fitted to a lined-up region's pixel or so of shifts can fit some patches
+    # and tilt the rest past what the field then follows (a lens under an upright).
+    starts = [homography, np.eye(3)] if through else [homography]
+    fits = [f for f in (_smooth_passes(region, upload, h) for h in starts) if f is not None]
+    if not fits:
+        return None
+    fit = min(fits, key=lambda f: f.residual)
+    # A nearly rigid pair is not held to a finer residual than the measurement can give (a
+    # small export at low quality).
+    explained = fit.residual <= min(MAX_MISFIT, max(SMOOTH_EXPLAINS * misfit, SMOOTH_NOISE))
+    if not explained or fit.reach > SMOOTH_MAX * max(size):
+        return None
+    return fit
+
+
+def _smooth_passes(
+    region: np.ndarray, upload: np.ndarray, homography: np.ndarray
+) -> SmoothFit | None:
+    """smooth_correction's field fitted after homography (upload pixel -> region pixel),
+    measured again and fitted again; None when too few patches are measured."""
+    cv2 = _cv2()
+    height, width = upload.shape[:2]
+    size = (width, height)
     # the field is smooth: computed every 8th pixel and interpolated (8 x 8 times cheaper)
     coarse = np.stack(
         np.meshgrid(
@@ -4698,11 +4725,6 @@ def smooth_correction(region: np.ndarray, upload: np.ndarray, misfit: float) -> 
     taken = taken_from(spots, terms)
     rigid = _fit_motion(spots, taken, axis_parallel=False)
     reach = float(np.linalg.norm(spots @ rigid[:, :2].T + rigid[:, 2] - taken, axis=1).max())
-    # A nearly rigid pair is not held to a finer residual than the measurement can give (a
-    # small export at low quality).
-    explained = residual <= min(MAX_MISFIT, max(SMOOTH_EXPLAINS * misfit, SMOOTH_NOISE))
-    if not explained or reach > SMOOTH_MAX * max(size):
-        return None
     return SmoothFit(current, residual, reach)
 
 
@@ -5285,11 +5307,12 @@ def compare_pictures(
     misfit, smooth = refined.misfit, None
     if registration.homography is not None and local.size == local_size:
         # Bent (a strong upright correction): lined up through the keypoints' homography,
-        # whatever a similarity left; what is left must be explained within BENT_MISFIT.
+        # whatever a similarity left; what is left must be explained as a similarity's
+        # misfit would be (at least BENT_MISFIT).
         to_upload = _upright_to_upload(placement.alignment.turns, upload.width, upload.height)
         bend = registration.homography @ to_upload
         region = region_through(local, bend, size)
-        smooth = smooth_correction(region, upright, BENT_MISFIT)
+        smooth = smooth_correction(region, upright, max(misfit, BENT_MISFIT), through=True)
         if smooth is not None:  # the bend said is the homography's beyond the similarity
             spots = np.array([[[x, y]] for x in (0, size[0]) for y in (0, size[1])], np.float64)
             bent = cv2_perspective(spots, bend) - (spots[:, 0] @ placement.matrix[:, :2].T

@@ -66,6 +66,13 @@ UPRIGHT_FRAME = {  # an upright correction, then a frame on one side
         ["sides", {"sides": ["right"], "width": 0.09, "seed": 5}],
     ]
 }
+UPRIGHT_BOTH = {  # a lens correction, then a strong upright correction in both directions
+    "ops": [
+        ["lens", {"k1": 0.048, "k2": 0.0035, "vig": 0.1}],
+        ["perspective", {"v": -0.1, "h": -0.05, "turn": 0.0}],
+        ["denoise", {"kind": "gauss", "strength": 0.6}],
+    ]
+}
 SCREENSHOT = {  # a panorama crop, flipped, then shown in a phone's dark viewer
     "ops": [
         ["crop", {"area": 0.6, "aspect": 2.6, "x": 0.5, "y": 0.5}],
@@ -164,6 +171,10 @@ def _plan() -> tuple[Planner, dict[str, str]]:
     local = p.local("edited", scene, when, place, None, "upright, framed on one side")
     p.upload_edited(local, p.edited(local, UPRIGHT_FRAME), scene.subject, place, when)
     roles["upright framed"] = local.path
+    when, scene = day + dt.timedelta(hours=8), p.scene()
+    local = p.local("edited", scene, when, place, None, "lens, then upright both ways")
+    p.upload_edited(local, p.edited(local, UPRIGHT_BOTH), scene.subject, place, when)
+    roles["upright both ways"] = local.path
     return p, roles
 
 
@@ -194,6 +205,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Run:
         ("flipped framed", "mirrored, rotated 180°"),  # a frame past the edge, turned
         ("screenshot", "mirrored"),  # too small at medium: tried mirrored at large
         ("upright framed", "a smooth correction of up to"),  # the frame followed inwards
+        ("upright both ways", "a smooth correction of up to"),  # the homography, not a coarser fit
     ],
 )
 def test_an_edited_upload_is_found_and_its_line_says_what_was_allowed_for(
@@ -339,6 +351,22 @@ def test_a_strong_upright_correction_both_ways_is_registered_by_a_homography() -
     upload = ip.Features(moved[shown].astype(np.float32), local.descriptors[shown], (500, 375))
     similarity = ip.register(local, upload, ip.keypoint_matches(local, upload))
     assert similarity.lined_up and len(similarity.inliers) < 0.6 * similarity.matches
+    registration = ip.register_any(local, upload)
+    assert registration is not None and registration.bent and registration.lined_up
+    assert len(registration.inliers) > 0.9 * registration.matches
+
+
+def test_a_coarser_similarity_leaving_most_matches_out_gives_way_to_the_homography() -> None:
+    """Where the similarity at the upload's size does not line up, one at a coarser size may,
+    fitting a part of a strongly bent upload only; the homography at the upload's size,
+    which fits nearly every match, is taken instead."""
+    picture = synthetic_photo(1600, 1200, 7)
+    local = ip.find_local_features(picture.resize((1000, 750), Image.Resampling.LANCZOS))
+    edited = perspective(lens(picture, 0.048, 0.0035, 0.1), -0.1, -0.05, 0.0)
+    edited.thumbnail((500, 500))
+    upload = ip.find_upload_features(edited)
+    first = ip.register(local, upload, ip.keypoint_matches(local, upload))
+    assert first is not None and not first.lined_up
     registration = ip.register_any(local, upload)
     assert registration is not None and registration.bent and registration.lined_up
     assert len(registration.inliers) > 0.9 * registration.matches
