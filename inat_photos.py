@@ -3826,7 +3826,8 @@ def choose_score_function(use_gpu: bool, console: Console) -> ScoreFunction:
 #    MIN_AREA, searched at coarser sizes too), scale, any angle and quarter turns;
 #    correlation for pictures without keypoints; phase correlation to sharpen the fit
 #    and measure the misfit of another shot; a homography for an upload a lens or an
-#    upright correction bent (the smooth field that explains it is in 9c); guided matches
+#    upright correction bent, over any similarity leaving most matches out (the smooth
+#    field that explains it is in 9c, fitted alone too through the homography); guided matches
 #    where look-alike texture defeats the ratio test (guided_matches); the cheap probe a
 #    flipped upload passes before a full comparison (may_line_up). Plain bands an
 #    export added around an upload (a frame, padding) are cut off when it is decoded
@@ -4111,8 +4112,8 @@ def register_any(local: Features, upload: Features) -> Registration | None:
 
 
 def register_tried(local: Features, upload: Features) -> tuple[Registration | None, ...]:
-    """register at the upload's size, else at coarser ones (a tight crop): the first that lines
-    up, or the first found; and, when none did, the homography tried (register_framed's)."""
+    """register at the upload's size, else coarser (a tight crop): the first that lines up (or
+    a homography fitting far more), or the first found; and, if none did, the homography tried."""
     matches = keypoint_matches(local, upload)
     first = register(local, upload, matches)
     coarser = (register(local, c, keypoint_matches(local, c)) for c in upload.coarser)
@@ -5126,7 +5127,7 @@ def frame_past_edges(
     right, bottom = local_size
     corners = np.array([[0, 0], [right, 0], [0, bottom], [right, bottom]], np.float64)
     seen = corners @ inverse[:, :2].T + inverse[:, 2]
-    return _framed_inside(np.asarray(upload).astype(np.int16), seen)
+    return _framed_inside(upload, seen)
 
 
 def frame_past_bent_edges(
@@ -5149,16 +5150,16 @@ def frame_past_bent_edges(
     left, top = max(0.0, max(x0, x2) - slack_x), max(0.0, max(y0, y1) - slack_y)
     right, bottom = min(width, min(x1, x3) + slack_x), min(height, min(y2, y3) + slack_y)
     inner = np.array([[left, top], [right, bottom]])
-    return _framed_inside(np.asarray(upload).astype(np.int16), inner, inwards=True)
+    return _framed_inside(upload, inner, inwards=True)
 
 
 def _framed_inside(
-    rgb: np.ndarray, seen: np.ndarray, inwards: bool = False
+    upload: Image.Image, seen: np.ndarray, inwards: bool = False
 ) -> tuple[int, int, int, int] | None:
-    """The box inside the frames of rgb (int16 HxWx3) past the bounding box of seen (where
-    the local picture's corners lie in the upload), when each strip there is a frame;
-    inwards: each strip is also followed inwards, line by line, while the lines keep the
-    frame's colour."""
+    """The box inside the frames of upload past the bounding box of seen (where the local
+    picture's corners lie in it), when each strip there is a frame; inwards: each strip is
+    also followed inwards, line by line, while the lines keep the frame's colour."""
+    rgb = np.asarray(upload).astype(np.int16)
     (x0, y0), (x1, y1) = seen.min(axis=0), seen.max(axis=0)
     height, width = rgb.shape[:2]
     box = [max(0, round(x0)), max(0, round(y0)), min(width, round(x1)), min(height, round(y1))]

@@ -159,22 +159,20 @@ def _plan() -> tuple[Planner, dict[str, str]]:
     for hours, edit, role in ((3, LENS, "burst"), (4, MIRROR, "mirrored burst")):
         kept, gone = _burst_with_its_upload_gone(p, day + dt.timedelta(hours=hours), edit)
         roles[f"{role} kept"], roles[f"{role} gone"] = kept, gone
-    when, scene = day + dt.timedelta(hours=5), p.scene()
-    local = p.local("edited", scene, when, place, None, "flipped framed")
-    p.upload_edited(local, p.edited(local, FLIPPED_FRAME), scene.subject, place, when)
-    roles["flipped framed"] = local.path
-    when, scene = day + dt.timedelta(hours=6), p.scene()
-    local = p.local("edited", scene, when, place, None, "mirrored panorama screenshot")
-    p.upload_edited(local, p.edited(local, SCREENSHOT), scene.subject, place, when)
-    roles["screenshot"] = local.path
-    when, scene = day + dt.timedelta(hours=7), p.scene()
-    local = p.local("edited", scene, when, place, None, "upright, framed on one side")
-    p.upload_edited(local, p.edited(local, UPRIGHT_FRAME), scene.subject, place, when)
-    roles["upright framed"] = local.path
-    when, scene = day + dt.timedelta(hours=8), p.scene()
-    local = p.local("edited", scene, when, place, None, "lens, then upright both ways")
-    p.upload_edited(local, p.edited(local, UPRIGHT_BOTH), scene.subject, place, when)
-    roles["upright both ways"] = local.path
+    # Edits added later, each in an hour of its own (the set drawn before keeps its pictures).
+    for hours, (role, note, edit) in enumerate(
+        (
+            ("flipped framed", "flipped framed", FLIPPED_FRAME),
+            ("screenshot", "mirrored panorama screenshot", SCREENSHOT),
+            ("upright framed", "upright, framed on one side", UPRIGHT_FRAME),
+            ("upright both ways", "lens, then upright both ways", UPRIGHT_BOTH),
+        ),
+        start=5,
+    ):
+        when, scene = day + dt.timedelta(hours=hours), p.scene()
+        local = p.local("edited", scene, when, place, None, note)
+        p.upload_edited(local, p.edited(local, edit), scene.subject, place, when)
+        roles[role] = local.path
     return p, roles
 
 
