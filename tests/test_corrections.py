@@ -279,6 +279,20 @@ def test_a_lens_correction_is_explained_by_the_smooth_field() -> None:
     assert fit is not None and fit.residual <= ip.MAX_MISFIT and fit.reach > 1.0
 
 
+def test_through_a_homography_the_field_is_fitted_alone_too(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A region lined up through a homography already keeps a lens's pixel or so of shifts;
+    a homography fitted to them may tilt it, and the field fitted alone is then kept."""
+    picture = _scene()
+    corrected = np.asarray(lens(Image.fromarray(picture), 0.02, 0.0, 0.0))
+    tilted = np.array([[1.0, 0.0, 2.0], [0.0, 1.0, -2.0], [5e-4, -3.75e-4, 1.0]])
+    monkeypatch.setattr(cv2, "findHomography", lambda *args, **kwargs: (tilted, None))
+    assert ip.smooth_correction(picture, corrected, misfit=3.0) is None
+    fit = ip.smooth_correction(picture, corrected, misfit=3.0, through=True)
+    assert fit is not None and fit.residual <= ip.SMOOTH_NOISE
+
+
 def test_a_perspective_correction_is_explained_by_the_smooth_field() -> None:
     picture = np.asarray(Image.fromarray(_scene(4)))
     corrected = np.asarray(perspective(Image.fromarray(picture), 0.04, 0.0, 0.0))
