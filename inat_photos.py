@@ -80,7 +80,7 @@ from __future__ import annotations
 
 import sys
 
-__version__ = "1.5.7"
+__version__ = "1.5.8"
 
 if __name__ == "__main__" and sys.argv[1:] == ["--version"]:
     # Python compiles this whole file before its first line runs; answering here spares
@@ -3827,7 +3827,7 @@ def choose_score_function(use_gpu: bool, console: Console) -> ScoreFunction:
 #    correlation for pictures without keypoints; phase correlation to sharpen the fit
 #    and measure the misfit of another shot; a homography for an upload a lens or an
 #    upright correction bent, over any similarity leaving most matches out (the smooth
-#    field that explains it is in 9c, fitted alone too through the homography); guided matches
+#    field that explains it is in 9c); guided matches
 #    where look-alike texture defeats the ratio test (guided_matches); the cheap probe a
 #    flipped upload passes before a full comparison (may_line_up). Plain bands an
 #    export added around an upload (a frame, padding) are cut off when it is decoded
@@ -4655,9 +4655,9 @@ def smooth_correction(
     no lens).
 
     The patches' shifts are fitted by a homography first (an upright correction is one
-    exactly), then what is left by the smooth field (_smooth_basis), and measured again.
-    through: the region is lined up through a homography already, so the field is also
-    fitted alone, and the closer fit kept.
+    exactly), then what is left by the smooth field (_smooth_basis), and measured again;
+    where that leaves too much, the field is fitted alone too, and the closer fit kept.
+    through: the region is lined up through a homography already; both are always fitted.
     """
     height, width = upload.shape[:2]
     if min(height, width) < 96:
@@ -4671,17 +4671,17 @@ def smooth_correction(
     homography, _ = cv2.findHomography(points, points + shifts, cv2.RANSAC, 1.5)
     if homography is None:
         return None
-    # A homography fitted to a lined-up region's pixel or so of shifts can fit some patches
-    # and tilt the rest past what the field then follows (a lens under an upright).
-    starts = [homography, np.eye(3)] if through else [homography]
-    fits = [f for f in (_smooth_passes(region, upload, h) for h in starts) if f is not None]
-    if not fits:
-        return None
-    fit = min(fits, key=lambda f: f.residual)
     # A nearly rigid pair is not held to a finer residual than the measurement can give (a
     # small export at low quality).
-    explained = fit.residual <= min(MAX_MISFIT, max(SMOOTH_EXPLAINS * misfit, SMOOTH_NOISE))
-    if not explained or fit.reach > SMOOTH_MAX * max(size):
+    allowed = min(MAX_MISFIT, max(SMOOTH_EXPLAINS * misfit, SMOOTH_NOISE))
+    # A homography fitted to the shifts can fit some patches and tilt the rest past what the
+    # field then follows (a lens under an upright, a strong lens alone): the field is then
+    # fitted alone too, and the closer fit kept.
+    fit = _smooth_passes(region, upload, homography)
+    if through or fit is None or fit.residual > allowed or fit.reach > SMOOTH_MAX * max(size):
+        alone = _smooth_passes(region, upload, np.eye(3))
+        fit = min((f for f in (fit, alone) if f), key=lambda f: f.residual, default=None)
+    if fit is None or fit.residual > allowed or fit.reach > SMOOTH_MAX * max(size):
         return None
     return fit
 

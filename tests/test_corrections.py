@@ -88,6 +88,13 @@ GRAINY = {  # a lens correction under noise reduction, blur and strong grain
         ["grain", {"sigma": 7.0, "size": 0.83, "seed": 3}],
     ]
 }
+BLURRED_LENS = {  # a strong lens correction with vignetting, a radial filter, a 2 px blur
+    "ops": [
+        ["lens", {"k1": -0.0738, "k2": -0.0184, "vig": 0.2393}],
+        ["radial", {"x": 0.3216, "y": 0.3556, "size": 0.4649, "stops": 0.4088}],
+        ["blur", {"radius": 1.9554}],
+    ]
+}
 MIRROR = {  # the crop tool's flip, a crop and sharpening
     "ops": [
         ["flip", {"axis": "horizontal"}],
@@ -239,6 +246,39 @@ def test_a_grainy_burst_frame_is_told_from_its_neighbour_by_the_part_that_moved(
     assert "its worst part" in result.stdout, result.stdout
 
 
+def _full_size_burst(tmp_path: Path, seed: int, edit: dict) -> tuple[str, str, CliResult, Planner]:
+    """Two full-size frames of a burst a second apart, the first uploaded with edit, run
+    through the CLI: the uploaded frame's path, the next one's, the run and its plan."""
+    p, place = Planner(seed=seed, small=False), PLACES[1]
+    when, scene = dt.datetime(2024, 5, 4, 9, 0, 0), p.scene()
+    uploaded = p.local("burst", scene, when, place, None, "uploaded, edited")
+    moved = View(shift=(0.004, -0.003), subject_move=(0.012, 0.004), pose=0.6, warp=0.002)
+    after = p.local("burst", scene, when + dt.timedelta(seconds=1), place, None, "next", view=moved)
+    p.upload_edited(uploaded, p.edited(uploaded, edit), scene.subject, place, when)
+    write_set(tmp_path, p, jobs=1)
+    with FakeINaturalist(tmp_path / "scenario.json") as fake:
+        pictures = str(tmp_path / "pictures")
+        result = run_cli(["--user", USER["login"], pictures], fake.api_url, tmp_path / "cache")
+    return uploaded.path, after.path, result, p
+
+
+@pytest.mark.parametrize(
+    ("seed", "edit"),
+    [
+        # seed 15's burst: the neighbour keeps the upload from being settled at the first size,
+        # and at the large size a homography fitted to the lens's shifts tilts the field's
+        # start; the field fitted alone lines the uploaded frame up
+        (33, BLURRED_LENS),
+    ],
+)
+def test_a_burst_frame_uploaded_bent_and_blurred_is_found_at_the_large_size(
+    tmp_path: Path, seed: int, edit: dict
+) -> None:
+    uploaded, after, result, p = _full_size_burst(tmp_path, seed, edit)
+    assert read_photo_id(tmp_path / uploaded) == p.truth[uploaded], result.stdout
+    assert read_photo_id(tmp_path / after) is None, result.stdout
+
+
 def test_a_burst_frame_is_not_taken_for_its_lens_corrected_neighbour(run: Run) -> None:
     assert run.tag("burst kept") is None, run.result.stdout
     assert run.line("burst kept") is None, run.result.stdout
@@ -279,18 +319,19 @@ def test_a_lens_correction_is_explained_by_the_smooth_field() -> None:
     assert fit is not None and fit.residual <= ip.MAX_MISFIT and fit.reach > 1.0
 
 
-def test_through_a_homography_the_field_is_fitted_alone_too(
+def test_the_field_is_fitted_alone_where_the_homography_start_tilts_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A region lined up through a homography already keeps a lens's pixel or so of shifts;
-    a homography fitted to them may tilt it, and the field fitted alone is then kept."""
+    """A homography fitted to a lens's shifts may fit some patches and tilt the rest (a strong
+    lens under blur at the large size, seed 15's burst frame): the field is then fitted alone
+    too, through a homography or not, and the closer fit kept."""
     picture = _scene()
     corrected = np.asarray(lens(Image.fromarray(picture), 0.02, 0.0, 0.0))
     tilted = np.array([[1.0, 0.0, 2.0], [0.0, 1.0, -2.0], [5e-4, -3.75e-4, 1.0]])
     monkeypatch.setattr(cv2, "findHomography", lambda *args, **kwargs: (tilted, None))
-    assert ip.smooth_correction(picture, corrected, misfit=3.0) is None
-    fit = ip.smooth_correction(picture, corrected, misfit=3.0, through=True)
-    assert fit is not None and fit.residual <= ip.SMOOTH_NOISE
+    for through in (False, True):
+        fit = ip.smooth_correction(picture, corrected, misfit=3.0, through=through)
+        assert fit is not None and fit.residual <= ip.SMOOTH_NOISE, through
 
 
 def test_a_perspective_correction_is_explained_by_the_smooth_field() -> None:
