@@ -3654,9 +3654,10 @@ def framed_box(gray: np.ndarray) -> tuple[int, int, int, int] | None:
 
 # ---------------------------------------------------------------------------
 # 9a. Similarity: the score
-#    SSIM-PIL's structural similarity, the number users know: numpy, or OpenCL with --gpu.
-#    Sections 9a to 9d take decoded pictures and their keypoints in and give a
-#    Comparison and a verdict out.
+#    SSIM-PIL's structural similarity, the number users know: numpy, or OpenCL with --gpu;
+#    and the correlation search (coarse_alignment, refine_alignment) that lines up pictures
+#    without keypoints and gives the cheap pre-filter's score. Sections 9a to 9d take
+#    decoded pictures and their keypoints in and give a Comparison and a verdict out.
 # ---------------------------------------------------------------------------
 
 
@@ -3820,19 +3821,7 @@ def choose_score_function(use_gpu: bool, console: Console) -> ScoreFunction:
     return ssim_score
 
 
-# ---------------------------------------------------------------------------
-# 9b. Similarity: registration
-#    Where an upload lies in a local picture: keypoints and RANSAC for crops (down to
-#    MIN_AREA, searched at coarser sizes too), scale, any angle and quarter turns;
-#    correlation for pictures without keypoints; phase correlation to sharpen the fit
-#    and measure the misfit of another shot; a homography for an upload a lens or an
-#    upright correction bent, over any similarity leaving most matches out (the smooth
-#    field that explains it is in 9c); guided matches
-#    where look-alike texture defeats the ratio test (guided_matches); the cheap probe a
-#    flipped upload passes before a full comparison (may_line_up). Plain bands an
-#    export added around an upload (a frame, padding) are cut off when it is decoded
-#    (framed_box, section 8).
-# ---------------------------------------------------------------------------
+# -- The correlation search: pictures without keypoints, and the cheap pre-filter --------
 
 
 ALIGN_SIDE = 160  # longest side of the coarse search (the cheap pre-filter), pixels
@@ -3975,6 +3964,20 @@ def refine_alignment(local: Image.Image, upload: Image.Image, rough: Alignment) 
         steps = range(-4, 5) if step > 0.005 else range(-2, 3)
         box, _ = search_box(picture, upright, [width * (1 + step * k) for k in steps], box)
     return Alignment(box, rough.turns)
+
+
+# ---------------------------------------------------------------------------
+# 9b. Similarity: registration
+#    Where an upload lies in a local picture: keypoints and RANSAC for crops (down to
+#    MIN_AREA, searched at coarser sizes too), scale, any angle and quarter turns;
+#    phase correlation to sharpen the fit and measure the misfit of another shot; a
+#    homography for an upload a lens or an upright correction bent, over any similarity
+#    leaving most matches out (the smooth field that explains it is in 9c); guided matches
+#    where look-alike texture defeats the ratio test (guided_matches); the cheap probe a
+#    flipped upload passes before a full comparison (may_line_up). Plain bands an
+#    export added around an upload (a frame, padding) are cut off when it is decoded
+#    (framed_box, section 8).
+# ---------------------------------------------------------------------------
 
 
 # -- Registration from local features: crops, scale and any angle, whatever the tones -------
