@@ -3972,7 +3972,8 @@ def refine_alignment(local: Image.Image, upload: Image.Image, rough: Alignment) 
 #    MIN_AREA, searched at coarser sizes too), scale, any angle and quarter turns;
 #    phase correlation to sharpen the fit and measure the misfit of another shot; a
 #    homography for an upload a lens or an upright correction bent, over any similarity
-#    leaving most matches out (the smooth field that explains it is in 9c); guided matches
+#    leaving most matches out, at a coarser size too where grain hides the keypoints (the
+#    smooth field that explains it is in 9c); guided matches
 #    where look-alike texture defeats the ratio test (guided_matches); the cheap probe a
 #    flipped upload passes before a full comparison (may_line_up). Plain bands an
 #    export added around an upload (a frame, padding) are cut off when it is decoded
@@ -4013,6 +4014,10 @@ class Features:
     descriptors: np.ndarray  # N x 32 uint8, ORB's binary descriptors
     size: tuple[int, int]  # width and height of the picture the points refer to
     coarser: tuple[Features, ...] = ()  # an upload's: found in it shrunk to COARSER_SIDES
+
+
+# Keypoint matches: upload points, the local points they matched, and how many there are.
+Matches = tuple["np.ndarray", "np.ndarray", int]
 
 
 @dataclass(frozen=True)
@@ -4119,25 +4124,57 @@ def register_tried(local: Features, upload: Features) -> tuple[Registration | No
     a homography fitting far more), or the first found; and, if none did, the homography tried."""
     matches = keypoint_matches(local, upload)
     first = register(local, upload, matches)
-    coarser = (register(local, c, keypoint_matches(local, c)) for c in upload.coarser)
-    for found in itertools.chain([first], coarser):  # the coarser sizes only where needed
+    # Where a homography may be fitted: at the upload's size, and at each coarser size whose
+    # similarity fitted some of the matches but left most out, as a bent picture's does (strong
+    # grain leaves an upload's own keypoints unmatched; shrunk, the grain is gone). One that
+    # fits most but reaches past the photo's edges is another shot, framed a little differently.
+    levels: list[tuple[Features, Matches | None]] = [(upload, matches)]
+
+    def coarser() -> Iterator[Registration | None]:
+        """The similarity at each coarser size, noting those that fit some matches only."""
+        for level in upload.coarser:
+            level_matches = keypoint_matches(local, level)
+            found = register(local, level, level_matches)
+            if (
+                found is not None
+                and MIN_INLIERS <= len(found.inliers) < BENT_FROM_SHARE * found.matches
+            ):
+                levels.append((level, level_matches))
+            yield found
+
+    for found in itertools.chain([first], coarser()):  # the coarser sizes only where needed
         if found is None or not found.lined_up:
             continue
         if len(found.inliers) >= BENT_FROM_SHARE * found.matches:
             return found, None
         # Most matches left out: a strong upright correction (in both directions) bends the
-        # picture past what a similarity fits; one homography at the upload's size may fit them.
-        bent = register(local, upload, matches, bent=True)
-        if bent is not None and bent.lined_up and len(bent.inliers) > 1.5 * len(found.inliers):
-            return bent, None
-        return found, None
+        # picture past what a similarity fits; one homography may fit them.
+        more = (
+            b
+            for b in _lined_up_homographies(local, levels)
+            if len(b.inliers) > 1.5 * len(found.inliers)
+        )
+        return next(more, found), None
     # A lens or perspective correction bends the picture: a similarity fits the matches near
     # one place only. Matches that one homography fits, within a looser distance, are kept;
     # the smooth correction measured later says whether the bend was an editor's.
     bent = register(local, upload, matches, bent=True)
     if bent is not None and bent.lined_up:
         return bent, None
+    if (coarse := next(_lined_up_homographies(local, levels[1:]), None)) is not None:
+        return coarse, None
     return _guided_registration(local, upload, matches, (first, bent)) or first, bent
+
+
+def _lined_up_homographies(
+    local: Features, levels: list[tuple[Features, Matches | None]]
+) -> Iterator[Registration]:
+    """The bent registrations fitted at each of levels (an upload's features at one size and
+    their matches) that line up, in order."""
+    for level, level_matches in levels:
+        found = register(local, level, level_matches, bent=True)
+        if found is not None and found.lined_up:
+            yield found
 
 
 MIRROR_PROBE = 4  # a flipped upload is first matched by every 4th of its keypoints
@@ -4158,7 +4195,7 @@ def may_line_up(local: Features, upload: Features) -> bool:
 def _guided_registration(
     local: Features,
     upload: Features,
-    matches: tuple[np.ndarray, np.ndarray, int] | None,
+    matches: Matches | None,
     tried: tuple[Registration | None, ...],
 ) -> Registration | None:
     """A registration that lines up through guided_matches, led by a partial one tried (at
@@ -4184,9 +4221,7 @@ def _guided_registration(
     return None
 
 
-def guided_matches(
-    local: Features, upload: Features, prior: Registration
-) -> tuple[np.ndarray, np.ndarray, int] | None:
+def guided_matches(local: Features, upload: Features, prior: Registration) -> Matches | None:
     """Each upload keypoint's nearest local descriptor among the local keypoints within
     GUIDE_RADIUS of where prior puts it, when clearly nearer than the next there; None when
     too few. Repetitive texture (leaves, gravel, grass) defeats the ratio test over the
@@ -4213,9 +4248,7 @@ def guided_matches(
     return upload.points[rows[good]], local.points[cols[good]], len(good)
 
 
-def keypoint_matches(
-    local: Features, upload: Features
-) -> tuple[np.ndarray, np.ndarray, int] | None:
+def keypoint_matches(local: Features, upload: Features) -> Matches | None:
     """The upload's keypoints whose nearest local descriptor is clearly nearer than the next
     (the ratio test), with those local keypoints and how many there are; None when too few."""
     cv2 = _cv2()
@@ -4235,7 +4268,7 @@ def keypoint_matches(
 def register(
     local: Features,
     upload: Features,
-    matches: tuple[np.ndarray, np.ndarray, int] | None,
+    matches: Matches | None,
     bent: bool = False,
 ) -> Registration | None:
     """The similarity transform (crop, scale, rotation) from upload to local fitted to their

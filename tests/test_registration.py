@@ -230,3 +230,45 @@ def test_another_shot_with_parallax_is_not_the_same_shot(crop: tuple | None) -> 
         assert "another shot" in found.describe()
     exact = compare(picture, served(picture.crop(crop) if crop else picture))
     assert exact.eligible and exact.misfit < ip.MAX_MISFIT / 2
+
+
+# -- register_tried's choices, on made-up registrations ----------------------------------
+
+
+def _features(size: tuple[int, int], coarser: tuple[ip.Features, ...] = ()) -> ip.Features:
+    return ip.Features(np.zeros((0, 2)), np.zeros((0, 32), np.uint8), size, coarser)
+
+
+def _registration(
+    inliers: int, spread: float = 1.0, overshoot: float = 0.0, bent: bool = False
+) -> ip.Registration:
+    """A registration of 160 matches; a bent one has a homography."""
+    homography = np.eye(3) if bent else None
+    points = np.zeros((inliers, 2, 2))
+    return ip.Registration(np.eye(2, 3), points, 160, spread, 0.9, overshoot, bent, homography)
+
+
+def _made_up(monkeypatch: pytest.MonkeyPatch, made: dict) -> None:
+    """register gives made[(id(level), bent)] for the matches of level (None if absent)."""
+    monkeypatch.setattr(ip, "keypoint_matches", lambda local, level: level)
+    monkeypatch.setattr(
+        ip, "register", lambda local, level, matches, bent=False: made.get((id(matches), bent))
+    )
+    monkeypatch.setattr(ip, "_guided_registration", lambda *args: None)
+
+
+def test_a_homography_at_a_coarser_size_only_where_its_similarity_left_most_out(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Strong grain: nothing matches at the upload's own size. At the coarser size a
+    similarity fitting half the matches is a bent picture's, and the homography there is
+    taken; one fitting most of them but reaching past the photo's edges is another shot's,
+    and no homography is fitted to it (seed 13's burst frame, explained through one)."""
+    local, coarse = _features((2000, 1500)), _features((1024, 768))
+    upload = _features((1024, 768), (coarse,))
+    homography = _registration(150, bent=True)
+    made = {(id(coarse), True): homography, (id(coarse), False): _registration(85, overshoot=0.05)}
+    _made_up(monkeypatch, made)
+    assert ip.register_tried(local, upload)[0] is homography
+    made[(id(coarse), False)] = _registration(130, overshoot=0.05)  # most, past the edges
+    assert ip.register_tried(local, upload)[0] is None
