@@ -4145,14 +4145,17 @@ def register_tried(local: Features, upload: Features) -> tuple[Registration | No
     for found in itertools.chain([first], coarser()):  # the coarser sizes only where needed
         if found is None or not found.lined_up:
             continue
-        if len(found.inliers) >= BENT_FROM_SHARE * found.matches:
+        bunched = found.spread < MIN_SPREAD  # lined up by its count alone, in a few cells
+        if len(found.inliers) >= BENT_FROM_SHARE * found.matches and not bunched:
             return found, None
-        # Most matches left out: a strong upright correction (in both directions) bends the
-        # picture past what a similarity fits; one homography may fit them.
+        # Most matches left out, or those fitted bunched in a few cells: a strong upright
+        # correction (in both directions) bends the picture past what a similarity fits; one
+        # homography may fit them, or more of them over the whole picture.
         more = (
             b
             for b in _lined_up_homographies(local, levels)
             if len(b.inliers) > 1.5 * len(found.inliers)
+            or (bunched and b.spread >= MIN_SPREAD and len(b.inliers) > len(found.inliers))
         )
         return next(more, found), None
     # A lens or perspective correction bends the picture: a similarity fits the matches near

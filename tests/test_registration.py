@@ -272,3 +272,18 @@ def test_a_homography_at_a_coarser_size_only_where_its_similarity_left_most_out(
     assert ip.register_tried(local, upload)[0] is homography
     made[(id(coarse), False)] = _registration(130, overshoot=0.05)  # most, past the edges
     assert ip.register_tried(local, upload)[0] is None
+
+
+def test_a_similarity_bunched_in_a_few_cells_is_weighed_against_a_homography(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A similarity fitting 69% of the matches, all in 2 of the 16 cells (lined up by its
+    count alone: seed 9's burst frame under an upright both ways, one corner fitted), gives
+    way to a homography fitting more of them all over the upload; spread out, it stays."""
+    local, upload = _features((2000, 1500)), _features((1024, 768))
+    homography = _registration(150, bent=True)
+    made = {(id(upload), True): homography, (id(upload), False): _registration(110, 2 / 16)}
+    _made_up(monkeypatch, made)
+    assert ip.register_tried(local, upload)[0] is homography
+    made[(id(upload), False)] = similarity = _registration(110, 8 / 16)
+    assert ip.register_tried(local, upload)[0] is similarity
