@@ -234,40 +234,31 @@ def test_an_upload_with_a_frame_on_one_side_is_found(run: Run) -> None:
     assert run.tag("frame") == run.truth[run.roles["frame"]], run.result.stdout
 
 
-def test_a_grainy_burst_frame_is_told_from_its_neighbour_by_the_part_that_moved(
-    tmp_path: Path,
-) -> None:
-    """Grain presses both frames of a burst to within a point or two of each other; the
-    uploaded frame is found by its worst part, and the next frame is left alone."""
-    p, place = Planner(seed=31, small=True), PLACES[1]
-    when, scene = dt.datetime(2024, 5, 4, 9, 0, 0), p.scene()
-    uploaded = p.local("burst", scene, when, place, None, "grainy frame, uploaded")
-    later = View(subject_move=(0.002, 0.001), pose=0.2, warp=0.001)
-    after = p.local("burst", scene, when + dt.timedelta(seconds=1), place, None, "next", view=later)
-    p.upload_edited(uploaded, p.edited(uploaded, GRAINY), scene.subject, place, when)
-    write_set(tmp_path, p, jobs=1)
-    with FakeINaturalist(tmp_path / "scenario.json") as fake:
-        pictures = str(tmp_path / "pictures")
-        result = run_cli(["--user", USER["login"], pictures], fake.api_url, tmp_path / "cache")
-    assert read_photo_id(tmp_path / uploaded.path) == p.truth[uploaded.path], result.stdout
-    assert read_photo_id(tmp_path / after.path) is None, result.stdout
-    assert "its worst part" in result.stdout, result.stdout
-
-
-def _full_size_burst(tmp_path: Path, seed: int, edit: dict) -> tuple[str, str, CliResult, Planner]:
-    """Two full-size frames of a burst a second apart, the first uploaded with edit, run
-    through the CLI: the uploaded frame's path, the next one's, the run and its plan."""
-    p, place = Planner(seed=seed, small=False), PLACES[1]
+def _burst_run(tmp_path: Path, p: Planner, edit: dict, moved: View) -> tuple[str, str, CliResult]:
+    """Two frames of a burst a second apart, the first uploaded with edit, the next seen
+    from moved, run through the CLI: the uploaded frame's path, the next one's, the run."""
+    place = PLACES[1]
     when, scene = dt.datetime(2024, 5, 4, 9, 0, 0), p.scene()
     uploaded = p.local("burst", scene, when, place, None, "uploaded, edited")
-    moved = View(shift=(0.004, -0.003), subject_move=(0.012, 0.004), pose=0.6, warp=0.002)
     after = p.local("burst", scene, when + dt.timedelta(seconds=1), place, None, "next", view=moved)
     p.upload_edited(uploaded, p.edited(uploaded, edit), scene.subject, place, when)
     write_set(tmp_path, p, jobs=1)
     with FakeINaturalist(tmp_path / "scenario.json") as fake:
         pictures = str(tmp_path / "pictures")
         result = run_cli(["--user", USER["login"], pictures], fake.api_url, tmp_path / "cache")
-    return uploaded.path, after.path, result, p
+    return uploaded.path, after.path, result
+
+
+def test_a_grainy_burst_frame_is_told_from_its_neighbour_by_the_part_that_moved(
+    tmp_path: Path,
+) -> None:
+    """Grain presses both frames of a burst to within a point or two of each other; the
+    uploaded frame is found by its worst part, and the next frame is left alone."""
+    p, later = Planner(seed=31, small=True), View(subject_move=(0.002, 0.001), pose=0.2, warp=0.001)
+    uploaded, after, result = _burst_run(tmp_path, p, GRAINY, later)
+    assert read_photo_id(tmp_path / uploaded) == p.truth[uploaded], result.stdout
+    assert read_photo_id(tmp_path / after) is None, result.stdout
+    assert "its worst part" in result.stdout, result.stdout
 
 
 @pytest.mark.parametrize(
@@ -285,7 +276,9 @@ def _full_size_burst(tmp_path: Path, seed: int, edit: dict) -> tuple[str, str, C
 def test_a_burst_frame_uploaded_bent_and_blurred_is_found_at_the_large_size(
     tmp_path: Path, seed: int, edit: dict
 ) -> None:
-    uploaded, after, result, p = _full_size_burst(tmp_path, seed, edit)
+    p = Planner(seed=seed, small=False)  # full size
+    moved = View(shift=(0.004, -0.003), subject_move=(0.012, 0.004), pose=0.6, warp=0.002)
+    uploaded, after, result = _burst_run(tmp_path, p, edit, moved)
     assert read_photo_id(tmp_path / uploaded) == p.truth[uploaded], result.stdout
     assert read_photo_id(tmp_path / after) is None, result.stdout
 
