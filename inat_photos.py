@@ -4120,8 +4120,8 @@ def register_any(local: Features, upload: Features) -> Registration | None:
 
 
 def register_tried(local: Features, upload: Features) -> tuple[Registration | None, ...]:
-    """register at the upload's size, else coarser (a tight crop): the first that lines up (or
-    a homography fitting far more), or the first found; and, if none did, the homography tried."""
+    """register at the upload's size, else coarser: the first that lines up (or a homography
+    fitting more), else a homography (coarser too) or the first found; and the homography tried."""
     matches = keypoint_matches(local, upload)
     first = register(local, upload, matches)
     # Where a homography may be fitted: at the upload's size, and at each coarser size whose
@@ -4713,16 +4713,18 @@ def smooth_correction(
     # A nearly rigid pair is not held to a finer residual than the measurement can give (a
     # small export at low quality).
     allowed = min(MAX_MISFIT, max(SMOOTH_EXPLAINS * misfit, SMOOTH_NOISE))
+
+    def serves(fit: SmoothFit | None) -> bool:
+        """Whether a fit explains the misfit and moves no part too far."""
+        return fit is not None and fit.residual <= allowed and fit.reach <= SMOOTH_MAX * max(size)
+
     # A homography fitted to the shifts can fit some patches and tilt the rest past what the
-    # field then follows (a lens under an upright, a strong lens alone): the field is then
-    # fitted alone too, and the closer fit kept.
+    # field then follows (a lens under an upright, a strong lens under a blur).
     fit = _smooth_passes(region, upload, homography)
-    if through or fit is None or fit.residual > allowed or fit.reach > SMOOTH_MAX * max(size):
+    if through or not serves(fit):
         alone = _smooth_passes(region, upload, np.eye(3))
         fit = min((f for f in (fit, alone) if f), key=lambda f: f.residual, default=None)
-    if fit is None or fit.residual > allowed or fit.reach > SMOOTH_MAX * max(size):
-        return None
-    return fit
+    return fit if serves(fit) else None
 
 
 def _smooth_passes(
