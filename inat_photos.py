@@ -3971,13 +3971,13 @@ def refine_alignment(local: Image.Image, upload: Image.Image, rough: Alignment) 
 #    Where an upload lies in a local picture: keypoints and RANSAC for crops (down to
 #    MIN_AREA, searched at coarser sizes too), scale, any angle and quarter turns;
 #    phase correlation to sharpen the fit and measure the misfit of another shot; a
-#    homography for an upload a lens or an upright correction bent, over any similarity
-#    leaving most matches out, at a coarser size too where grain hides the keypoints (the
-#    smooth field that explains it is in 9c); guided matches
-#    where look-alike texture defeats the ratio test (guided_matches); the cheap probe a
-#    flipped upload passes before a full comparison (may_line_up). Plain bands an
-#    export added around an upload (a frame, padding) are cut off when it is decoded
-#    (framed_box, section 8).
+#    homography for an upload a lens or an upright correction bent, over a similarity
+#    leaving most matches out or fitting them bunched in a few cells, at a coarser size
+#    too where grain hides the keypoints (the smooth field that explains it is in 9c);
+#    guided matches where look-alike texture defeats the ratio test (guided_matches); the
+#    cheap probe a flipped upload passes before a full comparison (may_line_up). Plain
+#    bands an export added around an upload (a frame, padding) are cut off when it is
+#    decoded (framed_box, section 8).
 # ---------------------------------------------------------------------------
 
 
@@ -4119,7 +4119,9 @@ def register_any(local: Features, upload: Features) -> Registration | None:
     return register_tried(local, upload)[0]
 
 
-def register_tried(local: Features, upload: Features) -> tuple[Registration | None, ...]:
+def register_tried(
+    local: Features, upload: Features
+) -> tuple[Registration | None, Registration | None]:
     """register at the upload's size, else coarser: the first that lines up (or a homography
     fitting more), else a homography (coarser too) or the first found; and the homography tried."""
     matches = keypoint_matches(local, upload)
@@ -5265,8 +5267,11 @@ def register_framed(
     if registration is None or registration.lined_up or registration.overshoot <= EDGE_SLACK:
         return registration, upload, upload_features
     box = frame_past_edges(upload, registration, local_features.size)
-    gain = 0.0 if bent is None else len(bent.inliers) / max(1, len(registration.inliers))
-    if box is None and bent is not None and gain > BENT_FRAME_GAIN:
+    if (
+        box is None
+        and bent is not None
+        and len(bent.inliers) > BENT_FRAME_GAIN * len(registration.inliers)
+    ):
         box = frame_past_bent_edges(upload, bent.homography, local_features.size)
     if box is None:
         return registration, upload, upload_features

@@ -338,6 +338,26 @@ def test_the_field_is_fitted_alone_where_the_homography_start_tilts_it(
         assert fit is not None and fit.residual <= ip.SMOOTH_NOISE, through
 
 
+def test_which_fit_of_the_field_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The field fitted after the homography is kept where it explains the misfit; through a
+    homography the field fitted alone is tried too, and the closer kept. A fit that moves a
+    part past SMOOTH_MAX of the side explains nothing, however close."""
+    picture = _scene()
+    corrected = np.asarray(lens(Image.fromarray(picture), 0.02, 0.0, 0.0))
+    fits = {"after": (0.25, 5.0), "alone": (0.1, 5.0)}  # residual, reach (pixels)
+
+    def passes(region: np.ndarray, upload: np.ndarray, homography: np.ndarray) -> ip.SmoothFit:
+        start = "alone" if np.array_equal(homography, np.eye(3)) else "after"
+        return ip.SmoothFit(region, *fits[start])
+
+    monkeypatch.setattr(ip, "_smooth_passes", passes)
+    kept = {through: ip.smooth_correction(picture, corrected, 3.0, through) for through in (0, 1)}
+    assert [fit.residual for fit in kept.values() if fit] == [0.25, 0.1], kept
+    far = ip.SMOOTH_MAX * max(picture.shape[:2]) + 1
+    fits.update(after=(0.25, far), alone=(0.1, far))
+    assert ip.smooth_correction(picture, corrected, 3.0) is None
+
+
 def test_a_perspective_correction_is_explained_by_the_smooth_field() -> None:
     picture = np.asarray(Image.fromarray(_scene(4)))
     corrected = np.asarray(perspective(Image.fromarray(picture), 0.04, 0.0, 0.0))
