@@ -4780,6 +4780,7 @@ WARP_SIDE = 512  # pixels: the dense motion of a pair is measured at about this 
 WARP_MOVED = 0.001  # of the longest side: a pixel that moved further is moved
 WARP_SHARE = 0.22  # a local warp moves at most this share of the picture
 WARP_RISE = 0.027  # of the longest side: the moved part's peak over its steepest slope
+WARP_EDGE = 0.03  # of the longest side: the motion this near an edge is not read
 
 
 @dataclass(frozen=True)
@@ -4809,7 +4810,12 @@ def local_warp(region: np.ndarray, upload: np.ndarray) -> LocalWarp | None:
     flow = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM).calc(second, first, None)
     longest = max(size)
     shift = np.hypot(flow[..., 0], flow[..., 1])
-    moved = shift > WARP_MOVED * longest
+    # Along the edges the flow follows what a correction left misfit at a corner, and what
+    # shows past the photo's edge, as much as any motion.
+    edge = round(WARP_EDGE * longest)
+    inside = np.zeros(shift.shape, bool)
+    inside[edge : shift.shape[0] - edge, edge : shift.shape[1] - edge] = True
+    moved = (shift > WARP_MOVED * longest) & inside
     share = float(moved.mean())
     if share == 0.0 or share > WARP_SHARE:
         return None

@@ -600,6 +600,17 @@ def test_a_dark_band_over_a_bright_sky_is_cut_and_leaves_the_tones_of_the_rest()
     assert 0.15 <= covered <= 0.2, covered
 
 
+def test_a_push_is_found_past_a_misfit_along_the_edge() -> None:
+    """Along an edge a correction may leave the upload showing what lies past the photo's:
+    the flow there is wild, and must not make a push in the middle look like a moved subject."""
+    picture = _scene(8)
+    bump = {"x": 0.45, "y": 0.5, "radius": 0.09, "dx": 0.012, "dy": -0.008}
+    pushed = np.array(liquify(Image.fromarray(picture), [bump]))
+    pushed[:8, -200:] = picture[200:208, :200]
+    warp = ip.local_warp(picture, pushed)
+    assert warp is not None and 0 < warp.share <= ip.WARP_SHARE
+
+
 def test_a_screenshots_bars_with_buttons_count_as_bands() -> None:
     gray = np.full((400, 200), 250, np.uint8)
     gray[60:340] = np.random.default_rng(2).integers(0, 255, (280, 200))
