@@ -5715,6 +5715,7 @@ def evidence_grounds(comparisons: Pairs, threshold: float) -> dict[tuple[int, in
 # Calibrated like the verdict (python tests/bench_matching.py --out SET).
 FIRST_MARGIN = 0.05  # how far the pair leads every other pair of its photo and its upload
 SMALL_UPLOAD = 0.6  # of the size's side: an upload's picture smaller there goes to the last size
+FIRST_INLIERS = 2 * MIN_INLIERS  # ... a bent pair below the threshold, this many points
 
 
 def settled_uploads(comparisons: Pairs, threshold: float) -> dict[int, int]:
@@ -5726,6 +5727,11 @@ def settled_uploads(comparisons: Pairs, threshold: float) -> dict[int, int]:
     settled = {}
     for (i, j), found in comparisons.items():
         if not accepted_alone(found, threshold, calibrated=True):
+            continue
+        # Grain can leave the uploaded frame of a burst unmatched at the first size, while a
+        # neighbour frame lines up on a few points through a smooth correction, which then
+        # stands for the hand's motion as well as for an editor's: weighed again at the last.
+        if found.score < threshold and found.inliers < FIRST_INLIERS and found.smooth:
             continue
         if any(
             a == i and b != j and not c.prefiltered and shows_less(found, c)

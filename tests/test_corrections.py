@@ -103,6 +103,13 @@ GRAINY_UPRIGHT = {  # a sideways upright correction under blur, strong grain and
         ["caption", {"x": 0.3364, "y": 0.5517, "size": 0.0778, "seed": 2}],
     ]
 }
+GRAINY_SHOT = {  # strong grain, a small export at low quality, in a phone's dark viewer
+    "ops": [
+        ["grain", {"sigma": 8.7957, "size": 0.995, "seed": 48}],
+        ["export", {"side": 2022, "quality": 57}],
+        ["screenshot", {"phone": [1080, 2340], "dark": True, "seed": 4}],
+    ]
+}
 MIRROR = {  # the crop tool's flip, a crop and sharpening
     "ops": [
         ["flip", {"axis": "horizontal"}],
@@ -281,6 +288,20 @@ def test_a_burst_frame_uploaded_bent_and_blurred_is_found_at_the_large_size(
     uploaded, after, result = _burst_run(tmp_path, p, edit, moved)
     assert read_photo_id(tmp_path / uploaded) == p.truth[uploaded], result.stdout
     assert read_photo_id(tmp_path / after) is None, result.stdout
+
+
+def test_a_neighbour_lined_up_on_a_few_points_is_not_settled_at_the_first_size(
+    tmp_path: Path,
+) -> None:
+    """Seed 19's burst: under the grain the uploaded frame lines up with nothing at the first
+    size, and the next frame on a few points; weighed again at the larger size, the uploaded
+    frame is found and the next one is left alone."""
+    p = Planner(seed=48, small=False)  # full size
+    moved = View(shift=(0.006, -0.004), tilt=0.25, subject_move=(0.005, 0.002), pose=0.5,
+                 warp=0.002)  # fmt: skip
+    uploaded, after, result = _burst_run(tmp_path, p, GRAINY_SHOT, moved)
+    assert read_photo_id(tmp_path / after) is None, result.stdout
+    assert read_photo_id(tmp_path / uploaded) == p.truth[uploaded], result.stdout
 
 
 def test_a_burst_frame_is_not_taken_for_its_lens_corrected_neighbour(run: Run) -> None:

@@ -67,6 +67,8 @@ def _pair(score: float, **more: Any) -> ip.Comparison:
 def test_the_first_size_settles_a_clear_pair_or_one_the_verdict_takes() -> None:
     assert ip.settled_uploads({(0, 0): _pair(0.97), (1, 0): _pair(0.5)}, 0.95) == {0: 0}
     assert ip.settled_uploads({(2, 0): _pair(0.91)}, 0.95) == {0: 2}  # the verdict's evidence
+    few = _pair(0.92, inliers=33, matches=42)  # a few points, and nothing bent
+    assert ip.settled_uploads({(2, 0): few}, 0.95) == {0: 2}
 
 
 @pytest.mark.parametrize(
@@ -78,6 +80,12 @@ def test_the_first_size_settles_a_clear_pair_or_one_the_verdict_takes() -> None:
         {(0, 0): _pair(0.97, misfit=1.5)},  # parts moved: another shot
         {(0, 0): _pair(0.91, coarse=0.9)},  # neither the threshold nor the evidence
         {(0, 0): _pair(0.82)},  # below the verdict's floor
+        # taken below the threshold on a few points through a smooth correction, beside a
+        # frame that lined up with nothing: a hand-held neighbour's motion, or an edit's bend
+        {
+            (0, 0): _pair(0.92, inliers=21, matches=27, smooth=4.1),
+            (1, 0): _pair(0.6, prefiltered=True),
+        },
     ],
 )
 def test_the_first_size_leaves_near_ties_and_doubts_to_the_larger(pairs: ip.Pairs) -> None:
