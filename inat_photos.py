@@ -5715,7 +5715,7 @@ def evidence_grounds(comparisons: Pairs, threshold: float) -> dict[tuple[int, in
 # Calibrated like the verdict (python tests/bench_matching.py --out SET).
 FIRST_MARGIN = 0.05  # how far the pair leads every other pair of its photo and its upload
 SMALL_UPLOAD = 0.6  # of the size's side: an upload's picture smaller there goes to the last size
-FIRST_INLIERS = 2 * MIN_INLIERS  # ... a bent pair below the threshold, this many points
+FIRST_INLIERS = 2 * MIN_INLIERS  # ... and below the threshold, through a smooth correction, points
 
 
 def settled_uploads(comparisons: Pairs, threshold: float) -> dict[int, int]:
@@ -5723,7 +5723,8 @@ def settled_uploads(comparisons: Pairs, threshold: float) -> dict[int, int]:
     (candidate index -> photo index): a pair the threshold or the verdict's own evidence
     takes, FIRST_MARGIN ahead of every other pair that shares its photo or its upload, and
     showing at least as much of the photo as every other upload lined up with it (a crop
-    never keeps a photo while a bigger view of it is still to be weighed at the last size)."""
+    never keeps a photo while a bigger view of it is still to be weighed at the last size);
+    below the threshold, one lined up through a smooth correction needs FIRST_INLIERS."""
     settled = {}
     for (i, j), found in comparisons.items():
         if not accepted_alone(found, threshold, calibrated=True):
