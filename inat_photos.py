@@ -6,7 +6,7 @@
 #     "pyexiv2>=2.15,<3",
 #     "Pillow>=10,<14",
 #     "numpy>=1.24",
-#     "scipy>=1.12",
+#     "scipy>=1.10",
 #     "rawpy>=0.21",
 #     "pillow-heif>=0.16",
 #     "opencv-python-headless>=4.10,<6",
@@ -4847,12 +4847,9 @@ def _tone_curve(source: np.ndarray, target: np.ndarray) -> np.ndarray:
     known = counts >= 8
     if known.sum() < 2:
         return levels
-    from scipy.optimize import isotonic_regression  # imported once, on the first pair
-
-    # Monotone, each level weighed by its pixels: a level found almost only in a caption
-    # band, standing there for the sky under it, cannot lift every level below it.
-    fitted = isotonic_regression(sums[known] / counts[known], weights=counts[known]).x
-    return np.interp(levels, levels[known], fitted)
+    curve = np.interp(levels, levels[known], sums[known] / counts[known])
+    # Monotone, without the upward bias of a running maximum alone.
+    return (np.maximum.accumulate(curve) + np.minimum.accumulate(curve[::-1])[::-1]) / 2
 
 
 GREY_SPREAD = 1.5  # mean level difference between channels below which a picture is grey
