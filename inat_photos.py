@@ -5715,6 +5715,29 @@ SMALL_UPLOAD = 0.6  # of the size's side: an upload's picture smaller there goes
 FIRST_INLIERS = 2 * MIN_INLIERS  # ... and below the threshold, through a smooth correction, points
 
 
+def held_back(found: Comparison, threshold: float) -> bool:
+    """Whether a pair below the threshold lined up through a smooth correction on fewer than
+    FIRST_INLIERS points: the first size does not settle it, whatever its evidence."""
+    # Grain can leave the uploaded frame of a burst unmatched at the first size, while a
+    # neighbour frame lines up on a few points through a smooth correction, which then
+    # stands for the hand's motion as well as for an editor's.
+    return found.score < threshold and found.inliers < FIRST_INLIERS and found.smooth > 0
+
+
+def still_held(first: Pairs, last: Pairs, threshold: float) -> Pairs:
+    """The first-size readings of the pairs held back there (held_back, and taken alone) that
+    the last size could not line up: the grain or the bend that hid their keypoints there
+    says nothing against them."""
+    return {
+        pair: first[pair]
+        for pair, found in last.items()
+        if found.prefiltered
+        and pair in first
+        and accepted_alone(first[pair], threshold, calibrated=True)
+        and held_back(first[pair], threshold)
+    }
+
+
 def settled_uploads(comparisons: Pairs, threshold: float) -> dict[int, int]:
     """The uploads whose comparisons at the first size already decide, each with its photo
     (candidate index -> photo index): a pair the threshold or the verdict's own evidence
@@ -5726,10 +5749,7 @@ def settled_uploads(comparisons: Pairs, threshold: float) -> dict[int, int]:
     for (i, j), found in comparisons.items():
         if not accepted_alone(found, threshold, calibrated=True):
             continue
-        # Grain can leave the uploaded frame of a burst unmatched at the first size, while a
-        # neighbour frame lines up on a few points through a smooth correction, which then
-        # stands for the hand's motion as well as for an editor's: weighed again at the last.
-        if found.score < threshold and found.inliers < FIRST_INLIERS and found.smooth:
+        if held_back(found, threshold):
             continue
         if any(
             a == i and b != j and not c.prefiltered and shows_less(found, c)
@@ -6205,9 +6225,11 @@ class PairScorer:
         # a screenshot too small to line up at the first size was not tried mirrored there
         finer |= self._found_mirrored(later, uploads, finer, more[-1])
         # A pair the last size could not compare (its download failed) keeps its first-size
-        # comparison: a whole frame missing there must not leave its photo to a crop.
+        # comparison: a whole frame missing there must not leave its photo to a crop. So
+        # does a pair held back at the first size that the last could not line up.
         fallback = {(i, j): found[(i, j)] for i in again for j in unsettled if (i, j) in found}
-        return kept | fallback | {(again[i], unsettled[j]): c for (i, j), c in finer.items()}
+        last = {(again[i], unsettled[j]): c for (i, j), c in finer.items()}
+        return kept | fallback | last | still_held(found, last, self.threshold)
 
     def _found_mirrored(
         self,
