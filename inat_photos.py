@@ -100,7 +100,6 @@ import functools
 import hashlib
 import html
 import io
-import itertools
 import json
 import logging
 import math
@@ -4126,25 +4125,25 @@ def register_tried(
     fitting more), else a homography (coarser too) or the first found; and the homography tried."""
     matches = keypoint_matches(local, upload)
     first = register(local, upload, matches)
+
+    def sizes() -> Iterator[tuple[Registration | None, Features, Matches | None]]:
+        """The similarity at the upload's size, then at each coarser size, with the features
+        and matches it was fitted to (the coarser sizes only where needed)."""
+        yield first, upload, matches
+        for level in upload.coarser:
+            level_matches = keypoint_matches(local, level)
+            yield register(local, level, level_matches), level, level_matches
+
     # Where a homography may be fitted: at the upload's size, and at each coarser size whose
     # similarity fitted some of the matches but left most out, as a bent picture's does (strong
     # grain leaves an upload's own keypoints unmatched; shrunk, the grain is gone). One that
     # fits most but reaches past the photo's edges is another shot, framed a little differently.
-    levels: list[tuple[Features, Matches | None]] = [(upload, matches)]
-
-    def coarser() -> Iterator[Registration | None]:
-        """The similarity at each coarser size, noting those that fit some matches only."""
-        for level in upload.coarser:
-            level_matches = keypoint_matches(local, level)
-            found = register(local, level, level_matches)
-            if (
-                found is not None
-                and MIN_INLIERS <= len(found.inliers) < BENT_FROM_SHARE * found.matches
-            ):
-                levels.append((level, level_matches))
-            yield found
-
-    for found in itertools.chain([first], coarser()):  # the coarser sizes only where needed
+    levels: list[tuple[Features, Matches | None]] = []
+    for found, level, level_matches in sizes():
+        fits = 0 if found is None else len(found.inliers)
+        partial = found is not None and MIN_INLIERS <= fits < BENT_FROM_SHARE * found.matches
+        if level is upload or partial:
+            levels.append((level, level_matches))
         if found is None or not found.lined_up:
             continue
         bunched = found.spread < MIN_SPREAD  # lined up by its count alone, in a few cells
@@ -5294,7 +5293,8 @@ def register_framed(
 #    evidence_grounds, the calibrated verdict on a pair below the threshold, where a crop
 #    and its whole frame are never rivals and a small lead holds where the worst part
 #    leads too (lead, leads_enough); settled_uploads, which uploads the first,
-#    smaller size decides (never a crop while a bigger view of its photo is open).
+#    smaller size decides (never a crop while a bigger view of its photo is open, nor a
+#    pair lined up on a few points through a smooth correction: held_back, still_held).
 # ---------------------------------------------------------------------------
 
 
@@ -5712,29 +5712,27 @@ def evidence_grounds(comparisons: Pairs, threshold: float) -> dict[tuple[int, in
 # Calibrated like the verdict (python tests/bench_matching.py --out SET).
 FIRST_MARGIN = 0.05  # how far the pair leads every other pair of its photo and its upload
 SMALL_UPLOAD = 0.6  # of the size's side: an upload's picture smaller there goes to the last size
-FIRST_INLIERS = 2 * MIN_INLIERS  # ... and below the threshold, through a smooth correction, points
+FIRST_INLIERS = 2 * MIN_INLIERS  # points a pair needs there below the threshold, when bent
 
 
 def held_back(found: Comparison, threshold: float) -> bool:
-    """Whether a pair below the threshold lined up through a smooth correction on fewer than
-    FIRST_INLIERS points: the first size does not settle it, whatever its evidence."""
+    """Whether the first size would take a pair alone but does not settle it: below the
+    threshold, lined up through a smooth correction on fewer than FIRST_INLIERS points."""
     # Grain can leave the uploaded frame of a burst unmatched at the first size, while a
     # neighbour frame lines up on a few points through a smooth correction, which then
     # stands for the hand's motion as well as for an editor's.
-    return found.score < threshold and found.inliers < FIRST_INLIERS and found.smooth > 0
+    few_bent = found.score < threshold and found.inliers < FIRST_INLIERS and found.smooth > 0
+    return few_bent and accepted_alone(found, threshold, calibrated=True)
 
 
 def still_held(first: Pairs, last: Pairs, threshold: float) -> Pairs:
-    """The first-size readings of the pairs held back there (held_back, and taken alone) that
-    the last size could not line up: the grain or the bend that hid their keypoints there
-    says nothing against them."""
+    """The first-size readings of the pairs held back there (held_back) that the last size
+    could not line up: the grain or the bend that hid their keypoints there says nothing
+    against them."""
     return {
         pair: first[pair]
         for pair, found in last.items()
-        if found.prefiltered
-        and pair in first
-        and accepted_alone(first[pair], threshold, calibrated=True)
-        and held_back(first[pair], threshold)
+        if found.prefiltered and pair in first and held_back(first[pair], threshold)
     }
 
 
@@ -5747,9 +5745,7 @@ def settled_uploads(comparisons: Pairs, threshold: float) -> dict[int, int]:
     below the threshold, one lined up through a smooth correction needs FIRST_INLIERS."""
     settled = {}
     for (i, j), found in comparisons.items():
-        if not accepted_alone(found, threshold, calibrated=True):
-            continue
-        if held_back(found, threshold):
+        if not accepted_alone(found, threshold, calibrated=True) or held_back(found, threshold):
             continue
         if any(
             a == i and b != j and not c.prefiltered and shows_less(found, c)

@@ -149,9 +149,10 @@ def test_only_unsettled_uploads_are_compared_again_at_large_with_the_photos_left
 def test_a_pair_held_back_at_medium_keeps_that_reading_where_large_lines_nothing_up() -> None:
     """Taken at medium on a few points through a smooth correction, so weighed again at large
     (upload 1); where large does not line that pair up, the medium reading stands, and where
-    it does (upload 2), large decides."""
+    it does (upload 2), large decides. A pair medium would not take (upload 3, below the
+    verdict's floor) is not held back, and large decides too."""
     photos = [photo(f"{n}.jpg", T) for n in range(2)]
-    uploads = [candidate(1, T), candidate(2, T)]
+    uploads = [candidate(1, T), candidate(2, T), candidate(3, T)]
     few = {"inliers": 30, "matches": 33, "smooth": 76.0}
     table = {
         ("0.jpg", 1, "medium"): _pair(0.93, **few),
@@ -161,11 +162,16 @@ def test_a_pair_held_back_at_medium_keeps_that_reading_where_large_lines_nothing
         ("0.jpg", 2, "medium"): _pair(0.3, prefiltered=True),
         ("1.jpg", 2, "medium"): _pair(0.92, **few),
         ("1.jpg", 2, "large"): _pair(0.89, misfit=1.2),
+        ("0.jpg", 3, "medium"): _pair(0.84, **few),
+        ("1.jpg", 3, "medium"): _pair(0.3, prefiltered=True),
+        ("0.jpg", 3, "large"): _pair(0.25, prefiltered=True),
+        ("1.jpg", 3, "large"): _pair(0.3, prefiltered=True),
     }
     found = TableScorer(table)(photos, uploads)
     assert found[(0, 0)].score == 0.93 and not found[(0, 0)].prefiltered
     assert found[(1, 0)].score == 0.3
     assert found[(1, 1)].score == 0.89  # lined up at large: decided there
+    assert found[(0, 2)].score == 0.25  # never taken at medium: large's reading
 
 
 def test_an_upload_too_small_at_medium_to_line_up_is_compared_at_large() -> None:
