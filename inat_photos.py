@@ -6,7 +6,7 @@
 #     "pyexiv2>=2.15,<3",
 #     "Pillow>=10,<14",
 #     "numpy>=1.24",
-#     "scipy>=1.10",
+#     "scipy>=1.12",
 #     "rawpy>=0.21",
 #     "pillow-heif>=0.16",
 #     "opencv-python-headless>=4.10,<6",
@@ -80,7 +80,7 @@ from __future__ import annotations
 
 import sys
 
-__version__ = "1.5.9"
+__version__ = "1.5.10"
 
 if __name__ == "__main__" and sys.argv[1:] == ["--version"]:
     # Python compiles this whole file before its first line runs; answering here spares
@@ -4846,9 +4846,12 @@ def _tone_curve(source: np.ndarray, target: np.ndarray) -> np.ndarray:
     known = counts >= 8
     if known.sum() < 2:
         return levels
-    curve = np.interp(levels, levels[known], sums[known] / counts[known])
-    # Monotone, without the upward bias of a running maximum alone.
-    return (np.maximum.accumulate(curve) + np.minimum.accumulate(curve[::-1])[::-1]) / 2
+    from scipy.optimize import isotonic_regression  # imported once, on the first pair
+
+    # Monotone, each level weighed by its pixels: a level found almost only in a caption
+    # band, standing there for the sky under it, cannot lift every level below it.
+    fitted = isotonic_regression(sums[known] / counts[known], weights=counts[known]).x
+    return np.interp(levels, levels[known], fitted)
 
 
 GREY_SPREAD = 1.5  # mean level difference between channels below which a picture is grey
@@ -6454,6 +6457,7 @@ def compare_cluster(
 
 
 TIE_MARGIN = 0.005  # two local photos this close for one upload: too close to choose
+COVER_APART = 0.02  # ... unless one left out this much more of the upload (as covered)
 
 
 def _optimal_pairs(valid: Mapping[tuple[int, int], float]) -> dict[int, int]:
@@ -6494,18 +6498,27 @@ def _qualifying(
     return {pair: score for pair, score in scores.items() if qualifies(pair, score)}
 
 
-def _ties(valid: Mapping[tuple[int, int], float]) -> list[Decision]:
-    """The uploads whose two best local photos score within TIE_MARGIN: refused."""
-    ties = []
+def _ties(
+    valid: Mapping[tuple[int, int], float], covered: Mapping[tuple[int, int], float]
+) -> tuple[list[Decision], set[tuple[int, int]]]:
+    """The uploads whose two best local photos score within TIE_MARGIN: refused; and the
+    pairs that lose such a tie because they left out more of the upload (COVER_APART)."""
+    ties, losers = [], set()
     for upload in sorted({u for _, u in valid}):
         ranked = sorted(
             ((s, local) for (local, u), s in valid.items() if u == upload), reverse=True
         )
         best, local = ranked[0]
-        rivals = tuple(sorted(other for s, other in ranked[1:] if best - s <= TIE_MARGIN))
-        if rivals:
-            ties.append(Decision(upload, local, best, "tie", rivals))
-    return ties
+        close = [other for s, other in ranked if best - s <= TIE_MARGIN]
+        # A burst neighbour scores as well as the uploaded frame once its moved subject is
+        # left out as a mark; the frame that shows what the other left out is the upload's.
+        left_out = {other: covered.get((other, upload), 0.0) for other in close}
+        shows = [other for other in close if left_out[other] - min(left_out.values()) < COVER_APART]
+        if len(close) > 1 and len(shows) == 1:
+            losers.update((other, upload) for other in close if other not in shows)
+        elif len(close) > 1:
+            ties.append(Decision(upload, local, best, "tie", tuple(sorted(close[1:]))))
+    return ties, losers
 
 
 def _one_to_one(
@@ -6568,11 +6581,13 @@ def assign_uploads(
     named: Collection[tuple[int, int]] = (),
     name_threshold: float = NAME_THRESHOLD,
     accepted: Collection[tuple[int, int]] = (),
+    covered: Mapping[tuple[int, int], float] | None = None,
 ) -> list[Decision]:
     """Pair (local, upload) indices one-to-one, maximising the total score above threshold
     (and of the pairs accepted below it, on the verdict's evidence).
 
-    An upload whose two best local photos score within TIE_MARGIN is refused. When one local
+    An upload whose two best local photos score within TIE_MARGIN is refused, unless all but
+    one left out (covered) COVER_APART more of it than that one, which takes it. When one local
     photo is the source of several uploads it takes the one showing most of it (then the
     higher score, then the first upload); the others are reported as parts of it. named holds
     the pairs whose file names agree: such a pair needs only name_threshold, and an upload
@@ -6584,9 +6599,9 @@ def assign_uploads(
 
     def decide(names: Mapping[int, set[int]]) -> tuple[list[Decision], dict, dict, dict, set]:
         valid = _qualifying(scores, threshold, accepted, names, name_threshold)
-        ties = _ties(valid)
+        ties, losers = _ties(valid, covered or {})
         refused = {d.upload_index for d in ties}
-        valid = {pair: s for pair, s in valid.items() if pair[1] not in refused}
+        valid = {p: s for p, s in valid.items() if p[1] not in refused and p not in losers}
         by_name = {pair for pair in valid if pair[1] in names}
         return ties, valid, *_one_to_one(valid, areas, order, by_name), by_name
 
@@ -6637,7 +6652,10 @@ def match_cluster(
     ties: list[Tie] = []
     parts: list[Association] = []
     decided: set[int] = set()
-    decisions = assign_uploads(scores, areas, threshold, order, named, name_threshold, grounds)
+    covered = {pair: c.covered for pair, c in comparisons.items()}
+    decisions = assign_uploads(
+        scores, areas, threshold, order, named, name_threshold, grounds, covered
+    )
     for decision in decisions:
         candidate = cluster.candidates[decision.upload_index]
         comparison = comparisons[(decision.local_index, decision.upload_index)]

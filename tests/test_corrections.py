@@ -617,6 +617,21 @@ def test_a_push_is_found_past_a_misfit_along_the_edge() -> None:
     assert warp is not None and 0 < warp.share <= ip.WARP_SHARE
 
 
+def test_a_dark_band_over_a_bright_sky_is_cut_and_leaves_the_tones_of_the_rest() -> None:
+    """The band's level is found nowhere else in the upload, and stands for the sky under it:
+    the tone curve fitted through it must not lift every dark level of the rest, which would
+    then look covered too."""
+    rng = np.random.default_rng(0)
+    picture = 40 + _scene(5) * (130 / 255)  # the land: levels 40 to 170
+    sky = 200 + 10 * np.linspace(-1, 1, 108)[:, None, None]
+    picture[:108] = sky + rng.normal(0, 1.5, (108, 480, 3))  # a bright sky over 30%
+    picture = np.clip(picture, 0, 255).astype(np.uint8)
+    band = {"edge": "top", "height": 0.15, "opacity": 1.0, "colour": [12, 12, 12]}
+    banded = np.asarray(apply_op(Image.fromarray(picture), "band", band))
+    covered = ip._score_uncovered(picture, banded, ip.ssim_score)[3]
+    assert 0.15 <= covered <= 0.2, covered
+
+
 def test_a_screenshots_bars_with_buttons_count_as_bands() -> None:
     gray = np.full((400, 200), 250, np.uint8)
     gray[60:340] = np.random.default_rng(2).integers(0, 255, (280, 200))

@@ -289,6 +289,17 @@ def test_assign_tie_frees_the_frames_for_other_uploads() -> None:
     ]
 
 
+def test_assign_gives_a_tie_to_the_frame_that_left_out_nothing() -> None:
+    # Frame 1 scores as well as frame 0 only with 7% of the upload left out (its subject
+    # moved, taken for a mark): frame 0 shows that part, and takes the upload.
+    scores = {(0, 0): 0.964, (1, 0): 0.966}
+    decisions = ip.assign_uploads(scores, {}, 0.95, covered={(0, 0): 0.0, (1, 0): 0.074})
+    assert _pairs(decisions) == [(0, 0, 0.964, ())]
+    # Both left out as much (a logo over both frames): still too close to choose.
+    decisions = ip.assign_uploads(scores, {}, 0.95, covered={(0, 0): 0.07, (1, 0): 0.074})
+    assert [(d.kind, d.local_index, d.rivals) for d in decisions] == [("tie", 1, (0,))]
+
+
 def test_assign_prefers_the_first_upload_of_a_photo_uploaded_twice() -> None:
     # Local photo 0 fits uploads 0 and 1 equally; upload 1 came first (lower id).
     scores = {(0, 0): 0.990, (0, 1): 0.988}
