@@ -1172,6 +1172,7 @@ class Comparison:
     prefiltered: bool = False  # True: rejected by the cheap check, score is a thumbnail score
     tones: bool = False  # True: the upload's tones were mapped onto the local picture's first
     inliers: int = 0  # matching keypoints consistent with the alignment (0: not by keypoints)
+    # ... of a prefiltered pair: those one similarity fitted, too few to line it up
     misfit: float = 0.0  # how far parts of the pictures move against each other, pixels
     matches: int = 0  # keypoint matches before the geometry was fitted (inliers among them)
     coarse: float | None = None  # the score shrunk coarse_step times: what export filters keep
@@ -4001,6 +4002,7 @@ BENT_ERROR = 0.012  # inlier distance of the homography a bent upload is registe
 BENT_FROM_SHARE = 0.6  # a similarity that fits fewer of the matches: a homography is tried
 GUIDE_RADIUS = 0.06  # of the local picture's longer side: how far from where a partial
 # registration puts an upload keypoint its guided match is looked for
+GUIDE_FROM = MIN_INLIERS // 2  # ... by a partial registration of at least this many inliers
 BENT_SLACK = 0.015  # ... and how far a similarity fitted to a bent upload may reach past
 _ORB_SCALE = 1.2  # size ratio of neighbouring levels of ORB's pyramid
 
@@ -4203,7 +4205,7 @@ def _guided_registration(
     tried: tuple[Registration | None, ...],
 ) -> Registration | None:
     """A registration that lines up through guided_matches, led by a partial one tried (at
-    least MIN_INLIERS inliers; a similarity first: fitted to matches in one place, it
+    least GUIDE_FROM inliers; a similarity first: fitted to matches in one place, it
     reaches the rest more surely than a homography); its evidence is the ratio-test matches
     its geometry fits, as for any registration. None when there is none. A prior that
     shrinks the upload below MIN_AREA leads nowhere (it would put every upload keypoint
@@ -4211,7 +4213,7 @@ def _guided_registration(
     if matches is None:
         return None
     for prior in tried:
-        if prior is None or len(prior.inliers) < MIN_INLIERS or prior.area < MIN_AREA:
+        if prior is None or len(prior.inliers) < GUIDE_FROM or prior.area < MIN_AREA:
             continue
         found = guided_matches(local, upload, prior)
         for bent in (False, True):
@@ -5345,7 +5347,7 @@ def compare_pictures(
             return compare_by_correlation(local, upload, score_pair, gate=not named)
         if named:
             return compare_by_correlation(local, upload, score_pair, gate=False)
-        return quick_comparison(local, upload, score_pair)
+        return quick_comparison(local, upload, score_pair, registration)
     local_size = local.size
     placement = place_upload(registration, upload.size, local.size)
     if sharper is not None and placement.scale < 1 and (finer := sharper()) is not None:
@@ -5530,14 +5532,20 @@ def _likely_best(
 
 
 def quick_comparison(
-    local: Image.Image, upload: Image.Image, score_pair: ScoreFunction
+    local: Image.Image,
+    upload: Image.Image,
+    score_pair: ScoreFunction,
+    partial: Registration | None = None,
 ) -> Comparison:
-    """A pair that is not the same picture: a cheap score of both at ALIGN_SIDE, for the log."""
+    """A pair that is not the same picture: a cheap score of both at ALIGN_SIDE, for the log,
+    with the inliers of the partial registration that did not line it up."""
     scale = ALIGN_SIDE / max(upload.size)
     size = (max(1, round(upload.width * scale)), max(1, round(upload.height * scale)))
     small = upload.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
     quick = local.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
-    return Comparison(score_pair(np.asarray(quick), np.asarray(small)), None, prefiltered=True)
+    inliers = 0 if partial is None else len(partial.inliers)
+    score = score_pair(np.asarray(quick), np.asarray(small))
+    return Comparison(score, None, prefiltered=True, inliers=inliers)
 
 
 def compare_by_correlation(
@@ -5599,6 +5607,28 @@ PairIndices = set[tuple[int, int]]  # (photo index, candidate index) pairs of on
 def lined_up_uploads(comparisons: Pairs) -> set[int]:
     """The candidates some photo lined up with (a comparison not prefiltered)."""
     return {j for (_, j), found in comparisons.items() if not found.prefiltered}
+
+
+def best_scores(comparisons: Pairs) -> dict[int, float]:
+    """Each candidate some photo lined up with, and its best score among those pairs."""
+    best: dict[int, float] = {}
+    for (_, j), found in comparisons.items():
+        if not found.prefiltered:
+            best[j] = max(best.get(j, 0.0), found.score)
+    return best
+
+
+NEAR_INLIERS = MIN_INLIERS // 3  # a prefiltered pair with this many inliers nearly lined up
+
+
+def nearly_lined_up(comparisons: Pairs) -> set[int]:
+    """The candidates some photo nearly lined up with: too few of their keypoints to line up
+    (a narrow crop of a soft background), some of them fitting one similarity."""
+    return {
+        j
+        for (_, j), found in comparisons.items()
+        if found.prefiltered and found.inliers >= NEAR_INLIERS
+    }
 
 
 def coarse_decided(found: Comparison) -> tuple[float, bool] | None:
@@ -6184,10 +6214,11 @@ class PairScorer:
             return found
         settled = settled_uploads(found, self.threshold)
         # An upload that no photo lined up with at the first size is not here (a phone's
-        # photo, another camera's), unless its picture was too small there to line up (a
-        # screenshot's photo, inside the viewer); one not had at all (a failed download) is
-        # not asked again.
-        lined_up = lined_up_uploads(found)
+        # photo, another camera's), unless some photo nearly lined up with it (a narrow crop
+        # of a soft background finds more keypoints larger) or its picture was too small
+        # there to line up (a screenshot's photo, inside the viewer); one not had at all (a
+        # failed download) is not asked again.
+        lined_up = lined_up_uploads(found) | nearly_lined_up(found)
         lined_up |= {
             j
             for j, candidate in enumerate(candidates)
@@ -6237,14 +6268,17 @@ class PairScorer:
         found: Pairs,
         size: str | None = None,
     ) -> Pairs:
-        """The pairs of each upload no photo lined up with, compared again at size with the
-        upload flipped left to right (an editor's mirror), for the uploads that then line up;
-        those are compared mirrored from then on. At the first size, a pair the flip cannot
-        line up (may_line_up, on the keypoints kept) is not decoded again."""
+        """The pairs of each upload no photo lined up with, or only below SCORE_FLOOR,
+        compared again at size with the upload flipped left to right (an editor's mirror), for
+        the uploads that then line up and score higher; those are compared mirrored from then
+        on. At the first size, a pair the flip cannot line up (may_line_up, on the keypoints
+        kept) is not decoded again."""
+        # A symmetric subject (a toad seen from above) may line up unflipped, and score low.
+        plain = best_scores(found)
         lost = [
             j
-            for j in sorted({j for _, j in found} - lined_up_uploads(found))
-            if candidates[j].photo.id not in self.mirrored
+            for j in sorted({j for _, j in found})
+            if plain.get(j, 0.0) < SCORE_FLOOR and candidates[j].photo.id not in self.mirrored
         ]
         if not lost:
             return {}
@@ -6262,7 +6296,7 @@ class PairScorer:
             return {}
         flipped = functools.partial(self.compare, size=size, mirrored=True)
         again = self._each_pair(photos, [candidates[j] for j in lost], flipped, within)
-        kept = {b for (_, b), c in again.items() if not c.prefiltered}
+        kept = {b for b, score in best_scores(again).items() if score > plain.get(lost[b], 0.0)}
         self.mirrored.update(candidates[lost[b]].photo.id for b in kept)
         return {(i, lost[b]): c for (i, b), c in again.items() if b in kept}
 

@@ -434,6 +434,31 @@ def test_look_alike_texture_lines_up_through_guided_matches() -> None:
     assert inliers >= ip.MIN_INLIER_SHARE * matches  # the corner's sure matches fit it too
 
 
+def test_a_few_sure_matches_lead_the_guided_matches() -> None:
+    """A narrow crop of a soft background: 14 keypoints pass the ratio test, fewer than a
+    registration needs, yet where they put the upload its other keypoints find theirs."""
+    rng = np.random.default_rng(6)
+    shapes = rng.integers(0, 256, (30, 32), dtype=np.uint8)
+    points = np.r_[rng.uniform((0, 0), (1000, 750), (600, 2)),
+                   rng.uniform((100, 100), (300, 300), (14, 2))].astype(np.float32)  # fmt: skip
+    found = np.r_[shapes[rng.integers(0, 30, 600)], rng.integers(0, 256, (14, 32), np.uint8)]
+    shown = points[:, 0] < 500  # the left half, at half size
+    noise = np.where(rng.random(found.shape) < 0.03, rng.integers(0, 256, found.shape), 0)
+    # and 10 false matches (unique descriptors, placed anywhere), as blur and grain make
+    stray = rng.integers(0, 256, (10, 32), np.uint8)
+    local = ip.Features(np.r_[points, rng.uniform(0, 750, (10, 2))].astype(np.float32),
+                        np.r_[found, stray], (1000, 750))  # fmt: skip
+    upload = ip.Features(
+        np.r_[points[shown] / 2, rng.uniform(0, 250, (10, 2))].astype(np.float32),
+        np.r_[(found ^ noise.astype(np.uint8))[shown], stray],
+        (250, 375),
+    )
+    plain = ip.register(local, upload, ip.keypoint_matches(local, upload))
+    assert plain is not None and not plain.lined_up and len(plain.inliers) == 14
+    registration = ip.register_any(local, upload)
+    assert registration is not None and registration.lined_up, registration
+
+
 def test_a_strong_upright_correction_both_ways_is_registered_by_a_homography() -> None:
     """Keystones corrected in both directions move the corners far from where one similarity
     puts them: it fits the matches in the middle only, one homography fits them all."""

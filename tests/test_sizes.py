@@ -60,6 +60,8 @@ def test_an_explicit_size_or_threshold_compares_at_that_size_only(
 
 
 def _pair(score: float, **more: Any) -> ip.Comparison:
+    if more.get("prefiltered"):  # the cheap check's score: not lined up, no evidence read
+        return ip.Comparison(score, None, **{"inliers": 0, **more})
     evidence = {"coarse": 0.99, "worst_part": 0.95, "inliers": 400, "matches": 405, **more}
     return ip.Comparison(score, None, **evidence)
 
@@ -115,11 +117,9 @@ class TableScorer(ip.PairScorer):
     def _compare(
         self, photo: ip.LocalPhoto, candidate: ip.Candidate, size: str, mirrored: bool = False
     ) -> Any:
-        key = (photo.path.name, candidate.photo.id, size)
-        if mirrored:  # an upload no photo lined up with, again mirrored: it lines up no better
-            return None
+        key = (photo.path.name, candidate.photo.id, size, *(("mirrored",) if mirrored else ()))
         self.asked.append(key)
-        return self.table.get(key)
+        return self.table.get(key)  # mirrored: none unless the table says (no better)
 
 
 def test_only_unsettled_uploads_are_compared_again_at_large_with_the_photos_left() -> None:
@@ -172,6 +172,44 @@ def test_a_pair_held_back_at_medium_keeps_that_reading_where_large_lines_nothing
     assert found[(1, 0)].score == 0.3
     assert found[(1, 1)].score == 0.89  # lined up at large: decided there
     assert found[(0, 2)].score == 0.25  # never taken at medium: large's reading
+
+
+def test_an_upload_nearly_lined_up_at_medium_is_compared_at_large() -> None:
+    """A narrow crop of a soft background: at medium one similarity fits 7 of its keypoint
+    matches, too few to line it up, and it lines up at large. An upload whose best fit is 3
+    matches (what chance gives) is not asked again."""
+    photos = [photo(f"{n}.jpg", T) for n in range(2)]
+    uploads = [candidate(1, T), candidate(2, T)]
+    table = {
+        ("0.jpg", 1, "medium"): _pair(0.34, prefiltered=True, inliers=7),
+        ("1.jpg", 1, "medium"): _pair(0.3, prefiltered=True, inliers=3),
+        ("0.jpg", 2, "medium"): _pair(0.3, prefiltered=True, inliers=3),
+        ("1.jpg", 2, "medium"): _pair(0.3, prefiltered=True),
+        ("0.jpg", 1, "large"): _pair(0.979, inliers=15, matches=29),
+    }
+    scorer = TableScorer(table)
+    found = scorer(photos, uploads)
+    large = sorted(key for key in scorer.asked if key[2] == "large" and len(key) == 3)
+    assert large == [("0.jpg", 1, "large"), ("1.jpg", 1, "large")]
+    assert found[(0, 0)].score == 0.979
+
+
+def test_an_upload_lined_up_only_far_below_the_floor_is_tried_mirrored() -> None:
+    """A mirrored crop of a symmetric subject lines up unflipped and scores 80%: flipped it
+    scores 97%, and is kept so. An upload lined up at 90% is not tried flipped."""
+    photos = [photo("0.jpg", T)]
+    uploads = [candidate(1, T), candidate(2, T)]
+    table = {
+        ("0.jpg", 1, "medium"): _pair(0.80, worst_part=0.6),
+        ("0.jpg", 1, "medium", "mirrored"): _pair(0.97),
+        ("0.jpg", 2, "medium"): _pair(0.90, worst_part=0.6),
+        ("0.jpg", 2, "medium", "mirrored"): _pair(0.99),
+    }
+    scorer = TableScorer(table)
+    found = scorer(photos, uploads)
+    assert found[(0, 0)].score == 0.97
+    assert found[(0, 1)].score != 0.99
+    assert ("0.jpg", 2, "medium", "mirrored") not in scorer.asked
 
 
 def test_an_upload_too_small_at_medium_to_line_up_is_compared_at_large() -> None:
