@@ -1220,7 +1220,8 @@ class Comparison:
 class Decision:
     """What the assignment decided for one upload of a cluster (indices into the cluster).
 
-    kind "associate": the upload goes to local_index. "tie": local_index and rivals fit it
+    kind "associate": the upload goes to local_index; rivals, if any, fit it almost as well
+    only with more of it left out (COVER_APART). "tie": local_index and rivals fit it
     almost equally, nothing is chosen. "part": the upload shows part of local_index, which
     took another upload that shows more of it.
     """
@@ -5299,7 +5300,9 @@ def register_framed(
 #    and its whole frame are never rivals and a small lead holds where the worst part
 #    leads too (lead, leads_enough); settled_uploads, which uploads the first,
 #    smaller size decides (never a crop while a bigger view of its photo is open, nor a
-#    pair lined up on a few points through a smooth correction: held_back, still_held).
+#    pair lined up on a few points through a smooth correction: held_back, still_held);
+#    which uploads some photo lined up with, and how well, or nearly lined up with
+#    (lined_up_uploads, best_scores, nearly_lined_up), for what the larger size asks again.
 # ---------------------------------------------------------------------------
 
 
@@ -5604,11 +5607,6 @@ Pairs = dict[tuple[int, int], Comparison]  # (photo index, candidate index) -> c
 PairIndices = set[tuple[int, int]]  # (photo index, candidate index) pairs of one group
 
 
-def lined_up_uploads(comparisons: Pairs) -> set[int]:
-    """The candidates some photo lined up with (a comparison not prefiltered)."""
-    return {j for (_, j), found in comparisons.items() if not found.prefiltered}
-
-
 def best_scores(comparisons: Pairs) -> dict[int, float]:
     """Each candidate some photo lined up with, and its best score among those pairs."""
     best: dict[int, float] = {}
@@ -5616,6 +5614,11 @@ def best_scores(comparisons: Pairs) -> dict[int, float]:
         if not found.prefiltered:
             best[j] = max(best.get(j, 0.0), found.score)
     return best
+
+
+def lined_up_uploads(comparisons: Pairs) -> set[int]:
+    """The candidates some photo lined up with (a comparison not prefiltered)."""
+    return set(best_scores(comparisons))
 
 
 NEAR_INLIERS = MIN_INLIERS // 3  # a prefiltered pair with this many inliers nearly lined up
@@ -5800,9 +5803,10 @@ def settled_uploads(comparisons: Pairs, threshold: float) -> dict[int, int]:
 #    log thumbnail while it is decoded, and is the one place that reports a picture it
 #    could not decode. PairScorer is the compare function matching is given: each pair
 #    once a day, at the first size and again at the larger for what it did not settle
-#    (and an upload no photo lined up with, again mirrored, at the larger size too for a
-#    screenshot too small at the first), a few local photos' pictures held at a time;
-#    ComparingAhead compares the coming clusters' pairs in background threads
+#    (an upload no photo lined up with only where one nearly did, or where it was too
+#    small to line up; and an upload no photo lined up with, or only below the verdict's
+#    floor, again mirrored, at the larger size too), a few local photos' pictures held at
+#    a time; ComparingAhead compares the coming clusters' pairs in background threads
 #    (interleaved).
 #    PairScorer.day owns a day's threads: started with the day, stopped before anything
 #    is written (left_out), the day's pictures dropped on exit.
@@ -6359,7 +6363,8 @@ class PairScorer:
 #    Pure decisions: clusters of photos taken close in time (a long one compared through
 #    time windows that follow each observation's photos), the one-to-one assignment
 #    inside a cluster (each photo paired through the uploads that show most of it first;
-#    crops then become parts), camera-clock offsets, and match_day, which puts them
+#    crops then become parts; a near tie refused, unless all but one of its photos left
+#    out more of the upload), camera-clock offsets, and match_day, which puts them
 #    together (planned_pairs says which pairs it will compare first). The compare
 #    function is passed in; nothing here does I/O.
 # ---------------------------------------------------------------------------
@@ -6631,24 +6636,26 @@ def assign_uploads(
     def order(upload: int) -> Any:
         return upload_order[upload] if upload < len(upload_order) else upload
 
-    def decide(names: Mapping[int, set[int]]) -> tuple[list[Decision], dict, dict, dict, set]:
+    def decide(names: Mapping[int, set[int]]) -> tuple[list[Decision], set, dict, dict, dict, set]:
         valid = _qualifying(scores, threshold, accepted, names, name_threshold)
         ties, losers = _ties(valid, covered or {})
         refused = {d.upload_index for d in ties}
         valid = {p: s for p, s in valid.items() if p[1] not in refused and p not in losers}
         by_name = {pair for pair in valid if pair[1] in names}
-        return ties, valid, *_one_to_one(valid, areas, order, by_name), by_name
+        return ties, losers, valid, *_one_to_one(valid, areas, order, by_name), by_name
 
     named_locals: dict[int, set[int]] = defaultdict(set)
     for local, upload in named:
         named_locals[upload].add(local)
-    ties, valid, upload_of, parts, by_name = decide(named_locals)
+    ties, losers, valid, upload_of, parts, by_name = decide(named_locals)
     # The name decided an association that the scores alone would not have made.
-    unnamed = set(decide({})[2].items()) if by_name else set()
+    unnamed = set(decide({})[3].items()) if by_name else set()
     decisions = list(ties)
     for local, upload in upload_of.items():
         decided = (local, upload) in by_name and (local, upload) not in unnamed
-        decisions.append(Decision(upload, local, valid[(local, upload)], by_name=decided))
+        beaten = tuple(sorted(other for other, u in losers if u == upload))
+        score = valid[(local, upload)]
+        decisions.append(Decision(upload, local, score, rivals=beaten, by_name=decided))
     for upload, local in parts.items():
         decisions.append(Decision(upload, local, valid[(local, upload)], "part"))
     return sorted(decisions, key=lambda d: (d.upload_index, d.kind))
@@ -6662,6 +6669,17 @@ def named_pairs(cluster: Cluster) -> set[tuple[int, int]]:
         for j, candidate in enumerate(cluster.candidates)
         if same_file_name(photo.path.name, candidate.photo.original_filename)
     }
+
+
+def _left_out_words(cluster: Cluster, comparisons: Pairs, decision: Decision) -> str:
+    """What the rivals of an association left out to fit its upload almost as well ("what
+    'dsc_1204.jpg' left out (7% of the upload) to fit almost as well"); '' when none."""
+    left_out = [
+        f"'{cluster.photos[r].path.name}' left out"
+        f" ({comparisons[(r, decision.upload_index)].covered * 100:.0f}% of the upload)"
+        for r in decision.rivals
+    ]
+    return f"what {' and '.join(left_out)} to fit almost as well" if left_out else ""
 
 
 def match_cluster(
@@ -6709,6 +6727,7 @@ def match_cluster(
             parts.append(Association(photo, candidate, comparison))
         else:
             why = grounds.get((decision.local_index, decision.upload_index), "")
+            why = "; ".join(filter(None, [why, _left_out_words(cluster, comparisons, decision)]))
             associations.append(Association(photo, candidate, comparison, decision.by_name, why))
             decided.add(decision.local_index)
     taken = {a.candidate.photo.id for a in associations}

@@ -165,6 +165,37 @@ def test_match_day_associates_refuses_and_reports_ties() -> None:
     assert outcome.clock_offset is None
 
 
+class CoveredCompare(FakeCompare):
+    """FakeCompare's scores, with part of the upload left out (covered) in some pairs."""
+
+    def __init__(self, table: dict[tuple[str, int], float], covered: dict) -> None:
+        super().__init__(table)
+        self.covered = covered
+
+    def __call__(self, photos, candidates, within=None):
+        found = super().__call__(photos, candidates, within)
+        return {
+            (i, j): dataclasses.replace(
+                c, covered=self.covered.get((photos[i].path.name, candidates[j].photo.id), 0.0)
+            )
+            for (i, j), c in found.items()
+        }
+
+
+def test_a_near_tie_goes_to_the_frame_that_left_nothing_out_and_its_line_says_so() -> None:
+    """b2.jpg fits the upload as well as b1.jpg only with 7% of it left out as a mark (its
+    subject moved): b1.jpg shows that part, takes the upload, and its line says why."""
+    t = dt.datetime(2021, 2, 1, 10, 0)
+    photos = [photo("b1.jpg", t), photo("b2.jpg", t + dt.timedelta(seconds=1))]
+    compare = CoveredCompare({("b1.jpg", 2): 0.964, ("b2.jpg", 2): 0.966}, {("b2.jpg", 2): 0.074})
+    outcome = match(photos, [candidate(2, t)], compare)
+    assert not outcome.ties
+    (association,) = outcome.associations
+    assert association.photo.path.name == "b1.jpg"
+    said = "what 'b2.jpg' left out (7% of the upload) to fit almost as well"
+    assert said in ip.found_line(association), ip.found_line(association)
+
+
 class MovedCompare(FakeCompare):
     """One pair, lined up, its parts moved by misfit pixels; the coarse score fell too, so
     the verdict leaves it to the threshold."""

@@ -294,7 +294,7 @@ def test_assign_gives_a_tie_to_the_frame_that_left_out_nothing() -> None:
     # moved, taken for a mark): frame 0 shows that part, and takes the upload.
     scores = {(0, 0): 0.964, (1, 0): 0.966}
     decisions = ip.assign_uploads(scores, {}, 0.95, covered={(0, 0): 0.0, (1, 0): 0.074})
-    assert _pairs(decisions) == [(0, 0, 0.964, ())]
+    assert _pairs(decisions) == [(0, 0, 0.964, (1,))]  # the rival it beat
     # Both left out as much (a logo over both frames): still too close to choose.
     decisions = ip.assign_uploads(scores, {}, 0.95, covered={(0, 0): 0.07, (1, 0): 0.074})
     assert [(d.kind, d.local_index, d.rivals) for d in decisions] == [("tie", 1, (0,))]
