@@ -80,7 +80,7 @@ from __future__ import annotations
 
 import sys
 
-__version__ = "1.5.10"
+__version__ = "1.5.11"
 
 if __name__ == "__main__" and sys.argv[1:] == ["--version"]:
     # Python compiles this whole file before its first line runs; answering here spares
@@ -5370,18 +5370,13 @@ def compare_pictures(
         # Bent (a strong upright correction): lined up through the keypoints' homography,
         # whatever a similarity left; what is left must be explained as a similarity's
         # misfit would be (at least BENT_MISFIT).
-        to_upload = _upright_to_upload(placement.alignment.turns, upload.width, upload.height)
-        bend = registration.homography @ to_upload
-        region = region_through(local, bend, size)
-        smooth = smooth_correction(region, upright, max(misfit, BENT_MISFIT), through=True)
-        if smooth is not None:  # the bend said is the homography's beyond the similarity
-            spots = np.array([[[x, y]] for x in (0, size[0]) for y in (0, size[1])], np.float64)
-            bent = cv2_perspective(spots, bend) - (spots[:, 0] @ placement.matrix[:, :2].T
-                                                   + placement.matrix[:, 2])  # fmt: skip
-            reach = float(np.linalg.norm(bent, axis=1).max()) / placement.scale
-            smooth = dataclasses.replace(smooth, reach=max(smooth.reach, reach))
+        region, smooth = _smooth_through(local, registration.homography, placement, upright, misfit)
     elif misfit > SMOOTH_FROM or registration.bent:
         smooth = smooth_correction(region, upright, max(misfit, SMOOTH_FROM))
+        if smooth is None and misfit > BENT_MISFIT and local.size == local_size:
+            restart = _homography_start(local, local_features, upload, upload_features, upright)
+            if restart is not None:
+                registration, placement, smooth = restart
     if smooth is not None:  # a lens or perspective correction: compared through it
         region, misfit = smooth.region, smooth.residual
         registration = _fitting_the_bend(local_features, upload_features, registration)
@@ -5405,6 +5400,54 @@ def compare_pictures(
     return Comparison(
         score, placement.alignment, tones=toned_best, coarse_step=step, **read, **evidence
     )
+
+
+def _smooth_through(
+    local: Image.Image,
+    homography: np.ndarray,
+    placement: Placement,
+    upright: np.ndarray,
+    misfit: float,
+) -> tuple[np.ndarray, SmoothFit | None]:
+    """The region local shows through a keypoints' homography (upload pixel -> local pixel),
+    and its smooth correction, whose reach counts the homography's bend beyond the
+    placement's similarity (None: the correction does not explain the misfit)."""
+    size = (upright.shape[1], upright.shape[0])
+    upload_size = size[::-1] if placement.alignment.turns % 2 else size
+    bend = homography @ _upright_to_upload(placement.alignment.turns, *upload_size)
+    region = region_through(local, bend, size)
+    smooth = smooth_correction(region, upright, max(misfit, BENT_MISFIT), through=True)
+    if smooth is None:
+        return region, None
+    spots = np.array([[[x, y]] for x in (0, size[0]) for y in (0, size[1])], np.float64)
+    bent = cv2_perspective(spots, bend) - (spots[:, 0] @ placement.matrix[:, :2].T
+                                           + placement.matrix[:, 2])  # fmt: skip
+    reach = float(np.linalg.norm(bent, axis=1).max()) / placement.scale
+    return region, dataclasses.replace(smooth, reach=max(smooth.reach, reach))
+
+
+def _homography_start(
+    local: Image.Image,
+    local_features: Features,
+    upload: Image.Image,
+    upload_features: Features,
+    upright: np.ndarray,
+) -> tuple[Registration, Placement, SmoothFit] | None:
+    """The keypoints' homography, its placement and the smooth correction through it, for an
+    upload a similarity lined up loosely (a sideways upright correction), where the patches
+    measured through the similarity lie too far off for the field to start from; None when
+    no homography lines it up or the correction explains too little.
+
+    A second start is a second chance for another shot too: the correction must explain the
+    misfit to the patches' own precision (SMOOTH_NOISE, as a misfit of BENT_MISFIT asks).
+    """
+    matches = keypoint_matches(local_features, upload_features)
+    bent = register(local_features, upload_features, matches, bent=True)
+    if bent is None or not bent.lined_up or bent.homography is None:
+        return None
+    placement = place_upload(bent, upload.size, local.size)
+    smooth = _smooth_through(local, bent.homography, placement, upright, 0.0)[1]
+    return None if smooth is None else (bent, placement, smooth)
 
 
 def _read_lined_up(
