@@ -3657,7 +3657,7 @@ def framed_box(gray: np.ndarray) -> tuple[int, int, int, int] | None:
 # 9a. Similarity: the score
 #    SSIM-PIL's structural similarity, the number users know: numpy, or OpenCL with --gpu;
 #    and the correlation search (coarse_alignment, refine_alignment) that lines up pictures
-#    without keypoints and gives the cheap pre-filter's score. Sections 9a to 9d take
+#    without keypoints and gives the cheap pre-filter's score. Sections 9a to 9e take
 #    decoded pictures and their keypoints in and give a Comparison and a verdict out.
 # ---------------------------------------------------------------------------
 
@@ -4594,7 +4594,7 @@ def _fit_motion(points: np.ndarray, moved: np.ndarray, axis_parallel: bool) -> n
 
 
 # ---------------------------------------------------------------------------
-# 9c. Similarity: corrections, tones and overlays
+# 9c. Similarity: corrections and tones
 #    What an editor changes in a picture that lined up: a lens or upright correction is
 #    explained by a smooth field (smooth_correction) that another shot's parallax does not
 #    fit, a liquify push by a local, gentle dense motion (local_warp) that a subject moved
@@ -4603,12 +4603,7 @@ def _fit_motion(points: np.ndarray, moved: np.ndarray, axis_parallel: bool) -> n
 #    reduction, recompression) is measured past: the coarse score compares the lined-up
 #    pictures shrunk, where those filters do not reach. Local tone tools (graduated
 #    filters, dehaze) are undone by a smooth local gain, before or after the tone curve,
-#    and set aside by local levels for the coarse evidence. Overlays along an edge
-#    (overlay_box; translucent ones by their shade, structure_tiles; a solid band's empty
-#    stretch by its flat tiles, flat_tiles), marks inside the picture by the pixels they
-#    add (mark_tiles: a logo, text, a circle drawn round the subject) and frames past the
-#    photo's edges, square to it or turned by quarter turns (frame_past_edges), or beside
-#    an upright correction (frame_past_bent_edges), are found here.
+#    and set aside by local levels for the coarse evidence.
 # ---------------------------------------------------------------------------
 
 
@@ -4990,8 +4985,18 @@ def _parts(tiles: np.ndarray) -> tuple[float, float]:
     return float(tiles.mean()), worst
 
 
-# -- Overlays: what an upload shows that the photo has no counterpart for, left out of the
-# scores (bands and frames along an edge, marks inside, frames past the photo's edges).
+# ---------------------------------------------------------------------------
+# 9d. Similarity: overlays and frames
+#    What an upload shows that the photo has no counterpart for, left out of the scores or
+#    cut off before the upload is lined up again: overlays along an edge (overlay_box;
+#    translucent ones by their shade, structure_tiles; a solid band's empty stretch by its
+#    flat tiles, flat_tiles), marks inside the picture by the pixels they add (mark_tiles:
+#    a logo, text, a circle drawn round the subject), frames past the photo's edges, square
+#    to it or turned by quarter turns (frame_past_edges), or beside an upright correction
+#    (frame_past_bent_edges), and the canvas round a picture turned by any angle
+#    (turned_on_canvas); register_framed lines a framed upload up inside its frame.
+# ---------------------------------------------------------------------------
+
 
 OVERLAY_LINE = 0.5  # a line of SSIM tiles scoring below this along an edge: covered
 OVERLAY_SHARE = 0.8  # ... when this share of its tiles score below OVERLAY_TILE
@@ -5175,13 +5180,112 @@ def frame_past_edges(
     matrix = registration.matrix
     # a flip top to bottom is compared as a mirror turned half way: square all the same
     angle = math.atan2(matrix[1, 0], matrix[0, 0])
-    if abs((angle + math.pi / 4) % (math.pi / 2) - math.pi / 4) > FRAME_TURN:
-        return None
     inverse = _cv2().invertAffineTransform(matrix)
+    if abs((angle + math.pi / 4) % (math.pi / 2) - math.pi / 4) > FRAME_TURN:
+        return turned_on_canvas(upload, inverse, local_size)
     right, bottom = local_size
     corners = np.array([[0, 0], [right, 0], [0, bottom], [right, bottom]], np.float64)
     seen = corners @ inverse[:, :2].T + inverse[:, 2]
     return _framed_inside(upload, seen)
+
+
+CANVAS_KEPT = 0.3  # of a picture turned on a canvas: the box inside its outline keeps this
+CANVAS_FILLED = 0.97  # ... whose outline, a turned rectangle, its pixels fill this much
+
+
+def turned_on_canvas(
+    upload: Image.Image, inverse: np.ndarray, local_size: tuple[int, int]
+) -> tuple[int, int, int, int] | None:
+    """The box of upload (left, top, right, bottom) inside a picture turned onto a canvas,
+    when the upload shows the picture (your photo or a crop of it) as a turned rectangle on
+    a canvas of one colour, plain or textured, that the picture's edge does not continue: a
+    free rotation onto an enlarged canvas, or a tilted print on a plain table. The box is
+    the largest of the picture's shape inside its outline.
+
+    inverse: the registration's similarity inverted (local pixel -> upload pixel): the
+    picture is turned as it says, and lies inside the photo's outline.
+    """
+    cv2 = _cv2()
+    rgb = np.asarray(upload).astype(np.int16)
+    height, width = rgb.shape[:2]
+    border = np.r_[rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]]
+    colour = np.median(border, axis=0)
+    near = (np.abs(rgb - colour).max(axis=-1) <= FRAME_LEVELS).astype(np.uint8)
+    # the canvas: pixels of its colour joined to the upload's edges; the picture: the rest
+    _, labels = cv2.connectedComponents(near, connectivity=4)
+    edges = np.unique(np.r_[labels[0], labels[-1], labels[:, 0], labels[:, -1]])
+    canvas = np.isin(labels, edges[edges > 0])
+    count, parts, stats, _ = cv2.connectedComponentsWithStats(
+        (~canvas).astype(np.uint8), 4, cv2.CV_32S
+    )
+    if count < 2 or canvas.mean() < OVERLAY_MIN:
+        return None
+    biggest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    # the picture's outline: the box of its pixels turned as the keypoints turned the photo
+    # (a crop's sides are the photo's), clipped by the upload's edges where it reaches them
+    turn = math.atan2(inverse[1, 0], inverse[0, 0])
+    undo = np.array([[math.cos(turn), math.sin(turn)], [-math.sin(turn), math.cos(turn)]])
+    points = cv2.findNonZero((parts == biggest).astype(np.uint8)).reshape(-1, 2) @ undo.T
+    (x0, y0), (x1, y1) = points.min(axis=0), points.max(axis=0)
+    outline = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]]) @ undo
+    shape = np.zeros((height, width), np.uint8)
+    cv2.fillConvexPoly(shape, np.round(outline * 16).astype(np.int32), 1, cv2.LINE_8, 4)
+    if stats[biggest, cv2.CC_STAT_AREA] < CANVAS_FILLED * shape.sum():
+        return None  # not a rectangle: the canvas ran into the picture (a sky), or no canvas
+    matrix = cv2.invertAffineTransform(inverse)
+    in_photo = outline @ matrix[:, :2].T + matrix[:, 2]
+    slack = EDGE_SLACK * max(local_size) + 2 * math.sqrt(abs(np.linalg.det(matrix[:, :2])))
+    inside = ((in_photo >= -slack) & (in_photo <= np.array(local_size) + slack)).all()
+    if not inside or not _canvas_stops(rgb, canvas, colour):
+        return None
+    frame = np.array([[0, 0], [width, 0], [width, height], [0, height]], np.float32)
+    _, shown = cv2.intersectConvexConvex(outline.astype(np.float32), frame)
+    return None if shown is None else _box_inside(shown.reshape(-1, 2), CANVAS_KEPT)
+
+
+def _canvas_stops(rgb: np.ndarray, canvas: np.ndarray, colour: np.ndarray) -> bool:
+    """Whether a canvas (a mask of rgb) is of one colour, texture and all, and the picture's
+    line beside it is not: half of that line differs from it."""
+    cv2 = _cv2()
+    picture = (~canvas).astype(np.uint8)
+    trim = np.ones((5, 5), np.uint8)  # resampling blurs the line between canvas and picture
+    line = (cv2.erode(picture, trim) == 1) & (cv2.erode(picture, np.ones((9, 9), np.uint8)) == 0)
+    if not line.any():
+        return False
+    return _near(rgb[canvas], colour) >= FRAME_PLAIN and _near(rgb[line], colour) <= 1 - FRAME_STEP
+
+
+def _box_inside(polygon: np.ndarray, kept: float) -> tuple[int, int, int, int] | None:
+    """The largest upright box inside a convex polygon (its corners in order), of one of a
+    few shapes from 1:3 to 3:1, about the polygon's centre; None when it keeps less than
+    kept of the polygon's area."""
+    cv2 = _cv2()
+    contour = polygon.astype(np.float32).reshape(-1, 1, 2)
+    moments = cv2.moments(contour)
+    if moments["m00"] <= 0:
+        return None
+    centre = np.array([moments["m10"], moments["m01"]]) / moments["m00"]
+
+    def fits(half: np.ndarray) -> bool:
+        return all(
+            cv2.pointPolygonTest(contour, (float(x), float(y)), True) >= 2
+            for x in (centre[0] - half[0], centre[0] + half[0])
+            for y in (centre[1] - half[1], centre[1] + half[1])
+        )
+
+    best = (0.0, centre, centre)
+    for aspect in np.geomspace(1 / 3, 3, 17):
+        unit = np.array([math.sqrt(aspect), 1 / math.sqrt(aspect)])
+        low, high = 0.0, float(np.ptp(polygon, axis=0).max())
+        for _ in range(16):  # a box of size 0 fits; it grows till a corner leaves
+            middle = (low + high) / 2
+            low, high = (middle, high) if fits(unit * middle) else (low, middle)
+        area = 4 * low * low
+        best = max(best, (area, centre - unit * low, centre + unit * low), key=lambda b: b[0])
+    area, (left, top), (right, bottom) = best
+    if area < kept * moments["m00"]:
+        return None
+    return math.ceil(left), math.ceil(top), math.floor(right), math.floor(bottom)
 
 
 def frame_past_bent_edges(
@@ -5292,7 +5396,7 @@ def register_framed(
 
 
 # ---------------------------------------------------------------------------
-# 9d. Similarity: comparing a pair and the verdict
+# 9e. Similarity: comparing a pair and the verdict
 #    compare_pictures: registration, tones and both scores of one pair, through a smooth
 #    correction or a local warp where one explains what moved; the cheap gate
 #    (likely_same_pictures); overlays along an edge left out (overlay_box);

@@ -14,7 +14,8 @@ Families (``FAMILIES``):
                 both), cropped to the valid area
 ``warp``        local warps ("liquify"): 1-3 smooth bumps of a small region
 ``overlay``     a caption band, a logo or sticker, a frame on 1, 2 or 4 sides, a phone
-                screenshot with the viewer's bars, text over the picture
+                screenshot with the viewer's bars, text over the picture, the picture
+                turned by a free rotation onto an enlarged canvas (plain or textured)
 ``localtone``   clarity and dehaze at large radii, graduated and radial filters,
                 shadows/highlights
 ``grade``       colour grading (split toning), hue shifts, white balance
@@ -72,7 +73,7 @@ _OPS = {
     "lens": ("lens",),
     "perspective": ("perspective",),
     "warp": ("liquify",),
-    "overlay": ("band", "logo", "sides", "screenshot", "caption"),
+    "overlay": ("band", "logo", "sides", "screenshot", "caption", "canvas"),
     "localtone": ("clarity", "dehaze", "graduated", "radial", "shadows"),
     "grade": ("splittone", "hue", "balance"),
     "filter": ("sharpen", "denoise", "blur", "grain"),
@@ -110,6 +111,7 @@ _ORDER = (
     "band",
     "logo",
     "sides",
+    "canvas",
     "caption",
     "screenshot",
     "circle",
@@ -264,6 +266,8 @@ def draw_op(rng: random.Random, name: str) -> Op:
                 "seed": rng.randrange(2**31),
             },
         ]
+    if name == "canvas":  # turned either way by 2-40 degrees
+        return [name, {"angle": _r(sign * rng.uniform(2, 40)), "seed": rng.randrange(2**31)}]
     if name == "sides":
         sides = rng.choice(
             [
@@ -507,7 +511,7 @@ def apply_op(picture: Image.Image, name: str, p: dict) -> Image.Image:
             size = (round(picture.width * scale), round(picture.height * scale))
             picture = picture.resize(size, Image.Resampling.LANCZOS)
         return picture  # the quality is the file's (apply_ops' caller saves with it)
-    if name in ("band", "logo", "sides", "screenshot", "caption"):
+    if name in _OPS["overlay"]:
         return overlay(picture, name, p)
     if name in ("heal", "remove"):
         return retouch(picture, name, p)
@@ -625,6 +629,13 @@ def retouch(picture: Image.Image, name: str, p: dict) -> Image.Image:
 CAPTIONS = ("Vanessa atalanta", "Fly agaric, 12 Oct", "iNat #181004321", "Amanita muscaria (L.)")
 
 
+def _textured(canvas: Image.Image, seed: int) -> Image.Image:
+    """canvas with a soft texture of about 10 levels, as wood or paper has."""
+    noise = np.random.default_rng(seed).normal(0, 18, (canvas.height, canvas.width))
+    noise = cv2.GaussianBlur(noise.astype(np.float32), (0, 0), 3)[..., None]
+    return _img(_f(canvas) + noise * 2)
+
+
 def overlay(picture: Image.Image, name: str, p: dict) -> Image.Image:
     """What covers part of a picture: a band, a logo, a frame on some sides, a screenshot's
     bars, text."""
@@ -670,10 +681,17 @@ def overlay(picture: Image.Image, name: str, p: dict) -> Image.Image:
         bottom = band if "bottom" in p["sides"] else 0
         canvas = Image.new("RGB", (w + left + right, h + top + bottom), colour)
         if textured:  # wood, paper: not plain
-            noise = np.random.default_rng(p["seed"]).normal(0, 18, (canvas.height, canvas.width))
-            noise = cv2.GaussianBlur(noise.astype(np.float32), (0, 0), 3)[..., None]
-            canvas = _img(_f(canvas) + noise * 2)
+            canvas = _textured(canvas, p["seed"])
         canvas.paste(picture, (left, top))
+        return canvas
+    if name == "canvas":
+        colour = rng.choice([(255, 255, 255), (0, 0, 0), tuple(rng.randrange(256) for _ in "rgb")])
+        turned = picture.rotate(p["angle"], Image.Resampling.BICUBIC, expand=True)
+        shown = Image.new("L", picture.size, 255).rotate(p["angle"], expand=True)
+        canvas = Image.new("RGB", turned.size, colour)
+        if rng.random() < 0.5:  # paper, a table: not plain
+            canvas = _textured(canvas, p["seed"])
+        canvas.paste(turned, mask=shown)
         return canvas
     if name == "screenshot":
         pw, ph = p["phone"]

@@ -110,6 +110,7 @@ GRAINY_SHOT = {  # strong grain, a small export at low quality, in a phone's dar
         ["screenshot", {"phone": [1080, 2340], "dark": True, "seed": 4}],
     ]
 }
+CANVAS = {"ops": [["canvas", {"angle": -17.0, "seed": 3}]]}  # a free rotation, canvas enlarged
 MIRROR = {  # the crop tool's flip, a crop and sharpening
     "ops": [
         ["flip", {"axis": "horizontal"}],
@@ -188,6 +189,7 @@ def _plan() -> tuple[Planner, dict[str, str]]:
             ("screenshot", "mirrored panorama screenshot", SCREENSHOT),
             ("upright framed", "upright, framed on one side", UPRIGHT_FRAME),
             ("upright both ways", "lens, then upright both ways", UPRIGHT_BOTH),
+            ("turned on a canvas", "turned 17 degrees onto an enlarged canvas", CANVAS),
         ),
         start=5,
     ):
@@ -226,6 +228,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Run:
         ("screenshot", "mirrored"),  # too small at medium: tried mirrored at large
         ("upright framed", "a smooth correction of up to"),  # the frame followed inwards
         ("upright both ways", "a smooth correction of up to"),  # the homography, not a coarser fit
+        ("turned on a canvas", "straightened 17.0°"),  # the box inside the turned outline
     ],
 )
 def test_an_edited_upload_is_found_and_its_line_says_what_was_allowed_for(
@@ -775,6 +778,40 @@ def test_a_frame_past_the_edge_of_a_turned_upload_is_cut() -> None:
     assert not registration.lined_up
     box = ip.frame_past_edges(Image.fromarray(turned), registration, (640, 480))
     assert box is not None and box[1] == 0 and 476 <= box[3] <= 480, box
+
+
+@pytest.mark.parametrize(("textured", "cropped"), [(False, False), (True, False), (False, True)])
+def test_a_picture_turned_onto_a_canvas_is_cut_from_it_and_more_of_the_scene_is_not(
+    textured: bool, cropped: bool
+) -> None:
+    """A free rotation onto an enlarged canvas (plain, or paper's soft texture) reaches past
+    the photo's edges with the canvas only: a box inside the turned picture is compared. The
+    picture may be a crop of the photo, and the upload may cut its corners off. Another
+    shot, turned and framed wider, reaches past the photo's edges with more of the scene."""
+    scene = synthetic_photo(800, 640, 8)
+    local = scene.crop((80, 80, 720, 560))  # 640 x 480
+    picture = local.crop((60, 100, 560, 380)) if cropped else local
+    shown = Image.new("L", picture.size, 255).rotate(20, expand=True)
+    canvas = np.full((shown.height, shown.width, 3), 235, np.uint8)
+    if textured:
+        noise = cv2.GaussianBlur(
+            np.random.default_rng(2).normal(0, 36, shown.size[::-1]), (0, 0), 3
+        )
+        canvas = np.clip(canvas + noise[..., None], 0, 255).astype(np.uint8)
+    turned = Image.fromarray(canvas)
+    turned.paste(picture.rotate(20, Image.Resampling.BICUBIC, expand=True), mask=shown)
+    if cropped:  # the corners cut off
+        turned = turned.crop((30, 20, turned.width - 30, turned.height - 20))
+    registration = _registered(np.asarray(turned), np.asarray(local))
+    assert not registration.lined_up  # it reaches past the photo's edges
+    box = ip.frame_past_edges(turned, registration, local.size)
+    assert box is not None, registration
+    inner = turned.crop(box)
+    assert ip.register_any(ip.find_local_features(local), ip.find_upload_features(inner)).lined_up
+    wider = scene.rotate(20, Image.Resampling.BICUBIC).crop((40, 40, 760, 600))
+    registration = _registered(np.asarray(wider), np.asarray(local))
+    assert not registration.lined_up
+    assert ip.frame_past_edges(wider, registration, local.size) is None
 
 
 def test_a_frame_beside_an_upright_correction_is_followed_to_where_it_ends() -> None:
