@@ -5210,6 +5210,9 @@ def turned_on_canvas(
     height, width = rgb.shape[:2]
     border = np.r_[rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]]
     colour = np.median(border, axis=0)
+    corners = rgb[[0, 0, -1, -1], [0, -1, 0, -1]]  # a turned picture leaves them all canvas
+    if np.abs(corners - colour).max() > FRAME_LEVELS:
+        return None
     near = (np.abs(rgb - colour).max(axis=-1) <= FRAME_LEVELS).astype(np.uint8)
     # the canvas: pixels of its colour joined to the upload's edges; the picture: the rest
     _, labels = cv2.connectedComponents(near, connectivity=4)
@@ -5512,14 +5515,20 @@ def _smooth_through(
     placement: Placement,
     upright: np.ndarray,
     misfit: float,
+    within: float | None = None,
 ) -> tuple[np.ndarray, SmoothFit | None]:
     """The region local shows through a keypoints' homography (upload pixel -> local pixel),
     and its smooth correction, whose reach counts the homography's bend beyond the
-    placement's similarity (None: the correction does not explain the misfit)."""
+    placement's similarity (None: the correction does not explain the misfit, or the
+    homography alone leaves the patches further off than within, pixels, in the median)."""
     size = (upright.shape[1], upright.shape[0])
     upload_size = size[::-1] if placement.alignment.turns % 2 else size
     bend = homography @ _upright_to_upload(placement.alignment.turns, *upload_size)
     region = region_through(local, bend, size)
+    if within is not None:
+        _, shifts = _patch_shifts(region, upright, SMOOTH_GRID, SMOOTH_PATCH, 1 / 3)
+        if len(shifts) < 16 or float(np.median(np.linalg.norm(shifts, axis=1))) > within:
+            return region, None
     smooth = smooth_correction(region, upright, max(misfit, BENT_MISFIT), through=True)
     if smooth is None:
         return region, None
@@ -5528,6 +5537,10 @@ def _smooth_through(
                                            + placement.matrix[:, 2])  # fmt: skip
     reach = float(np.linalg.norm(bent, axis=1).max()) / placement.scale
     return region, dataclasses.replace(smooth, reach=max(smooth.reach, reach))
+
+
+START_WITHIN = 2 * SMOOTH_NOISE  # pixels: where a homography that is an editor's upright
+# correction leaves the parts (the median of the smooth field's patches) before the field
 
 
 def _homography_start(
@@ -5544,13 +5557,16 @@ def _homography_start(
 
     A second start is a second chance for another shot too: the correction must explain the
     misfit to the patches' own precision (SMOOTH_NOISE, as a misfit of BENT_MISFIT asks).
+    It is fitted only where the homography alone leaves the parts within START_WITHIN:
+    another shot's parallax and moved subject leave more, and the field costs a fifth of a
+    second at the large size.
     """
     matches = keypoint_matches(local_features, upload_features)
     bent = register(local_features, upload_features, matches, bent=True)
     if bent is None or not bent.lined_up or bent.homography is None:
         return None
     placement = place_upload(bent, upload.size, local.size)
-    smooth = _smooth_through(local, bent.homography, placement, upright, 0.0)[1]
+    smooth = _smooth_through(local, bent.homography, placement, upright, 0.0, START_WITHIN)[1]
     return None if smooth is None else (bent, placement, smooth)
 
 
