@@ -5196,15 +5196,10 @@ CANVAS_FILLED = 0.97  # ... whose outline, a turned rectangle, its pixels fill t
 def turned_on_canvas(
     upload: Image.Image, inverse: np.ndarray, local_size: tuple[int, int]
 ) -> tuple[int, int, int, int] | None:
-    """The box of upload (left, top, right, bottom) inside a picture turned onto a canvas,
-    when the upload shows the picture (your photo or a crop of it) as a turned rectangle on
-    a canvas of one colour, plain or textured, that the picture's edge does not continue: a
-    free rotation onto an enlarged canvas, or a tilted print on a plain table. The box is
-    the largest of the picture's shape inside its outline.
-
-    inverse: the registration's similarity inverted (local pixel -> upload pixel): the
-    picture is turned as it says, and lies inside the photo's outline.
-    """
+    """The box of upload (left, top, right, bottom) to compare, when it shows the photo or a
+    crop of it turned (as inverse, local -> upload pixel, says) on a canvas of one colour."""
+    # A free rotation onto an enlarged canvas, or a tilted print on a plain table: the box is
+    # the largest upright one inside the picture; another shot shows more scene instead.
     cv2 = _cv2()
     rgb = np.asarray(upload).astype(np.int16)
     height, width = rgb.shape[:2]
@@ -5551,16 +5546,12 @@ def _homography_start(
     upright: np.ndarray,
 ) -> tuple[Registration, Placement, SmoothFit] | None:
     """The keypoints' homography, its placement and the smooth correction through it, for an
-    upload a similarity lined up loosely (a sideways upright correction), where the patches
-    measured through the similarity lie too far off for the field to start from; None when
-    no homography lines it up or the correction explains too little.
-
-    A second start is a second chance for another shot too: the correction must explain the
-    misfit to the patches' own precision (SMOOTH_NOISE, as a misfit of BENT_MISFIT asks).
-    It is fitted only where the homography alone leaves the parts within START_WITHIN:
-    another shot's parallax and moved subject leave more, and the field costs a fifth of a
-    second at the large size.
-    """
+    upload a similarity lined up loosely (a sideways upright correction); None otherwise."""
+    # The patches measured through the similarity lay too far off to start the field. A
+    # second start is a second chance for another shot too: the field must explain the
+    # misfit to the patches' own precision (SMOOTH_NOISE, as a misfit of BENT_MISFIT asks),
+    # and is fitted only where the homography alone leaves the parts within START_WITHIN
+    # (another shot's parallax leaves more; the field costs a fifth of a second at large).
     matches = keypoint_matches(local_features, upload_features)
     bent = register(local_features, upload_features, matches, bent=True)
     if bent is None or not bent.lined_up or bent.homography is None:
