@@ -3975,6 +3975,7 @@ def refine_alignment(local: Image.Image, upload: Image.Image, rough: Alignment) 
 #    homography for an upload a lens or an upright correction bent, over a similarity
 #    leaving most matches out or fitting them bunched in a few cells, at a coarser size
 #    too where grain hides the keypoints (the smooth field that explains it is in 9c);
+#    the homography of a pair's own matches once a similarity lined it up (register_bent);
 #    guided matches where look-alike texture defeats the ratio test (guided_matches); the
 #    cheap probe a flipped upload passes before a full comparison (may_line_up). Plain
 #    bands an export added around an upload (a frame, padding) are cut off when it is
@@ -4329,6 +4330,12 @@ def register(
         bent,
         homography,
     )
+
+
+def register_bent(local: Features, upload: Features) -> Registration | None:
+    """register's bent registration (one homography's matches) of the pair's own keypoint
+    matches, asked for once a similarity has lined the pair up."""
+    return register(local, upload, keypoint_matches(local, upload), bent=True)
 
 
 def _upright_to_upload(turns: int, width: int, height: int) -> np.ndarray:
@@ -5242,15 +5249,15 @@ def turned_on_canvas(
 
 
 def _canvas_stops(rgb: np.ndarray, canvas: np.ndarray, colour: np.ndarray) -> bool:
-    """Whether a canvas (a mask of rgb) is of one colour, texture and all, and the picture's
-    line beside it is not: half of that line differs from it."""
+    """Whether the picture's line beside a canvas (a mask of rgb, all of its colour) differs
+    from that colour for at least half its pixels: the scene does not run on into it."""
     cv2 = _cv2()
     picture = (~canvas).astype(np.uint8)
     trim = np.ones((5, 5), np.uint8)  # resampling blurs the line between canvas and picture
     line = (cv2.erode(picture, trim) == 1) & (cv2.erode(picture, np.ones((9, 9), np.uint8)) == 0)
     if not line.any():
         return False
-    return _near(rgb[canvas], colour) >= FRAME_PLAIN and _near(rgb[line], colour) <= 1 - FRAME_STEP
+    return _near(rgb[line], colour) <= 1 - FRAME_STEP
 
 
 def _box_inside(polygon: np.ndarray, kept: float) -> tuple[int, int, int, int] | None:
@@ -5552,8 +5559,7 @@ def _homography_start(
     # misfit to the patches' own precision (SMOOTH_NOISE, as a misfit of BENT_MISFIT asks),
     # and is fitted only where the homography alone leaves the parts within START_WITHIN
     # (another shot's parallax leaves more; the field costs a fifth of a second at large).
-    matches = keypoint_matches(local_features, upload_features)
-    bent = register(local_features, upload_features, matches, bent=True)
+    bent = register_bent(local_features, upload_features)
     if bent is None or not bent.lined_up or bent.homography is None:
         return None
     placement = place_upload(bent, upload.size, local.size)
@@ -5584,8 +5590,7 @@ def _fitting_the_bend(
     a guided one counts its evidence on the ratio-test matches already."""
     if registration.bent or registration.fitted_matches is not None:
         return registration
-    matches = keypoint_matches(local_features, upload_features)
-    bent = register(local_features, upload_features, matches, bent=True)
+    bent = register_bent(local_features, upload_features)
     if (
         bent is None
         or len(bent.inliers) * registration.matches <= len(registration.inliers) * bent.matches

@@ -814,6 +814,33 @@ def test_a_picture_turned_onto_a_canvas_is_cut_from_it_and_more_of_the_scene_is_
     assert ip.frame_past_edges(wider, registration, local.size) is None
 
 
+PURPLE = (150, 40, 170)
+
+
+def _on_canvas(picture: Image.Image) -> Image.Image:
+    """picture turned 20 degrees onto an enlarged canvas of a purple it does not hold."""
+    shown = Image.new("L", picture.size, 255).rotate(20, expand=True)
+    turned = Image.new("RGB", shown.size, PURPLE)
+    turned.paste(picture.rotate(20, Image.Resampling.BICUBIC, expand=True), mask=shown)
+    return turned
+
+
+def test_no_box_is_cut_where_the_canvas_runs_into_the_picture_or_the_picture_shows_more() -> None:
+    """A sky of the canvas's colour above hills runs into the canvas: the rest fills no
+    rectangle. A picture turned onto a canvas that shows more of the scene than
+    the photo does (the photo is a crop of it) is another shot framed wider."""
+    scene = synthetic_photo(800, 640, 8)
+    local = scene.crop((80, 80, 720, 560))
+    sky = np.asarray(local).copy()
+    hills = 120 + 60 * np.sin(np.arange(640) / 40)  # a sky above a line of hills
+    sky[np.arange(480)[:, None] < hills] = PURPLE
+    for upload, photo in ((_on_canvas(Image.fromarray(sky)), Image.fromarray(sky)),
+                          (_on_canvas(scene), local)):  # fmt: skip
+        registration = _registered(np.asarray(upload), np.asarray(photo))
+        assert not registration.lined_up
+        assert ip.frame_past_edges(upload, registration, photo.size) is None
+
+
 def test_a_frame_beside_an_upright_correction_is_followed_to_where_it_ends() -> None:
     """The similarity turns to follow the bend, so the square frame test does not run; the
     homography's outline of the photo stops inside the frame, which is followed inwards.
