@@ -4623,7 +4623,7 @@ SMOOTH_PATCH = 96  # side of those patches, pixels
 SMOOTH_PASSES = 2  # ... fitted, measured again and fitted again: a strong lens needs two
 SMOOTH_EXPLAINS = 0.3  # the correction must leave at most this share of the rigid misfit
 SMOOTH_NOISE = 0.3  # ... or this many pixels: what the patches measure between two exports
-SMOOTH_MAX = 0.1  # ... and move no part by more than this fraction of the long side
+SMOOTH_MAX = 0.15  # ... and move no part by more than this fraction of the long side
 BENT_MISFIT = 1.0  # pixels: the misfit a bent registration's correction must explain
 
 
@@ -5521,15 +5521,19 @@ def _smooth_through(
 ) -> tuple[np.ndarray, SmoothFit | None]:
     """The region local shows through a keypoints' homography (upload pixel -> local pixel),
     and its smooth correction, whose reach counts the homography's bend beyond the
-    placement's similarity (None: the correction does not explain the misfit, or the
-    homography alone leaves the patches further off than within, pixels, in the median)."""
+    placement's similarity (None: the correction does not explain the misfit, or one fit of
+    the field to the patches measured through the homography leaves more than within, pixels,
+    in the median)."""
     size = (upright.shape[1], upright.shape[0])
     upload_size = size[::-1] if placement.alignment.turns % 2 else size
     bend = homography @ _upright_to_upload(placement.alignment.turns, *upload_size)
     region = region_through(local, bend, size)
-    if within is not None:
-        _, shifts = _patch_shifts(region, upright, SMOOTH_GRID, SMOOTH_PATCH, 1 / 3)
-        if len(shifts) < 16 or float(np.median(np.linalg.norm(shifts, axis=1))) > within:
+    if within is not None:  # one fit without resampling: a strong lens left by the homography
+        points, shifts = _patch_shifts(region, upright, SMOOTH_GRID, SMOOTH_PATCH, 1 / 3)
+        if len(shifts) < 16:
+            return region, None
+        left = _smooth_at(_fit_smooth(points, shifts, size), points, size) - shifts
+        if float(np.median(np.linalg.norm(left, axis=1))) > within:
             return region, None
     smooth = smooth_correction(region, upright, max(misfit, BENT_MISFIT), through=True)
     if smooth is None:
@@ -5541,8 +5545,8 @@ def _smooth_through(
     return region, dataclasses.replace(smooth, reach=max(smooth.reach, reach))
 
 
-START_WITHIN = 2 * SMOOTH_NOISE  # pixels: where a homography that is an editor's upright
-# correction leaves the parts (the median of the smooth field's patches) before the field
+START_WITHIN = 2 * SMOOTH_NOISE  # pixels: where an editor's upright correction, seen through
+# the keypoints' homography, leaves the parts once the field is fitted to them (the median)
 
 
 def _homography_start(
@@ -5557,8 +5561,9 @@ def _homography_start(
     # The patches measured through the similarity lay too far off to start the field. A
     # second start is a second chance for another shot too: the field must explain the
     # misfit to the patches' own precision (SMOOTH_NOISE, as a misfit of BENT_MISFIT asks),
-    # and is fitted only where the homography alone leaves the parts within START_WITHIN
-    # (another shot's parallax leaves more; the field costs a fifth of a second at large).
+    # and is fitted only where one fit of it to the parts measured through the homography
+    # leaves them within START_WITHIN (another shot's parallax leaves more, a lens left by
+    # the homography does not; the field costs a fifth of a second at large).
     bent = register_bent(local_features, upload_features)
     if bent is None or not bent.lined_up or bent.homography is None:
         return None

@@ -519,6 +519,50 @@ def test_an_upright_correction_lined_up_loosely_is_corrected_through_the_homogra
     assert found.eligible and found.smooth > 1.0 and found.score >= ip.SSIM_THRESHOLD, found
 
 
+STRONG_LENS_UPRIGHT = [  # seed 28's upload, without its local tones
+    ["lens", {"k1": 0.0859, "k2": -0.0241, "vig": 0.0}],
+    ["perspective", {"v": -0.0732, "h": -0.0541, "turn": 1.1085}],
+]
+
+
+def _strong_lens_upright(seed: int) -> tuple[Image.Image, Image.Image]:
+    """A hills scene as decoded for the medium size, and its upload with STRONG_LENS_UPRIGHT."""
+    p = Planner(seed=seed, small=True)
+    camera = render(p.scene(background="hills"), View(), p.size, DESIGN_SIDE, seed)
+    edited = apply_ops(camera, STRONG_LENS_UPRIGHT)
+    edited.thumbnail((500, 500), Image.Resampling.LANCZOS)
+    camera.thumbnail((1000, 1000), Image.Resampling.LANCZOS)
+    return camera, jpeg(edited, 90)
+
+
+def test_a_strong_lens_under_an_upright_correction_bends_past_a_tenth_of_the_side() -> None:
+    """Lined up by a similarity (5 px of misfit), the field fits seed 28's correction to a
+    tenth of a pixel, bending the picture by about 13% of its long side: allowed."""
+    local, upload = _strong_lens_upright(1)
+    local_features, upload_features = ip.find_local_features(local), ip.find_upload_features(upload)
+    matches = ip.keypoint_matches(local_features, upload_features)
+    placement = ip.place_upload(ip.register(local_features, upload_features, matches),
+                                upload.size, local.size)  # fmt: skip
+    upright = np.asarray(upload)
+    refined = ip.refine_placement(placement, ip.region_of(local, placement, upload.size), upright,
+                                  local.size)  # fmt: skip
+    region = ip.region_of(local, refined.placement, upload.size)
+    fit = ip.smooth_correction(region, upright, refined.misfit)
+    assert refined.misfit > ip.BENT_MISFIT and fit is not None, refined.misfit
+    assert fit.residual < 0.2 and fit.reach > 0.1 * max(upload.size), fit
+
+
+def test_a_lens_left_by_the_keypoints_homography_does_not_stop_its_start() -> None:
+    """The similarity lines the pair up and its field stalls at half a pixel; the keypoints'
+    homography leaves the lens, 0.8 px in the median, which one fit of the field explains:
+    it starts the field, and the pair is found."""
+    local, upload = _strong_lens_upright(5)
+    local_features, upload_features = ip.find_local_features(local), ip.find_upload_features(upload)
+    assert not ip.register_any(local_features, upload_features).bent
+    found = ip.compare_pictures(local, local_features, upload, upload_features)
+    assert found.eligible and found.score >= ip.SSIM_THRESHOLD, found
+
+
 def test_independent_motion_is_not_explained_by_the_smooth_field() -> None:
     """A scene bent by parallax (near and far things moving apart) follows no lens."""
     picture = _scene(5)
