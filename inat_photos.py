@@ -80,7 +80,7 @@ from __future__ import annotations
 
 import sys
 
-__version__ = "1.5.11"
+__version__ = "1.5.12"
 
 if __name__ == "__main__" and sys.argv[1:] == ["--version"]:
     # Python compiles this whole file before its first line runs; answering here spares
@@ -4156,32 +4156,37 @@ def register_tried(
         # Most matches left out, or those fitted bunched in a few cells: a strong upright
         # correction (in both directions) bends the picture past what a similarity fits; one
         # homography may fit them, or more of them over the whole picture.
-        more = (
-            b
-            for b in _lined_up_homographies(local, levels)
-            if len(b.inliers) > 1.5 * len(found.inliers)
-            or (bunched and b.spread >= MIN_SPREAD and len(b.inliers) > len(found.inliers))
-        )
-        return next(more, found), None
+        # One that fits many more but reaches past the edges is kept for register_framed: an
+        # upright correction with a frame added (another shot has no frame there).
+        past = None
+        for b in _homographies(local, levels):
+            if len(b.inliers) > 1.5 * len(found.inliers) or (
+                bunched and b.spread >= MIN_SPREAD and len(b.inliers) > len(found.inliers)
+            ):
+                if b.lined_up:
+                    return b, None
+                past = past or (b if b.overshoot > EDGE_SLACK else None)
+        return found, past
     # A lens or perspective correction bends the picture: a similarity fits the matches near
     # one place only. Matches that one homography fits, within a looser distance, are kept;
     # the smooth correction measured later says whether the bend was an editor's.
     bent = register(local, upload, matches, bent=True)
     if bent is not None and bent.lined_up:
         return bent, None
-    if (coarse := next(_lined_up_homographies(local, levels[1:]), None)) is not None:
+    lined_up = (b for b in _homographies(local, levels[1:]) if b.lined_up)
+    if (coarse := next(lined_up, None)) is not None:
         return coarse, None
     return _guided_registration(local, upload, matches, (first, bent)) or first, bent
 
 
-def _lined_up_homographies(
+def _homographies(
     local: Features, levels: list[tuple[Features, Matches | None]]
 ) -> Iterator[Registration]:
     """The bent registrations fitted at each of levels (an upload's features at one size and
-    their matches) that line up, in order."""
+    their matches), in order."""
     for level, level_matches in levels:
         found = register(local, level, level_matches, bent=True)
-        if found is not None and found.lined_up:
+        if found is not None:
             yield found
 
 
@@ -5173,6 +5178,13 @@ def _near(pixels: np.ndarray, colour: np.ndarray | None = None) -> float:
     return float((np.abs(pixels - colour).max(axis=-1) <= FRAME_LEVELS).mean())
 
 
+def _square(matrix: np.ndarray) -> bool:
+    """Whether a similarity (2 x 3) turns by quarter turns only, within FRAME_TURN."""
+    # a flip top to bottom is compared as a mirror turned half way: square all the same
+    angle = math.atan2(matrix[1, 0], matrix[0, 0])
+    return abs((angle + math.pi / 4) % (math.pi / 2) - math.pi / 4) <= FRAME_TURN
+
+
 def frame_past_edges(
     upload: Image.Image, registration: Registration, local_size: tuple[int, int]
 ) -> tuple[int, int, int, int] | None:
@@ -5184,12 +5196,7 @@ def frame_past_edges(
     Another shot framed a little differently reaches past the edges with more of the scene,
     which continues the picture across the line; a frame stops at it.
     """
-    matrix = registration.matrix
-    # a flip top to bottom is compared as a mirror turned half way: square all the same
-    angle = math.atan2(matrix[1, 0], matrix[0, 0])
-    inverse = _cv2().invertAffineTransform(matrix)
-    if abs((angle + math.pi / 4) % (math.pi / 2) - math.pi / 4) > FRAME_TURN:
-        return turned_on_canvas(upload, inverse, local_size)
+    inverse = _cv2().invertAffineTransform(registration.matrix)
     right, bottom = local_size
     corners = np.array([[0, 0], [right, 0], [0, bottom], [right, bottom]], np.float64)
     seen = corners @ inverse[:, :2].T + inverse[:, 2]
@@ -5201,19 +5208,23 @@ CANVAS_FILLED = 0.97  # ... whose outline, a turned rectangle, its pixels fill t
 
 
 def turned_on_canvas(
-    upload: Image.Image, inverse: np.ndarray, local_size: tuple[int, int]
-) -> tuple[int, int, int, int] | None:
-    """The box of upload (left, top, right, bottom) to compare, when it shows the photo or a
-    crop of it turned (as inverse, local -> upload pixel, says) on a canvas of one colour."""
-    # A free rotation onto an enlarged canvas, or a tilted print on a plain table: the box is
-    # the largest upright one inside the picture; another shot shows more scene instead.
+    upload: Image.Image, registration: Registration, local_size: tuple[int, int]
+) -> tuple[Image.Image, float] | None:
+    """The picture upload shows turned on a canvas of one colour (the photo or a crop of it,
+    turned as registration says), turned back and cut from it, and the degrees it turned."""
+    # A free rotation onto an enlarged canvas, or a tilted print on a plain table; another
+    # shot shows more scene instead. Colours are read a little blurred: JPEG and grain
+    # scatter a saturated canvas's pixels past FRAME_LEVELS.
     cv2 = _cv2()
-    rgb = np.asarray(upload).astype(np.int16)
+    rgb = cv2.blur(np.asarray(upload), (5, 5)).astype(np.int16)
     height, width = rgb.shape[:2]
+    # A turned picture leaves canvas in every corner, or in two at least where the upload
+    # cuts the picture's corners off (framed_box cut bands of canvas from a download): the
+    # canvas's colour is that of the corner most of the upload's edges are near.
     border = np.r_[rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]]
-    colour = np.median(border, axis=0)
-    corners = rgb[[0, 0, -1, -1], [0, -1, 0, -1]]  # a turned picture leaves them all canvas
-    if np.abs(corners - colour).max() > FRAME_LEVELS:
+    corners = rgb[[0, 0, -1, -1], [0, -1, 0, -1]]
+    colour = max(corners, key=lambda corner: _near(border, corner))
+    if (np.abs(corners - colour).max(axis=-1) <= FRAME_LEVELS).sum() < 2:
         return None
     near = (np.abs(rgb - colour).max(axis=-1) <= FRAME_LEVELS).astype(np.uint8)
     # the canvas: pixels of its colour joined to the upload's edges; the picture: the rest
@@ -5226,26 +5237,56 @@ def turned_on_canvas(
     if count < 2 or canvas.mean() < OVERLAY_MIN:
         return None
     biggest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-    # the picture's outline: the box of its pixels turned as the keypoints turned the photo
-    # (a crop's sides are the photo's), clipped by the upload's edges where it reaches them
-    turn = math.atan2(inverse[1, 0], inverse[0, 0])
-    undo = np.array([[math.cos(turn), math.sin(turn)], [-math.sin(turn), math.cos(turn)]])
-    points = cv2.findNonZero((parts == biggest).astype(np.uint8)).reshape(-1, 2) @ undo.T
+    # the picture's outline: the smallest box of its pixels turned about as the keypoints
+    # turned the photo (a crop's sides are the photo's; an upright correction turns them a
+    # little more), clipped by the upload's edges where it reaches them
+    inverse = cv2.invertAffineTransform(registration.matrix)
+    picture = (parts == biggest).astype(np.uint8)
+    contour = max(cv2.findContours(picture, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)[0], key=len)
+    sides = contour.reshape(-1, 2)  # where the picture meets the canvas, not the upload's edge
+    sides = sides[(sides.min(axis=1) > 2) & (sides[:, 0] < width - 3) & (sides[:, 1] < height - 3)]
+
+    def unturned(turn: float) -> np.ndarray:
+        return np.array([[math.cos(turn), math.sin(turn)], [-math.sin(turn), math.cos(turn)]])
+
+    def on_sides(turn: float) -> float:
+        """The share of sides within 1.5 px of the box they span, turned back by turn."""
+        points = sides @ unturned(turn).T
+        low, high = points.min(axis=0), points.max(axis=0)
+        return float((np.minimum(points - low, high - points).min(axis=1) <= 1.5).mean())
+
+    keypoints = math.atan2(inverse[1, 0], inverse[0, 0])
+    turn = keypoints
+    if len(sides):
+        turn = max(keypoints + np.radians(np.linspace(-3, 3, 61)), key=on_sides)
+    undo = unturned(turn)
+    points = cv2.findNonZero(picture).reshape(-1, 2) @ undo.T
     (x0, y0), (x1, y1) = points.min(axis=0), points.max(axis=0)
     outline = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]]) @ undo
     shape = np.zeros((height, width), np.uint8)
     cv2.fillConvexPoly(shape, np.round(outline * 16).astype(np.int32), 1, cv2.LINE_8, 4)
     if stats[biggest, cv2.CC_STAT_AREA] < CANVAS_FILLED * shape.sum():
         return None  # not a rectangle: the canvas ran into the picture (a sky), or no canvas
-    matrix = cv2.invertAffineTransform(inverse)
-    in_photo = outline @ matrix[:, :2].T + matrix[:, 2]
-    slack = EDGE_SLACK * max(local_size) + 2 * math.sqrt(abs(np.linalg.det(matrix[:, :2])))
+    # inside the photo (through the homography of an upright correction), as a crop is
+    in_photo = registration.put(outline)
+    # the colours read blurred and the resampling each widen the outline by two pixels
+    scale = math.sqrt(abs(np.linalg.det(registration.matrix[:, :2])))
+    slack = EDGE_SLACK * max(local_size) + 4 * scale
     inside = ((in_photo >= -slack) & (in_photo <= np.array(local_size) + slack)).all()
     if not inside or not _canvas_stops(rgb, canvas, colour):
         return None
     frame = np.array([[0, 0], [width, 0], [width, height], [0, height]], np.float32)
     _, shown = cv2.intersectConvexConvex(outline.astype(np.float32), frame)
-    return None if shown is None else _box_inside(shown.reshape(-1, 2), CANVAS_KEPT)
+    if shown is None:
+        return None
+    # turned back (the upload is only read, never written), and what it shows cut out
+    back = np.c_[undo, -np.array([x0, y0])]
+    size = (math.ceil(x1 - x0), math.ceil(y1 - y0))
+    straight = cv2.warpAffine(np.asarray(upload), back, size, flags=cv2.INTER_CUBIC)
+    box = _box_inside(shown.reshape(-1, 2) @ undo.T - (x0, y0), CANVAS_KEPT)
+    if box is None:
+        return None
+    return Image.fromarray(straight).crop(box), -math.degrees(turn)
 
 
 def _canvas_stops(rgb: np.ndarray, canvas: np.ndarray, colour: np.ndarray) -> bool:
@@ -5262,8 +5303,8 @@ def _canvas_stops(rgb: np.ndarray, canvas: np.ndarray, colour: np.ndarray) -> bo
 
 def _box_inside(polygon: np.ndarray, kept: float) -> tuple[int, int, int, int] | None:
     """The largest upright box inside a convex polygon (its corners in order), of one of a
-    few shapes from 1:3 to 3:1, about the polygon's centre; None when it keeps less than
-    kept of the polygon's area."""
+    few shapes from 1:3 to 3:1 or the polygon's own, about its centre; None when it keeps
+    less than kept of the polygon's area."""
     cv2 = _cv2()
     contour = polygon.astype(np.float32).reshape(-1, 1, 2)
     moments = cv2.moments(contour)
@@ -5279,7 +5320,8 @@ def _box_inside(polygon: np.ndarray, kept: float) -> tuple[int, int, int, int] |
         )
 
     best = (0.0, centre, centre)
-    for aspect in np.geomspace(1 / 3, 3, 17):
+    width, height = np.ptp(polygon, axis=0)
+    for aspect in np.r_[np.geomspace(1 / 3, 3, 17), width / max(height, 1.0)]:
         unit = np.array([math.sqrt(aspect), 1 / math.sqrt(aspect)])
         low, high = 0.0, float(np.ptp(polygon, axis=0).max())
         for _ in range(16):  # a box of size 0 fits; it grows till a corner leaves
@@ -5379,25 +5421,56 @@ def _framed_inside(
 
 def register_framed(
     local_features: Features, upload: Image.Image, upload_features: Features
-) -> tuple[Registration | None, Image.Image, Features]:
-    """register_any, and for an upload that reaches past the local picture's edges with a
-    frame only (frame_past_edges; frame_past_bent_edges where a homography fits many more
-    matches: an upright correction), its picture inside the frame registered again."""
+) -> tuple[Registration | None, Image.Image, Features, float]:
+    """register_any, and for an upload whose picture lies inside a frame or on a canvas that
+    the local picture does not show (picture_in_frame), that picture registered again; and
+    the degrees it was turned back by (0 but on a canvas)."""
     registration, bent = register_tried(local_features, upload_features)
-    if registration is None or registration.lined_up or registration.overshoot <= EDGE_SLACK:
-        return registration, upload, upload_features
-    box = frame_past_edges(upload, registration, local_features.size)
-    if (
-        box is None
-        and bent is not None
-        and len(bent.inliers) > BENT_FRAME_GAIN * len(registration.inliers)
-    ):
-        box = frame_past_bent_edges(upload, bent.homography, local_features.size)
-    if box is None:
-        return registration, upload, upload_features
-    inside = upload.crop(box)
+    if registration is None:
+        return registration, upload, upload_features, 0.0
+    found = picture_in_frame(upload, registration, bent, local_features.size)
+    if found is None:
+        return registration, upload, upload_features, 0.0
+    inside, turn = found
     features = find_upload_features(inside)
-    return register_any(local_features, features), inside, features
+    again = register_any(local_features, features)
+    if registration.lined_up and (again is None or not again.lined_up):
+        return registration, upload, upload_features, 0.0  # the placement found stands
+    return again, inside, features, turn
+
+
+def picture_in_frame(
+    upload: Image.Image,
+    registration: Registration,
+    bent: Registration | None,
+    local_size: tuple[int, int],
+) -> tuple[Image.Image, float] | None:
+    """The picture of upload that shows the local picture, where the rest is a frame or a
+    canvas, and the degrees it was turned back by: past the picture's edges
+    (frame_past_edges; frame_past_bent_edges where a homography fits many more matches: an
+    upright correction), or on a canvas (turned_on_canvas), maybe inside the photo."""
+    # through the homography where it fits many more: an upright correction
+    trusted = registration
+    if bent is not None and len(bent.inliers) > BENT_FRAME_GAIN * len(registration.inliers):
+        trusted = bent
+    if registration.lined_up:
+        # a homography that fits many more reaches past the edges (register_tried), or a
+        # crop turned onto a canvas lies inside the photo, canvas and all
+        if bent is not None:
+            box = frame_past_bent_edges(upload, bent.homography, local_size)
+            return None if box is None else (upload.crop(box), 0.0)
+        if registration.homography is not None or _square(registration.matrix):
+            return None
+        return turned_on_canvas(upload, registration, local_size)
+    if registration.overshoot <= EDGE_SLACK:
+        return None
+    square = _square(registration.matrix)
+    if not square and (on_canvas := turned_on_canvas(upload, trusted, local_size)) is not None:
+        return on_canvas
+    box = frame_past_edges(upload, registration, local_size) if square else None
+    if box is None and trusted is bent:
+        box = frame_past_bent_edges(upload, bent.homography, local_size)
+    return None if box is None else (upload.crop(box), 0.0)
 
 
 # ---------------------------------------------------------------------------
@@ -5453,7 +5526,9 @@ def compare_pictures(
     unless named (the upload's original file name is the local file's): that one is always
     scored in full, by correlation.
     """
-    registration, upload, upload_features = register_framed(local_features, upload, upload_features)
+    registration, upload, upload_features, turn = register_framed(
+        local_features, upload, upload_features
+    )
     if registration is None or not registration.lined_up:
         if few_features(local_features, upload_features):
             return compare_by_correlation(local, upload, score_pair, gate=not named)
@@ -5506,9 +5581,11 @@ def compare_pictures(
         if moved <= MAX_MISFIT and coarse_sure(again[2]["coarse"], again[2]["worst_part"]):
             score, toned_best, read, _ = again
             evidence.update(misfit=moved, warped=round(warp.share, 3))
-    return Comparison(
-        score, placement.alignment, tones=toned_best, coarse_step=step, **read, **evidence
-    )
+    # a picture turned back from a canvas is reported as turned (the user straightened it)
+    alignment = placement.alignment
+    if turn:
+        alignment = dataclasses.replace(alignment, angle=alignment.angle + turn)
+    return Comparison(score, alignment, tones=toned_best, coarse_step=step, **read, **evidence)
 
 
 def _smooth_through(

@@ -10,6 +10,7 @@ burst has two pictures and a run of its own.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -228,7 +229,8 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Run:
         ("screenshot", "mirrored"),  # too small at medium: tried mirrored at large
         ("upright framed", "a smooth correction of up to"),  # the frame followed inwards
         ("upright both ways", "a smooth correction of up to"),  # the homography, not a coarser fit
-        ("turned on a canvas", "straightened 17.0°"),  # the box inside the turned outline
+        # turned back from the canvas by the picture's sides: 17 degrees within 0.3
+        ("turned on a canvas", r"straightened 1(6\.[7-9]|7\.[0-3])°"),
     ],
 )
 def test_an_edited_upload_is_found_and_its_line_says_what_was_allowed_for(
@@ -236,7 +238,7 @@ def test_an_edited_upload_is_found_and_its_line_says_what_was_allowed_for(
 ) -> None:
     assert run.tag(role) == run.truth[run.roles[role]], run.result.stdout
     line = run.line(role)
-    assert line is not None and said in line, line
+    assert line is not None and re.search(said, line), line
 
 
 def test_an_upload_with_a_frame_on_one_side_is_found(run: Run) -> None:
@@ -848,14 +850,38 @@ def test_a_picture_turned_onto_a_canvas_is_cut_from_it_and_more_of_the_scene_is_
         turned = turned.crop((30, 20, turned.width - 30, turned.height - 20))
     registration = _registered(np.asarray(turned), np.asarray(local))
     assert not registration.lined_up  # it reaches past the photo's edges
-    box = ip.frame_past_edges(turned, registration, local.size)
-    assert box is not None, registration
-    inner = turned.crop(box)
-    assert ip.register_any(ip.find_local_features(local), ip.find_upload_features(inner)).lined_up
+    found = ip.turned_on_canvas(turned, registration, local.size)
+    assert found is not None, registration
+    inner, turn = found
+    assert abs(abs(turn) - 20) < 0.3, turn  # turned back by the picture's sides
+    again = ip.register_any(ip.find_local_features(local), ip.find_upload_features(inner))
+    assert again.lined_up and ip._square(again.matrix)
     wider = scene.rotate(20, Image.Resampling.BICUBIC).crop((40, 40, 760, 600))
     registration = _registered(np.asarray(wider), np.asarray(local))
     assert not registration.lined_up
-    assert ip.frame_past_edges(wider, registration, local.size) is None
+    assert ip.turned_on_canvas(wider, registration, local.size) is None
+
+
+def test_a_small_crop_turned_onto_a_canvas_inside_the_photo_is_cut_from_it() -> None:
+    """Seed 28's upload: a crop of a third of the photo, turned 23 degrees onto a canvas.
+    Canvas and all, it lies inside the photo, so it lines up; the canvas is cut all the
+    same. A turned crop without a canvas is compared whole."""
+    local = synthetic_photo(800, 600, 8)
+    picture = local.crop((240, 170, 600, 440))
+    shown = Image.new("L", picture.size, 255).rotate(23, expand=True)
+    turned = Image.new("RGB", shown.size, (235, 235, 235))
+    turned.paste(picture.rotate(23, Image.Resampling.BICUBIC, expand=True), mask=shown)
+    straightened = local.rotate(23, Image.Resampling.BICUBIC).crop((250, 200, 550, 400))
+    local_features = ip.find_local_features(local)
+    for upload, cut in ((turned, True), (straightened, False)):
+        features = ip.find_upload_features(upload)
+        assert ip.register_any(local_features, features).lined_up
+        registration, inside, _, _ = ip.register_framed(local_features, upload, features)
+        assert registration.lined_up
+        if cut:
+            assert inside.width < upload.width and inside.height < upload.height, inside.size
+        else:
+            assert inside is upload
 
 
 PURPLE = (150, 40, 170)
@@ -882,7 +908,7 @@ def test_no_box_is_cut_where_the_canvas_runs_into_the_picture_or_the_picture_sho
                           (_on_canvas(scene), local)):  # fmt: skip
         registration = _registered(np.asarray(upload), np.asarray(photo))
         assert not registration.lined_up
-        assert ip.frame_past_edges(upload, registration, photo.size) is None
+        assert ip.turned_on_canvas(upload, registration, photo.size) is None
 
 
 def test_a_frame_beside_an_upright_correction_is_followed_to_where_it_ends() -> None:
@@ -895,7 +921,7 @@ def test_a_frame_beside_an_upright_correction_is_followed_to_where_it_ends() -> 
     framed = apply_op(corrected, "sides", {"sides": ["right"], "width": 0.095, "seed": 3})
     framed.thumbnail((1024, 1024))
     local_features = ip.find_local_features(local)
-    registration, inside, _ = ip.register_framed(
+    registration, inside, _, _ = ip.register_framed(
         local_features, framed, ip.find_upload_features(framed)
     )
     assert registration is not None and registration.lined_up
@@ -930,6 +956,33 @@ def test_a_frame_beside_an_upright_correction_is_found_past_the_outlines_own_err
         moved = bent.homography @ np.array([[1.0, 0.0, short], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
         box = ip.frame_past_bent_edges(framed, moved, local_features.size)
         assert box is not None and box[:2] == (0, 0) and 929 <= box[2] <= 934, (short, box)
+
+
+def test_a_frame_on_an_upright_correction_that_a_similarity_lines_up_loosely_is_cut() -> None:
+    """Seed 27's upload: an upright correction both ways, a frame on top. A similarity lines
+    it up with fewer than 60% of the matches; the homography fits nearly all but reaches past
+    the top edge by the frame. The frame is cut, and the picture inside lines up bent. More
+    of the scene above the photo is not cut: the similarity stays."""
+    picture = synthetic_photo(1200, 1600, 5)
+    local_features = ip.find_local_features(picture.resize((750, 1000), Image.Resampling.LANCZOS))
+    framed = apply_op(
+        perspective(picture, -0.046, 0.06, 1.35),
+        "sides",
+        {"sides": ["top"], "width": 0.08, "seed": 3},
+    )
+    taller = synthetic_photo(1200, 1740, 5)
+    taller.paste(picture, (0, 140))
+    for upload, cut in ((framed, True), (perspective(taller, -0.046, 0.06, 1.35), False)):
+        upload.thumbnail((500, 500))
+        features = ip.find_upload_features(upload)
+        similarity, _ = ip.register_tried(local_features, features)
+        assert similarity.lined_up and len(similarity.inliers) < 0.6 * similarity.matches
+        registration, inside, _, _ = ip.register_framed(local_features, upload, features)
+        assert registration.lined_up and registration.bent == cut
+        if cut:
+            assert inside.width == upload.width and 455 <= inside.height <= 465, inside.size
+        else:
+            assert inside is upload
 
 
 def test_local_levels_decide_only_above_their_own_worst_part() -> None:
