@@ -5249,18 +5249,19 @@ def turned_on_canvas(
     def unturned(turn: float) -> np.ndarray:
         return np.array([[math.cos(turn), math.sin(turn)], [-math.sin(turn), math.cos(turn)]])
 
-    def on_sides(turn: float) -> float:
-        """The share of sides within 1.5 px of the box they span, turned back by turn."""
-        points = sides @ unturned(turn).T
-        low, high = points.min(axis=0), points.max(axis=0)
-        return float((np.minimum(points - low, high - points).min(axis=1) <= 1.5).mean())
-
-    keypoints = math.atan2(inverse[1, 0], inverse[0, 0])
-    turn = keypoints
+    # the turn, in tenths of a degree, that puts most of the sides (a thousand of them at
+    # most) within 1.5 px of the box they span
+    turns = math.atan2(inverse[1, 0], inverse[0, 0]) + np.radians(np.linspace(-3, 3, 61))
+    turn = float(turns[30])
     if len(sides):
-        turn = max(keypoints + np.radians(np.linspace(-3, 3, 61)), key=on_sides)
+        ends = sides[:: max(1, len(sides) // 1000)].astype(np.float64)
+        cos, sin = np.cos(turns)[:, None], np.sin(turns)[:, None]
+        across = (ends[:, 0] * cos + ends[:, 1] * sin, ends[:, 1] * cos - ends[:, 0] * sin)
+        near = [np.minimum(w - w.min(1, keepdims=True), w.max(1, keepdims=True) - w) <= 1.5
+                for w in across]  # fmt: skip
+        turn = float(turns[int(np.argmax((near[0] | near[1]).mean(axis=1)))])
     undo = unturned(turn)
-    points = cv2.findNonZero(picture).reshape(-1, 2) @ undo.T
+    points = cv2.convexHull(contour).reshape(-1, 2) @ undo.T
     (x0, y0), (x1, y1) = points.min(axis=0), points.max(axis=0)
     outline = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]]) @ undo
     shape = np.zeros((height, width), np.uint8)
@@ -5420,7 +5421,7 @@ def _framed_inside(
 
 
 def register_framed(
-    local_features: Features, upload: Image.Image, upload_features: Features
+    local: Image.Image, local_features: Features, upload: Image.Image, upload_features: Features
 ) -> tuple[Registration | None, Image.Image, Features, float]:
     """register_any, and for an upload whose picture lies inside a frame or on a canvas that
     the local picture does not show (picture_in_frame), that picture registered again; and
@@ -5428,7 +5429,7 @@ def register_framed(
     registration, bent = register_tried(local_features, upload_features)
     if registration is None:
         return registration, upload, upload_features, 0.0
-    found = picture_in_frame(upload, registration, bent, local_features.size)
+    found = picture_in_frame(upload, registration, bent, local)
     if found is None:
         return registration, upload, upload_features, 0.0
     inside, turn = found
@@ -5443,12 +5444,13 @@ def picture_in_frame(
     upload: Image.Image,
     registration: Registration,
     bent: Registration | None,
-    local_size: tuple[int, int],
+    local: Image.Image,
 ) -> tuple[Image.Image, float] | None:
     """The picture of upload that shows the local picture, where the rest is a frame or a
     canvas, and the degrees it was turned back by: past the picture's edges
     (frame_past_edges; frame_past_bent_edges where a homography fits many more matches: an
     upright correction), or on a canvas (turned_on_canvas), maybe inside the photo."""
+    local_size = local.size
     # through the homography where it fits many more: an upright correction
     trusted = registration
     if bent is not None and len(bent.inliers) > BENT_FRAME_GAIN * len(registration.inliers):
@@ -5461,16 +5463,42 @@ def picture_in_frame(
             return None if box is None else (upload.crop(box), 0.0)
         if registration.homography is not None or _square(registration.matrix):
             return None
+        if not _corners_unlike(upload, registration, local):
+            return None  # the photo shows what the corners do: a straightened crop
         return turned_on_canvas(upload, registration, local_size)
     if registration.overshoot <= EDGE_SLACK:
         return None
     square = _square(registration.matrix)
-    if not square and (on_canvas := turned_on_canvas(upload, trusted, local_size)) is not None:
+    on_canvas = None  # looked for where the keypoints would line the upload up but for it
+    if (
+        not square
+        and len(trusted.inliers) >= MIN_INLIERS
+        and _corners_unlike(upload, trusted, local)
+    ):
+        on_canvas = turned_on_canvas(upload, trusted, local_size)
+    if on_canvas is not None:
         return on_canvas
     box = frame_past_edges(upload, registration, local_size) if square else None
     if box is None and trusted is bent:
         box = frame_past_bent_edges(upload, bent.homography, local_size)
     return None if box is None else (upload.crop(box), 0.0)
+
+
+def _corners_unlike(upload: Image.Image, registration: Registration, local: Image.Image) -> bool:
+    """Whether two of the upload's corners at least lie past the local picture's edges or
+    differ in colour (by FRAME_LEVELS, read over 5 x 5 pixels) from what it shows there."""
+    width, height = upload.size
+    corners = np.array([[2, 2], [width - 3, 2], [2, height - 3], [width - 3, height - 3]])
+    put = np.round(registration.put(corners.astype(np.float64))).astype(int)
+    past = ((put < 2) | (put > np.array(local.size) - 3)).any(axis=1)
+    there = np.clip(put, 2, np.array(local.size) - 3)
+
+    def colours(picture: np.ndarray, points: np.ndarray) -> np.ndarray:
+        return np.array([picture[y - 2 : y + 3, x - 2 : x + 3].reshape(-1, 3).mean(axis=0)
+                         for x, y in points])  # fmt: skip
+
+    shown, seen = colours(np.asarray(upload), corners), colours(np.asarray(local), there)
+    return int((past | (np.abs(shown - seen).max(axis=-1) > FRAME_LEVELS)).sum()) >= 2
 
 
 # ---------------------------------------------------------------------------
@@ -5527,7 +5555,7 @@ def compare_pictures(
     scored in full, by correlation.
     """
     registration, upload, upload_features, turn = register_framed(
-        local_features, upload, upload_features
+        local, local_features, upload, upload_features
     )
     if registration is None or not registration.lined_up:
         if few_features(local_features, upload_features):
@@ -5825,7 +5853,7 @@ def likely_same_pictures(
     local: Image.Image, local_features: Features, upload: Image.Image, upload_features: Features
 ) -> bool:
     """The cheap test alone: could upload show (part of) local? Keypoints, else correlation."""
-    registration = register_framed(local_features, upload, upload_features)[0]
+    registration = register_framed(local, local_features, upload, upload_features)[0]
     if registration is not None and registration.lined_up:
         return True
     if few_features(local_features, upload_features):

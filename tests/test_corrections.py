@@ -876,7 +876,7 @@ def test_a_small_crop_turned_onto_a_canvas_inside_the_photo_is_cut_from_it() -> 
     for upload, cut in ((turned, True), (straightened, False)):
         features = ip.find_upload_features(upload)
         assert ip.register_any(local_features, features).lined_up
-        registration, inside, _, _ = ip.register_framed(local_features, upload, features)
+        registration, inside, _, _ = ip.register_framed(local, local_features, upload, features)
         assert registration.lined_up
         if cut:
             assert inside.width < upload.width and inside.height < upload.height, inside.size
@@ -922,7 +922,7 @@ def test_a_frame_beside_an_upright_correction_is_followed_to_where_it_ends() -> 
     framed.thumbnail((1024, 1024))
     local_features = ip.find_local_features(local)
     registration, inside, _, _ = ip.register_framed(
-        local_features, framed, ip.find_upload_features(framed)
+        local, local_features, framed, ip.find_upload_features(framed)
     )
     assert registration is not None and registration.lined_up
     assert 920 <= inside.width <= 935 and inside.height == framed.height, inside.size
@@ -964,7 +964,8 @@ def test_a_frame_on_an_upright_correction_that_a_similarity_lines_up_loosely_is_
     the top edge by the frame. The frame is cut, and the picture inside lines up bent. More
     of the scene above the photo is not cut: the similarity stays."""
     picture = synthetic_photo(1200, 1600, 5)
-    local_features = ip.find_local_features(picture.resize((750, 1000), Image.Resampling.LANCZOS))
+    local = picture.resize((750, 1000), Image.Resampling.LANCZOS)
+    local_features = ip.find_local_features(local)
     framed = apply_op(
         perspective(picture, -0.046, 0.06, 1.35),
         "sides",
@@ -977,7 +978,7 @@ def test_a_frame_on_an_upright_correction_that_a_similarity_lines_up_loosely_is_
         features = ip.find_upload_features(upload)
         similarity, _ = ip.register_tried(local_features, features)
         assert similarity.lined_up and len(similarity.inliers) < 0.6 * similarity.matches
-        registration, inside, _, _ = ip.register_framed(local_features, upload, features)
+        registration, inside, _, _ = ip.register_framed(local, local_features, upload, features)
         assert registration.lined_up and registration.bent == cut
         if cut:
             assert inside.width == upload.width and 455 <= inside.height <= 465, inside.size
