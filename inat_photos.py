@@ -5005,8 +5005,9 @@ def _parts(tiles: np.ndarray) -> tuple[float, float]:
 #    flat tiles, flat_tiles), marks inside the picture by the pixels they add (mark_tiles:
 #    a logo, text, a circle drawn round the subject), frames past the photo's edges, square
 #    to it or turned by quarter turns (frame_past_edges), or beside an upright correction
-#    (frame_past_bent_edges), and the canvas round a picture turned by any angle
-#    (turned_on_canvas); register_framed lines a framed upload up inside its frame.
+#    (frame_past_bent_edges), and the canvas round a picture turned by any angle, which is
+#    turned back (turned_on_canvas); picture_in_frame picks which, and register_framed lines
+#    the picture inside up again.
 # ---------------------------------------------------------------------------
 
 
@@ -5237,17 +5238,14 @@ def turned_on_canvas(
     if count < 2 or canvas.mean() < OVERLAY_MIN:
         return None
     biggest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-    # the picture's outline: the smallest box of its pixels turned about as the keypoints
-    # turned the photo (a crop's sides are the photo's; an upright correction turns them a
-    # little more), clipped by the upload's edges where it reaches them
+    # the picture's outline: the box of its pixels turned as its sides run where they meet
+    # the canvas, within 3 degrees of the keypoints' turn (a crop's sides are the photo's; an
+    # upright correction turns them a little more), clipped by the upload's edges
     inverse = cv2.invertAffineTransform(registration.matrix)
     picture = (parts == biggest).astype(np.uint8)
     contour = max(cv2.findContours(picture, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)[0], key=len)
     sides = contour.reshape(-1, 2)  # where the picture meets the canvas, not the upload's edge
     sides = sides[(sides.min(axis=1) > 2) & (sides[:, 0] < width - 3) & (sides[:, 1] < height - 3)]
-
-    def unturned(turn: float) -> np.ndarray:
-        return np.array([[math.cos(turn), math.sin(turn)], [-math.sin(turn), math.cos(turn)]])
 
     # the turn, in tenths of a degree, that puts most of the sides (a thousand of them at
     # most) within 1.5 px of the box they span
@@ -5260,7 +5258,7 @@ def turned_on_canvas(
         near = [np.minimum(w - w.min(1, keepdims=True), w.max(1, keepdims=True) - w) <= 1.5
                 for w in across]  # fmt: skip
         turn = float(turns[int(np.argmax((near[0] | near[1]).mean(axis=1)))])
-    undo = unturned(turn)
+    undo = np.array([[math.cos(turn), math.sin(turn)], [-math.sin(turn), math.cos(turn)]])
     points = cv2.convexHull(contour).reshape(-1, 2) @ undo.T
     (x0, y0), (x1, y1) = points.min(axis=0), points.max(axis=0)
     outline = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]]) @ undo
@@ -5324,7 +5322,7 @@ def _box_inside(polygon: np.ndarray, kept: float) -> tuple[int, int, int, int] |
     width, height = np.ptp(polygon, axis=0)
     for aspect in np.r_[np.geomspace(1 / 3, 3, 17), width / max(height, 1.0)]:
         unit = np.array([math.sqrt(aspect), 1 / math.sqrt(aspect)])
-        low, high = 0.0, float(np.ptp(polygon, axis=0).max())
+        low, high = 0.0, float(max(width, height))
         for _ in range(16):  # a box of size 0 fits; it grows till a corner leaves
             middle = (low + high) / 2
             low, high = (middle, high) if fits(unit * middle) else (low, middle)
@@ -5423,9 +5421,8 @@ def _framed_inside(
 def register_framed(
     local: Image.Image, local_features: Features, upload: Image.Image, upload_features: Features
 ) -> tuple[Registration | None, Image.Image, Features, float]:
-    """register_any, and for an upload whose picture lies inside a frame or on a canvas that
-    the local picture does not show (picture_in_frame), that picture registered again; and
-    the degrees it was turned back by (0 but on a canvas)."""
+    """register_any, and where a frame or a canvas holds the picture (picture_in_frame), that
+    picture registered again; and the degrees it was turned back by (0 but on a canvas)."""
     registration, bent = register_tried(local_features, upload_features)
     if registration is None:
         return registration, upload, upload_features, 0.0
@@ -5446,12 +5443,12 @@ def picture_in_frame(
     bent: Registration | None,
     local: Image.Image,
 ) -> tuple[Image.Image, float] | None:
-    """The picture of upload that shows the local picture, where the rest is a frame or a
-    canvas, and the degrees it was turned back by: past the picture's edges
-    (frame_past_edges; frame_past_bent_edges where a homography fits many more matches: an
-    upright correction), or on a canvas (turned_on_canvas), maybe inside the photo."""
+    """The picture inside a frame past the local picture's edges or on a canvas, and the
+    degrees it was turned back by; None where the upload shows no frame or canvas."""
+    # Past the edges: a frame square to the picture (frame_past_edges) or, where a
+    # homography fits many more matches (an upright correction), square to its outline
+    # (frame_past_bent_edges); a canvas round a turned picture (turned_on_canvas).
     local_size = local.size
-    # through the homography where it fits many more: an upright correction
     trusted = registration
     if bent is not None and len(bent.inliers) > BENT_FRAME_GAIN * len(registration.inliers):
         trusted = bent
