@@ -5449,9 +5449,6 @@ def picture_in_frame(
     # homography fits many more matches (an upright correction), square to its outline
     # (frame_past_bent_edges); a canvas round a turned picture (turned_on_canvas).
     local_size = local.size
-    trusted = registration
-    if bent is not None and len(bent.inliers) > BENT_FRAME_GAIN * len(registration.inliers):
-        trusted = bent
     if registration.lined_up:
         # a homography that fits many more reaches past the edges (register_tried), or a
         # crop turned onto a canvas lies inside the photo, canvas and all
@@ -5465,6 +5462,9 @@ def picture_in_frame(
         return turned_on_canvas(upload, registration, local_size)
     if registration.overshoot <= EDGE_SLACK:
         return None
+    trusted = registration
+    if bent is not None and len(bent.inliers) > BENT_FRAME_GAIN * len(registration.inliers):
+        trusted = bent
     square = _square(registration.matrix)
     on_canvas = None  # looked for where the keypoints would line the upload up but for it
     if (
