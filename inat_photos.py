@@ -5206,6 +5206,7 @@ def frame_past_edges(
 
 CANVAS_KEPT = 0.3  # of a picture turned on a canvas: the box inside its outline keeps this
 CANVAS_FILLED = 0.97  # ... whose outline, a turned rectangle, its pixels fill this much
+CANVAS_LINES = 0.03  # ... of the short side: lines drawn across the canvas are thinner
 
 
 def turned_on_canvas(
@@ -5227,14 +5228,8 @@ def turned_on_canvas(
     colour = max(corners, key=lambda corner: _near(border, corner))
     if (np.abs(corners - colour).max(axis=-1) <= FRAME_LEVELS).sum() < 2:
         return None
-    near = (np.abs(rgb - colour).max(axis=-1) <= FRAME_LEVELS).astype(np.uint8)
-    # the canvas: pixels of its colour joined to the upload's edges; the picture: the rest
-    _, labels = cv2.connectedComponents(near, connectivity=4)
-    edges = np.unique(np.r_[labels[0], labels[-1], labels[:, 0], labels[:, -1]])
-    canvas = np.isin(labels, edges[edges > 0])
-    count, parts, stats, _ = cv2.connectedComponentsWithStats(
-        (~canvas).astype(np.uint8), 4, cv2.CV_32S
-    )
+    canvas, shown = _canvas_of(rgb, colour)
+    count, parts, stats, _ = cv2.connectedComponentsWithStats(shown, 4, cv2.CV_32S)
     if count < 2 or canvas.mean() < OVERLAY_MIN:
         return None
     biggest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
@@ -5286,6 +5281,21 @@ def turned_on_canvas(
     if box is None:
         return None
     return Image.fromarray(straight).crop(box), -math.degrees(turn)
+
+
+def _canvas_of(rgb: np.ndarray, colour: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The canvas in rgb (a mask: pixels within FRAME_LEVELS of colour joined to its edges)
+    and what it shows besides (uint8, 1 there), less lines drawn across the canvas."""
+    cv2 = _cv2()
+    near = (np.abs(rgb - colour).max(axis=-1) <= FRAME_LEVELS).astype(np.uint8)
+    _, labels = cv2.connectedComponents(near, connectivity=4)
+    edges = np.unique(np.r_[labels[0], labels[-1], labels[:, 0], labels[:, -1]])
+    canvas = np.isin(labels, edges[edges > 0])
+    # An arrow or a line of text drawn across the canvas onto the picture joins them: lines
+    # thinner than CANVAS_LINES of the short side are opened away.
+    thin = max(3, round(CANVAS_LINES * min(canvas.shape))) | 1
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (thin, thin))
+    return canvas, cv2.morphologyEx((~canvas).astype(np.uint8), cv2.MORPH_OPEN, kernel)
 
 
 def _canvas_stops(rgb: np.ndarray, canvas: np.ndarray, colour: np.ndarray) -> bool:

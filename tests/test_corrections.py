@@ -895,6 +895,20 @@ def _on_canvas(picture: Image.Image) -> Image.Image:
     return turned
 
 
+def test_an_arrow_drawn_from_the_canvas_onto_the_picture_leaves_it_cut_and_turned_back() -> None:
+    """Blind seed 32's annotate upload: a thin arrow runs from the canvas onto the picture,
+    joining them; the picture is still cut out and turned back by its own sides."""
+    scene = synthetic_photo(800, 640, 8)
+    local = scene.crop((80, 80, 720, 560))
+    turned = np.array(_on_canvas(local))
+    cv2.arrowedLine(turned, (680, 30), (330, 200), (250, 220, 0), 6, cv2.LINE_AA, tipLength=0.15)
+    registration = _registered(turned, np.asarray(local))
+    assert not registration.lined_up
+    found = ip.turned_on_canvas(Image.fromarray(turned), registration, local.size)
+    assert found is not None
+    assert abs(abs(found[1]) - 20) < 0.3, found[1]
+
+
 def test_no_box_is_cut_where_the_canvas_runs_into_the_picture_or_the_picture_shows_more() -> None:
     """A sky of the canvas's colour above hills runs into the canvas: the rest fills no
     rectangle. A picture turned onto a canvas that shows more of the scene than
