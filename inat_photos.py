@@ -5211,9 +5211,10 @@ CANVAS_LINES = 0.03  # ... of the short side: lines drawn across the canvas are 
 
 def turned_on_canvas(
     upload: Image.Image, registration: Registration, local_size: tuple[int, int]
-) -> tuple[Image.Image, float] | None:
+) -> tuple[Image.Image, float, np.ndarray] | None:
     """The picture upload shows turned on a canvas of one colour (the photo or a crop of it,
-    turned as registration says), turned back and cut from it, and the degrees it turned."""
+    turned as registration says), turned back and cut from it, the degrees it turned, and
+    where it takes the upload's pixels (2 x 3, upload pixel -> its pixel)."""
     # A free rotation onto an enlarged canvas, or a tilted print on a plain table; another
     # shot shows more scene instead. Colours are read a little blurred: JPEG and grain
     # scatter a saturated canvas's pixels past FRAME_LEVELS.
@@ -5280,7 +5281,8 @@ def turned_on_canvas(
     box = _box_inside(shown.reshape(-1, 2) @ undo.T - (x0, y0), CANVAS_KEPT)
     if box is None:
         return None
-    return Image.fromarray(straight).crop(box), -math.degrees(turn)
+    into = back - np.c_[np.zeros((2, 2)), box[:2]]
+    return Image.fromarray(straight).crop(box), -math.degrees(turn), into
 
 
 def _canvas_of(rgb: np.ndarray, colour: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -5439,12 +5441,32 @@ def register_framed(
     found = picture_in_frame(upload, registration, bent, local)
     if found is None:
         return registration, upload, upload_features, 0.0
-    inside, turn = found
+    inside, turn, into = found
     features = find_upload_features(inside)
     again = register_any(local_features, features)
-    if registration.lined_up and (again is None or not again.lined_up):
-        return registration, upload, upload_features, 0.0  # the placement found stands
+    if again is None or not again.lined_up:
+        if registration.lined_up:
+            return registration, upload, upload_features, 0.0  # the placement found stands
+        # A small, soft picture found again has fewer keypoints than the whole upload had: the
+        # matches that lay inside it are carried over.
+        again = _carried(registration, into, inside.size, local_features) or again
     return again, inside, features, turn
+
+
+def _carried(
+    registration: Registration, into: np.ndarray, size: tuple[int, int], local: Features
+) -> Registration | None:
+    """registration's inliers that lie inside a picture cut from the upload (into: upload pixel
+    -> its pixel; size: its size), fitted again as that picture's registration."""
+    source = registration.inliers[:, 0] @ into[:, :2].T + into[:, 2]
+    keep = ((source >= 0) & (source <= size)).all(axis=1)
+    if keep.sum() < MIN_INLIERS:
+        return None
+    # the matches that did not fit are counted as lying inside in the same share
+    count = round(keep.sum() * registration.matches / len(registration.inliers))
+    matches = (source[keep].astype(np.float32), registration.inliers[keep, 1], count)
+    empty = Features(np.zeros((0, 2), np.float32), np.zeros((0, 32), np.uint8), size)
+    return register(local, empty, matches)
 
 
 def picture_in_frame(
@@ -5453,8 +5475,9 @@ def picture_in_frame(
     bent: Registration | None,
     local: Image.Image,
 ) -> tuple[Image.Image, float] | None:
-    """The picture inside a frame past the local picture's edges or on a canvas, and the
-    degrees it was turned back by; None where the upload shows no frame or canvas."""
+    """The picture inside a frame past the local picture's edges or on a canvas, the degrees
+    it was turned back by and where it takes the upload's pixels (as turned_on_canvas says);
+    None where the upload shows no frame or canvas."""
     # Past the edges: a frame square to the picture (frame_past_edges) or, where a
     # homography fits many more matches (an upright correction), square to its outline
     # (frame_past_bent_edges); a canvas round a turned picture (turned_on_canvas).
@@ -5464,7 +5487,7 @@ def picture_in_frame(
         # crop turned onto a canvas lies inside the photo, canvas and all
         if bent is not None:
             box = frame_past_bent_edges(upload, bent.homography, local_size)
-            return None if box is None else (upload.crop(box), 0.0)
+            return None if box is None else _cut(upload, box)
         if registration.homography is not None or _square(registration.matrix):
             return None
         if not _corners_unlike(upload, registration, local):
@@ -5488,7 +5511,14 @@ def picture_in_frame(
     box = frame_past_edges(upload, registration, local_size) if square else None
     if box is None and trusted is bent:
         box = frame_past_bent_edges(upload, bent.homography, local_size)
-    return None if box is None else (upload.crop(box), 0.0)
+    return None if box is None else _cut(upload, box)
+
+
+def _cut(
+    upload: Image.Image, box: tuple[int, int, int, int]
+) -> tuple[Image.Image, float, np.ndarray]:
+    """upload cropped to box, as picture_in_frame gives it: not turned, shifted by its corner."""
+    return upload.crop(box), 0.0, np.array([[1.0, 0.0, -box[0]], [0.0, 1.0, -box[1]]])
 
 
 def _corners_unlike(upload: Image.Image, registration: Registration, local: Image.Image) -> bool:

@@ -852,10 +852,16 @@ def test_a_picture_turned_onto_a_canvas_is_cut_from_it_and_more_of_the_scene_is_
     assert not registration.lined_up  # it reaches past the photo's edges
     found = ip.turned_on_canvas(turned, registration, local.size)
     assert found is not None, registration
-    inner, turn = found
+    inner, turn, into = found
     assert abs(abs(turn) - 20) < 0.3, turn  # turned back by the picture's sides
-    again = ip.register_any(ip.find_local_features(local), ip.find_upload_features(inner))
+    local_features = ip.find_local_features(local)
+    again = ip.register_any(local_features, ip.find_upload_features(inner))
     assert again.lined_up and ip._square(again.matrix)
+    # the turned upload's own matches, carried into the picture cut out, place it alike
+    carried = ip._carried(registration, into, inner.size, local_features)
+    assert carried is not None and carried.lined_up
+    corners = np.array([[0, 0], [inner.width, 0], [inner.width, inner.height], [0, inner.height]])
+    assert np.abs(carried.put(corners) - again.put(corners)).max() < 2.0
     wider = scene.rotate(20, Image.Resampling.BICUBIC).crop((40, 40, 760, 600))
     registration = _registered(np.asarray(wider), np.asarray(local))
     assert not registration.lined_up
@@ -893,6 +899,23 @@ def _on_canvas(picture: Image.Image) -> Image.Image:
     turned = Image.new("RGB", shown.size, PURPLE)
     turned.paste(picture.rotate(20, Image.Resampling.BICUBIC, expand=True), mask=shown)
     return turned
+
+
+def test_a_picture_cut_from_a_canvas_that_matches_nothing_again_keeps_the_uploads_matches(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Blind seed 29's strip turned 40 degrees: cut from the canvas at medium, too small and
+    soft for its own keypoints to match again; those of the upload that lay inside it do."""
+    scene = synthetic_photo(800, 640, 8)
+    local = scene.crop((80, 80, 720, 560))
+    upload = _on_canvas(local)
+    local_features = ip.find_local_features(local)
+    monkeypatch.setattr(ip, "register_any", lambda local, upload: None)
+    registration, inside, _, turn = ip.register_framed(
+        local, local_features, upload, ip.find_upload_features(upload)
+    )
+    assert registration is not None and registration.lined_up
+    assert inside.width < upload.width and abs(abs(turn) - 20) < 0.3
 
 
 def test_an_arrow_drawn_from_the_canvas_onto_the_picture_leaves_it_cut_and_turned_back() -> None:
