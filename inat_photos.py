@@ -74,13 +74,15 @@ Glossary:
                is resampled through it (local_warp), a moved subject never is
   mirrored     an upload the user flipped left to right: looked for flipped only when no
                photo lined up with it as it is (PairScorer._found_mirrored)
+  correlated   an upload whose keypoints line up with no photo (a soft strip of
+               background): placed by correlation instead, then compared as if lined up
 """
 
 from __future__ import annotations
 
 import sys
 
-__version__ = "1.5.12"
+__version__ = "1.5.13"
 
 if __name__ == "__main__" and sys.argv[1:] == ["--version"]:
     # Python compiles this whole file before its first line runs; answering here spares
@@ -1183,6 +1185,7 @@ class Comparison:
     warped: float = 0.0  # fraction of the picture a local warp (liquify) moved, allowed for
     # ... both read with local tones set aside, only where the plain reading does not decide
     levelled: tuple[float, float] | None = None
+    correlated: bool = False  # placed by correlation: no keypoints of the upload lined up
 
     @property
     def same_shot(self) -> bool:
@@ -1205,6 +1208,8 @@ class Comparison:
         """What was compensated ('cropped to 48% of the area, straightened 2.1°, tones
         adjusted') and why the pair cannot be the same shot; '' when nothing."""
         parts = [self.alignment.describe() if self.alignment else "", self.tones * "tones adjusted"]
+        if self.correlated:
+            parts.append("placed by correlation, no keypoints matched")
         if self.smooth:
             parts.append(f"a smooth correction of up to {self.smooth:.1f} px allowed for")
         if self.covered:
@@ -5541,7 +5546,8 @@ def _corners_unlike(upload: Image.Image, registration: Registration, local: Imag
 # ---------------------------------------------------------------------------
 # 9e. Similarity: comparing a pair and the verdict
 #    compare_pictures: registration, tones and both scores of one pair, through a smooth
-#    correction or a local warp where one explains what moved; the cheap gate
+#    correction or a local warp where one explains what moved (compare_placed; a pair
+#    placed by correlation where asked: correlated_placement); the cheap gate
 #    (likely_same_pictures); overlays along an edge left out (overlay_box);
 #    evidence_grounds, the calibrated verdict on a pair below the threshold, where a crop
 #    and its whole frame are never rivals and a small lead holds where the worst part
@@ -5581,6 +5587,7 @@ def compare_pictures(
     sharper: Callable[[], Image.Image | None] | None = None,
     named: bool = False,
     step: int = COARSE_STEP,
+    correlated: bool = False,
 ) -> Comparison:
     """Register upload onto local by keypoints, then score it: SSIM after tone matching, and
     the coarse evidence the verdict reads (coarse_evidence, shrunk step times).
@@ -5589,19 +5596,39 @@ def compare_pictures(
     it at full resolution for a crop so tight that local has fewer pixels there than the
     upload. A pair whose keypoints do not line up is marked prefiltered, with a cheap score,
     unless named (the upload's original file name is the local file's): that one is always
-    scored in full, by correlation.
+    scored in full, by correlation. correlated: such a pair is placed by correlation instead
+    (an upload no photo's keypoints lined up with) and compared as a lined-up one.
     """
     registration, upload, upload_features, turn = register_framed(
         local, local_features, upload, upload_features
     )
-    if registration is None or not registration.lined_up:
-        if few_features(local_features, upload_features):
-            return compare_by_correlation(local, upload, score_pair, gate=not named)
-        if named:
-            return compare_by_correlation(local, upload, score_pair, gate=False)
-        return quick_comparison(local, upload, score_pair, registration)
+    if registration is not None and registration.lined_up:
+        placement = place_upload(registration, upload.size, local.size)
+        keypoints = (registration, local_features, upload_features)
+        return compare_placed(local, upload, placement, score_pair, sharper, step, keypoints, turn)
+    if few_features(local_features, upload_features):
+        return compare_by_correlation(local, upload, score_pair, gate=not named)
+    if correlated and (placement := correlated_placement(local, upload)) is not None:
+        return compare_placed(local, upload, placement, score_pair, sharper, step)
+    if named:
+        return compare_by_correlation(local, upload, score_pair, gate=False)
+    return quick_comparison(local, upload, score_pair, registration)
+
+
+def compare_placed(
+    local: Image.Image,
+    upload: Image.Image,
+    placement: Placement,
+    score_pair: ScoreFunction,
+    sharper: Callable[[], Image.Image | None] | None,
+    step: int,
+    keypoints: tuple[Registration, Features, Features] | None = None,
+    turn: float = 0.0,
+) -> Comparison:
+    """compare_pictures for a pair placed by its keypoints (their registration and both
+    pictures' features), or by correlation where keypoints is None; turn: a canvas's."""
+    registration, local_features, upload_features = keypoints or (None, None, None)
     local_size = local.size
-    placement = place_upload(registration, upload.size, local.size)
     if sharper is not None and placement.scale < 1 and (finer := sharper()) is not None:
         placement = placement.resized(finer.width / local.width, finer.height / local.height)
         local = finer
@@ -5615,7 +5642,9 @@ def compare_pictures(
         placement = refined.placement
         region = region_of(local, placement, size)
     misfit, smooth = refined.misfit, None
-    if registration.homography is not None and local.size == local_size:
+    if registration is None:  # placed by correlation: no keypoints to start a homography
+        smooth = smooth_correction(region, upright, max(misfit, SMOOTH_FROM))
+    elif registration.homography is not None and local.size == local_size:
         # Bent (a strong upright correction): lined up through the keypoints' homography,
         # whatever a similarity left; what is left must be explained as a similarity's
         # misfit would be (at least BENT_MISFIT).
@@ -5628,9 +5657,12 @@ def compare_pictures(
                 registration, placement, smooth = restart
     if smooth is not None:  # a lens or perspective correction: compared through it
         region, misfit = smooth.region, smooth.residual
-        registration = _fitting_the_bend(local_features, upload_features, registration)
-    inliers, matched = registration.counts
+        if registration is not None:
+            registration = _fitting_the_bend(local_features, upload_features, registration)
+    inliers, matched = (0, 0) if registration is None else registration.counts
     evidence: dict[str, Any] = {"inliers": inliers, "misfit": misfit, "matches": matched}
+    if registration is None:
+        evidence["correlated"] = True
     if smooth is not None and smooth.reach >= 1.0:
         evidence["smooth"] = round(smooth.reach, 1)
     score, toned_best, read, pair = _read_lined_up(region, upright, score_pair, step)
@@ -5857,17 +5889,59 @@ def quick_comparison(
     return Comparison(score, None, prefiltered=True, inliers=inliers)
 
 
+def correlated(
+    local: Image.Image, upload: Image.Image, side: int = ALIGN_SIDE
+) -> tuple[Alignment, float]:
+    """coarse_alignment of the pair at thumbnail size (side): the crop and quarter turn, and
+    its normalised correlation."""
+    scale = side / max(upload.size)
+    upload_small = upload.resize(
+        (max(1, round(upload.width * scale)), max(1, round(upload.height * scale))),
+        Image.Resampling.BILINEAR,
+    )
+    return coarse_alignment(grayscale(local, side), upload_small)
+
+
+CORRELATED_FIRST = 80  # pixels: a pair placed by correlation is first correlated this small
+
+
+def correlated_placement(local: Image.Image, upload: Image.Image) -> Placement | None:
+    """Where correlation puts the upright upload in local (a crop, unturned but for quarter
+    turns), sharpened at its own size; None where the correlation stays below ALIGN_GATE."""
+    rough, correlation = correlated(local, upload)
+    if correlation < ALIGN_GATE:
+        return None
+    alignment = refine_alignment(local, upload, rough)
+    upright = turned(upload, alignment.turns)
+    left, top, right, bottom = alignment.box
+    matrix = np.array([
+        [(right - left) * local.width / upright.width, 0.0, left * local.width],
+        [0.0, (bottom - top) * local.height / upright.height, top * local.height],
+    ])  # fmt: skip
+    return _placement_from(matrix, alignment.turns, upright.size, local.size)
+
+
+def compare_correlated(
+    local: Image.Image,
+    upload: Image.Image,
+    score_pair: ScoreFunction,
+    sharper: Callable[[], Image.Image | None] | None = None,
+    step: int = COARSE_STEP,
+) -> Comparison:
+    """compare_pictures for a pair whose keypoints are known not to line up, placed by
+    correlation (correlated_placement); prefiltered, with a cheap score, where it is not."""
+    placement = correlated_placement(local, upload)
+    if placement is None:
+        return quick_comparison(local, upload, score_pair)
+    return compare_placed(local, upload, placement, score_pair, sharper, step)
+
+
 def compare_by_correlation(
     local: Image.Image, upload: Image.Image, score_pair: ScoreFunction, gate: bool = True
 ) -> Comparison:
     """Pictures with too few keypoints (fog, a smooth sky): normalised correlation over crops
     and quarter turns on thumbnails, sharpened to a fraction of a pixel, then SSIM."""
-    scale = ALIGN_SIDE / max(upload.size)
-    upload_small = upload.resize(
-        (max(1, round(upload.width * scale)), max(1, round(upload.height * scale))),
-        Image.Resampling.BILINEAR,
-    )
-    rough, correlation = coarse_alignment(grayscale(local, ALIGN_SIDE), upload_small)
+    rough, correlation = correlated(local, upload)
     if gate and correlation < ALIGN_GATE:
         return quick_comparison(local, upload, score_pair)
     best = Comparison(-1.0)
@@ -5894,12 +5968,7 @@ def likely_same_pictures(
     if registration is not None and registration.lined_up:
         return True
     if few_features(local_features, upload_features):
-        scale = ALIGN_SIDE / max(upload.size)
-        small = upload.resize(
-            (max(1, round(upload.width * scale)), max(1, round(upload.height * scale))),
-            Image.Resampling.BILINEAR,
-        )
-        return coarse_alignment(grayscale(local, ALIGN_SIDE), small)[1] >= ALIGN_GATE
+        return correlated(local, upload)[1] >= ALIGN_GATE
     return False
 
 
@@ -6111,9 +6180,10 @@ def settled_uploads(comparisons: Pairs, threshold: float) -> dict[int, int]:
 #    once a day, at the first size and again at the larger for what it did not settle
 #    (an upload no photo lined up with only where one nearly did, or where it was too
 #    small to line up; and an upload no photo lined up with, or only below the verdict's
-#    floor, again mirrored, at the larger size too), a few local photos' pictures held at
-#    a time; ComparingAhead compares the coming clusters' pairs in background threads
-#    (interleaved).
+#    floor, again mirrored, at the larger size too; one still lined up with none, placed
+#    by correlation), a few local photos' pictures held at a time (PairComparer, which
+#    compares each pair once a day); ComparingAhead compares the coming clusters' pairs in
+#    background threads (interleaved).
 #    PairScorer.day owns a day's threads: started with the day, stopped before anything
 #    is written (left_out), the day's pictures dropped on exit.
 # ---------------------------------------------------------------------------
@@ -6212,6 +6282,18 @@ class PictureSource:
         if not decodes_reduced(photo.path):
             return self.local(photo, self.sizes[0])
         return self._decode(photo, HTML_THUMBNAIL, self.thumbnails, photo.path)
+
+    def small_local(self, photo: LocalPhoto) -> Image.Image | None:
+        """The local picture upright at about thumbnail size: the log's thumbnail where this
+        run made one (a small file to read), else local_thumbnail."""
+        made = None if self.log_thumbnails is None else self.log_thumbnails.local_file(photo)
+        if made is not None and made.exists():
+            try:
+                with Image.open(made) as thumbnail:
+                    return thumbnail.convert("RGB")
+            except OSError:
+                pass  # a thumbnail spoilt in the cache: the photo itself is decoded instead
+        return self.local_thumbnail(photo)
 
     def full_picture(self, photo: LocalPhoto) -> Image.Image | None:
         """The local picture upright at full size, for the rare crop tighter than local()'s
@@ -6413,24 +6495,17 @@ class ComparingAhead:
         self._finished.clear()
 
 
-class PairScorer:
-    """The compare function matching is given: pictures from a PictureSource, scored in parallel.
+class PairComparer:
+    """Pairs compared once per day, at one size each, perhaps ahead in the background:
+    pictures from a PictureSource, scored in parallel, a few local photos' at a time."""
 
-    Calling it with photos and candidates returns a Comparison for every pair whose pictures
-    could be had; lined_up() returns the cheap gate's answer alone (keypoints line up), for the
-    clock-offset search. Each pair is compared once per day, perhaps ahead, in the background,
-    when expect() was told which pairs come.
-    """
-
-    def __init__(
-        self, pictures: PictureSource, score: ScoreFunction, threshold: float = SSIM_THRESHOLD
-    ) -> None:
+    def __init__(self, pictures: PictureSource, score: ScoreFunction) -> None:
         self.pictures = pictures
         self.score = score
-        self.threshold = threshold  # what a pair settled at the first size must reach
-        self.comparisons = Memo()  # (local path, upload id, size, mirrored) -> Comparison
+        self.comparisons = Memo()  # (path, upload id, size, mirrored, correlated) -> Comparison
         self.ahead = ComparingAhead(lambda photo, candidate: self.compare(photo, candidate))
         self.mirrored: set[int] = set()  # uploads that line up flipped left to right only
+        self.correlated: set[int] = set()  # uploads placed by correlation: no keypoints line up
         self._seen: dict[Path, Features] = {}  # local keypoints at the first size, this call
 
     def compare(
@@ -6445,14 +6520,19 @@ class PairScorer:
         size = size or self.pictures.sizes[0]
         if mirrored is None:
             mirrored = candidate.photo.id in self.mirrored
-        key = (photo.path, candidate.photo.id, size, mirrored)
-        return self.comparisons.make(key, lambda: self._compare(photo, candidate, size, mirrored))
+        correlated = candidate.photo.id in self.correlated
+        key = (photo.path, candidate.photo.id, size, mirrored, correlated)
+        return self.comparisons.make(
+            key, lambda: self._compare(photo, candidate, size, mirrored, correlated)
+        )
 
     def _compare(
-        self, photo: LocalPhoto, candidate: Candidate, size: str, mirrored: bool
+        self, photo: LocalPhoto, candidate: Candidate, size: str, mirrored: bool, correlated: bool
     ) -> Comparison | None:
         """Registration by keypoints first, the full score only for pairs that line up, and
         always for a pair named by the upload's original file name."""
+        if correlated and size == self.pictures.sizes[0]:  # its keypoints lined up nowhere
+            return self._placed_by_correlation(photo, candidate, size)
         pictures = self.pictures.features(photo, candidate.photo, size, mirrored)
         if pictures is None:
             return None
@@ -6461,12 +6541,32 @@ class PairScorer:
         named = same_file_name(photo.path.name, candidate.photo.original_filename)
         sharper = functools.partial(self.pictures.full_picture, photo)
         step = coarse_step(size)
-        found = compare_pictures(*pictures, self.score, sharper, named=named, step=step)
+        found = compare_pictures(
+            *pictures, self.score, sharper, named=named, step=step, correlated=correlated
+        )
         if mirrored and found.alignment is not None:
             found = dataclasses.replace(
                 found, alignment=dataclasses.replace(found.alignment, mirrored=True)
             )
         return found
+
+    def _placed_by_correlation(
+        self, photo: LocalPhoto, candidate: Candidate, size: str
+    ) -> Comparison | None:
+        """compare_correlated of a pair, where the local photo's thumbnail correlates with the
+        upload (a cheap decoding: the photo's own size decodes only then)."""
+        # At CORRELATED_FIRST a third of the work: a true pair correlates as well there.
+        thumbnail = self.pictures.small_local(photo)
+        upload = self.pictures.upload(candidate.photo, size)
+        if thumbnail is None or upload is None:
+            return None
+        if correlated(thumbnail, upload, CORRELATED_FIRST)[1] < ALIGN_GATE:
+            return quick_comparison(thumbnail, upload, self.score)
+        local = self.pictures.local(photo, size)
+        if local is None:
+            return None
+        sharper = functools.partial(self.pictures.full_picture, photo)
+        return compare_correlated(local, upload, self.score, sharper, coarse_step(size))
 
     def _each_pair(
         self,
@@ -6506,6 +6606,56 @@ class PairScorer:
         self.ahead.done_with(p.path for p in photos)
         self.pictures.forget_locals(photos)
 
+    def lined_up(
+        self, photos: Sequence[LocalPhoto], candidates: Sequence[Candidate]
+    ) -> dict[tuple[int, int], bool]:
+        """The cheap gate's answer for every pair whose pictures could be had."""
+        size = self.pictures.sizes[0]
+        self.pictures.fetch(candidates, size)
+
+        def gate(photo: LocalPhoto, candidate: Candidate) -> bool | None:
+            pictures = self.pictures.features(photo, candidate.photo, size)
+            return None if pictures is None else likely_same_pictures(*pictures)
+
+        return self._each_pair(photos, candidates, gate)
+
+    def expect(self, pairs: Sequence[tuple[LocalPhoto, Candidate]]) -> None:
+        """Compare these pairs ahead, in the background (ComparingAhead.expect)."""
+        self.ahead.expect(pairs)
+
+    def stop(self) -> None:
+        """Stop comparing ahead; returns once the background threads have ended."""
+        self.ahead.stop()
+
+    def left_out(self, candidates: Iterable[Candidate]) -> int:
+        """Stop comparing ahead (nothing runs in the background after this, so the day's
+        results may be written), and count the candidates the download budget left out."""
+        self.stop()
+        over = self.pictures.photos.over_budget
+        return sum(1 for c in candidates if c.photo.id in over)
+
+    def finish_day(self) -> None:
+        """Stop comparing ahead and drop the day's pictures, keypoints and comparisons."""
+        self.ahead.forget()
+        self._seen.clear()
+        self.comparisons.forget()
+        self.pictures.forget_locals()
+        self.pictures.forget_uploads()
+
+
+class PairScorer(PairComparer):
+    """The compare function matching is given: a Comparison for every pair whose pictures
+    could be had, at the first size, and at the last for the uploads that did not settle."""
+
+    # An upload no photo lined up with is tried again mirrored, then placed by correlation.
+    # lined_up() gives the cheap gate's answer alone, for the clock-offset search.
+
+    def __init__(
+        self, pictures: PictureSource, score: ScoreFunction, threshold: float = SSIM_THRESHOLD
+    ) -> None:
+        super().__init__(pictures, score)
+        self.threshold = threshold  # what a pair settled at the first size must reach
+
     def __call__(
         self,
         photos: Sequence[LocalPhoto],
@@ -6518,6 +6668,7 @@ class PairScorer:
         self.pictures.fetch(candidates, first)
         found = self._each_pair(photos, candidates, self.compare, within)
         found |= self._found_mirrored(photos, candidates, found)
+        found |= self._found_by_correlation(photos, candidates, found)
         for photo in photos:
             self._seen.pop(photo.path, None)
         if not more:
@@ -6610,32 +6761,33 @@ class PairScorer:
         self.mirrored.update(candidates[lost[b]].photo.id for b in kept)
         return {(i, lost[b]): c for (i, b), c in again.items() if b in kept}
 
+    def _found_by_correlation(
+        self, photos: Sequence[LocalPhoto], candidates: Sequence[Candidate], found: Pairs
+    ) -> Pairs:
+        """The pairs of each upload whose keypoints line up with no photo, placed by correlation
+        instead (a soft strip of background, or a lens-corrected one); those that then line up
+        are kept, and such an upload is placed so from then on."""
+        # Only an upload that lined up nowhere is tried: correlating every pair would cost
+        # what the keypoints save, and a look-alike's frame lines up by its keypoints.
+        seen = lined_up_uploads(found)
+        lost = [j for j in sorted({j for _, j in found}) if j not in seen]
+        if not lost:
+            return {}
+        self.correlated.update(candidates[j].photo.id for j in lost)
+        position = {j: b for b, j in enumerate(lost)}
+        within = {(i, position[j]) for i, j in found if j in position}
+        again = self._each_pair(photos, [candidates[j] for j in lost], self.compare, within)
+        placed = {(i, lost[b]): c for (i, b), c in again.items() if not c.prefiltered}
+        self.correlated.difference_update(
+            candidates[j].photo.id for j in lost if j not in {j for _, j in placed}
+        )
+        return placed
+
     def _too_small(self, candidate: Candidate, size: str) -> bool:
         """Whether an upload's picture at size is too small to line up: a frame or a viewer
         took most of it."""
         picture = self.pictures.upload(candidate.photo, size)
         return picture is not None and max(picture.size) < SMALL_UPLOAD * INAT_PIXELS[size]
-
-    def lined_up(
-        self, photos: Sequence[LocalPhoto], candidates: Sequence[Candidate]
-    ) -> dict[tuple[int, int], bool]:
-        """The cheap gate's answer for every pair whose pictures could be had."""
-        size = self.pictures.sizes[0]
-        self.pictures.fetch(candidates, size)
-
-        def gate(photo: LocalPhoto, candidate: Candidate) -> bool | None:
-            pictures = self.pictures.features(photo, candidate.photo, size)
-            return None if pictures is None else likely_same_pictures(*pictures)
-
-        return self._each_pair(photos, candidates, gate)
-
-    def expect(self, pairs: Sequence[tuple[LocalPhoto, Candidate]]) -> None:
-        """Compare these pairs ahead, in the background (ComparingAhead.expect)."""
-        self.ahead.expect(pairs)
-
-    def stop(self) -> None:
-        """Stop comparing ahead; returns once the background threads have ended."""
-        self.ahead.stop()
 
     @contextlib.contextmanager
     def day(self, pairs: Sequence[tuple[LocalPhoto, Candidate]]) -> Iterator[PairScorer]:
@@ -6647,21 +6799,6 @@ class PairScorer:
             yield self
         finally:
             self.finish_day()
-
-    def left_out(self, candidates: Iterable[Candidate]) -> int:
-        """Stop comparing ahead (nothing runs in the background after this, so the day's
-        results may be written), and count the candidates the download budget left out."""
-        self.stop()
-        over = self.pictures.photos.over_budget
-        return sum(1 for c in candidates if c.photo.id in over)
-
-    def finish_day(self) -> None:
-        """Stop comparing ahead and drop the day's pictures, keypoints and comparisons."""
-        self.ahead.forget()
-        self._seen.clear()
-        self.comparisons.forget()
-        self.pictures.forget_locals()
-        self.pictures.forget_uploads()
 
 
 # ---------------------------------------------------------------------------

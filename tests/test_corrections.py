@@ -24,7 +24,8 @@ from random_editor import apply_op, apply_ops, lens, liquify, perspective
 from support.cli import CliResult, run_cli
 from support.images import jpeg, synthetic_photo
 from support.logpage import parse_log
-from support.xmp import read_photo_id
+from support.scenario import observation_record, photo_record
+from support.xmp import read_photo_id, write_exif
 
 import inat_photos as ip
 
@@ -552,6 +553,62 @@ def test_a_strong_lens_under_an_upright_correction_bends_past_a_tenth_of_the_sid
     fit = ip.smooth_correction(region, upright, refined.misfit)
     assert refined.misfit > ip.BENT_MISFIT and fit is not None, refined.misfit
     assert fit.residual < 0.2 and fit.reach > 0.1 * max(upload.size), fit
+
+
+def _soft_left(seed: int, blur: float = 5) -> Image.Image:
+    """A photo whose left part is a soft background (blurred as by a wide aperture)."""
+    scene = np.asarray(synthetic_photo(1000, 750, seed)).astype(np.float32)
+    soft = cv2.GaussianBlur(scene, (0, 0), blur)
+    soft[:, 420:] = scene[:, 420:]
+    return Image.fromarray(np.clip(soft, 0, 255).astype(np.uint8))
+
+
+def test_a_soft_strip_no_keypoint_lines_up_is_placed_by_correlation_when_asked() -> None:
+    """Blind seed 30's anycrop upload: a strip of soft background under a lens correction, a
+    little grain, shrunk. No keypoints line it up; correlation places it, and the smooth
+    correction then matches it. Another photo's soft strip is not matched so."""
+    local = _soft_left(5)
+    upload = _soft_strip(local).resize((168, 380), Image.Resampling.LANCZOS)
+    local_features, features = ip.find_local_features(local), ip.find_upload_features(upload)
+    assert ip.compare_pictures(local, local_features, upload, features).prefiltered
+    found = ip.compare_pictures(local, local_features, upload, features, correlated=True)
+    assert found.eligible and found.score >= ip.SSIM_THRESHOLD and found.smooth > 0, found
+    assert found.correlated and "placed by correlation" in found.describe()
+    other = _soft_left(8)
+    found = ip.compare_pictures(
+        other, ip.find_local_features(other), upload, features, correlated=True
+    )
+    assert not found.eligible or found.score < ip.SCORE_FLOOR, found
+
+
+def _soft_strip(local: Image.Image) -> Image.Image:
+    """A strip of local's soft background under a lens correction, with a little grain."""
+    strip = lens(local.crop((60, 40, 360, 720)), -0.08, -0.02, 0.0)
+    grain = np.random.default_rng(1).normal(0, 2, (strip.height, strip.width, 1))
+    return Image.fromarray(np.clip(np.asarray(strip) + grain, 0, 255).astype(np.uint8))
+
+
+def test_a_soft_strip_is_found_through_the_cli_and_its_line_says_it_was_placed_so(
+    tmp_path: Path,
+) -> None:
+    """The soft strip, a little less soft, uploaded (served at medium, recompressed), beside
+    another photo with a soft background taken a minute later: the first carries its id."""
+    pictures = tmp_path / "pictures"
+    pictures.mkdir()
+    taken = dt.datetime(2023, 6, 1, 12, 0, 0)
+    for k, (name, seed) in enumerate((("soft.jpg", 5), ("other.jpg", 8))):
+        _soft_left(seed, 3).save(pictures / name, quality=92)
+        moment = (taken + dt.timedelta(minutes=k)).strftime("%Y:%m:%d %H:%M:%S")
+        write_exif(pictures / name, {"Exif.Photo.DateTimeOriginal": moment})
+    _soft_strip(_soft_left(5, 3)).save(tmp_path / "strip.jpg", quality=95)
+    record = observation_record(70, "soft", taken, [photo_record(7001, "strip.jpg")])
+    scenario = {"users": [{"id": 1, "login": "soft"}], "observations": [record]}
+    with FakeINaturalist(scenario, base_dir=tmp_path) as fake:
+        result = run_cli(["--user", "soft", str(pictures)], fake.api_url, tmp_path / "cache")
+    assert read_photo_id(pictures / "soft.jpg") == 7001, result.stdout
+    assert read_photo_id(pictures / "other.jpg") is None
+    line = next(x for x in result.lines if "soft.jpg' " in x and " found " in x)
+    assert "placed by correlation, no keypoints matched" in line, line
 
 
 def test_a_lens_left_by_the_keypoints_homography_does_not_stop_its_start() -> None:

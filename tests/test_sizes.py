@@ -115,11 +115,17 @@ class TableScorer(ip.PairScorer):
         self.asked: list[tuple[str, int, str]] = []
 
     def _compare(
-        self, photo: ip.LocalPhoto, candidate: ip.Candidate, size: str, mirrored: bool = False
+        self,
+        photo: ip.LocalPhoto,
+        candidate: ip.Candidate,
+        size: str,
+        mirrored: bool = False,
+        correlated: bool = False,
     ) -> Any:
         key = (photo.path.name, candidate.photo.id, size, *(("mirrored",) if mirrored else ()))
+        key += ("correlated",) if correlated else ()
         self.asked.append(key)
-        return self.table.get(key)  # mirrored: none unless the table says (no better)
+        return self.table.get(key)  # mirrored, correlated: none unless the table says
 
 
 def test_only_unsettled_uploads_are_compared_again_at_large_with_the_photos_left() -> None:
@@ -192,6 +198,29 @@ def test_an_upload_nearly_lined_up_at_medium_is_compared_at_large() -> None:
     large = sorted(key for key in scorer.asked if key[2] == "large" and len(key) == 3)
     assert large == [("0.jpg", 1, "large"), ("1.jpg", 1, "large")]
     assert found[(0, 0)].score == 0.979
+
+
+def test_an_upload_no_photo_lined_up_with_is_placed_by_correlation_at_both_sizes() -> None:
+    """A soft strip of background under a lens correction: its keypoints line up with no
+    photo, and correlation places it on one, which it then matches at 97%; it is placed so
+    at large too. An upload a photo lined up with is never correlated."""
+    photos = [photo(f"{n}.jpg", T) for n in range(2)]
+    uploads = [candidate(1, T), candidate(2, T)]
+    table = {
+        ("0.jpg", 1, "medium"): _pair(0.31, prefiltered=True),
+        ("1.jpg", 1, "medium"): _pair(0.28, prefiltered=True),
+        ("0.jpg", 1, "medium", "correlated"): _pair(0.93, worst_part=0.6),
+        ("1.jpg", 1, "medium", "correlated"): _pair(0.4, prefiltered=True),
+        ("0.jpg", 1, "large", "correlated"): _pair(0.97),
+        ("1.jpg", 2, "medium"): _pair(0.99),
+        ("0.jpg", 2, "medium"): _pair(0.3, prefiltered=True),
+    }
+    scorer = TableScorer(table)
+    found = scorer(photos, uploads)
+    assert found[(0, 0)].score == 0.97 and not found[(0, 0)].prefiltered
+    assert found[(1, 1)].score == 0.99
+    assert not [key for key in scorer.asked if key[1] == 2 and "correlated" in key]
+    assert ("0.jpg", 1, "large") not in scorer.asked  # placed by correlation there too
 
 
 def test_an_upload_lined_up_only_far_below_the_floor_is_tried_mirrored() -> None:
