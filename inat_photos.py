@@ -5547,7 +5547,8 @@ def _corners_unlike(upload: Image.Image, registration: Registration, local: Imag
 # 9e. Similarity: comparing a pair and the verdict
 #    compare_pictures: registration, tones and both scores of one pair, through a smooth
 #    correction or a local warp where one explains what moved (compare_placed; a pair
-#    placed by correlation where asked: correlated_placement); the cheap gate
+#    placed by correlation where asked: correlated, correlated_placement,
+#    compare_correlated); the cheap gate
 #    (likely_same_pictures); overlays along an edge left out (overlay_box);
 #    evidence_grounds, the calibrated verdict on a pair below the threshold, where a crop
 #    and its whole frame are never rivals and a small lead holds where the worst part
