@@ -5247,7 +5247,6 @@ def turned_on_canvas(
     contour = max(cv2.findContours(picture, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)[0], key=len)
     sides = contour.reshape(-1, 2)  # where the picture meets the canvas, not the upload's edge
     sides = sides[(sides.min(axis=1) > 2) & (sides[:, 0] < width - 3) & (sides[:, 1] < height - 3)]
-
     # the turn, in tenths of a degree, that puts most of the sides (a thousand of them at
     # most) within 1.5 px of the box they span
     turns = math.atan2(inverse[1, 0], inverse[0, 0]) + np.radians(np.linspace(-3, 3, 61))
@@ -5479,7 +5478,7 @@ def picture_in_frame(
     registration: Registration,
     bent: Registration | None,
     local: Image.Image,
-) -> tuple[Image.Image, float] | None:
+) -> tuple[Image.Image, float, np.ndarray] | None:
     """The picture inside a frame past the local picture's edges or on a canvas, the degrees
     it was turned back by and where it takes the upload's pixels (as turned_on_canvas says);
     None where the upload shows no frame or canvas."""
@@ -6737,11 +6736,11 @@ class PairScorer(PairComparer):
         kept) is not decoded again."""
         # A symmetric subject (a toad seen from above) may line up unflipped, and score low.
         plain = best_scores(found)
-        lost = [
+        lost = {
             j
-            for j in sorted({j for _, j in found})
+            for _, j in found
             if plain.get(j, 0.0) < SCORE_FLOOR and candidates[j].photo.id not in self.mirrored
-        ]
+        }
         if not lost:
             return {}
 
@@ -6752,15 +6751,12 @@ class PairScorer(PairComparer):
             flipped = self.pictures.upload_features(candidates[j].photo, mirrored=True)
             return flipped is not None and may_line_up(local, flipped[1])
 
-        position = {j: b for b, j in enumerate(lost)}
-        within = {(i, position[j]) for i, j in found if j in position and worth(i, j)}
-        if not within:
-            return {}
+        within = {(i, j) for i, j in found if j in lost and worth(i, j)}
         flipped = functools.partial(self.compare, size=size, mirrored=True)
-        again = self._each_pair(photos, [candidates[j] for j in lost], flipped, within)
-        kept = {b for b, score in best_scores(again).items() if score > plain.get(lost[b], 0.0)}
-        self.mirrored.update(candidates[lost[b]].photo.id for b in kept)
-        return {(i, lost[b]): c for (i, b), c in again.items() if b in kept}
+        again = self._compared_again(photos, candidates, within, flipped)
+        kept = {j for j, score in best_scores(again).items() if score > plain.get(j, 0.0)}
+        self.mirrored.update(candidates[j].photo.id for j in kept)
+        return {(i, j): c for (i, j), c in again.items() if j in kept}
 
     def _found_by_correlation(
         self, photos: Sequence[LocalPhoto], candidates: Sequence[Candidate], found: Pairs
@@ -6771,18 +6767,33 @@ class PairScorer(PairComparer):
         # Only an upload that lined up nowhere is tried: correlating every pair would cost
         # what the keypoints save, and a look-alike's frame lines up by its keypoints.
         seen = lined_up_uploads(found)
-        lost = [j for j in sorted({j for _, j in found}) if j not in seen]
+        lost = {j for _, j in found if j not in seen}
         if not lost:
             return {}
         self.correlated.update(candidates[j].photo.id for j in lost)
-        position = {j: b for b, j in enumerate(lost)}
-        within = {(i, position[j]) for i, j in found if j in position}
-        again = self._each_pair(photos, [candidates[j] for j in lost], self.compare, within)
-        placed = {(i, lost[b]): c for (i, b), c in again.items() if not c.prefiltered}
-        self.correlated.difference_update(
-            candidates[j].photo.id for j in lost if j not in {j for _, j in placed}
-        )
+        within = {(i, j) for i, j in found if j in lost}
+        again = self._compared_again(photos, candidates, within, self.compare)
+        placed = {pair: c for pair, c in again.items() if not c.prefiltered}
+        kept = {j for _, j in placed}
+        self.correlated.difference_update(candidates[j].photo.id for j in lost if j not in kept)
         return placed
+
+    def _compared_again(
+        self,
+        photos: Sequence[LocalPhoto],
+        candidates: Sequence[Candidate],
+        within: PairIndices,
+        compare: Callable[[LocalPhoto, Candidate], Comparison | None],
+    ) -> Pairs:
+        """compare for the pairs within (photo index, candidate index), those candidates'
+        pictures had again; nothing where within is empty."""
+        uploads = sorted({j for _, j in within})
+        if not uploads:
+            return {}
+        position = {j: b for b, j in enumerate(uploads)}
+        shown = [candidates[j] for j in uploads]
+        again = self._each_pair(photos, shown, compare, {(i, position[j]) for i, j in within})
+        return {(i, uploads[b]): c for (i, b), c in again.items()}
 
     def _too_small(self, candidate: Candidate, size: str) -> bool:
         """Whether an upload's picture at size is too small to line up: a frame or a viewer

@@ -588,11 +588,13 @@ def _soft_strip(local: Image.Image) -> Image.Image:
     return Image.fromarray(np.clip(np.asarray(strip) + grain, 0, 255).astype(np.uint8))
 
 
+@pytest.mark.parametrize("logged", [False, True], ids=["no log", "log"])
 def test_a_soft_strip_is_found_through_the_cli_and_its_line_says_it_was_placed_so(
-    tmp_path: Path,
+    tmp_path: Path, logged: bool
 ) -> None:
     """The soft strip, a little less soft, uploaded (served at medium, recompressed), beside
-    another photo with a soft background taken a minute later: the first carries its id."""
+    another photo with a soft background taken a minute later: the first carries its id. The
+    photos' thumbnails are decoded for it, or read from the log's where one is written."""
     pictures = tmp_path / "pictures"
     pictures.mkdir()
     taken = dt.datetime(2023, 6, 1, 12, 0, 0)
@@ -604,7 +606,8 @@ def test_a_soft_strip_is_found_through_the_cli_and_its_line_says_it_was_placed_s
     record = observation_record(70, "soft", taken, [photo_record(7001, "strip.jpg")])
     scenario = {"users": [{"id": 1, "login": "soft"}], "observations": [record]}
     with FakeINaturalist(scenario, base_dir=tmp_path) as fake:
-        result = run_cli(["--user", "soft", str(pictures)], fake.api_url, tmp_path / "cache")
+        log = ["--logfile", str(tmp_path / "log.html")] if logged else []
+        result = run_cli(["--user", "soft", *log, str(pictures)], fake.api_url, tmp_path / "cache")
     assert read_photo_id(pictures / "soft.jpg") == 7001, result.stdout
     assert read_photo_id(pictures / "other.jpg") is None
     line = next(x for x in result.lines if "soft.jpg' " in x and " found " in x)
